@@ -1,0 +1,188 @@
+//! Validated identifiers for plans, orgs and meters.
+//!
+//! Owns the one rule for what an id may look like, so that every id that reaches a Durable Object
+//! name, a SQL parameter or a header value has already been checked. Must never allocate an id
+//! from unchecked input: the only constructor is `parse`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a string is not a valid id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {max} characters")]
+    TooLong { max: usize },
+    #[error("may contain only a-z, 0-9, '_' and '-', and must start with a letter or digit")]
+    BadChar,
+    #[error("may contain only A-Z, a-z, 0-9, '.', '_', ':' and '-'")]
+    BadEventChar,
+}
+
+const MAX_ID_LEN: usize = 64;
+
+fn check_id(s: &str) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if s.len() > MAX_ID_LEN {
+        return Err(IdError::TooLong { max: MAX_ID_LEN });
+    }
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
+    let first_ok = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !first_ok || !s.chars().all(ok_char) {
+        return Err(IdError::BadChar);
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, IdError> {
+                check_id(s)?;
+                Ok(Self(s.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                check_id(&s)?;
+                Ok(Self(s))
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A meter such as `requests` or `ai_tokens`.
+    MeterId
+);
+id_type!(
+    /// A plan such as `free` or `enterprise`.
+    PlanId
+);
+id_type!(
+    /// A customer organization; names its Durable Object.
+    OrgId
+);
+
+/// An idempotency key or reservation id, as clients send it: 1 to 128 characters of
+/// `A-Z a-z 0-9 . _ : -`. Case-sensitive.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EventId(String);
+
+/// How long an event id may be.
+pub const MAX_EVENT_ID_LEN: usize = 128;
+
+impl EventId {
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        if s.is_empty() {
+            return Err(IdError::Empty);
+        }
+        if s.len() > MAX_EVENT_ID_LEN {
+            return Err(IdError::TooLong {
+                max: MAX_EVENT_ID_LEN,
+            });
+        }
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+        {
+            return Err(IdError::BadEventChar);
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for EventId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<EventId> for String {
+    fn from(id: EventId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_usual_ids() {
+        for s in ["requests", "ai_tokens_input", "org-42", "9lives"] {
+            assert_eq!(MeterId::parse(s).map(|m| m.to_string()), Ok(s.to_owned()));
+        }
+    }
+
+    #[test]
+    fn refuses_bad_ids_with_reason() {
+        assert_eq!(MeterId::parse(""), Err(IdError::Empty));
+        assert_eq!(MeterId::parse("Requests"), Err(IdError::BadChar));
+        assert_eq!(MeterId::parse("_x"), Err(IdError::BadChar));
+        assert_eq!(MeterId::parse("a b"), Err(IdError::BadChar));
+        assert_eq!(
+            OrgId::parse(&"a".repeat(65)),
+            Err(IdError::TooLong { max: 64 })
+        );
+        assert!(OrgId::parse(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn event_ids() {
+        assert!(EventId::parse("req_01J:abc-DEF.9").is_ok());
+        assert_eq!(EventId::parse("a b"), Err(IdError::BadEventChar));
+        assert_eq!(
+            EventId::parse(&"x".repeat(129)),
+            Err(IdError::TooLong { max: 128 })
+        );
+    }
+
+    #[test]
+    fn serde_validates() {
+        assert!(serde_json::from_str::<PlanId>("\"pro\"").is_ok());
+        assert!(serde_json::from_str::<PlanId>("\"PRO\"").is_err());
+    }
+}

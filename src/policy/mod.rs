@@ -1,0 +1,24 @@
+//! The pure quota policy core: plans, meters, periods, limits, the decision engine and the
+//! response vocabulary.
+//!
+//! It owns every rule about usage and takes the time as an argument. It must never do I/O, read
+//! a clock or import `worker`: it compiles and is tested natively with `cargo test`.
+
+pub mod clock;
+pub mod decision;
+pub mod engine;
+pub mod headers;
+pub mod ids;
+pub mod period;
+pub mod plan;
+
+pub use clock::Timestamp;
+pub use decision::{Decision, Level, LimitStatus, Refusal, RefusalKind};
+pub use engine::{
+    Book, Counter, Reservation, ReservationKind, ReserveAs, Settled, Settlement, UsageError,
+};
+pub use ids::{EventId, MeterId, OrgId, PlanId};
+pub use period::{Period, RateUnit, Window};
+pub use plan::{
+    Aggregation, Cap, FailMode, Limit, MeterSpec, OnExceed, OrgTerms, Plan, PlanError, Policy,
+};
