@@ -66,6 +66,12 @@ fn decode<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, DecodeError> {
     }
 }
 
+impl DecodeError {
+    pub fn from_serde(e: &serde_json::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
 impl Counter {
     pub fn encode(&self) -> String {
         encode(self)

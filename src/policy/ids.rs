@@ -85,6 +85,13 @@ id_type!(
     /// A meter such as `requests` or `ai_tokens`.
     MeterId
 );
+
+impl MeterId {
+    /// The default meter of proxied requests.
+    pub fn requests() -> Self {
+        Self("requests".to_owned())
+    }
+}
 id_type!(
     /// A plan such as `free` or `enterprise`.
     PlanId

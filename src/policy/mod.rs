@@ -4,11 +4,13 @@
 //! It owns every rule about usage and takes the time as an argument. It must never do I/O, read
 //! a clock or import `worker`: it compiles and is tested natively with `cargo test`.
 
+pub mod classify;
 pub mod clock;
 pub mod decision;
 pub mod engine;
 pub mod headers;
 pub mod ids;
+pub mod keys;
 pub mod period;
 pub mod plan;
 

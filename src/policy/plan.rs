@@ -327,6 +327,20 @@ const LIMIT_KEYS: &[&str] = &[
     "on_exceed",
 ];
 
+fn parse_price(path: &str, v: &Value) -> Result<OveragePrice, PlanError> {
+    let po = Obj::new(path, v, &["per_units", "cents"])?;
+    let per = po
+        .uint_opt("per_units")?
+        .map_or_else(|| err(po.at("per_units"), "is required"), Ok)?;
+    let Some(per_units) = NonZeroU64::new(per) else {
+        return err(po.at("per_units"), "must be at least 1");
+    };
+    let cents = po
+        .uint_opt("cents")?
+        .map_or_else(|| err(po.at("cents"), "is required"), Ok)?;
+    Ok(OveragePrice { per_units, cents })
+}
+
 fn parse_limit(
     path: &str,
     v: &Value,
@@ -369,22 +383,10 @@ fn parse_limit(
             reason: format!("{r}; use null for unlimited"),
         })?),
     };
-    let price = match o.get("overage_price") {
-        None => None,
-        Some(pv) => {
-            let po = Obj::new(&o.at("overage_price"), pv, &["per_units", "cents"])?;
-            let per = po
-                .uint_opt("per_units")?
-                .map_or_else(|| err(po.at("per_units"), "is required"), Ok)?;
-            let Some(per_units) = NonZeroU64::new(per) else {
-                return err(po.at("per_units"), "must be at least 1");
-            };
-            let cents = po
-                .uint_opt("cents")?
-                .map_or_else(|| err(po.at("cents"), "is required"), Ok)?;
-            Some(OveragePrice { per_units, cents })
-        }
-    };
+    let price = o
+        .get("overage_price")
+        .map(|pv| parse_price(&o.at("overage_price"), pv))
+        .transpose()?;
     let cap = match (limit, mode) {
         (None, _) => Cap::Unlimited,
         (Some(limit), ModeName::Hard) => Cap::Hard { limit },

@@ -1,0 +1,80 @@
+# quotagate: every entry point. `make dev` and `make test` each work alone from a fresh clone:
+# they install what is missing first (`make setup`), and setup is fast when nothing is missing.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO_BIN := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
+# Tools are installed per version under a per-user cache, so clones share them and a version bump
+# installs the new one beside the old.
+TOOLS_DIR ?= $(HOME)/.cache/quotagate/tools
+WORKER_BUILD_VERSION := 0.8.7
+# wasm-bindgen-cli must match the wasm-bindgen library in Cargo.lock exactly.
+WASM_BINDGEN_VERSION := $(shell awk '$$1 == "name" && $$3 == "\"wasm-bindgen\"" { getline; gsub(/"/, "", $$3); print $$3 }' Cargo.lock)
+WORKER_BUILD := $(TOOLS_DIR)/worker-build-$(WORKER_BUILD_VERSION)/bin/worker-build
+export WASM_BINDGEN_BIN := $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen
+NODE_BIN := $(CURDIR)/node_modules/.bin
+# esbuild comes from npm (wrangler's own); worker-build would otherwise download it.
+export ESBUILD_BIN := $(NODE_BIN)/esbuild
+# Node 22 from the `node` devDependency comes first, for wrangler.
+export PATH := $(NODE_BIN):$(CARGO_BIN):$(PATH)
+export WRANGLER_SEND_METRICS := false
+
+.PHONY: help setup wasm-target build dev test test-core test-e2e lint fmt deploy deploy-dry-run clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-15s %s\n", $$1, $$2 }'
+
+setup: wasm-target node_modules/.package-lock.json $(WORKER_BUILD) $(WASM_BINDGEN_BIN) ## Install the toolchain pieces that are missing
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+$(WORKER_BUILD):
+	cargo install worker-build --version $(WORKER_BUILD_VERSION) --locked --root $(TOOLS_DIR)/worker-build-$(WORKER_BUILD_VERSION)
+
+# No --locked: wasm-bindgen-cli's own lockfile pins a crate version that has since been yanked.
+$(WASM_BINDGEN_BIN):
+	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "no wasm-bindgen in Cargo.lock" >&2; exit 1; }
+	cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)
+
+build: setup ## Build the Worker (build/index.js + build/index_bg.wasm)
+	$(WORKER_BUILD) --release
+
+.dev.vars:
+	cp .dev.vars.example .dev.vars
+	@echo "created .dev.vars from .dev.vars.example (ADMIN_TOKEN=dev-admin-token)"
+
+dev: build .dev.vars ## Build, migrate the local D1, start the demo origin and the gateway on 127.0.0.1:8787
+	wrangler d1 migrations apply LEDGER --local
+	scripts/dev.sh
+
+test: setup lint test-core test-e2e ## Lint, then every test: the core natively, the worker end to end in workerd
+
+test-core: ## The pure policy core: unit and property tests, natively
+	cargo test --locked
+
+test-e2e: build ## The built worker under wrangler dev (workerd) against a real origin
+	node --test --test-concurrency=1 --test-timeout=300000 --test-reporter=spec 'tests/e2e/*.test.mjs'
+
+lint: setup ## rustfmt --check, and clippy -D warnings for native and wasm32
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --target wasm32-unknown-unknown -- -D warnings
+
+fmt: ## Format the Rust code
+	cargo fmt --all
+
+deploy-dry-run: build ## Bundle as `wrangler deploy` would, without deploying
+	wrangler deploy --dry-run --outdir build/dry-run
+
+deploy: build ## Deploy to Cloudflare (needs `wrangler login` and a real database_id)
+	wrangler d1 migrations apply LEDGER --remote
+	wrangler deploy
+
+clean: ## Remove build output and local state
+	rm -rf build target .wrangler

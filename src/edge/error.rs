@@ -1,0 +1,111 @@
+//! The Worker's one error type and its one mapping to an HTTP answer.
+//!
+//! Every handler returns `Result<Response, EdgeError>`; `EdgeError::into_response` is the only
+//! place that chooses a status and a public message, as RFC 9457 problem+json. Internal details
+//! go to the log, never to the client.
+
+use serde_json::{json, Value};
+use worker::{console_error, Headers, Response};
+
+use crate::policy::PlanError;
+use crate::wire::{problem_body, DoReply, InputError, MAX_JSON_BODY};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// Missing, unknown, revoked or forged credentials: all look the same.
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Input(#[from] InputError),
+    #[error("{0}")]
+    Plan(#[from] PlanError),
+    #[error("request body is larger than {MAX_JSON_BODY} bytes")]
+    TooLarge,
+    /// The org's Durable Object answered with a refusal or an error of its own: passed through.
+    #[error("org DO answered {}", .0.status)]
+    Do(DoReply),
+    #[error("{0} is not configured")]
+    NotConfigured(&'static str),
+    /// The platform failed (a binding, D1, a DO call): logged, answered as 503.
+    #[error("{context}: {source}")]
+    Platform {
+        context: &'static str,
+        source: worker::Error,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl EdgeError {
+    pub fn platform(context: &'static str) -> impl FnOnce(worker::Error) -> Self {
+        move |source| Self::Platform { context, source }
+    }
+
+    pub fn into_response(self) -> worker::Result<Response> {
+        let (status, kind, title, detail) = match &self {
+            Self::Unauthorized => {
+                let reply = DoReply {
+                    status: 401,
+                    headers: Vec::new(),
+                    body: crate::wire::unauthorized_body(),
+                    plan: None,
+                };
+                return super::platform::reply_response(&reply);
+            }
+            Self::NotFound(d) => (404, "not-found", "Not found", d.clone()),
+            Self::MethodNotAllowed(d) => {
+                (405, "method-not-allowed", "Method not allowed", d.clone())
+            }
+            Self::BadRequest(d) => (400, "bad-request", "Bad request", d.clone()),
+            Self::Input(e) => (400, "invalid-input", "Invalid input", e.to_string()),
+            Self::Plan(e) => (400, "invalid-plan", "Invalid plan", e.to_string()),
+            Self::TooLarge => (413, "too-large", "Payload too large", self.to_string()),
+            Self::Do(reply) => return super::platform::reply_response(reply),
+            Self::NotConfigured(_) | Self::Platform { .. } | Self::Internal(_) => {
+                console_error!("{}", json!({"level": "error", "error": self.to_string()}));
+                (
+                    503,
+                    "unavailable",
+                    "Service unavailable",
+                    "A backing service did not answer; retry shortly.".to_owned(),
+                )
+            }
+        };
+        let res = problem(status, kind, title, &detail, None)?;
+        if status == 503 {
+            res.headers().set("Retry-After", "5")?;
+        }
+        Ok(res)
+    }
+}
+
+/// An `application/problem+json` response (RFC 9457) with optional extra members.
+pub fn problem(
+    status: u16,
+    kind: &str,
+    title: &str,
+    detail: &str,
+    extra: Option<Value>,
+) -> worker::Result<Response> {
+    let mut body = problem_body(status, kind, title, detail);
+    if let (Some(obj), Some(Value::Object(more))) = (body.as_object_mut(), extra) {
+        obj.extend(more);
+    }
+    json_response(status, &body, "application/problem+json")
+}
+
+/// A JSON response with the given status and content type, never cached.
+pub fn json_response(status: u16, body: &Value, content_type: &str) -> worker::Result<Response> {
+    let headers = Headers::new();
+    headers.set("Content-Type", content_type)?;
+    headers.set("Cache-Control", "no-store")?;
+    Ok(Response::ok(body.to_string())?
+        .with_status(status)
+        .with_headers(headers))
+}

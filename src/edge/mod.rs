@@ -1,0 +1,89 @@
+//! Edge glue for Cloudflare Workers (wasm32 only): the Worker entry, the router, the org Durable
+//! Object, D1 statements and the proxy.
+//!
+//! Each file here translates between the platform and the policy core and does nothing else: no
+//! limit arithmetic, no calendar math. A panic here is a bug; every failure becomes an answer
+//! through `EdgeError`.
+
+mod admin;
+mod error;
+mod ledger;
+mod org_api;
+mod org_do;
+mod platform;
+mod proxy;
+
+use serde_json::json;
+use worker::{event, Context, Env, Method, Request, Response};
+
+use error::{json_response, EdgeError};
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
+    match route(req, &env, &ctx).await {
+        Ok(res) => Ok(res),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response, EdgeError> {
+    let path = req.path();
+    let method = req.method();
+    if let Some(rest) = path.strip_prefix("/_quota/admin/") {
+        return admin::route(req, env, rest).await;
+    }
+    if let Some(rest) = path.strip_prefix("/_quota/v1/reservations/") {
+        return match method {
+            Method::Post => org_api::settle(req, env, rest).await,
+            _ => Err(EdgeError::MethodNotAllowed("reservations take POST".into())),
+        };
+    }
+    match (method, path.as_str()) {
+        (Method::Get, "/_quota/healthz") => healthz(env).await,
+        (_, "/_quota/healthz") => Err(EdgeError::MethodNotAllowed("healthz takes GET".into())),
+        (Method::Post, "/_quota/v1/check") => org_api::check(req, env).await,
+        (_, "/_quota/v1/check") => Err(EdgeError::MethodNotAllowed("check takes POST".into())),
+        (_, p) if p == "/_quota" || p.starts_with("/_quota/") => {
+            Err(EdgeError::NotFound(format!("no endpoint {p}")))
+        }
+        _ => proxy::handle(req, env, ctx).await,
+    }
+}
+
+/// Liveness plus a real round trip to both backing stores: the D1 ledger (its schema must be
+/// migrated) and a Durable Object's `SQLite` storage.
+async fn healthz(env: &Env) -> Result<Response, EdgeError> {
+    let ledger = env
+        .d1("LEDGER")
+        .map_err(EdgeError::platform("LEDGER binding"))?;
+    let plans: Option<serde_json::Value> = ledger
+        .prepare("SELECT COUNT(*) AS n FROM plans")
+        .first(None)
+        .await
+        .map_err(EdgeError::platform("ledger query"))?;
+    let ns = env
+        .durable_object("ORG_QUOTA")
+        .map_err(EdgeError::platform("ORG_QUOTA binding"))?;
+    // Org ids never start with '_', so this object never holds an org's counters.
+    let stub = ns
+        .get_by_name("_health")
+        .map_err(EdgeError::platform("DO stub"))?;
+    let mut pong = stub
+        .fetch_with_str("https://org-quota/ping")
+        .await
+        .map_err(EdgeError::platform("DO ping"))?;
+    let pong: serde_json::Value = pong
+        .json()
+        .await
+        .map_err(EdgeError::platform("DO ping body"))?;
+    let body = json!({
+        "status": "ok",
+        "service": "quotagate",
+        "version": env!("CARGO_PKG_VERSION"),
+        "checks": {
+            "ledger": {"ok": plans.is_some(), "plans": plans.and_then(|p| p.get("n").cloned())},
+            "org_do": pong,
+        },
+    });
+    json_response(200, &body, "application/json").map_err(EdgeError::platform("response"))
+}

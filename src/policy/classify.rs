@@ -1,0 +1,274 @@
+//! Classification: which (meter, cost) a proxied request spends, and which meter an origin's
+//! `X-Usage-<Meter>` header reports.
+//!
+//! Owns the route-rule format and its matching. Rules come from the `ROUTES` variable as JSON:
+//! `[{"method": "POST", "path": "/v1/ai/**", "meter": "ai_tokens", "cost": "reported"}]`.
+//! The first rule that matches wins; with none, a request costs 1 `requests`. It must never look
+//! at anything but the method and the path.
+
+use serde_json::Value;
+
+use super::ids::MeterId;
+use super::plan::whole_number;
+
+/// What a matched request costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cost {
+    /// Known up front: reserved before the origin is called.
+    Fixed(u64),
+    /// Known only from the origin's `X-Usage-<Meter>` header: admitted while at least one unit
+    /// remains, so the overshoot is bounded by one request's reported cost.
+    Reported,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `*`: exactly one segment.
+    One,
+    /// `**` (last only): any number of segments, including none.
+    Rest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    method: Option<String>,
+    pattern: Vec<Segment>,
+    pub meter: MeterId,
+    pub cost: Cost,
+}
+
+/// The classification of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    pub meter: MeterId,
+    pub cost: Cost,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routes {
+    rules: Vec<Rule>,
+}
+
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|s| !s.is_empty())
+}
+
+impl Routes {
+    /// Parses the `ROUTES` JSON; an empty or absent value means no rules.
+    pub fn parse(json: &str) -> Result<Self, String> {
+        if json.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let v: Value =
+            serde_json::from_str(json).map_err(|e| format!("ROUTES is not JSON: {e}"))?;
+        let Value::Array(items) = v else {
+            return Err("ROUTES must be a JSON array of rules".into());
+        };
+        let rules = items
+            .iter()
+            .enumerate()
+            .map(|(i, r)| parse_rule(r).map_err(|e| format!("ROUTES[{i}]: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { rules })
+    }
+
+    /// The (meter, cost) of a request; `requests` × 1 when no rule matches.
+    pub fn classify(&self, method: &str, path: &str) -> Classified {
+        self.rules
+            .iter()
+            .find(|r| {
+                r.method
+                    .as_deref()
+                    .is_none_or(|m| m.eq_ignore_ascii_case(method))
+                    && matches(&r.pattern, path)
+            })
+            .map_or_else(
+                || Classified {
+                    meter: MeterId::requests(),
+                    cost: Cost::Fixed(1),
+                },
+                |r| Classified {
+                    meter: r.meter.clone(),
+                    cost: r.cost,
+                },
+            )
+    }
+}
+
+fn matches(pattern: &[Segment], path: &str) -> bool {
+    let mut parts = segments(path);
+    for (i, seg) in pattern.iter().enumerate() {
+        match seg {
+            Segment::Rest => return i.saturating_add(1) == pattern.len(),
+            Segment::One => {
+                if parts.next().is_none() {
+                    return false;
+                }
+            }
+            Segment::Literal(l) => {
+                if parts.next() != Some(l.as_str()) {
+                    return false;
+                }
+            }
+        }
+    }
+    parts.next().is_none()
+}
+
+fn parse_rule(v: &Value) -> Result<Rule, String> {
+    let Value::Object(o) = v else {
+        return Err("must be an object".into());
+    };
+    if let Some(k) = o
+        .keys()
+        .find(|k| !["method", "path", "meter", "cost"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "{k}: unknown field (expected one of: method, path, meter, cost)"
+        ));
+    }
+    let method = match o.get("method") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) if !m.is_empty() && m.chars().all(|c| c.is_ascii_alphabetic()) => {
+            Some(m.to_ascii_uppercase())
+        }
+        Some(_) => return Err("method: must be an HTTP method name such as \"POST\"".into()),
+    };
+    let Some(Value::String(path)) = o.get("path") else {
+        return Err("path: is required, e.g. \"/v1/ai/**\"".into());
+    };
+    if !path.starts_with('/') {
+        return Err("path: must start with '/'".into());
+    }
+    let pattern: Vec<Segment> = segments(path)
+        .map(|s| match s {
+            "*" => Segment::One,
+            "**" => Segment::Rest,
+            l => Segment::Literal(l.to_owned()),
+        })
+        .collect();
+    if pattern.iter().rev().skip(1).any(|s| *s == Segment::Rest) {
+        return Err("path: '**' may only be the last segment".into());
+    }
+    let Some(Value::String(meter)) = o.get("meter") else {
+        return Err("meter: is required".into());
+    };
+    let meter = MeterId::parse(meter).map_err(|e| format!("meter: '{meter}' {e}"))?;
+    let cost = match o.get("cost") {
+        None => Cost::Fixed(1),
+        Some(Value::String(s)) if s == "reported" => Cost::Reported,
+        Some(c) => Cost::Fixed(whole_number(c).map_err(|e| format!("cost: {e}, or \"reported\""))?),
+    };
+    Ok(Rule {
+        method,
+        pattern,
+        meter,
+        cost,
+    })
+}
+
+const USAGE_PREFIX: &str = "x-usage-";
+
+/// The meter an `X-Usage-<Meter>` header reports, case-insensitively with `-` read as `_`
+/// (`X-Usage-Ai-Tokens` → `ai_tokens`); `None` for any other header or an invalid meter name.
+pub fn usage_header_meter(name: &str) -> Option<MeterId> {
+    let lower = name.to_ascii_lowercase();
+    let rest = lower.strip_prefix(USAGE_PREFIX)?;
+    MeterId::parse(&rest.replace('-', "_")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes() -> Routes {
+        Routes::parse(
+            r#"[{"method": "POST", "path": "/v1/ai/**", "meter": "ai_tokens", "cost": "reported"},
+                {"path": "/v1/export/*/csv", "meter": "csv_rows", "cost": 10},
+                {"method": "get", "path": "/v1/profiles", "meter": "mapping_profiles"}]"#,
+        )
+        .unwrap()
+    }
+
+    fn c(method: &str, path: &str) -> (String, Cost) {
+        let k = routes().classify(method, path);
+        (k.meter.to_string(), k.cost)
+    }
+
+    #[test]
+    fn default_is_one_request() {
+        assert_eq!(
+            Routes::default().classify("GET", "/anything"),
+            Classified {
+                meter: MeterId::parse("requests").unwrap(),
+                cost: Cost::Fixed(1)
+            }
+        );
+    }
+
+    #[test]
+    fn rules_match_method_and_pattern_in_order() {
+        assert_eq!(
+            c("POST", "/v1/ai/chat/completions"),
+            ("ai_tokens".into(), Cost::Reported)
+        );
+        assert_eq!(c("POST", "/v1/ai"), ("ai_tokens".into(), Cost::Reported));
+        assert_eq!(c("GET", "/v1/ai/chat"), ("requests".into(), Cost::Fixed(1)));
+        assert_eq!(
+            c("PUT", "/v1/export/42/csv"),
+            ("csv_rows".into(), Cost::Fixed(10))
+        );
+        assert_eq!(
+            c("PUT", "/v1/export/42/43/csv"),
+            ("requests".into(), Cost::Fixed(1))
+        );
+        assert_eq!(
+            c("GET", "/v1/profiles/"),
+            ("mapping_profiles".into(), Cost::Fixed(1))
+        );
+        assert_eq!(
+            c("GET", "/v1/profiles/x"),
+            ("requests".into(), Cost::Fixed(1))
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_named() {
+        let e = |s: &str| Routes::parse(s).unwrap_err();
+        assert_eq!(e("{}"), "ROUTES must be a JSON array of rules");
+        assert_eq!(
+            e(r#"[{"path": "/a/**/b", "meter": "m"}]"#),
+            "ROUTES[0]: path: '**' may only be the last segment"
+        );
+        assert_eq!(
+            e(r#"[{"path": "/a", "meter": "m", "cost": -1}]"#),
+            "ROUTES[0]: cost: must not be negative (got -1), or \"reported\""
+        );
+        assert_eq!(
+            e(r#"[{"path": "a", "meter": "m"}]"#),
+            "ROUTES[0]: path: must start with '/'"
+        );
+        assert_eq!(e(r#"[{"path": "/a", "meter": "M"}]"#), "ROUTES[0]: meter: 'M' may contain only a-z, 0-9, '_' and '-', and must start with a letter or digit");
+        assert_eq!(
+            e(r#"[{"path": "/a", "meter": "m", "x": 1}]"#),
+            "ROUTES[0]: x: unknown field (expected one of: method, path, meter, cost)"
+        );
+        assert!(Routes::parse("").is_ok());
+    }
+
+    #[test]
+    fn usage_headers_map_to_meters() {
+        assert_eq!(
+            usage_header_meter("X-Usage-Ai-Tokens").map(|m| m.to_string()),
+            Some("ai_tokens".into())
+        );
+        assert_eq!(
+            usage_header_meter("x-usage-csv_rows").map(|m| m.to_string()),
+            Some("csv_rows".into())
+        );
+        assert_eq!(usage_header_meter("X-Usage-"), None);
+        assert_eq!(usage_header_meter("X-Used-Tokens"), None);
+        assert_eq!(usage_header_meter("X-Usage-Bad Name"), None);
+    }
+}

@@ -1,0 +1,88 @@
+// Starts the built worker under `wrangler dev` (workerd) for end-to-end tests: the same
+// wrangler.toml as `make dev`, with the D1 migrations applied to a fresh persistence directory.
+import { spawn, execFileSync } from "node:child_process";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const WRANGLER = path.join(ROOT, "node_modules/.bin/wrangler");
+const ENV = { ...process.env, CI: "true", WRANGLER_SEND_METRICS: "false", NO_COLOR: "1" };
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export function tempDir(prefix = "quotagate-e2e-") {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+/** Applies the D1 migrations to the local ledger under `persistTo`. */
+export function migrate(persistTo) {
+  execFileSync(WRANGLER, ["d1", "migrations", "apply", "LEDGER", "--local", "--persist-to", persistTo], {
+    cwd: ROOT,
+    env: ENV,
+    stdio: "pipe",
+  });
+}
+
+/**
+ * Starts `wrangler dev` and waits until /_quota/healthz answers 200.
+ * `vars` become `--var NAME:value`. Returns { url, port, persistTo, logs(), stop(), kill() }.
+ */
+export async function startGateway({ vars = {}, persistTo = null, migrateFirst = true } = {}) {
+  const dir = persistTo ?? tempDir();
+  if (migrateFirst) migrate(dir);
+  const port = await freePort();
+  const inspector = await freePort();
+  const args = ["dev", "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(inspector),
+    "--persist-to", dir, "--log-level", "log", "--show-interactive-dev-session=false"];
+  for (const [k, v] of Object.entries(vars)) args.push("--var", `${k}:${v}`);
+  const child = spawn(WRANGLER, args, { cwd: ROOT, env: ENV, stdio: ["ignore", "pipe", "pipe"], detached: true });
+  let out = "";
+  child.stdout.on("data", (d) => (out += d));
+  child.stderr.on("data", (d) => (out += d));
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`wrangler dev exited ${child.exitCode}:\n${out}`);
+    try {
+      const r = await fetch(`${url}/_quota/healthz`);
+      if (r.status === 200) break;
+    } catch {}
+    if (Date.now() > deadline) {
+      process.kill(-child.pid, "SIGKILL");
+      throw new Error(`gateway did not become healthy in 60 s:\n${out}`);
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const kill = (signal) => {
+    try {
+      process.kill(-child.pid, signal);
+    } catch {}
+  };
+  return {
+    url,
+    port,
+    persistTo: dir,
+    logs: () => out,
+    kill: () => kill("SIGKILL"),
+    async stop() {
+      if (child.exitCode !== null) return;
+      const exited = new Promise((r) => child.once("exit", r));
+      kill("SIGTERM");
+      const t = setTimeout(() => kill("SIGKILL"), 5_000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
