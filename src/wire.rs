@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::policy::plan::whole_number;
 use crate::policy::{
-    Decision, EventId, LimitStatus, MeterId, OrgId, PlanId, Timestamp, UsageError,
+    Decision, EventId, Level, LimitStatus, MeterId, OrgId, Period, PlanId, Policy, Timestamp, UsageError,
 };
 
 /// The largest JSON body the API reads; larger ones get 413.
@@ -30,10 +30,7 @@ pub enum InputError {
 }
 
 fn field<T>(field: &str, reason: impl Into<String>) -> Result<T, InputError> {
-    Err(InputError::Field {
-        field: field.to_owned(),
-        reason: reason.into(),
-    })
+    Err(InputError::Field { field: field.to_owned(), reason: reason.into() })
 }
 
 pub fn parse_json(bytes: &[u8]) -> Result<Value, InputError> {
@@ -45,35 +42,25 @@ fn object<'a>(v: &'a Value, allowed: &[&str]) -> Result<&'a Map<String, Value>, 
         return field("(body)", "must be a JSON object");
     };
     if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return field(
-            k,
-            format!("unknown field (expected one of: {})", allowed.join(", ")),
-        );
+        return field(k, format!("unknown field (expected one of: {})", allowed.join(", ")));
     }
     Ok(o)
 }
 
 /// A quantity: a whole number from 0 to 2^53 − 1.
 pub fn parse_quantity(name: &str, v: &Value) -> Result<u64, InputError> {
-    let n = whole_number(v).map_err(|reason| InputError::Field {
-        field: name.to_owned(),
-        reason,
-    })?;
+    let n = whole_number(v).map_err(|reason| InputError::Field { field: name.to_owned(), reason })?;
     if n > MAX_SAFE_INTEGER {
-        return field(
-            name,
-            format!("must be at most {MAX_SAFE_INTEGER} (got {n})"),
-        );
+        return field(name, format!("must be at most {MAX_SAFE_INTEGER} (got {n})"));
     }
     Ok(n)
 }
 
 fn meter(o: &Map<String, Value>) -> Result<MeterId, InputError> {
     match o.get("meter") {
-        Some(Value::String(s)) => MeterId::parse(s).map_err(|e| InputError::Field {
-            field: "meter".into(),
-            reason: format!("'{s}' {e}"),
-        }),
+        Some(Value::String(s)) => {
+            MeterId::parse(s).map_err(|e| InputError::Field { field: "meter".into(), reason: format!("'{s}' {e}") })
+        }
         Some(_) => field("meter", "must be a string"),
         None => field("meter", "is required"),
     }
@@ -87,11 +74,7 @@ fn opt_bool(o: &Map<String, Value>, name: &str) -> Result<bool, InputError> {
     }
 }
 
-fn opt_string(
-    o: &Map<String, Value>,
-    name: &str,
-    max: usize,
-) -> Result<Option<String>, InputError> {
+fn opt_string(o: &Map<String, Value>, name: &str, max: usize) -> Result<Option<String>, InputError> {
     match o.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.len() <= max => Ok(Some(s.clone())),
@@ -112,19 +95,14 @@ pub struct CheckRequest {
 impl CheckRequest {
     pub fn parse(v: &Value) -> Result<Self, InputError> {
         let o = object(v, &["meter", "quantity", "reserve", "ttl_seconds"])?;
-        let quantity = o
-            .get("quantity")
-            .map_or(Ok(1), |q| parse_quantity("quantity", q))?;
+        let quantity = o.get("quantity").map_or(Ok(1), |q| parse_quantity("quantity", q))?;
         let reserve = opt_bool(o, "reserve")?;
         let ttl_secs = match o.get("ttl_seconds") {
             None | Some(Value::Null) => DEFAULT_RESERVATION_SECS,
             Some(t) => {
                 let t = parse_quantity("ttl_seconds", t)?;
                 if !(1..=MAX_RESERVATION_SECS).contains(&t) {
-                    return field(
-                        "ttl_seconds",
-                        format!("must be from 1 to {MAX_RESERVATION_SECS} (got {t})"),
-                    );
+                    return field("ttl_seconds", format!("must be from 1 to {MAX_RESERVATION_SECS} (got {t})"));
                 }
                 if !reserve {
                     return field("ttl_seconds", "only applies with \"reserve\": true");
@@ -132,22 +110,14 @@ impl CheckRequest {
                 t
             }
         };
-        Ok(Self {
-            meter: meter(o)?,
-            quantity,
-            reserve,
-            ttl_secs,
-        })
+        Ok(Self { meter: meter(o)?, quantity, reserve, ttl_secs })
     }
 }
 
 /// `POST /_quota/v1/reservations/{id}/commit`: the quantity used, the reserved one by default.
 pub fn parse_commit(v: &Value) -> Result<Option<u64>, InputError> {
     let o = object(v, &["quantity"])?;
-    o.get("quantity")
-        .filter(|q| !q.is_null())
-        .map(|q| parse_quantity("quantity", q))
-        .transpose()
+    o.get("quantity").filter(|q| !q.is_null()).map(|q| parse_quantity("quantity", q)).transpose()
 }
 
 /// `PUT /_quota/admin/orgs/{org}`: the org's own fields; the plan-dependent ones (anchor,
@@ -164,37 +134,19 @@ pub struct OrgUpsert {
 
 impl OrgUpsert {
     pub fn parse(v: &Value) -> Result<Self, InputError> {
-        let o = object(
-            v,
-            &[
-                "plan",
-                "name",
-                "billing_anchor",
-                "stripe_customer_id",
-                "webhook_url",
-                "overrides",
-            ],
-        )?;
+        let o = object(v, &["plan", "name", "billing_anchor", "stripe_customer_id", "webhook_url", "overrides"])?;
         let plan = match o.get("plan") {
-            Some(Value::String(s)) => PlanId::parse(s).map_err(|e| InputError::Field {
-                field: "plan".into(),
-                reason: format!("'{s}' {e}"),
-            })?,
+            Some(Value::String(s)) => PlanId::parse(s)
+                .map_err(|e| InputError::Field { field: "plan".into(), reason: format!("'{s}' {e}") })?,
             Some(_) => return field("plan", "must be a string"),
             None => return field("plan", "is required"),
         };
         let webhook_url = opt_string(o, "webhook_url", 2048)?;
-        if webhook_url
-            .as_deref()
-            .is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://")))
-        {
+        if webhook_url.as_deref().is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://"))) {
             return field("webhook_url", "must be an http(s) URL");
         }
         let stripe_customer_id = opt_string(o, "stripe_customer_id", 255)?;
-        if stripe_customer_id
-            .as_deref()
-            .is_some_and(|c| !c.starts_with("cus_"))
-        {
+        if stripe_customer_id.as_deref().is_some_and(|c| !c.starts_with("cus_")) {
             return field("stripe_customer_id", "must be a Stripe customer id (cus_…)");
         }
         Ok(Self {
@@ -238,6 +190,8 @@ pub enum DecideKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum DoRequest {
+    /// `replayable`: the id is the client's Idempotency-Key, so a replay within the idempotency
+    /// window is admitted without being counted again.
     Decide {
         key_hash: String,
         meter: MeterId,
@@ -245,6 +199,24 @@ pub enum DoRequest {
         kind: DecideKind,
         id: EventId,
         ttl_ms: u64,
+        replayable: bool,
+    },
+    /// Usage events (`POST /v1/events`), idempotent by event id.
+    Events {
+        key_hash: String,
+        events: Vec<UsageEvent>,
+        enforce: bool,
+    },
+    /// The live usage overview (`GET /v1/usage`).
+    Usage {
+        key_hash: String,
+        short: bool,
+    },
+    /// Drain the outbox to D1 now.
+    Flush,
+    /// Compare counters with the ledger; `repair` sets them to the ledger's truth.
+    Reconcile {
+        repair: bool,
     },
     /// Commit or release a reservation. `key_hash` is absent when the Worker itself settles
     /// a proxied request's reservation.
@@ -276,6 +248,143 @@ pub enum DoRequest {
     RevokeKey {
         key_id: String,
     },
+}
+
+/// One usage event as the DO records it; validated by `EventsRequest::parse`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    pub id: EventId,
+    pub meter: MeterId,
+    pub quantity: u64,
+    /// When the usage happened (ms); the ledger keeps it, the counters count it now.
+    pub timestamp: Option<u64>,
+    pub metadata: Option<Value>,
+}
+
+/// How many events one `POST /v1/events` may carry.
+pub const MAX_EVENTS: usize = 100;
+/// How far in the future an event's timestamp may be (clock skew), and how far in the past.
+pub const MAX_EVENT_SKEW_MS: u64 = 5 * 60 * 1000;
+pub const MAX_EVENT_AGE_MS: u64 = 35 * 86_400_000;
+const MAX_METADATA_BYTES: usize = 2048;
+
+/// `POST /_quota/v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsRequest {
+    pub events: Vec<UsageEvent>,
+    pub enforce: bool,
+}
+
+fn parse_event(i: usize, item: &Value, now: Timestamp) -> Result<UsageEvent, InputError> {
+    let at = |f: &str| format!("events[{i}].{f}");
+    let Value::Object(e) = item else { return field(&format!("events[{i}]"), "must be an object") };
+    let allowed = ["id", "meter", "quantity", "timestamp", "metadata"];
+    if let Some(k) = e.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return field(&at(k), format!("unknown field (expected one of: {})", allowed.join(", ")));
+    }
+    let id = match e.get("id") {
+        Some(Value::String(s)) => {
+            EventId::parse(s).map_err(|err| InputError::Field { field: at("id"), reason: format!("'{s}' {err}") })?
+        }
+        Some(_) => return field(&at("id"), "must be a string"),
+        None => return field(&at("id"), "is required (it makes the event idempotent)"),
+    };
+    let meter = match e.get("meter") {
+        Some(Value::String(s)) => {
+            MeterId::parse(s).map_err(|err| InputError::Field { field: at("meter"), reason: format!("'{s}' {err}") })?
+        }
+        Some(_) => return field(&at("meter"), "must be a string"),
+        None => return field(&at("meter"), "is required"),
+    };
+    let quantity = match e.get("quantity") {
+        Some(q) => parse_quantity(&at("quantity"), q)?,
+        None => return field(&at("quantity"), "is required"),
+    };
+    let timestamp = match e.get("timestamp") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|_| {
+                InputError::Field { field: at("timestamp"), reason: format!("'{s}' is not an RFC 3339 date-time") }
+            })?;
+            let ms = u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+            if ms > now.millis().saturating_add(MAX_EVENT_SKEW_MS) {
+                return field(&at("timestamp"), format!("'{s}' is in the future"));
+            }
+            if ms < now.millis().saturating_sub(MAX_EVENT_AGE_MS) {
+                return field(&at("timestamp"), format!("'{s}' is more than 35 days old"));
+            }
+            Some(ms)
+        }
+        Some(_) => return field(&at("timestamp"), "must be an RFC 3339 date-time string"),
+    };
+    let metadata = match e.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(m @ Value::Object(_)) if m.to_string().len() <= MAX_METADATA_BYTES => Some(m.clone()),
+        Some(Value::Object(_)) => {
+            return field(&at("metadata"), format!("must be at most {MAX_METADATA_BYTES} bytes of JSON"))
+        }
+        Some(_) => return field(&at("metadata"), "must be a JSON object"),
+    };
+    Ok(UsageEvent { id, meter, quantity, timestamp, metadata })
+}
+
+impl EventsRequest {
+    pub fn parse(v: &Value, now: Timestamp) -> Result<Self, InputError> {
+        let o = object(v, &["events", "enforce"])?;
+        let Some(Value::Array(items)) = o.get("events") else {
+            return field("events", "is required: an array of 1 to 100 events");
+        };
+        if items.is_empty() || items.len() > MAX_EVENTS {
+            return field("events", format!("must hold 1 to {MAX_EVENTS} events (got {})", items.len()));
+        }
+        let mut events: Vec<UsageEvent> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let e = parse_event(i, item, now)?;
+            if events.iter().any(|x| x.id == e.id) {
+                return field(&format!("events[{i}].id"), format!("'{}' appears twice in this request", e.id));
+            }
+            events.push(e);
+        }
+        Ok(Self { events, enforce: opt_bool(o, "enforce")? })
+    }
+}
+
+/// `days` of `/usage/summary`: 1 to 365, 30 when absent.
+pub fn parse_days(raw: Option<&str>) -> Result<u64, InputError> {
+    let Some(raw) = raw else { return Ok(30) };
+    match raw.parse::<u64>() {
+        Ok(d) if (1..=365).contains(&d) => Ok(d),
+        _ => field("days", format!("must be a whole number from 1 to 365 (got '{raw}')")),
+    }
+}
+
+/// A `from`/`to` query pair of dates, inclusive, at most `max_days` days long.
+pub fn parse_range(
+    from: Option<&str>,
+    to: Option<&str>,
+    max_days: i64,
+) -> Result<(time::Date, time::Date), InputError> {
+    let date = |name: &str, v: Option<&str>| -> Result<time::Date, InputError> {
+        let v = v.ok_or_else(|| InputError::Field { field: name.into(), reason: "is required (YYYY-MM-DD)".into() })?;
+        crate::policy::clock::parse_date(v).map_err(|reason| InputError::Field { field: name.into(), reason })
+    };
+    let (f, t) = (date("from", from)?, date("to", to)?);
+    if f > t {
+        return field("to", format!("{t} is before from ({f})"));
+    }
+    if (t - f).whole_days() >= max_days {
+        return field("to", format!("the range may span at most {max_days} days"));
+    }
+    Ok((f, t))
+}
+
+/// One RFC 4180 CSV field: quoted when it holds a comma, quote, CR or LF.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
 }
 
 /// How a reservation is settled.
@@ -319,12 +428,7 @@ pub fn problem_body(status: u16, kind: &str, title: &str, detail: &str) -> Value
 /// The one 401 body: missing, malformed, forged, unknown and revoked keys must be
 /// indistinguishable, wherever they are refused.
 pub fn unauthorized_body() -> Value {
-    problem_body(
-        401,
-        "unauthorized",
-        "Unauthorized",
-        "A valid API key is required.",
-    )
+    problem_body(401, "unauthorized", "Unauthorized", "A valid API key is required.")
 }
 
 /// One limit as the API shows it.
@@ -345,6 +449,54 @@ pub fn limit_json(l: &LimitStatus, now: Timestamp) -> Value {
         "overage": l.overage,
         "overage_cost_cents": l.overage_cost_cents,
     })
+}
+
+/// `GET /v1/usage`: the live overview of an org.
+pub fn usage_json(org: &OrgId, policy: &Policy, statuses: &[LimitStatus], now: Timestamp) -> Value {
+    let period = Period::Month.window(now, policy.billing_anchor);
+    let meters: Vec<Value> = statuses
+        .iter()
+        .map(|l| {
+            let mut v = limit_json(l, now);
+            if let Some(o) = v.as_object_mut() {
+                let unit = policy.meter(&l.meter).map_or("units", |m| m.unit.as_str());
+                o.insert("unit".into(), json!(unit));
+            }
+            v
+        })
+        .collect();
+    let alerts: Vec<Value> = statuses
+        .iter()
+        .filter(|l| l.level > Level::Ok)
+        .map(|l| {
+            json!({"meter": l.meter.as_str(), "policy": l.policy, "level": l.level.as_str(),
+                   "threshold_pct": l.level.threshold_pct(), "used": l.used, "limit": l.limit})
+        })
+        .collect();
+    json!({
+        "org_id": org.as_str(),
+        "plan": policy.plan.as_str(),
+        "period": {"start": period.start.rfc3339(), "end": period.end.map(Timestamp::rfc3339)},
+        "total_overage_cost_cents": statuses.iter().fold(0u64, |a, l| a.saturating_add(l.overage_cost_cents)),
+        "alerts": alerts,
+        "meters": meters,
+    })
+}
+
+/// `GET /v1/usage/status`: the worst level across the org's limits, in words.
+pub fn status_json(org: &OrgId, policy: &Policy, statuses: &[LimitStatus]) -> Value {
+    let worst = statuses.iter().max_by_key(|l| l.level);
+    let level = worst.map_or(Level::Ok, |l| l.level);
+    let (status, message) = match (level, worst) {
+        (Level::Over, Some(l)) => {
+            ("over_limit", format!("{} is at {}% of its limit", l.policy, l.percentage().unwrap_or(100)))
+        }
+        (Level::Warning | Level::Critical, Some(l)) => {
+            ("approaching_limit", format!("{} is at {}% of its limit", l.policy, l.percentage().unwrap_or(0)))
+        }
+        _ => ("ok", "All limits are below 80%".to_owned()),
+    };
+    json!({"org_id": org.as_str(), "plan": policy.plan.as_str(), "status": status, "level": level.as_str(), "message": message})
 }
 
 /// A decision as `/v1/check` answers it.
@@ -371,75 +523,48 @@ mod tests {
 
     #[test]
     fn check_bodies() {
-        let ok = CheckRequest::parse(
-            &json!({"meter": "rows", "quantity": 5, "reserve": true, "ttl_seconds": 60}),
-        )
-        .unwrap();
+        let ok =
+            CheckRequest::parse(&json!({"meter": "rows", "quantity": 5, "reserve": true, "ttl_seconds": 60})).unwrap();
+        assert_eq!((ok.meter.as_str(), ok.quantity, ok.reserve, ok.ttl_secs), ("rows", 5, true, 60));
+        assert_eq!(CheckRequest::parse(&json!({"meter": "rows"})).unwrap().quantity, 1);
         assert_eq!(
-            (ok.meter.as_str(), ok.quantity, ok.reserve, ok.ttl_secs),
-            ("rows", 5, true, 60)
-        );
-        assert_eq!(
-            CheckRequest::parse(&json!({"meter": "rows"}))
-                .unwrap()
-                .quantity,
-            1
-        );
-        assert_eq!(
-            err(CheckRequest::parse(
-                &json!({"meter": "rows", "quantity": -1})
-            )),
+            err(CheckRequest::parse(&json!({"meter": "rows", "quantity": -1}))),
             "quantity: must not be negative (got -1)"
         );
         assert_eq!(
-            err(CheckRequest::parse(
-                &json!({"meter": "rows", "quantity": 1.5})
-            )),
+            err(CheckRequest::parse(&json!({"meter": "rows", "quantity": 1.5}))),
             "quantity: must be a whole number (got 1.5)"
         );
         assert_eq!(
-            err(CheckRequest::parse(
-                &json!({"meter": "rows", "quantity": "5"})
-            )),
+            err(CheckRequest::parse(&json!({"meter": "rows", "quantity": "5"}))),
             "quantity: must be a whole number, got a string"
         );
         assert_eq!(
-            err(CheckRequest::parse(
-                &json!({"meter": "rows", "quantity": 9_007_199_254_740_992u64})
-            )),
+            err(CheckRequest::parse(&json!({"meter": "rows", "quantity": 9_007_199_254_740_992u64}))),
             "quantity: must be at most 9007199254740991 (got 9007199254740992)"
         );
+        assert_eq!(err(CheckRequest::parse(&json!({"quantity": 1}))), "meter: is required");
         assert_eq!(
-            err(CheckRequest::parse(&json!({"quantity": 1}))),
-            "meter: is required"
+            err(CheckRequest::parse(&json!({"meter": "Rows"}))),
+            "meter: 'Rows' may contain only a-z, 0-9, '_' and '-', and must start with a letter or digit"
         );
-        assert_eq!(err(CheckRequest::parse(&json!({"meter": "Rows"}))), "meter: 'Rows' may contain only a-z, 0-9, '_' and '-', and must start with a letter or digit");
         assert_eq!(
             err(CheckRequest::parse(&json!({"meter": "rows", "qty": 1}))),
             "qty: unknown field (expected one of: meter, quantity, reserve, ttl_seconds)"
         );
         assert_eq!(
-            err(CheckRequest::parse(
-                &json!({"meter": "rows", "reserve": "yes"})
-            )),
+            err(CheckRequest::parse(&json!({"meter": "rows", "reserve": "yes"}))),
             "reserve: must be true or false"
         );
         assert_eq!(
-            err(CheckRequest::parse(
-                &json!({"meter": "rows", "reserve": true, "ttl_seconds": 0})
-            )),
+            err(CheckRequest::parse(&json!({"meter": "rows", "reserve": true, "ttl_seconds": 0}))),
             "ttl_seconds: must be from 1 to 86400 (got 0)"
         );
         assert_eq!(
-            err(CheckRequest::parse(
-                &json!({"meter": "rows", "ttl_seconds": 5})
-            )),
+            err(CheckRequest::parse(&json!({"meter": "rows", "ttl_seconds": 5}))),
             "ttl_seconds: only applies with \"reserve\": true"
         );
-        assert_eq!(
-            err(CheckRequest::parse(&json!([1]))),
-            "(body): must be a JSON object"
-        );
+        assert_eq!(err(CheckRequest::parse(&json!([1]))), "(body): must be a JSON object");
         assert_eq!(
             err(parse_json(b"{\"meter\": ")),
             "request body is not valid JSON: EOF while parsing a value at line 1 column 10"
@@ -448,22 +573,17 @@ mod tests {
 
     #[test]
     fn org_bodies() {
-        let o = OrgUpsert::parse(&json!({"plan": "free", "name": "Acme", "billing_anchor": "2026-01-31", "overrides": []})).unwrap();
+        let o =
+            OrgUpsert::parse(&json!({"plan": "free", "name": "Acme", "billing_anchor": "2026-01-31", "overrides": []}))
+                .unwrap();
         assert_eq!((o.plan.as_str(), o.name.as_deref()), ("free", Some("Acme")));
+        assert_eq!(err(OrgUpsert::parse(&json!({"name": "x"}))), "plan: is required");
         assert_eq!(
-            err(OrgUpsert::parse(&json!({"name": "x"}))),
-            "plan: is required"
-        );
-        assert_eq!(
-            err(OrgUpsert::parse(
-                &json!({"plan": "free", "webhook_url": "ftp://x"})
-            )),
+            err(OrgUpsert::parse(&json!({"plan": "free", "webhook_url": "ftp://x"}))),
             "webhook_url: must be an http(s) URL"
         );
         assert_eq!(
-            err(OrgUpsert::parse(
-                &json!({"plan": "free", "stripe_customer_id": "acme"})
-            )),
+            err(OrgUpsert::parse(&json!({"plan": "free", "stripe_customer_id": "acme"}))),
             "stripe_customer_id: must be a Stripe customer id (cus_…)"
         );
         assert_eq!(err(OrgUpsert::parse(&json!({"plan": "free", "tier": 1}))), "tier: unknown field (expected one of: plan, name, billing_anchor, stripe_customer_id, webhook_url, overrides)");
@@ -473,33 +593,91 @@ mod tests {
     fn commit_and_reset_bodies() {
         assert_eq!(parse_commit(&json!({})), Ok(None));
         assert_eq!(parse_commit(&json!({"quantity": 3})), Ok(Some(3)));
-        assert_eq!(
-            err(parse_commit(&json!({"quantity": -3}))),
-            "quantity: must not be negative (got -3)"
-        );
+        assert_eq!(err(parse_commit(&json!({"quantity": -3}))), "quantity: must not be negative (got -3)");
         assert_eq!(parse_reset(&json!({})), Ok(None));
+        assert_eq!(parse_reset(&json!({"meter": "rows"})).unwrap().map(|m| m.to_string()), Some("rows".into()));
+    }
+
+    #[test]
+    fn event_bodies() {
+        let now = Timestamp::from_millis(1_795_428_000_000); // 2026-11-23T10:00Z
+        let body = json!({"events": [{"id": "e1", "meter": "rows", "quantity": 5, "timestamp": "2026-11-23T09:00:00Z",
+                                      "metadata": {"job": 7}}], "enforce": true});
+        let ok = EventsRequest::parse(&body, now).unwrap();
+        assert_eq!((ok.enforce, ok.events.len(), ok.events[0].timestamp), (true, 1, Some(1_795_424_400_000)));
+        let e = |v: Value| EventsRequest::parse(&v, now).unwrap_err().to_string();
+        let ev = |extra: Value| {
+            let mut base = json!({"id": "a", "meter": "rows", "quantity": 1});
+            base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            e(json!({"events": [base]}))
+        };
+        assert_eq!(e(json!({})), "events: is required: an array of 1 to 100 events");
+        assert_eq!(e(json!({"events": []})), "events: must hold 1 to 100 events (got 0)");
+        let many: Vec<Value> =
+            (0..101).map(|i| json!({"id": format!("e{i}"), "meter": "rows", "quantity": 1})).collect();
+        assert_eq!(e(json!({"events": many})), "events: must hold 1 to 100 events (got 101)");
         assert_eq!(
-            parse_reset(&json!({"meter": "rows"}))
-                .unwrap()
-                .map(|m| m.to_string()),
-            Some("rows".into())
+            e(json!({"events": [{"meter": "rows", "quantity": 1}]})),
+            "events[0].id: is required (it makes the event idempotent)"
+        );
+        assert_eq!(ev(json!({"quantity": -2})), "events[0].quantity: must not be negative (got -2)");
+        assert_eq!(ev(json!({"quantity": 0.5})), "events[0].quantity: must be a whole number (got 0.5)");
+        let twice = json!({"events": [{"id": "a", "meter": "rows", "quantity": 1}, {"id": "a", "meter": "rows", "quantity": 1}]});
+        assert_eq!(e(twice), "events[1].id: 'a' appears twice in this request");
+        assert_eq!(
+            ev(json!({"timestamp": "yesterday"})),
+            "events[0].timestamp: 'yesterday' is not an RFC 3339 date-time"
+        );
+        assert_eq!(
+            ev(json!({"timestamp": "2026-11-24T10:00:00Z"})),
+            "events[0].timestamp: '2026-11-24T10:00:00Z' is in the future"
+        );
+        assert_eq!(
+            ev(json!({"timestamp": "2026-01-01T00:00:00Z"})),
+            "events[0].timestamp: '2026-01-01T00:00:00Z' is more than 35 days old"
+        );
+        assert_eq!(ev(json!({"metadata": [1]})), "events[0].metadata: must be a JSON object");
+        assert_eq!(
+            ev(json!({"kind": "x"})),
+            "events[0].kind: unknown field (expected one of: id, meter, quantity, timestamp, metadata)"
         );
     }
 
     #[test]
+    fn query_parameters() {
+        assert_eq!(parse_days(None), Ok(30));
+        assert_eq!(parse_days(Some("365")), Ok(365));
+        for bad in ["0", "366", "-1", "1.5", "x", ""] {
+            let want = format!("days: must be a whole number from 1 to 365 (got '{bad}')");
+            assert_eq!(parse_days(Some(bad)).unwrap_err().to_string(), want);
+        }
+        let (f, t) = parse_range(Some("2026-01-30"), Some("2026-02-02"), 366).unwrap();
+        assert_eq!((t - f).whole_days(), 3);
+        let e = |a, b| parse_range(a, b, 366).unwrap_err().to_string();
+        assert_eq!(e(Some("2026-02-02"), Some("2026-01-30")), "to: 2026-01-30 is before from (2026-02-02)");
+        assert_eq!(
+            e(Some("2026-02-30"), Some("2026-03-01")),
+            "from: '2026-02-30' is not a valid date in the form YYYY-MM-DD"
+        );
+        assert_eq!(e(None, Some("2026-03-01")), "from: is required (YYYY-MM-DD)");
+        assert_eq!(e(Some("2025-01-01"), Some("2026-03-01")), "to: the range may span at most 366 days");
+    }
+
+    #[test]
+    fn csv_quoting_is_rfc4180() {
+        assert_eq!(csv_field("acme"), "acme");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+    }
+
+    #[test]
     fn do_messages_round_trip() {
-        for action in [
-            SettleAction::Commit { quantity: None },
-            SettleAction::Commit { quantity: Some(4) },
-            SettleAction::Release,
-        ] {
-            let m = DoRequest::Settle {
-                key_hash: None,
-                id: EventId::parse("r1").unwrap(),
-                action,
-            };
-            let back: DoRequest =
-                serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        for action in
+            [SettleAction::Commit { quantity: None }, SettleAction::Commit { quantity: Some(4) }, SettleAction::Release]
+        {
+            let m = DoRequest::Settle { key_hash: None, id: EventId::parse("r1").unwrap(), action };
+            let back: DoRequest = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
             assert_eq!(back, m);
         }
         let s = serde_json::to_string(&DoRequest::Reset { meter: None }).unwrap();

@@ -4,25 +4,23 @@
 //! each org's configuration to its Durable Object. Validation is the core's (`Plan::parse`,
 //! `OrgTerms::parse`) and the wire module's; this file only sequences I/O.
 
+use std::fmt::Write as _;
+
 use serde_json::{json, Value};
 use worker::{Env, Method, Request, Response};
 
 use super::error::{json_response, EdgeError};
 use super::ledger::{self, OrgRow, PlanRow};
 use super::platform::{call_do, config, now, random_bytes, read_json};
+use crate::policy::billing::{range_totals, DailyUsage, RangeTotals};
 use crate::policy::keys::{mint, secrets_equal, KEY_RANDOM_BYTES};
-use crate::policy::{OrgId, OrgTerms, Plan, PlanId, Timestamp};
-use crate::wire::{parse_reset, DoReply, DoRequest, InputError, OrgUpsert};
+use crate::policy::{MeterId, OrgId, OrgTerms, Plan, PlanId, Policy, Timestamp};
+use crate::wire::{csv_field, parse_range, parse_reset, DoReply, DoRequest, InputError, OrgUpsert};
 
 type Handled = Result<Response, EdgeError>;
 
 fn authorize(req: &Request, env: &Env) -> Result<(), EdgeError> {
-    let given = req
-        .headers()
-        .get("Authorization")
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let given = req.headers().get("Authorization").ok().flatten().unwrap_or_default();
     let token = given.strip_prefix("Bearer ").unwrap_or_default();
     let expected = config(env, "ADMIN_TOKEN").unwrap_or_default();
     if secrets_equal(token.as_bytes(), expected.as_bytes()) {
@@ -38,10 +36,7 @@ fn path_id<T>(
     parse: impl Fn(&str) -> Result<T, crate::policy::ids::IdError>,
 ) -> Result<T, EdgeError> {
     parse(raw).map_err(|e| {
-        EdgeError::Input(InputError::Field {
-            field: format!("{kind} id in the path"),
-            reason: format!("'{raw}' {e}"),
-        })
+        EdgeError::Input(InputError::Field { field: format!("{kind} id in the path"), reason: format!("'{raw}' {e}") })
     })
 }
 
@@ -72,12 +67,8 @@ pub async fn route(mut req: Request, env: &Env, rest: &str) -> Handled {
             let body = read_json(&mut req).await?;
             put_org(env, &id, &body).await
         }
-        (Method::Post, ["orgs", id, "keys"]) => {
-            create_key(env, &path_id("org", id, OrgId::parse)?).await
-        }
-        (Method::Get, ["orgs", id, "keys"]) => {
-            list_keys(env, &path_id("org", id, OrgId::parse)?).await
-        }
+        (Method::Post, ["orgs", id, "keys"]) => create_key(env, &path_id("org", id, OrgId::parse)?).await,
+        (Method::Get, ["orgs", id, "keys"]) => list_keys(env, &path_id("org", id, OrgId::parse)?).await,
         (Method::Delete, ["orgs", id, "keys", key_id]) => {
             revoke_key(env, &path_id("org", id, OrgId::parse)?, key_id).await
         }
@@ -85,23 +76,37 @@ pub async fn route(mut req: Request, env: &Env, rest: &str) -> Handled {
             let id = path_id("org", id, OrgId::parse)?;
             let meter = parse_reset(&read_json(&mut req).await?)?;
             require_org(env, &id).await?;
-            let reply = do_ok(call_do(env, &id, &DoRequest::Reset { meter }).await?)?;
+            let reply = do_ok(call_do(env, &id, &DoRequest::Reset { meter: meter.clone() }).await?)?;
+            ledger::record_reset(&ledger::db(env)?, &id, meter.as_ref().map(MeterId::as_str), now()).await?;
             ok(200, &reply.body)
         }
-        (_, p) if is_admin_resource(p) => Err(EdgeError::MethodNotAllowed(format!(
-            "{method:?} is not allowed on /_quota/admin/{rest}"
-        ))),
-        _ => Err(EdgeError::NotFound(format!(
-            "no admin endpoint /_quota/admin/{rest}"
-        ))),
+        (Method::Post, ["orgs", id, "flush"]) => {
+            let id = path_id("org", id, OrgId::parse)?;
+            require_org(env, &id).await?;
+            let reply = do_ok(call_do(env, &id, &DoRequest::Flush).await?)?;
+            ok(200, &reply.body)
+        }
+        (Method::Get | Method::Post, ["orgs", id, "reconcile"]) => {
+            let id = path_id("org", id, OrgId::parse)?;
+            require_org(env, &id).await?;
+            let repair = method == Method::Post;
+            let reply = do_ok(call_do(env, &id, &DoRequest::Reconcile { repair }).await?)?;
+            ok(200, &reply.body)
+        }
+        (Method::Get, ["export"]) => export(&req, env).await,
+        (_, p) if is_admin_resource(p) => {
+            Err(EdgeError::MethodNotAllowed(format!("{method:?} is not allowed on /_quota/admin/{rest}")))
+        }
+        _ => Err(EdgeError::NotFound(format!("no admin endpoint /_quota/admin/{rest}"))),
     }
 }
 
 /// A path that names an admin resource (so a wrong method is 405, not 404).
 fn is_admin_resource(p: &[&str]) -> bool {
-    matches!(p, ["plans" | "orgs", ..])
-        && matches!(p.len(), 1..=4)
-        && p.get(2).is_none_or(|s| *s == "keys" || *s == "reset")
+    p == ["export"]
+        || matches!(p, ["plans" | "orgs", ..])
+            && matches!(p.len(), 1..=4)
+            && p.get(2).is_none_or(|s| matches!(*s, "keys" | "reset" | "flush" | "reconcile"))
 }
 
 /// A DO reply that must be a success, else its answer is passed through.
@@ -126,10 +131,7 @@ fn plan_json(row: &PlanRow) -> Value {
 
 async fn list_plans(env: &Env) -> Handled {
     let rows = ledger::list_plans(&ledger::db(env)?).await?;
-    ok(
-        200,
-        &json!({"plans": rows.iter().map(plan_json).collect::<Vec<_>>()}),
-    )
+    ok(200, &json!({"plans": rows.iter().map(plan_json).collect::<Vec<_>>()}))
 }
 
 async fn get_plan(env: &Env, id: &PlanId) -> Handled {
@@ -154,9 +156,8 @@ async fn put_plan(env: &Env, id: &PlanId, body: &Value) -> Handled {
     for org in &orgs {
         push_config(env, org, body).await?;
     }
-    let row = ledger::get_plan(&db, id)
-        .await?
-        .ok_or_else(|| EdgeError::Internal("plan vanished after upsert".into()))?;
+    let row =
+        ledger::get_plan(&db, id).await?.ok_or_else(|| EdgeError::Internal("plan vanished after upsert".into()))?;
     let mut out = plan_json(&row);
     if let Some(o) = out.as_object_mut() {
         o.insert("orgs_updated".into(), json!(orgs.len()));
@@ -165,12 +166,10 @@ async fn put_plan(env: &Env, id: &PlanId, body: &Value) -> Handled {
 }
 
 async fn push_config(env: &Env, org: &OrgRow, plan_doc: &Value) -> Result<DoReply, EdgeError> {
-    let id = OrgId::parse(&org.id)
-        .map_err(|e| EdgeError::Internal(format!("stored org id '{}': {e}", org.id)))?;
+    let id = OrgId::parse(&org.id).map_err(|e| EdgeError::Internal(format!("stored org id '{}': {e}", org.id)))?;
     let msg = DoRequest::Configure {
         org: id.clone(),
-        plan_id: PlanId::parse(&org.plan_id)
-            .map_err(|e| EdgeError::Internal(format!("stored plan id: {e}")))?,
+        plan_id: PlanId::parse(&org.plan_id).map_err(|e| EdgeError::Internal(format!("stored plan id: {e}")))?,
         plan: plan_doc.clone(),
         billing_anchor: org.billing_anchor.clone().map(Value::String),
         overrides: serde_json::from_str(&org.overrides).ok(),
@@ -194,9 +193,7 @@ fn org_json(row: &OrgRow, state: &Value) -> Value {
 }
 
 async fn require_org(env: &Env, id: &OrgId) -> Result<OrgRow, EdgeError> {
-    ledger::get_org(&ledger::db(env)?, id)
-        .await?
-        .ok_or_else(|| EdgeError::NotFound(format!("unknown org '{id}'")))
+    ledger::get_org(&ledger::db(env)?, id).await?.ok_or_else(|| EdgeError::NotFound(format!("unknown org '{id}'")))
 }
 
 async fn get_org(env: &Env, id: &OrgId) -> Handled {
@@ -209,13 +206,10 @@ async fn put_org(env: &Env, id: &OrgId, body: &Value) -> Handled {
     let up = OrgUpsert::parse(body)?;
     let db = ledger::db(env)?;
     let plan_row = ledger::get_plan(&db, &up.plan).await?.ok_or_else(|| {
-        EdgeError::Input(InputError::Field {
-            field: "plan".into(),
-            reason: format!("unknown plan '{}'", up.plan),
-        })
+        EdgeError::Input(InputError::Field { field: "plan".into(), reason: format!("unknown plan '{}'", up.plan) })
     })?;
-    let plan_doc: Value = serde_json::from_str(&plan_row.body)
-        .map_err(|e| EdgeError::Internal(format!("stored plan: {e}")))?;
+    let plan_doc: Value =
+        serde_json::from_str(&plan_row.body).map_err(|e| EdgeError::Internal(format!("stored plan: {e}")))?;
     let plan = Plan::parse(&up.plan, &plan_doc)?;
     // Validates the anchor and the overrides against the plan before anything is stored.
     let terms = OrgTerms::parse(up.billing_anchor.as_ref(), up.overrides.as_ref(), &plan)?;
@@ -234,10 +228,7 @@ async fn put_org(env: &Env, id: &OrgId, body: &Value) -> Handled {
     };
     ledger::put_org(&db, &row).await?;
     let state = push_config(env, &row, &plan_doc).await?;
-    ok(
-        if existing.is_some() { 200 } else { 201 },
-        &org_json(&row, &state.body),
-    )
+    ok(if existing.is_some() { 200 } else { 201 }, &org_json(&row, &state.body))
 }
 
 async fn create_key(env: &Env, org: &OrgId) -> Handled {
@@ -245,26 +236,8 @@ async fn create_key(env: &Env, org: &OrgId) -> Handled {
     let secret = config(env, "KEY_SECRET").ok_or(EdgeError::NotConfigured("KEY_SECRET"))?;
     let key = mint(org, &random_bytes::<KEY_RANDOM_BYTES>()?, secret.as_bytes());
     let t = now();
-    ledger::insert_key(
-        &ledger::db(env)?,
-        &key.key_id,
-        org,
-        &key.hash,
-        &key.prefix,
-        t,
-    )
-    .await?;
-    do_ok(
-        call_do(
-            env,
-            org,
-            &DoRequest::AddKey {
-                key_id: key.key_id.clone(),
-                hash: key.hash,
-            },
-        )
-        .await?,
-    )?;
+    ledger::insert_key(&ledger::db(env)?, &key.key_id, org, &key.hash, &key.prefix, t).await?;
+    do_ok(call_do(env, org, &DoRequest::AddKey { key_id: key.key_id.clone(), hash: key.hash }).await?)?;
     ok(
         201,
         &json!({"key_id": key.key_id, "key": key.plaintext, "prefix": key.prefix, "org_id": org.as_str(), "created_at": t.rfc3339()}),
@@ -287,18 +260,154 @@ async fn revoke_key(env: &Env, org: &OrgId, key_id: &str) -> Handled {
     let revoked = ledger::revoke_key(&ledger::db(env)?, org, key_id, now())
         .await?
         .ok_or_else(|| EdgeError::NotFound(format!("org '{org}' has no key '{key_id}'")))?;
-    do_ok(
-        call_do(
-            env,
-            org,
-            &DoRequest::RevokeKey {
-                key_id: key_id.to_owned(),
-            },
-        )
-        .await?,
-    )?;
-    ok(
-        200,
-        &json!({"key_id": key_id, "org_id": org.as_str(), "revoked_at": rfc(revoked)}),
-    )
+    do_ok(call_do(env, org, &DoRequest::RevokeKey { key_id: key_id.to_owned() }).await?)?;
+    ok(200, &json!({"key_id": key_id, "org_id": org.as_str(), "revoked_at": rfc(revoked)}))
+}
+
+/// An org's effective policy from its D1 rows.
+fn policy_of(org: &OrgRow, plan_row: &PlanRow) -> Result<Policy, EdgeError> {
+    let plan_id = PlanId::parse(&plan_row.id).map_err(|e| EdgeError::Internal(e.to_string()))?;
+    let doc: Value =
+        serde_json::from_str(&plan_row.body).map_err(|e| EdgeError::Internal(format!("stored plan: {e}")))?;
+    let plan = Plan::parse(&plan_id, &doc)?;
+    let anchor = org.billing_anchor.clone().map(Value::String);
+    let overrides: Option<Value> = serde_json::from_str(&org.overrides).ok();
+    Ok(Policy::new(&plan, &OrgTerms::parse(anchor.as_ref(), overrides.as_ref(), &plan)?))
+}
+
+/// One export row: org, plan, meter and the totals over the range.
+struct ExportRow {
+    org: String,
+    plan: String,
+    meter: String,
+    totals: RangeTotals,
+}
+
+/// Groups the rollups by (org, meter) and prices each group under its org's plan.
+fn export_rows(days: &[ledger::DailyRow], orgs: &[OrgRow], plans: &[PlanRow]) -> Result<Vec<ExportRow>, EdgeError> {
+    let mut rows = Vec::new();
+    let mut i = 0;
+    while let Some(first) = days.get(i) {
+        let group: Vec<&ledger::DailyRow> =
+            days.iter().skip(i).take_while(|d| d.org_id == first.org_id && d.meter == first.meter).collect();
+        i = i.saturating_add(group.len());
+        let daily: Vec<DailyUsage> = group
+            .iter()
+            .filter_map(|d| {
+                let day = crate::policy::clock::parse_date(&d.day).ok()?;
+                Some(DailyUsage {
+                    day,
+                    quantity: d.quantity,
+                    events: d.events,
+                    max_value: d.max_value,
+                    last_value: d.last_value,
+                })
+            })
+            .collect();
+        let meter = MeterId::parse(&first.meter).map_err(|e| EdgeError::Internal(e.to_string()))?;
+        let org = orgs.iter().find(|o| o.id == first.org_id);
+        let plan_row = org.and_then(|o| plans.iter().find(|p| p.id == o.plan_id));
+        let (plan, totals) = match (org, plan_row) {
+            (Some(o), Some(p)) => {
+                let policy = policy_of(o, p)?;
+                (policy.plan.to_string(), range_totals(&policy, &meter, &daily))
+            }
+            // An org deleted since: its usage is still exported, unpriced.
+            _ => (String::new(), range_totals(&Policy::unpriced(), &meter, &daily)),
+        };
+        rows.push(ExportRow { org: first.org_id.clone(), plan, meter: first.meter.clone(), totals });
+    }
+    Ok(rows)
+}
+
+/// `GET /_quota/admin/export?from&to&format=json|csv`: per org and meter over the inclusive
+/// date range, from the daily rollups, with overage priced by each org's plan.
+async fn export(req: &Request, env: &Env) -> Handled {
+    let url = req.url().map_err(EdgeError::platform("request url"))?;
+    let q: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let get = |n: &str| q.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    let (from, to) = parse_range(get("from"), get("to"), 366)?;
+    let csv = match get("format").unwrap_or("json") {
+        "json" => false,
+        "csv" => true,
+        other => {
+            let reason = format!("must be json or csv (got '{other}')");
+            return Err(EdgeError::Input(InputError::Field { field: "format".into(), reason }));
+        }
+    };
+    let db = ledger::db(env)?;
+    let days = ledger::daily_range(&db, &from.to_string(), &to.to_string()).await?;
+    let rows = export_rows(&days, &ledger::all_orgs(&db).await?, &ledger::list_plans(&db).await?)?;
+    if csv {
+        let mut out = String::from("org_id,plan,meter,quantity,events,overage,overage_cost_cents\r\n");
+        for r in &rows {
+            let t = &r.totals;
+            let _ = write!(
+                out,
+                "{},{},{},{},{},{},{}\r\n",
+                csv_field(&r.org),
+                csv_field(&r.plan),
+                csv_field(&r.meter),
+                t.quantity,
+                t.events,
+                t.overage,
+                t.overage_cost_cents
+            );
+        }
+        let headers = worker::Headers::new();
+        headers.set("Content-Type", "text/csv; charset=utf-8").map_err(EdgeError::platform("headers"))?;
+        let name = format!("attachment; filename=\"quotagate-usage-{from}-{to}.csv\"");
+        headers.set("Content-Disposition", &name).map_err(EdgeError::platform("headers"))?;
+        return Ok(Response::ok(out).map_err(EdgeError::platform("response"))?.with_headers(headers));
+    }
+    let total_cost = rows.iter().fold(0u64, |a, r| a.saturating_add(r.totals.overage_cost_cents));
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({"org_id": r.org, "plan": r.plan, "meter": r.meter, "quantity": r.totals.quantity,
+                   "events": r.totals.events, "overage": r.totals.overage, "overage_cost_cents": r.totals.overage_cost_cents})
+        })
+        .collect();
+    let body = json!({"from": from.to_string(), "to": to.to_string(), "generated_at": now().rfc3339(),
+                      "total_overage_cost_cents": total_cost, "rows": items});
+    ok(200, &body)
+}
+
+/// The cron's work: reconcile every org (report only) and prune old raw events.
+pub async fn scheduled(env: &Env) {
+    let started = now();
+    let (mut checked, mut drifted) = (0u64, 0u64);
+    let orgs = match ledger::db(env) {
+        Ok(db) => ledger::all_orgs(&db).await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    for org in &orgs {
+        let Ok(id) = OrgId::parse(&org.id) else { continue };
+        match call_do(env, &id, &DoRequest::Reconcile { repair: false }).await {
+            Ok(reply) if reply.status == 200 => {
+                checked = checked.saturating_add(1);
+                let drift = reply.body.get("total_drift").and_then(Value::as_u64).unwrap_or(0);
+                if drift > 0 {
+                    drifted = drifted.saturating_add(1);
+                    let line = json!({"msg": "reconcile drift", "org": org.id, "total_drift": drift, "limits": reply.body.get("limits")});
+                    worker::console_warn!("{line}");
+                }
+            }
+            Ok(reply) => {
+                worker::console_warn!("{}", json!({"msg": "reconcile skipped", "org": org.id, "status": reply.status}));
+            }
+            Err(e) => {
+                worker::console_error!("{}", json!({"msg": "reconcile failed", "org": org.id, "error": e.to_string()}));
+            }
+        }
+    }
+    let days = config(env, "RETENTION_DAYS").and_then(|d| d.parse::<u64>().ok()).unwrap_or(400);
+    let cutoff = started.saturating_sub_ms(days.saturating_mul(86_400_000));
+    let pruned = match ledger::db(env) {
+        Ok(db) => ledger::prune(&db, cutoff).await.unwrap_or(0),
+        Err(_) => 0,
+    };
+    let line = json!({"msg": "scheduled", "orgs_checked": checked, "orgs_with_drift": drifted,
+                      "events_pruned": pruned, "retention_days": days, "ms": now().since(started)});
+    worker::console_log!("{line}");
 }

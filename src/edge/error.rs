@@ -34,10 +34,7 @@ pub enum EdgeError {
     NotConfigured(&'static str),
     /// The platform failed (a binding, D1, a DO call): logged, answered as 503.
     #[error("{context}: {source}")]
-    Platform {
-        context: &'static str,
-        source: worker::Error,
-    },
+    Platform { context: &'static str, source: worker::Error },
     #[error("{0}")]
     Internal(String),
 }
@@ -50,18 +47,12 @@ impl EdgeError {
     pub fn into_response(self) -> worker::Result<Response> {
         let (status, kind, title, detail) = match &self {
             Self::Unauthorized => {
-                let reply = DoReply {
-                    status: 401,
-                    headers: Vec::new(),
-                    body: crate::wire::unauthorized_body(),
-                    plan: None,
-                };
+                let reply =
+                    DoReply { status: 401, headers: Vec::new(), body: crate::wire::unauthorized_body(), plan: None };
                 return super::platform::reply_response(&reply);
             }
             Self::NotFound(d) => (404, "not-found", "Not found", d.clone()),
-            Self::MethodNotAllowed(d) => {
-                (405, "method-not-allowed", "Method not allowed", d.clone())
-            }
+            Self::MethodNotAllowed(d) => (405, "method-not-allowed", "Method not allowed", d.clone()),
             Self::BadRequest(d) => (400, "bad-request", "Bad request", d.clone()),
             Self::Input(e) => (400, "invalid-input", "Invalid input", e.to_string()),
             Self::Plan(e) => (400, "invalid-plan", "Invalid plan", e.to_string()),
@@ -86,13 +77,7 @@ impl EdgeError {
 }
 
 /// An `application/problem+json` response (RFC 9457) with optional extra members.
-pub fn problem(
-    status: u16,
-    kind: &str,
-    title: &str,
-    detail: &str,
-    extra: Option<Value>,
-) -> worker::Result<Response> {
+pub fn problem(status: u16, kind: &str, title: &str, detail: &str, extra: Option<Value>) -> worker::Result<Response> {
     let mut body = problem_body(status, kind, title, detail);
     if let (Some(obj), Some(Value::Object(more))) = (body.as_object_mut(), extra) {
         obj.extend(more);
@@ -105,7 +90,5 @@ pub fn json_response(status: u16, body: &Value, content_type: &str) -> worker::R
     let headers = Headers::new();
     headers.set("Content-Type", content_type)?;
     headers.set("Cache-Control", "no-store")?;
-    Ok(Response::ok(body.to_string())?
-        .with_status(status)
-        .with_headers(headers))
+    Ok(Response::ok(body.to_string())?.with_status(status).with_headers(headers))
 }

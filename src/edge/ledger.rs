@@ -12,8 +12,7 @@ use super::platform::js_int;
 use crate::policy::{OrgId, PlanId, Timestamp};
 
 pub fn db(env: &Env) -> Result<D1Database, EdgeError> {
-    env.d1("LEDGER")
-        .map_err(EdgeError::platform("LEDGER binding"))
+    env.d1("LEDGER").map_err(EdgeError::platform("LEDGER binding"))
 }
 
 fn s(v: &str) -> JsValue {
@@ -84,13 +83,7 @@ pub async fn list_plans(db: &D1Database) -> Result<Vec<PlanRow>, EdgeError> {
 }
 
 /// Inserts or replaces a plan; `true` when it was new.
-pub async fn put_plan(
-    db: &D1Database,
-    id: &PlanId,
-    name: &str,
-    body: &str,
-    now: Timestamp,
-) -> Result<bool, EdgeError> {
+pub async fn put_plan(db: &D1Database, id: &PlanId, name: &str, body: &str, now: Timestamp) -> Result<bool, EdgeError> {
     let existed = get_plan(db, id).await?.is_some();
     db.prepare(
         "INSERT INTO plans (id, name, body, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) \
@@ -104,7 +97,8 @@ pub async fn put_plan(
     Ok(!existed)
 }
 
-const ORG_COLUMNS: &str = "id, name, plan_id, billing_anchor, stripe_customer_id, webhook_url, overrides, created_at, updated_at";
+const ORG_COLUMNS: &str =
+    "id, name, plan_id, billing_anchor, stripe_customer_id, webhook_url, overrides, created_at, updated_at";
 
 pub async fn get_org(db: &D1Database, id: &OrgId) -> Result<Option<OrgRow>, EdgeError> {
     db.prepare(format!("SELECT {ORG_COLUMNS} FROM orgs WHERE id = ?"))
@@ -116,15 +110,13 @@ pub async fn get_org(db: &D1Database, id: &OrgId) -> Result<Option<OrgRow>, Edge
 }
 
 pub async fn orgs_on_plan(db: &D1Database, plan: &PlanId) -> Result<Vec<OrgRow>, EdgeError> {
-    db.prepare(format!(
-        "SELECT {ORG_COLUMNS} FROM orgs WHERE plan_id = ? ORDER BY id"
-    ))
-    .bind(&[s(plan.as_str())])
-    .map_err(EdgeError::platform("bind"))?
-    .all()
-    .await
-    .and_then(|r| r.results())
-    .map_err(EdgeError::platform("orgs query"))
+    db.prepare(format!("SELECT {ORG_COLUMNS} FROM orgs WHERE plan_id = ? ORDER BY id"))
+        .bind(&[s(plan.as_str())])
+        .map_err(EdgeError::platform("bind"))?
+        .all()
+        .await
+        .and_then(|r| r.results())
+        .map_err(EdgeError::platform("orgs query"))
 }
 
 pub async fn put_org(db: &D1Database, row: &OrgRow) -> Result<(), EdgeError> {
@@ -161,14 +153,12 @@ pub async fn insert_key(
     prefix: &str,
     now: Timestamp,
 ) -> Result<(), EdgeError> {
-    db.prepare(
-        "INSERT INTO api_keys (id, org_id, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(&[s(key_id), s(org.as_str()), s(hash), s(prefix), t(now)?])
-    .map_err(EdgeError::platform("bind"))?
-    .run()
-    .await
-    .map_err(EdgeError::platform("api_keys insert"))?;
+    db.prepare("INSERT INTO api_keys (id, org_id, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(&[s(key_id), s(org.as_str()), s(hash), s(prefix), t(now)?])
+        .map_err(EdgeError::platform("bind"))?
+        .run()
+        .await
+        .map_err(EdgeError::platform("api_keys insert"))?;
     Ok(())
 }
 
@@ -184,24 +174,15 @@ pub async fn list_keys(db: &D1Database, org: &OrgId) -> Result<Vec<KeyRow>, Edge
 
 /// Marks a key of `org` revoked; `None` when the org has no such key. Revoking twice keeps the
 /// first revocation time.
-pub async fn revoke_key(
-    db: &D1Database,
-    org: &OrgId,
-    key_id: &str,
-    now: Timestamp,
-) -> Result<Option<u64>, EdgeError> {
-    db.prepare(
-        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? AND org_id = ?",
-    )
-    .bind(&[t(now)?, s(key_id), s(org.as_str())])
-    .map_err(EdgeError::platform("bind"))?
-    .run()
-    .await
-    .map_err(EdgeError::platform("api_keys revoke"))?;
+pub async fn revoke_key(db: &D1Database, org: &OrgId, key_id: &str, now: Timestamp) -> Result<Option<u64>, EdgeError> {
+    db.prepare("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? AND org_id = ?")
+        .bind(&[t(now)?, s(key_id), s(org.as_str())])
+        .map_err(EdgeError::platform("bind"))?
+        .run()
+        .await
+        .map_err(EdgeError::platform("api_keys revoke"))?;
     let row: Option<KeyRow> = db
-        .prepare(
-            "SELECT id, prefix, created_at, revoked_at FROM api_keys WHERE id = ? AND org_id = ?",
-        )
+        .prepare("SELECT id, prefix, created_at, revoked_at FROM api_keys WHERE id = ? AND org_id = ?")
         .bind(&[s(key_id), s(org.as_str())])
         .map_err(EdgeError::platform("bind"))?
         .first(None)
@@ -211,11 +192,7 @@ pub async fn revoke_key(
 }
 
 /// The key's revocation state and its org's plan, for deciding without the DO.
-pub async fn key_plan(
-    db: &D1Database,
-    org: &OrgId,
-    hash: &str,
-) -> Result<Option<KeyPlanRow>, EdgeError> {
+pub async fn key_plan(db: &D1Database, org: &OrgId, hash: &str) -> Result<Option<KeyPlanRow>, EdgeError> {
     db.prepare(
         "SELECT k.revoked_at AS revoked_at, p.id AS plan_id, p.body AS plan_body FROM api_keys k \
          JOIN orgs o ON o.id = k.org_id JOIN plans p ON p.id = o.plan_id WHERE k.key_hash = ? AND k.org_id = ?",
@@ -225,4 +202,120 @@ pub async fn key_plan(
     .first(None)
     .await
     .map_err(EdgeError::platform("api_keys query"))
+}
+
+/// The key is active for the org (used where the org's DO is not asked: ledger reads).
+pub async fn key_active(db: &D1Database, org: &OrgId, hash: &str) -> Result<bool, EdgeError> {
+    let row: Option<serde_json::Value> = db
+        .prepare("SELECT 1 AS ok FROM api_keys WHERE key_hash = ? AND org_id = ? AND revoked_at IS NULL")
+        .bind(&[s(hash), s(org.as_str())])
+        .map_err(EdgeError::platform("bind"))?
+        .first(None)
+        .await
+        .map_err(EdgeError::platform("api_keys query"))?;
+    Ok(row.is_some())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SummaryRow {
+    pub meter: String,
+    pub events: u64,
+    pub quantity: u64,
+    pub first_ts: u64,
+    pub last_ts: u64,
+}
+
+/// Per-meter totals from the daily rollups since `from_day` (inclusive).
+pub async fn summary(db: &D1Database, org: &OrgId, from_day: &str) -> Result<Vec<SummaryRow>, EdgeError> {
+    db.prepare(
+        "SELECT meter, SUM(events) AS events, SUM(quantity) AS quantity, MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts \
+         FROM usage_daily WHERE org_id = ? AND day >= ? GROUP BY meter ORDER BY meter",
+    )
+    .bind(&[s(org.as_str()), s(from_day)])
+    .map_err(EdgeError::platform("bind"))?
+    .all()
+    .await
+    .and_then(|r| r.results())
+    .map_err(EdgeError::platform("usage_daily query"))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DailyRow {
+    #[serde(default)]
+    pub org_id: String,
+    #[serde(default)]
+    pub meter: String,
+    pub day: String,
+    pub quantity: u64,
+    pub events: u64,
+    pub max_value: u64,
+    pub last_value: u64,
+}
+
+/// Daily rollups of one org's meter over [from, to] (inclusive days).
+pub async fn history(
+    db: &D1Database,
+    org: &OrgId,
+    meter: &str,
+    from: &str,
+    to: &str,
+) -> Result<Vec<DailyRow>, EdgeError> {
+    db.prepare(
+        "SELECT org_id, meter, day, quantity, events, max_value, last_value FROM usage_daily \
+         WHERE org_id = ? AND meter = ? AND day >= ? AND day <= ? ORDER BY day",
+    )
+    .bind(&[s(org.as_str()), s(meter), s(from), s(to)])
+    .map_err(EdgeError::platform("bind"))?
+    .all()
+    .await
+    .and_then(|r| r.results())
+    .map_err(EdgeError::platform("usage_daily query"))
+}
+
+/// Daily rollups of every org over [from, to], for the billing export.
+pub async fn daily_range(db: &D1Database, from: &str, to: &str) -> Result<Vec<DailyRow>, EdgeError> {
+    db.prepare(
+        "SELECT org_id, meter, day, quantity, events, max_value, last_value FROM usage_daily \
+         WHERE day >= ? AND day <= ? ORDER BY org_id, meter, day",
+    )
+    .bind(&[s(from), s(to)])
+    .map_err(EdgeError::platform("bind"))?
+    .all()
+    .await
+    .and_then(|r| r.results())
+    .map_err(EdgeError::platform("usage_daily query"))
+}
+
+pub async fn all_orgs(db: &D1Database) -> Result<Vec<OrgRow>, EdgeError> {
+    db.prepare(format!("SELECT {ORG_COLUMNS} FROM orgs ORDER BY id"))
+        .all()
+        .await
+        .and_then(|r| r.results())
+        .map_err(EdgeError::platform("orgs query"))
+}
+
+pub async fn record_reset(db: &D1Database, org: &OrgId, meter: Option<&str>, at: Timestamp) -> Result<(), EdgeError> {
+    db.prepare("INSERT OR IGNORE INTO counter_resets (org_id, meter, at) VALUES (?, ?, ?)")
+        .bind(&[s(org.as_str()), opt(meter), t(at)?])
+        .map_err(EdgeError::platform("bind"))?
+        .run()
+        .await
+        .map_err(EdgeError::platform("counter_resets insert"))?;
+    Ok(())
+}
+
+/// Deletes raw events older than `before` that are rolled up (always, by the trigger) and,
+/// where the org reports to Stripe, already reported. Returns how many went.
+pub async fn prune(db: &D1Database, before: Timestamp) -> Result<u64, EdgeError> {
+    let res = db
+        .prepare(
+            "DELETE FROM usage_events WHERE ts < ? AND (stripe_reported_at IS NOT NULL OR org_id NOT IN \
+             (SELECT id FROM orgs WHERE stripe_customer_id IS NOT NULL))",
+        )
+        .bind(&[t(before)?])
+        .map_err(EdgeError::platform("bind"))?
+        .run()
+        .await
+        .map_err(EdgeError::platform("usage_events prune"))?;
+    Ok(res.meta().ok().flatten().and_then(|m| m.changes).and_then(|c| u64::try_from(c).ok()).unwrap_or(0))
 }

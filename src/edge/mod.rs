@@ -12,9 +12,10 @@ mod org_api;
 mod org_do;
 mod platform;
 mod proxy;
+mod usage_api;
 
 use serde_json::json;
-use worker::{event, Context, Env, Method, Request, Response};
+use worker::{event, Context, Env, Method, Request, Response, ScheduleContext, ScheduledEvent};
 
 use error::{json_response, EdgeError};
 
@@ -24,6 +25,13 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
         Ok(res) => Ok(res),
         Err(e) => e.into_response(),
     }
+}
+
+/// Cron: reconciliation (report only: drift is logged, never silently repaired) and ledger
+/// retention.
+#[event(scheduled)]
+async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    admin::scheduled(&env).await;
 }
 
 async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response, EdgeError> {
@@ -42,10 +50,21 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response, EdgeE
         (Method::Get, "/_quota/healthz") => healthz(env).await,
         (_, "/_quota/healthz") => Err(EdgeError::MethodNotAllowed("healthz takes GET".into())),
         (Method::Post, "/_quota/v1/check") => org_api::check(req, env).await,
+        (Method::Post, "/_quota/v1/events") => usage_api::events(req, env).await,
+        (Method::Get, "/_quota/v1/usage") => usage_api::live(&req, env, false).await,
+        (Method::Get, "/_quota/v1/usage/status") => usage_api::live(&req, env, true).await,
+        (Method::Get, "/_quota/v1/usage/summary") => usage_api::summary(&req, env).await,
+        (Method::Get, "/_quota/v1/usage/history") => usage_api::history(&req, env).await,
+        (
+            _,
+            "/_quota/v1/events"
+            | "/_quota/v1/usage"
+            | "/_quota/v1/usage/status"
+            | "/_quota/v1/usage/summary"
+            | "/_quota/v1/usage/history",
+        ) => Err(EdgeError::MethodNotAllowed(format!("{} does not take {:?}", path, req.method()))),
         (_, "/_quota/v1/check") => Err(EdgeError::MethodNotAllowed("check takes POST".into())),
-        (_, p) if p == "/_quota" || p.starts_with("/_quota/") => {
-            Err(EdgeError::NotFound(format!("no endpoint {p}")))
-        }
+        (_, p) if p == "/_quota" || p.starts_with("/_quota/") => Err(EdgeError::NotFound(format!("no endpoint {p}"))),
         _ => proxy::handle(req, env, ctx).await,
     }
 }
@@ -53,29 +72,17 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response, EdgeE
 /// Liveness plus a real round trip to both backing stores: the D1 ledger (its schema must be
 /// migrated) and a Durable Object's `SQLite` storage.
 async fn healthz(env: &Env) -> Result<Response, EdgeError> {
-    let ledger = env
-        .d1("LEDGER")
-        .map_err(EdgeError::platform("LEDGER binding"))?;
+    let ledger = env.d1("LEDGER").map_err(EdgeError::platform("LEDGER binding"))?;
     let plans: Option<serde_json::Value> = ledger
         .prepare("SELECT COUNT(*) AS n FROM plans")
         .first(None)
         .await
         .map_err(EdgeError::platform("ledger query"))?;
-    let ns = env
-        .durable_object("ORG_QUOTA")
-        .map_err(EdgeError::platform("ORG_QUOTA binding"))?;
+    let ns = env.durable_object("ORG_QUOTA").map_err(EdgeError::platform("ORG_QUOTA binding"))?;
     // Org ids never start with '_', so this object never holds an org's counters.
-    let stub = ns
-        .get_by_name("_health")
-        .map_err(EdgeError::platform("DO stub"))?;
-    let mut pong = stub
-        .fetch_with_str("https://org-quota/ping")
-        .await
-        .map_err(EdgeError::platform("DO ping"))?;
-    let pong: serde_json::Value = pong
-        .json()
-        .await
-        .map_err(EdgeError::platform("DO ping body"))?;
+    let stub = ns.get_by_name("_health").map_err(EdgeError::platform("DO stub"))?;
+    let mut pong = stub.fetch_with_str("https://org-quota/ping").await.map_err(EdgeError::platform("DO ping"))?;
+    let pong: serde_json::Value = pong.json().await.map_err(EdgeError::platform("DO ping body"))?;
     let body = json!({
         "status": "ok",
         "service": "quotagate",

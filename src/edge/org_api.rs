@@ -21,10 +21,7 @@ pub fn presented_key(req: &Request) -> (&'static str, String) {
         return ("x-api-key", k.trim().to_owned());
     }
     let auth = h.get("Authorization").ok().flatten().unwrap_or_default();
-    let key = auth
-        .strip_prefix("Bearer ")
-        .or_else(|| auth.strip_prefix("bearer "))
-        .unwrap_or_default();
+    let key = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")).unwrap_or_default();
     ("authorization", key.trim().to_owned())
 }
 
@@ -39,19 +36,15 @@ pub fn authenticate(req: &Request, env: &Env) -> Result<VerifiedKey, EdgeError> 
 pub async fn check(mut req: Request, env: &Env) -> Handled {
     let key = authenticate(&req, env)?;
     let body = CheckRequest::parse(&read_json(&mut req).await?)?;
-    let id = EventId::parse(&format!("rsv_{}", random_hex::<12>()?))
-        .map_err(|e| EdgeError::Internal(e.to_string()))?;
+    let id = EventId::parse(&format!("rsv_{}", random_hex::<12>()?)).map_err(|e| EdgeError::Internal(e.to_string()))?;
     let msg = DoRequest::Decide {
         key_hash: key.hash,
         meter: body.meter,
         quantity: body.quantity,
-        kind: if body.reserve {
-            DecideKind::Reserve
-        } else {
-            DecideKind::Check
-        },
+        kind: if body.reserve { DecideKind::Reserve } else { DecideKind::Check },
         id,
         ttl_ms: body.ttl_secs.saturating_mul(1000),
+        replayable: false,
     };
     let reply = call_do(env, &key.org, &msg).await?;
     reply_response(&reply).map_err(EdgeError::platform("response"))
@@ -61,18 +54,9 @@ pub async fn check(mut req: Request, env: &Env) -> Handled {
 pub async fn settle(mut req: Request, env: &Env, rest: &str) -> Handled {
     let key = authenticate(&req, env)?;
     let (raw_id, action) = match rest.split('/').collect::<Vec<_>>().as_slice() {
-        [id, "commit"] => (
-            *id,
-            SettleAction::Commit {
-                quantity: parse_commit(&read_json(&mut req).await?)?,
-            },
-        ),
+        [id, "commit"] => (*id, SettleAction::Commit { quantity: parse_commit(&read_json(&mut req).await?)? }),
         [id, "release"] => (*id, SettleAction::Release),
-        _ => {
-            return Err(EdgeError::NotFound(format!(
-                "no endpoint /_quota/v1/reservations/{rest}"
-            )))
-        }
+        _ => return Err(EdgeError::NotFound(format!("no endpoint /_quota/v1/reservations/{rest}"))),
     };
     let id = EventId::parse(raw_id).map_err(|e| {
         EdgeError::Input(InputError::Field {
@@ -80,15 +64,6 @@ pub async fn settle(mut req: Request, env: &Env, rest: &str) -> Handled {
             reason: format!("'{raw_id}' {e}"),
         })
     })?;
-    let reply = call_do(
-        env,
-        &key.org,
-        &DoRequest::Settle {
-            key_hash: Some(key.hash),
-            id,
-            action,
-        },
-    )
-    .await?;
+    let reply = call_do(env, &key.org, &DoRequest::Settle { key_hash: Some(key.hash), id, action }).await?;
     reply_response(&reply).map_err(EdgeError::platform("response"))
 }

@@ -42,9 +42,7 @@ pub fn config(env: &Env, name: &str) -> Option<String> {
 /// A count as a JavaScript number, refused above 2^53 − 1 rather than rounded.
 pub fn js_int(n: u64) -> Result<JsValue, EdgeError> {
     if n > MAX_SAFE_INTEGER {
-        return Err(EdgeError::Internal(format!(
-            "{n} exceeds the JavaScript safe integer range"
-        )));
+        return Err(EdgeError::Internal(format!("{n} exceeds the JavaScript safe integer range")));
     }
     // Exact: n ≤ 2^53 − 1 has an exact f64.
     #[allow(clippy::cast_precision_loss, clippy::as_conversions)]
@@ -53,40 +51,22 @@ pub fn js_int(n: u64) -> Result<JsValue, EdgeError> {
 
 /// Sends one message to an org's Durable Object.
 pub async fn call_do(env: &Env, org: &OrgId, msg: &DoRequest) -> Result<DoReply, EdgeError> {
-    let ns = env
-        .durable_object("ORG_QUOTA")
-        .map_err(EdgeError::platform("ORG_QUOTA binding"))?;
-    let stub = ns
-        .get_by_name(org.as_str())
-        .map_err(EdgeError::platform("org DO stub"))?;
+    let ns = env.durable_object("ORG_QUOTA").map_err(EdgeError::platform("ORG_QUOTA binding"))?;
+    let stub = ns.get_by_name(org.as_str()).map_err(EdgeError::platform("org DO stub"))?;
     let body = serde_json::to_string(msg).map_err(|e| EdgeError::Internal(e.to_string()))?;
     let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(JsValue::from_str(&body)));
-    let req = Request::new_with_init("https://org-quota/msg", &init)
-        .map_err(EdgeError::platform("DO request"))?;
-    let mut res = stub
-        .fetch_with_request(req)
-        .await
-        .map_err(EdgeError::platform("org DO call"))?;
+    init.with_method(Method::Post).with_body(Some(JsValue::from_str(&body)));
+    let req = Request::new_with_init("https://org-quota/msg", &init).map_err(EdgeError::platform("DO request"))?;
+    let mut res = stub.fetch_with_request(req).await.map_err(EdgeError::platform("org DO call"))?;
     if res.status_code() != 200 {
-        return Err(EdgeError::Internal(format!(
-            "org DO answered {}",
-            res.status_code()
-        )));
+        return Err(EdgeError::Internal(format!("org DO answered {}", res.status_code())));
     }
-    res.json::<DoReply>()
-        .await
-        .map_err(EdgeError::platform("org DO reply"))
+    res.json::<DoReply>().await.map_err(EdgeError::platform("org DO reply"))
 }
 
 /// A Durable Object reply as the client's response.
 pub fn reply_response(reply: &DoReply) -> worker::Result<Response> {
-    let ct = if reply.status >= 400 {
-        "application/problem+json"
-    } else {
-        "application/json"
-    };
+    let ct = if reply.status >= 400 { "application/problem+json" } else { "application/json" };
     let headers = Headers::new();
     headers.set("Content-Type", ct)?;
     headers.set("Cache-Control", "no-store")?;
@@ -96,26 +76,16 @@ pub fn reply_response(reply: &DoReply) -> worker::Result<Response> {
     if reply.status == 401 {
         headers.set("WWW-Authenticate", "Bearer")?;
     }
-    Ok(Response::ok(reply.body.to_string())?
-        .with_status(reply.status)
-        .with_headers(headers))
+    Ok(Response::ok(reply.body.to_string())?.with_status(reply.status).with_headers(headers))
 }
 
 /// Reads a JSON body of at most `MAX_JSON_BODY` bytes; an empty body reads as `{}`.
 pub async fn read_json(req: &mut Request) -> Result<Value, EdgeError> {
-    let declared = req
-        .headers()
-        .get("Content-Length")
-        .ok()
-        .flatten()
-        .and_then(|v| v.trim().parse::<usize>().ok());
+    let declared = req.headers().get("Content-Length").ok().flatten().and_then(|v| v.trim().parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_JSON_BODY) {
         return Err(EdgeError::TooLarge);
     }
-    let bytes = req
-        .bytes()
-        .await
-        .map_err(|e| EdgeError::BadRequest(format!("request body could not be read: {e}")))?;
+    let bytes = req.bytes().await.map_err(|e| EdgeError::BadRequest(format!("request body could not be read: {e}")))?;
     if bytes.len() > MAX_JSON_BODY {
         return Err(EdgeError::TooLarge);
     }

@@ -6,10 +6,7 @@
 //! could be had: the plan's fail mode says closed (503) or open (forward, flagged).
 
 use serde_json::json;
-use worker::{
-    console_log, Context, Env, Fetch, Headers, Method, Request, RequestInit, RequestRedirect,
-    Response,
-};
+use worker::{console_log, Context, Env, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response};
 
 use super::error::EdgeError;
 use super::ledger;
@@ -18,9 +15,7 @@ use super::platform::{call_do, config, now, random_hex, reply_response};
 use crate::policy::classify::{usage_header_meter, Cost, Routes};
 use crate::policy::keys::{origin_signature, origin_signing_string, verify, VerifiedKey};
 use crate::policy::{EventId, FailMode, MeterId, OrgId, Plan, PlanId, Timestamp};
-use crate::wire::{
-    problem_body, DecideKind, DoReply, DoRequest, InputError, SettleAction, MAX_SAFE_INTEGER,
-};
+use crate::wire::{problem_body, DecideKind, DoReply, DoRequest, InputError, SettleAction, MAX_SAFE_INTEGER};
 
 type Handled = Result<Response, EdgeError>;
 
@@ -49,15 +44,14 @@ fn log_decision(
     );
 }
 
-fn request_id(req: &Request) -> Result<EventId, EdgeError> {
+/// The request's event id, and whether it is the client's Idempotency-Key (replayable).
+fn request_id(req: &Request) -> Result<(EventId, bool), EdgeError> {
     match req.headers().get("Idempotency-Key").ok().flatten() {
-        Some(k) => EventId::parse(&k).map_err(|e| {
-            EdgeError::Input(InputError::Field {
-                field: "Idempotency-Key header".into(),
-                reason: e.to_string(),
-            })
+        Some(k) => EventId::parse(&k).map(|id| (id, true)).map_err(|e| {
+            EdgeError::Input(InputError::Field { field: "Idempotency-Key header".into(), reason: e.to_string() })
         }),
         None => EventId::parse(&format!("req_{}", random_hex::<12>()?))
+            .map(|id| (id, false))
             .map_err(|e| EdgeError::Internal(e.to_string())),
     }
 }
@@ -68,10 +62,9 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
     let (key_header, presented) = presented_key(&req);
     // A forged, mangled or missing key dies here, with no I/O.
     let key = verify(&presented, secret.as_bytes()).map_err(|_| EdgeError::Unauthorized)?;
-    let routes =
-        Routes::parse(&config(env, "ROUTES").unwrap_or_default()).map_err(EdgeError::Internal)?;
+    let routes = Routes::parse(&config(env, "ROUTES").unwrap_or_default()).map_err(EdgeError::Internal)?;
     let class = routes.classify(req.method().as_ref(), &req.path());
-    let id = request_id(&req)?;
+    let (id, replayable) = request_id(&req)?;
     let (kind, quantity) = match class.cost {
         Cost::Fixed(n) => (DecideKind::Proxy, n),
         Cost::Reported => (DecideKind::ProxyReported, 0),
@@ -83,6 +76,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
         kind,
         id: id.clone(),
         ttl_ms: PROXY_RESERVATION_MS,
+        replayable,
     };
     let faults = config(env, "QUOTA_FAULTS").unwrap_or_default();
     let decided = if faults.split(',').any(|f| f.trim() == "do_unavailable") {
@@ -91,32 +85,14 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
         call_do(env, &key.org, &msg).await
     };
     let log = |outcome: &str, status: u16, source: &str| {
-        log_decision(
-            key.org.as_str(),
-            &class.meter,
-            quantity,
-            outcome,
-            status,
-            source,
-            started,
-        );
+        log_decision(key.org.as_str(), &class.meter, quantity, outcome, status, source, started);
     };
     let admitted = match decided {
-        Ok(reply) if reply.status == 200 => Admitted {
-            plan: reply.plan.clone().unwrap_or_default(),
-            headers: reply.headers,
-            source: "do",
-        },
+        Ok(reply) if reply.status == 200 => {
+            Admitted { plan: reply.plan.clone().unwrap_or_default(), headers: reply.headers, source: "do" }
+        }
         Ok(reply) => {
-            log(
-                if reply.status == 401 {
-                    "unauthorized"
-                } else {
-                    "refused"
-                },
-                reply.status,
-                "do",
-            );
+            log(if reply.status == 401 { "unauthorized" } else { "refused" }, reply.status, "do");
             return reply_response(&reply).map_err(EdgeError::platform("response"));
         }
         Err(e) => {
@@ -125,11 +101,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
                 json!({"msg": "org DO unavailable", "org": key.org.as_str(), "error": e.to_string()})
             );
             match fail_mode(env, &key).await {
-                Ok((FailMode::Open, plan)) => Admitted {
-                    plan,
-                    headers: Vec::new(),
-                    source: "fail-open",
-                },
+                Ok((FailMode::Open, plan)) => Admitted { plan, headers: Vec::new(), source: "fail-open" },
                 // The ledger could vouch for no such key: the same 401 as ever.
                 Err(EdgeError::Unauthorized) => return Err(EdgeError::Unauthorized),
                 Ok((FailMode::Closed, _)) | Err(_) => {
@@ -154,12 +126,9 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
 /// The plan's fail mode from D1, with the key's revocation checked there instead of in the DO.
 async fn fail_mode(env: &Env, key: &VerifiedKey) -> Result<(FailMode, String), EdgeError> {
     let row = ledger::key_plan(&ledger::db(env)?, &key.org, &key.hash).await?;
-    let row = row
-        .filter(|r| r.revoked_at.is_none())
-        .ok_or(EdgeError::Unauthorized)?;
+    let row = row.filter(|r| r.revoked_at.is_none()).ok_or(EdgeError::Unauthorized)?;
     let plan_id = PlanId::parse(&row.plan_id).map_err(|e| EdgeError::Internal(e.to_string()))?;
-    let doc =
-        serde_json::from_str(&row.plan_body).map_err(|e| EdgeError::Internal(e.to_string()))?;
+    let doc = serde_json::from_str(&row.plan_body).map_err(|e| EdgeError::Internal(e.to_string()))?;
     Ok((Plan::parse(&plan_id, &doc)?.on_failure, row.plan_id))
 }
 
@@ -177,10 +146,7 @@ impl Settler {
         let (env, org) = (self.env.clone(), self.org.clone());
         ctx.wait_until(async move {
             if let Err(e) = call_do(&env, &org, &msg).await {
-                worker::console_error!(
-                    "{}",
-                    json!({"msg": what, "org": org.as_str(), "error": e.to_string()})
-                );
+                worker::console_error!("{}", json!({"msg": what, "org": org.as_str(), "error": e.to_string()}));
             }
         });
     }
@@ -188,24 +154,13 @@ impl Settler {
     /// Usage counts only when the origin answers 2xx.
     fn release(&self, ctx: &Context) {
         if self.reserved {
-            let msg = DoRequest::Settle {
-                key_hash: None,
-                id: self.id.clone(),
-                action: SettleAction::Release,
-            };
+            let msg = DoRequest::Settle { key_hash: None, id: self.id.clone(), action: SettleAction::Release };
             self.send(ctx, msg, "release failed");
         }
     }
 
     fn report(&self, ctx: &Context, usage: Vec<(MeterId, u64)>) {
-        self.send(
-            ctx,
-            DoRequest::Report {
-                id: self.id.clone(),
-                usage,
-            },
-            "usage report failed",
-        );
+        self.send(ctx, DoRequest::Report { id: self.id.clone(), usage }, "usage report failed");
     }
 }
 
@@ -219,8 +174,7 @@ fn origin_request(
     admitted: &Admitted,
 ) -> Result<Request, EdgeError> {
     let origin = config(env, "ORIGIN_URL").ok_or(EdgeError::NotConfigured("ORIGIN_URL"))?;
-    let origin_secret =
-        config(env, "ORIGIN_SECRET").ok_or(EdgeError::NotConfigured("ORIGIN_SECRET"))?;
+    let origin_secret = config(env, "ORIGIN_SECRET").ok_or(EdgeError::NotConfigured("ORIGIN_SECRET"))?;
     let url = req.url().map_err(EdgeError::platform("request url"))?;
     let path_and_query = match url.query() {
         Some(q) => format!("{}?{q}", url.path()),
@@ -233,26 +187,15 @@ fn origin_request(
         if name.starts_with("x-quota-") || name == key_header || name == "host" {
             continue;
         }
-        headers
-            .append(&name, &value)
-            .map_err(EdgeError::platform("headers"))?;
+        headers.append(&name, &value).map_err(EdgeError::platform("headers"))?;
     }
     let ts = now().secs();
-    let signing = origin_signing_string(
-        ts,
-        org.as_str(),
-        &admitted.plan,
-        method.as_ref(),
-        &path_and_query,
-    );
+    let signing = origin_signing_string(ts, org.as_str(), &admitted.plan, method.as_ref(), &path_and_query);
     let mut tenant = vec![
         ("X-Quota-Org", org.to_string()),
         ("X-Quota-Plan", admitted.plan.clone()),
         ("X-Quota-Timestamp", ts.to_string()),
-        (
-            "X-Quota-Signature",
-            origin_signature(origin_secret.as_bytes(), &signing),
-        ),
+        ("X-Quota-Signature", origin_signature(origin_secret.as_bytes(), &signing)),
     ];
     if admitted.source == "fail-open" {
         tenant.push(("X-Quota-Decision", "fail-open".to_owned()));
@@ -261,9 +204,7 @@ fn origin_request(
         headers.set(k, &v).map_err(EdgeError::platform("headers"))?;
     }
     let mut init = RequestInit::new();
-    init.with_method(method.clone())
-        .with_headers(headers)
-        .with_redirect(RequestRedirect::Manual);
+    init.with_method(method.clone()).with_headers(headers).with_redirect(RequestRedirect::Manual);
     if !matches!(method, Method::Get | Method::Head) {
         init.with_body(req.inner().body().map(Into::into));
     }
@@ -272,21 +213,13 @@ fn origin_request(
 }
 
 /// The origin's headers for the client, less `X-Usage-*` (returned as usage), plus ours.
-fn client_headers(
-    res: &Response,
-    admitted: &Admitted,
-) -> Result<(Headers, Vec<(MeterId, u64)>), EdgeError> {
+fn client_headers(res: &Response, admitted: &Admitted) -> Result<(Headers, Vec<(MeterId, u64)>), EdgeError> {
     let out = Headers::new();
     let mut usage = Vec::new();
     for (name, value) in res.headers().entries() {
         if let Some(meter) = usage_header_meter(&name) {
             // The origin's report is trusted but still checked at the number boundary.
-            match value
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|q| *q <= MAX_SAFE_INTEGER)
-            {
+            match value.trim().parse::<u64>().ok().filter(|q| *q <= MAX_SAFE_INTEGER) {
                 Some(q) => usage.push((meter, q)),
                 None => worker::console_error!(
                     "{}",
@@ -295,15 +228,13 @@ fn client_headers(
             }
             continue;
         }
-        out.append(&name, &value)
-            .map_err(EdgeError::platform("headers"))?;
+        out.append(&name, &value).map_err(EdgeError::platform("headers"))?;
     }
     for (k, v) in &admitted.headers {
         out.set(k, v).map_err(EdgeError::platform("headers"))?;
     }
     if admitted.source == "fail-open" {
-        out.set("X-Quota-Decision", "fail-open")
-            .map_err(EdgeError::platform("headers"))?;
+        out.set("X-Quota-Decision", "fail-open").map_err(EdgeError::platform("headers"))?;
     }
     Ok((out, usage))
 }
@@ -331,12 +262,7 @@ async fn forward(
                 "Bad gateway",
                 "The origin could not be reached; nothing was counted.",
             );
-            let reply = DoReply {
-                status: 502,
-                headers: admitted.headers.clone(),
-                body,
-                plan: None,
-            };
+            let reply = DoReply { status: 502, headers: admitted.headers.clone(), body, plan: None };
             return reply_response(&reply).map_err(EdgeError::platform("response"));
         }
     };

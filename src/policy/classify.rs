@@ -60,8 +60,7 @@ impl Routes {
         if json.trim().is_empty() {
             return Ok(Self::default());
         }
-        let v: Value =
-            serde_json::from_str(json).map_err(|e| format!("ROUTES is not JSON: {e}"))?;
+        let v: Value = serde_json::from_str(json).map_err(|e| format!("ROUTES is not JSON: {e}"))?;
         let Value::Array(items) = v else {
             return Err("ROUTES must be a JSON array of rules".into());
         };
@@ -77,21 +76,10 @@ impl Routes {
     pub fn classify(&self, method: &str, path: &str) -> Classified {
         self.rules
             .iter()
-            .find(|r| {
-                r.method
-                    .as_deref()
-                    .is_none_or(|m| m.eq_ignore_ascii_case(method))
-                    && matches(&r.pattern, path)
-            })
+            .find(|r| r.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method)) && matches(&r.pattern, path))
             .map_or_else(
-                || Classified {
-                    meter: MeterId::requests(),
-                    cost: Cost::Fixed(1),
-                },
-                |r| Classified {
-                    meter: r.meter.clone(),
-                    cost: r.cost,
-                },
+                || Classified { meter: MeterId::requests(), cost: Cost::Fixed(1) },
+                |r| Classified { meter: r.meter.clone(), cost: r.cost },
             )
     }
 }
@@ -120,13 +108,8 @@ fn parse_rule(v: &Value) -> Result<Rule, String> {
     let Value::Object(o) = v else {
         return Err("must be an object".into());
     };
-    if let Some(k) = o
-        .keys()
-        .find(|k| !["method", "path", "meter", "cost"].contains(&k.as_str()))
-    {
-        return Err(format!(
-            "{k}: unknown field (expected one of: method, path, meter, cost)"
-        ));
+    if let Some(k) = o.keys().find(|k| !["method", "path", "meter", "cost"].contains(&k.as_str())) {
+        return Err(format!("{k}: unknown field (expected one of: method, path, meter, cost)"));
     }
     let method = match o.get("method") {
         None | Some(Value::Null) => None,
@@ -160,12 +143,7 @@ fn parse_rule(v: &Value) -> Result<Rule, String> {
         Some(Value::String(s)) if s == "reported" => Cost::Reported,
         Some(c) => Cost::Fixed(whole_number(c).map_err(|e| format!("cost: {e}, or \"reported\""))?),
     };
-    Ok(Rule {
-        method,
-        pattern,
-        meter,
-        cost,
-    })
+    Ok(Rule { method, pattern, meter, cost })
 }
 
 const USAGE_PREFIX: &str = "x-usage-";
@@ -200,56 +178,35 @@ mod tests {
     fn default_is_one_request() {
         assert_eq!(
             Routes::default().classify("GET", "/anything"),
-            Classified {
-                meter: MeterId::parse("requests").unwrap(),
-                cost: Cost::Fixed(1)
-            }
+            Classified { meter: MeterId::parse("requests").unwrap(), cost: Cost::Fixed(1) }
         );
     }
 
     #[test]
     fn rules_match_method_and_pattern_in_order() {
-        assert_eq!(
-            c("POST", "/v1/ai/chat/completions"),
-            ("ai_tokens".into(), Cost::Reported)
-        );
+        assert_eq!(c("POST", "/v1/ai/chat/completions"), ("ai_tokens".into(), Cost::Reported));
         assert_eq!(c("POST", "/v1/ai"), ("ai_tokens".into(), Cost::Reported));
         assert_eq!(c("GET", "/v1/ai/chat"), ("requests".into(), Cost::Fixed(1)));
-        assert_eq!(
-            c("PUT", "/v1/export/42/csv"),
-            ("csv_rows".into(), Cost::Fixed(10))
-        );
-        assert_eq!(
-            c("PUT", "/v1/export/42/43/csv"),
-            ("requests".into(), Cost::Fixed(1))
-        );
-        assert_eq!(
-            c("GET", "/v1/profiles/"),
-            ("mapping_profiles".into(), Cost::Fixed(1))
-        );
-        assert_eq!(
-            c("GET", "/v1/profiles/x"),
-            ("requests".into(), Cost::Fixed(1))
-        );
+        assert_eq!(c("PUT", "/v1/export/42/csv"), ("csv_rows".into(), Cost::Fixed(10)));
+        assert_eq!(c("PUT", "/v1/export/42/43/csv"), ("requests".into(), Cost::Fixed(1)));
+        assert_eq!(c("GET", "/v1/profiles/"), ("mapping_profiles".into(), Cost::Fixed(1)));
+        assert_eq!(c("GET", "/v1/profiles/x"), ("requests".into(), Cost::Fixed(1)));
     }
 
     #[test]
     fn bad_rules_are_named() {
         let e = |s: &str| Routes::parse(s).unwrap_err();
         assert_eq!(e("{}"), "ROUTES must be a JSON array of rules");
-        assert_eq!(
-            e(r#"[{"path": "/a/**/b", "meter": "m"}]"#),
-            "ROUTES[0]: path: '**' may only be the last segment"
-        );
+        assert_eq!(e(r#"[{"path": "/a/**/b", "meter": "m"}]"#), "ROUTES[0]: path: '**' may only be the last segment");
         assert_eq!(
             e(r#"[{"path": "/a", "meter": "m", "cost": -1}]"#),
             "ROUTES[0]: cost: must not be negative (got -1), or \"reported\""
         );
+        assert_eq!(e(r#"[{"path": "a", "meter": "m"}]"#), "ROUTES[0]: path: must start with '/'");
         assert_eq!(
-            e(r#"[{"path": "a", "meter": "m"}]"#),
-            "ROUTES[0]: path: must start with '/'"
+            e(r#"[{"path": "/a", "meter": "M"}]"#),
+            "ROUTES[0]: meter: 'M' may contain only a-z, 0-9, '_' and '-', and must start with a letter or digit"
         );
-        assert_eq!(e(r#"[{"path": "/a", "meter": "M"}]"#), "ROUTES[0]: meter: 'M' may contain only a-z, 0-9, '_' and '-', and must start with a letter or digit");
         assert_eq!(
             e(r#"[{"path": "/a", "meter": "m", "x": 1}]"#),
             "ROUTES[0]: x: unknown field (expected one of: method, path, meter, cost)"
@@ -259,14 +216,8 @@ mod tests {
 
     #[test]
     fn usage_headers_map_to_meters() {
-        assert_eq!(
-            usage_header_meter("X-Usage-Ai-Tokens").map(|m| m.to_string()),
-            Some("ai_tokens".into())
-        );
-        assert_eq!(
-            usage_header_meter("x-usage-csv_rows").map(|m| m.to_string()),
-            Some("csv_rows".into())
-        );
+        assert_eq!(usage_header_meter("X-Usage-Ai-Tokens").map(|m| m.to_string()), Some("ai_tokens".into()));
+        assert_eq!(usage_header_meter("x-usage-csv_rows").map(|m| m.to_string()), Some("csv_rows".into()));
         assert_eq!(usage_header_meter("X-Usage-"), None);
         assert_eq!(usage_header_meter("X-Used-Tokens"), None);
         assert_eq!(usage_header_meter("X-Usage-Bad Name"), None);

@@ -7,9 +7,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use time::{
-    format_description::well_known::Rfc3339, Date, OffsetDateTime, PrimitiveDateTime, Time,
-};
+use time::{format_description::well_known::Rfc3339, Date, OffsetDateTime, PrimitiveDateTime, Time};
 
 /// Milliseconds since 1970-01-01T00:00:00Z.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -67,11 +65,7 @@ impl Timestamp {
     /// The instant of a UTC calendar date at midnight; dates before the epoch clamp to it.
     pub fn from_date(date: Date) -> Self {
         let odt = PrimitiveDateTime::new(date, Time::MIDNIGHT).assume_utc();
-        Self::from_millis(
-            u64::try_from(odt.unix_timestamp())
-                .unwrap_or(0)
-                .saturating_mul(1000),
-        )
+        Self::from_millis(u64::try_from(odt.unix_timestamp()).unwrap_or(0).saturating_mul(1000))
     }
 
     /// The UTC calendar date this instant falls on.
@@ -108,19 +102,13 @@ mod tests {
     #[test]
     fn rfc3339_is_utc_z() {
         assert_eq!(Timestamp::from_secs(0).rfc3339(), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            Timestamp::from_millis(1_500).rfc3339(),
-            "1970-01-01T00:00:01.5Z"
-        );
+        assert_eq!(Timestamp::from_millis(1_500).rfc3339(), "1970-01-01T00:00:01.5Z");
     }
 
     #[test]
     fn clamps_far_future() {
         assert_eq!(Timestamp::from_millis(u64::MAX).millis(), MAX_MS);
-        assert_eq!(
-            Timestamp::from_millis(u64::MAX).date(),
-            date!(9999 - 12 - 31)
-        );
+        assert_eq!(Timestamp::from_millis(u64::MAX).date(), date!(9999 - 12 - 31));
     }
 
     #[test]
@@ -133,14 +121,7 @@ mod tests {
     #[test]
     fn parse_date_is_strict() {
         assert_eq!(parse_date("2026-01-31"), Ok(date!(2026 - 01 - 31)));
-        for bad in [
-            "2026-02-30",
-            "2026-1-31",
-            "26-01-31",
-            "2026-01-31T00:00",
-            "",
-            "2026/01/31",
-        ] {
+        for bad in ["2026-02-30", "2026-1-31", "26-01-31", "2026-01-31T00:00", "", "2026/01/31"] {
             assert!(parse_date(bad).is_err(), "{bad}");
         }
     }

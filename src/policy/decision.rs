@@ -160,31 +160,19 @@ impl Decision {
 
     /// The limit a refusal is reported against.
     pub fn violated(&self) -> Option<&LimitStatus> {
-        self.refusal
-            .as_ref()
-            .and_then(|r| self.limits.get(r.primary))
+        self.refusal.as_ref().and_then(|r| self.limits.get(r.primary))
     }
 
     pub fn violated_policies(&self) -> Vec<&str> {
         self.refusal
             .as_ref()
-            .map(|r| {
-                r.violated
-                    .iter()
-                    .filter_map(|&i| self.limits.get(i))
-                    .map(|l| l.policy.as_str())
-                    .collect()
-            })
+            .map(|r| r.violated.iter().filter_map(|&i| self.limits.get(i)).map(|l| l.policy.as_str()).collect())
             .unwrap_or_default()
     }
 
     /// The worst level across the meter's limits.
     pub fn level(&self) -> Level {
-        self.limits
-            .iter()
-            .map(|l| l.level)
-            .max()
-            .unwrap_or(Level::Ok)
+        self.limits.iter().map(|l| l.level).max().unwrap_or(Level::Ok)
     }
 
     /// The limit with the least room left (ties: the one that resets first), for the legacy
@@ -197,9 +185,7 @@ impl Decision {
     }
 
     pub fn overage_cost_cents(&self) -> u64 {
-        self.limits
-            .iter()
-            .fold(0u64, |acc, l| acc.saturating_add(l.overage_cost_cents))
+        self.limits.iter().fold(0u64, |acc, l| acc.saturating_add(l.overage_cost_cents))
     }
 }
 
@@ -211,16 +197,7 @@ mod tests {
     fn levels_at_exact_thresholds() {
         let l = |u| Level::of(u, Some(1000));
         assert_eq!(
-            [
-                l(0),
-                l(799),
-                l(800),
-                l(949),
-                l(950),
-                l(999),
-                l(1000),
-                l(5000)
-            ],
+            [l(0), l(799), l(800), l(949), l(950), l(999), l(1000), l(5000)],
             [
                 Level::Ok,
                 Level::Ok,
@@ -236,9 +213,6 @@ mod tests {
         assert_eq!(Level::of(0, Some(0)), Level::Over);
         assert_eq!(Level::of(u64::MAX, Some(u64::MAX)), Level::Over);
         // 80% of 3 is 2.4: 2 is still ok, 3 is over.
-        assert_eq!(
-            (Level::of(2, Some(3)), Level::of(3, Some(3))),
-            (Level::Ok, Level::Over)
-        );
+        assert_eq!((Level::of(2, Some(3)), Level::of(3, Some(3))), (Level::Ok, Level::Over));
     }
 }

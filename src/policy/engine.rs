@@ -27,11 +27,7 @@ pub enum Counter {
     Gcra { at: Timestamp, backlog: u64 },
     /// A fixed window starting at `start`: committed `used` and provisionally `reserved` units.
     /// For `max` and `latest` meters `used` is the peak or the last value.
-    Window {
-        start: Timestamp,
-        used: u64,
-        reserved: u64,
-    },
+    Window { start: Timestamp, used: u64, reserved: u64 },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -47,11 +43,7 @@ struct Versioned<T> {
 pub struct DecodeError(String);
 
 fn encode<T: Serialize>(state: &T) -> String {
-    serde_json::to_string(&Versioned {
-        v: STATE_VERSION,
-        state,
-    })
-    .unwrap_or_default()
+    serde_json::to_string(&Versioned { v: STATE_VERSION, state }).unwrap_or_default()
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, DecodeError> {
@@ -59,10 +51,7 @@ fn decode<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, DecodeError> {
     if v.v == STATE_VERSION {
         Ok(v.state)
     } else {
-        Err(DecodeError(format!(
-            "version {} (this build reads {STATE_VERSION})",
-            v.v
-        )))
+        Err(DecodeError(format!("version {} (this build reads {STATE_VERSION})", v.v)))
     }
 }
 
@@ -80,6 +69,18 @@ impl Counter {
     pub fn decode(s: &str) -> Result<Self, DecodeError> {
         decode(s)
     }
+}
+
+/// The committed usage of one fixed window, for reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowUsage {
+    pub key: String,
+    pub meter: MeterId,
+    pub start: Timestamp,
+    /// `None` for lifetime.
+    pub end: Option<Timestamp>,
+    pub used: u64,
+    pub reserved: u64,
 }
 
 /// Who settles a reservation that nobody commits or releases before it expires.
@@ -152,10 +153,7 @@ pub enum UsageError {
     #[error("unknown meter '{0}'")]
     UnknownMeter(MeterId),
     #[error("meter '{meter}' aggregates by {aggregation}; reservations need a sum meter")]
-    NotReservable {
-        meter: MeterId,
-        aggregation: Aggregation,
-    },
+    NotReservable { meter: MeterId, aggregation: Aggregation },
     #[error("reservation '{0}' already exists")]
     DuplicateReservation(EventId),
     #[error("no open reservation '{0}' (already committed, released or expired)")]
@@ -185,27 +183,17 @@ fn current(limit: &Limit, counter: Option<&Counter>, policy: &Policy, now: Times
         return match counter {
             Some(&Counter::Gcra { at, backlog }) if at < now => {
                 let drained = u128::from(now.since(at)) * u128::from(n);
-                Counter::Gcra {
-                    at: now,
-                    backlog: sat(u128::from(backlog).saturating_sub(drained)),
-                }
+                Counter::Gcra { at: now, backlog: sat(u128::from(backlog).saturating_sub(drained)) }
             }
             Some(&c @ Counter::Gcra { .. }) => c,
-            _ => Counter::Gcra {
-                at: now,
-                backlog: 0,
-            },
+            _ => Counter::Gcra { at: now, backlog: 0 },
         };
     }
     let start = limit.period.window(now, policy.billing_anchor).start;
     match counter {
         // A window never goes back: a clock that steps backwards keeps the later window.
         Some(&c @ Counter::Window { start: s, .. }) if s >= start => c,
-        _ => Counter::Window {
-            start,
-            used: 0,
-            reserved: 0,
-        },
+        _ => Counter::Window { start, used: 0, reserved: 0 },
     }
 }
 
@@ -223,9 +211,7 @@ fn in_use(limit: &Limit, c: Counter) -> u64 {
 /// What the counter would hold after admitting `q`.
 fn proposed(limit: &Limit, agg: Aggregation, c: Counter, q: u64) -> u128 {
     match (c, agg) {
-        (Counter::Gcra { backlog, .. }, _) => {
-            u128::from(backlog) + scaled(q, limit.period.rate_millis().unwrap_or(1))
-        }
+        (Counter::Gcra { backlog, .. }, _) => u128::from(backlog) + scaled(q, limit.period.rate_millis().unwrap_or(1)),
         (Counter::Window { used, reserved, .. }, Aggregation::Sum) => {
             u128::from(used) + u128::from(reserved) + u128::from(q)
         }
@@ -244,14 +230,7 @@ fn capacity(limit: &Limit, n: u64) -> u128 {
 
 /// Seconds until a violated limit would admit `q`, or `None` if it never will without a change
 /// of plan.
-fn wait_secs(
-    limit: &Limit,
-    c: Counter,
-    q: u64,
-    n: u64,
-    policy: &Policy,
-    now: Timestamp,
-) -> Option<u64> {
+fn wait_secs(limit: &Limit, c: Counter, q: u64, n: u64, policy: &Policy, now: Timestamp) -> Option<u64> {
     if q > n || limit.needs_upgrade() {
         return None;
     }
@@ -261,11 +240,7 @@ fn wait_secs(
             let ms = excess.div_ceil(u128::from(n.max(1)));
             Some(sat(ms).div_ceil(1000).max(1))
         }
-        _ => limit
-            .period
-            .window(now, policy.billing_anchor)
-            .seconds_until_reset(now)
-            .map(|s| s.max(1)),
+        _ => limit.period.window(now, policy.billing_anchor).seconds_until_reset(now).map(|s| s.max(1)),
     }
 }
 
@@ -296,10 +271,7 @@ fn status(limit: &Limit, c: Counter, policy: &Policy, now: Timestamp) -> LimitSt
         used,
         remaining: n.map(|n| n.saturating_sub(used)),
         window_start: window.start,
-        window_secs: limit
-            .period
-            .rate_millis()
-            .map_or_else(|| window.length_secs(), |w| Some(w / 1000)),
+        window_secs: limit.period.rate_millis().map_or_else(|| window.length_secs(), |w| Some(w / 1000)),
         reset,
         level: Level::of(used, n),
         overage,
@@ -321,9 +293,7 @@ enum Apply {
 
 impl Book {
     fn meter_spec<'p>(policy: &'p Policy, meter: &MeterId) -> Result<&'p MeterSpec, UsageError> {
-        policy
-            .meter(meter)
-            .ok_or_else(|| UsageError::UnknownMeter(meter.clone()))
+        policy.meter(meter).ok_or_else(|| UsageError::UnknownMeter(meter.clone()))
     }
 
     /// Evaluates `q` units on `meter`; admits and applies them unless a hard limit refuses (and
@@ -338,10 +308,8 @@ impl Book {
         now: Timestamp,
     ) -> (Decision, Vec<Hold>) {
         let limits: Vec<&Limit> = policy.limits_for(&spec.id).collect();
-        let counters: Vec<Counter> = limits
-            .iter()
-            .map(|l| current(l, self.counters.get(&l.policy_name()), policy, now))
-            .collect();
+        let counters: Vec<Counter> =
+            limits.iter().map(|l| current(l, self.counters.get(&l.policy_name()), policy, now)).collect();
 
         let mut violated = Vec::new();
         let mut upgrade = None;
@@ -379,10 +347,7 @@ impl Book {
                         Counter::Window { start, .. } => Some(start),
                         Counter::Gcra { .. } => None,
                     };
-                    holds.push(Hold {
-                        key: key.clone(),
-                        window,
-                    });
+                    holds.push(Hold { key: key.clone(), window });
                 }
                 self.counters.insert(key, next);
             }
@@ -395,49 +360,25 @@ impl Book {
                 Some(i) => (RefusalKind::UpgradeRequired, i),
                 None => (RefusalKind::RetryLater, latest_free.map_or(0, |(_, i)| i)),
             };
-            Some(Refusal {
-                kind,
-                violated,
-                primary,
-                retry_after: retry_after.filter(|_| upgrade.is_none()),
-            })
+            Some(Refusal { kind, violated, primary, retry_after: retry_after.filter(|_| upgrade.is_none()) })
         };
 
         let statuses = limits
             .iter()
             .map(|l| {
-                let c = self
-                    .counters
-                    .get(&l.policy_name())
-                    .copied()
-                    .unwrap_or(Counter::Window {
-                        start: now,
-                        used: 0,
-                        reserved: 0,
-                    });
+                let c = self.counters.get(&l.policy_name()).copied().unwrap_or(Counter::Window {
+                    start: now,
+                    used: 0,
+                    reserved: 0,
+                });
                 status(l, c, policy, now)
             })
             .collect();
-        (
-            Decision {
-                meter: spec.id.clone(),
-                quantity: q,
-                now,
-                limits: statuses,
-                refusal,
-            },
-            holds,
-        )
+        (Decision { meter: spec.id.clone(), quantity: q, now, limits: statuses, refusal }, holds)
     }
 
     /// Asks whether `q` units would be admitted now, changing no usage.
-    pub fn check(
-        &mut self,
-        policy: &Policy,
-        meter: &MeterId,
-        q: u64,
-        now: Timestamp,
-    ) -> Result<Decision, UsageError> {
+    pub fn check(&mut self, policy: &Policy, meter: &MeterId, q: u64, now: Timestamp) -> Result<Decision, UsageError> {
         let spec = Self::meter_spec(policy, meter)?;
         Ok(self.decide(policy, spec, q, true, Apply::Nothing, now).0)
     }
@@ -468,10 +409,7 @@ impl Book {
         let ReserveAs { id, kind, ttl_ms } = how;
         let spec = Self::meter_spec(policy, meter)?;
         if spec.aggregation != Aggregation::Sum {
-            return Err(UsageError::NotReservable {
-                meter: meter.clone(),
-                aggregation: spec.aggregation,
-            });
+            return Err(UsageError::NotReservable { meter: meter.clone(), aggregation: spec.aggregation });
         }
         if self.reservations.contains_key(&id) {
             return Err(UsageError::DuplicateReservation(id));
@@ -483,15 +421,8 @@ impl Book {
         let (decision, holds) = self.decide(policy, spec, q, true, apply, now);
         if decision.allowed() {
             let expires = now.saturating_add_ms(ttl_ms);
-            let r = Reservation {
-                id: id.clone(),
-                meter: meter.clone(),
-                quantity: q,
-                kind,
-                created: now,
-                expires,
-                holds,
-            };
+            let r =
+                Reservation { id: id.clone(), meter: meter.clone(), quantity: q, kind, created: now, expires, holds };
             self.reservations.insert(id, r);
         }
         Ok(decision)
@@ -510,12 +441,7 @@ impl Book {
     }
 
     /// Releases a reservation: its units go back to the org, once.
-    pub fn release(
-        &mut self,
-        policy: &Policy,
-        id: &EventId,
-        now: Timestamp,
-    ) -> Result<Settled, UsageError> {
+    pub fn release(&mut self, policy: &Policy, id: &EventId, now: Timestamp) -> Result<Settled, UsageError> {
         self.settle(policy, id, Settlement::Released, now)
     }
 
@@ -528,17 +454,13 @@ impl Book {
             .filter(|r| r.expires <= now)
             .map(|r| {
                 let s = match r.kind {
-                    ReservationKind::Optimistic => Settlement::Committed {
-                        quantity: r.quantity,
-                    },
+                    ReservationKind::Optimistic => Settlement::Committed { quantity: r.quantity },
                     ReservationKind::Provisional => Settlement::Released,
                 };
                 (r.id.clone(), s)
             })
             .collect();
-        due.into_iter()
-            .filter_map(|(id, s)| self.settle(policy, &id, s, now).ok())
-            .collect()
+        due.into_iter().filter_map(|(id, s)| self.settle(policy, &id, s, now).ok()).collect()
     }
 
     fn settle(
@@ -548,10 +470,7 @@ impl Book {
         settlement: Settlement,
         now: Timestamp,
     ) -> Result<Settled, UsageError> {
-        let r = self
-            .reservations
-            .remove(id)
-            .ok_or_else(|| UsageError::UnknownReservation(id.clone()))?;
+        let r = self.reservations.remove(id).ok_or_else(|| UsageError::UnknownReservation(id.clone()))?;
         let actual = match settlement {
             Settlement::Committed { quantity } => quantity,
             Settlement::Released => 0,
@@ -565,23 +484,12 @@ impl Book {
             let next = match (c, hold.window) {
                 (Counter::Gcra { at, backlog }, None) => {
                     let w = limit.period.rate_millis().unwrap_or(1);
-                    let b = u128::from(backlog).saturating_sub(scaled(r.quantity, w))
-                        + scaled(actual, w);
-                    Counter::Gcra {
-                        at,
-                        backlog: sat(b),
-                    }
+                    let b = u128::from(backlog).saturating_sub(scaled(r.quantity, w)) + scaled(actual, w);
+                    Counter::Gcra { at, backlog: sat(b) }
                 }
                 // Only the window the reservation was counted in is adjusted: once it has rolled
                 // over, that usage belongs to the past window (and to the ledger).
-                (
-                    Counter::Window {
-                        start,
-                        used,
-                        reserved,
-                    },
-                    Some(ws),
-                ) if ws == start => match r.kind {
+                (Counter::Window { start, used, reserved }, Some(ws)) if ws == start => match r.kind {
                     ReservationKind::Provisional => Counter::Window {
                         start,
                         used: used.saturating_add(actual),
@@ -589,8 +497,7 @@ impl Book {
                     },
                     ReservationKind::Optimistic => Counter::Window {
                         start,
-                        used: sat((u128::from(used) + u128::from(actual))
-                            .saturating_sub(u128::from(r.quantity))),
+                        used: sat((u128::from(used) + u128::from(actual)).saturating_sub(u128::from(r.quantity))),
                         reserved,
                     },
                 },
@@ -598,30 +505,18 @@ impl Book {
             };
             self.counters.insert(hold.key.clone(), next);
         }
-        Ok(Settled {
-            reservation: r,
-            settlement,
-        })
+        Ok(Settled { reservation: r, settlement })
     }
 
     /// Zeroes the current window of every limit on `meter` (all meters when `None`). Open
     /// reservations stay open but no longer hold anything in the reset windows.
     pub fn reset(&mut self, policy: &Policy, meter: Option<&MeterId>, now: Timestamp) {
-        for l in policy
-            .limits
-            .iter()
-            .filter(|l| meter.is_none_or(|m| &l.meter == m))
-        {
+        for l in policy.limits.iter().filter(|l| meter.is_none_or(|m| &l.meter == m)) {
             let fresh = match l.period.rate_millis() {
-                Some(_) => Counter::Gcra {
-                    at: now,
-                    backlog: 0,
-                },
-                None => Counter::Window {
-                    start: l.period.window(now, policy.billing_anchor).start,
-                    used: 0,
-                    reserved: 0,
-                },
+                Some(_) => Counter::Gcra { at: now, backlog: 0 },
+                None => {
+                    Counter::Window { start: l.period.window(now, policy.billing_anchor).start, used: 0, reserved: 0 }
+                }
             };
             self.counters.insert(l.policy_name(), fresh);
         }
@@ -632,19 +527,42 @@ impl Book {
         }
     }
 
+    /// The committed usage of every fixed-window limit (day, month, lifetime) at `now`: what
+    /// reconciliation compares with the ledger. Rate windows are not comparable and are left out.
+    pub fn window_usage(&self, policy: &Policy, now: Timestamp) -> Vec<WindowUsage> {
+        policy
+            .limits
+            .iter()
+            .filter(|l| !l.period.is_rate())
+            .filter_map(|l| match current(l, self.counters.get(&l.policy_name()), policy, now) {
+                Counter::Window { start, used, reserved } => Some(WindowUsage {
+                    key: l.policy_name(),
+                    meter: l.meter.clone(),
+                    start,
+                    end: l.period.window(now, policy.billing_anchor).end,
+                    used,
+                    reserved,
+                }),
+                Counter::Gcra { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Sets the committed usage of a fixed-window limit's current window (reconciliation repair:
+    /// the ledger is the truth for committed usage). Held reservations are kept.
+    pub fn repair(&mut self, policy: &Policy, key: &str, used: u64, now: Timestamp) {
+        let Some(l) = policy.limits.iter().find(|l| l.policy_name() == key && !l.period.is_rate()) else { return };
+        if let Counter::Window { start, reserved, .. } = current(l, self.counters.get(key), policy, now) {
+            self.counters.insert(key.to_owned(), Counter::Window { start, used, reserved });
+        }
+    }
+
     /// The status of every limit of the policy at `now`.
     pub fn overview(&self, policy: &Policy, now: Timestamp) -> Vec<LimitStatus> {
         policy
             .limits
             .iter()
-            .map(|l| {
-                status(
-                    l,
-                    current(l, self.counters.get(&l.policy_name()), policy, now),
-                    policy,
-                    now,
-                )
-            })
+            .map(|l| status(l, current(l, self.counters.get(&l.policy_name()), policy, now), policy, now))
             .collect()
     }
 }
@@ -657,41 +575,18 @@ fn admit(limit: &Limit, agg: Aggregation, c: Counter, q: u64, apply: Apply) -> C
         (Counter::Gcra { .. }, _) if limit.cap.limit().is_none() => c,
         (Counter::Gcra { at, backlog }, _) => {
             let w = limit.period.rate_millis().unwrap_or(1);
-            Counter::Gcra {
-                at,
-                backlog: sat(u128::from(backlog) + scaled(q, w)),
-            }
+            Counter::Gcra { at, backlog: sat(u128::from(backlog) + scaled(q, w)) }
         }
-        (
-            Counter::Window {
-                start,
-                used,
-                reserved,
-            },
-            Apply::Hold,
-        ) => Counter::Window {
-            start,
-            used,
-            reserved: reserved.saturating_add(q),
-        },
-        (
-            Counter::Window {
-                start,
-                used,
-                reserved,
-            },
-            Apply::Use,
-        ) => {
+        (Counter::Window { start, used, reserved }, Apply::Hold) => {
+            Counter::Window { start, used, reserved: reserved.saturating_add(q) }
+        }
+        (Counter::Window { start, used, reserved }, Apply::Use) => {
             let used = match agg {
                 Aggregation::Sum => used.saturating_add(q),
                 Aggregation::Max => used.max(q),
                 Aggregation::Latest => q,
             };
-            Counter::Window {
-                start,
-                used,
-                reserved,
-            }
+            Counter::Window { start, used, reserved }
         }
     }
 }

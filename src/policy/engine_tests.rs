@@ -1,9 +1,5 @@
 //! Unit and property tests of the engine, with injected time.
-#![allow(
-    clippy::many_single_char_names,
-    clippy::similar_names,
-    clippy::needless_pass_by_value
-)]
+#![allow(clippy::many_single_char_names, clippy::similar_names, clippy::needless_pass_by_value)]
 
 use proptest::prelude::*;
 use serde_json::json;
@@ -16,11 +12,8 @@ use crate::policy::{Period, PlanId};
 fn policy(limits: serde_json::Value) -> Policy {
     let body = json!({"meters": [{"id": "peak", "aggregation": "max"}, {"id": "disk", "aggregation": "latest", "unit": "bytes"}],
                       "limits": limits, "upgrade_url": "https://example.test/upgrade"});
-    let plan = Plan::parse(
-        &PlanId::parse("p").unwrap_or_else(|e| unreachable!("{e}")),
-        &body,
-    )
-    .unwrap_or_else(|e| unreachable!("{e}"));
+    let plan = Plan::parse(&PlanId::parse("p").unwrap_or_else(|e| unreachable!("{e}")), &body)
+        .unwrap_or_else(|e| unreachable!("{e}"));
     Policy::new(&plan, &OrgTerms::default())
 }
 
@@ -53,14 +46,10 @@ fn burst_limit_refuses_the_eleventh_with_exact_headers() {
     let mut b = Book::default();
     let req = m("requests");
     for i in 0..10 {
-        let d = b
-            .record(&p, &req, 1, true, at(0))
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let d = b.record(&p, &req, 1, true, at(0)).unwrap_or_else(|e| unreachable!("{e}"));
         assert!(d.allowed(), "request {i}");
     }
-    let d = b
-        .record(&p, &req, 1, true, at(0))
-        .unwrap_or_else(|e| unreachable!("{e}"));
+    let d = b.record(&p, &req, 1, true, at(0)).unwrap_or_else(|e| unreachable!("{e}"));
     assert_eq!(d.status(), 429);
     // GCRA: one unit of a 10/minute limit comes back every 6 s.
     assert_eq!(d.retry_after(), Some(6));
@@ -73,45 +62,24 @@ fn burst_limit_refuses_the_eleventh_with_exact_headers() {
         Some("\"requests-minute\";q=10;w=60, \"requests-month\";q=1000;w=2592000")
     );
     // Month resets 2026-12-01T00:00Z: 7 days 14 hours after T0.
-    assert_eq!(
-        get("RateLimit").as_deref(),
-        Some("\"requests-minute\";r=0;t=60, \"requests-month\";r=990;t=655200")
-    );
+    assert_eq!(get("RateLimit").as_deref(), Some("\"requests-minute\";r=0;t=60, \"requests-month\";r=990;t=655200"));
     assert_eq!(get("X-RateLimit-Limit").as_deref(), Some("10"));
     assert_eq!(get("X-RateLimit-Remaining").as_deref(), Some("0"));
-    assert_eq!(
-        get("X-RateLimit-Reset").as_deref(),
-        Some(((T0 + 60_000) / 1000).to_string().as_str())
-    );
+    assert_eq!(get("X-RateLimit-Reset").as_deref(), Some(((T0 + 60_000) / 1000).to_string().as_str()));
     assert_eq!(get("X-Quota-Status").as_deref(), Some("over"));
     assert_eq!(get("Retry-After").as_deref(), Some("6"));
     let problem = refusal_problem(&d, "free", None).unwrap_or_default();
     assert_eq!(problem["status"], 429);
     assert_eq!(problem["detail"], "Quota exceeded for requests");
-    assert_eq!(
-        (problem["limit"].as_u64(), problem["used"].as_u64()),
-        (Some(10), Some(10))
-    );
+    assert_eq!((problem["limit"].as_u64(), problem["used"].as_u64()), (Some(10), Some(10)));
     assert_eq!(problem["reset"], "2026-11-23T10:01:00Z");
     assert_eq!(problem["violated-policies"], json!(["requests-minute"]));
     assert!(problem.get("upgrade_url").is_none());
     // The refusal counted nothing; 6 s later exactly one more fits.
-    assert_eq!(
-        b.record(&p, &req, 1, true, at(5_999)).map(|d| d.allowed()),
-        Ok(false)
-    );
-    assert_eq!(
-        b.record(&p, &req, 1, true, at(6_000)).map(|d| d.allowed()),
-        Ok(true)
-    );
-    assert_eq!(
-        b.record(&p, &req, 1, true, at(6_000)).map(|d| d.allowed()),
-        Ok(false)
-    );
-    let month = b
-        .overview(&p, at(6_000))
-        .into_iter()
-        .find(|l| l.policy == "requests-month");
+    assert_eq!(b.record(&p, &req, 1, true, at(5_999)).map(|d| d.allowed()), Ok(false));
+    assert_eq!(b.record(&p, &req, 1, true, at(6_000)).map(|d| d.allowed()), Ok(true));
+    assert_eq!(b.record(&p, &req, 1, true, at(6_000)).map(|d| d.allowed()), Ok(false));
+    let month = b.overview(&p, at(6_000)).into_iter().find(|l| l.policy == "requests-month");
     assert_eq!(month.map(|l| l.used), Some(11));
 }
 
@@ -120,28 +88,19 @@ fn lifetime_refuses_with_402_and_upgrade_url() {
     let p = design();
     let mut b = Book::default();
     let mp = m("mapping_profiles");
-    assert_eq!(
-        b.record(&p, &mp, 3, true, at(0)).map(|d| d.allowed()),
-        Ok(true)
-    );
-    let d = b
-        .record(&p, &mp, 1, true, at(0))
-        .unwrap_or_else(|e| unreachable!("{e}"));
+    assert_eq!(b.record(&p, &mp, 3, true, at(0)).map(|d| d.allowed()), Ok(true));
+    let d = b.record(&p, &mp, 1, true, at(0)).unwrap_or_else(|e| unreachable!("{e}"));
     assert_eq!((d.status(), d.retry_after()), (402, None));
     let problem = refusal_problem(&d, "free", Some("https://example.test/up")).unwrap_or_default();
     assert_eq!(problem["upgrade_url"], "https://example.test/up");
     assert_eq!(problem["reset"], serde_json::Value::Null);
-    assert!(!decision_headers(&d)
-        .iter()
-        .any(|(k, _)| *k == "Retry-After" || *k == "X-RateLimit-Reset"));
+    assert!(!decision_headers(&d).iter().any(|(k, _)| *k == "Retry-After" || *k == "X-RateLimit-Reset"));
 }
 
 #[test]
 fn request_larger_than_the_limit_needs_an_upgrade() {
     let p = policy(json!([{"meter": "rows", "limit": 100, "period": "day"}]));
-    let d = Book::default()
-        .check(&p, &m("rows"), 101, at(0))
-        .unwrap_or_else(|e| unreachable!("{e}"));
+    let d = Book::default().check(&p, &m("rows"), 101, at(0)).unwrap_or_else(|e| unreachable!("{e}"));
     assert_eq!(d.status(), 402);
 }
 
@@ -150,15 +109,10 @@ fn soft_limit_allows_and_prices_overage() {
     let p = design();
     let mut b = Book::default();
     let t = m("ai_tokens");
-    let d = b
-        .record(&p, &t, 100_500, true, at(0))
-        .unwrap_or_else(|e| unreachable!("{e}"));
+    let d = b.record(&p, &t, 100_500, true, at(0)).unwrap_or_else(|e| unreachable!("{e}"));
     assert!(d.allowed());
     let l = d.limits.first().cloned().unwrap_or_else(|| unreachable!());
-    assert_eq!(
-        (l.overage, l.overage_cost_cents, l.level, l.mode),
-        (500, 1, Level::Over, "soft")
-    );
+    assert_eq!((l.overage, l.overage_cost_cents, l.level, l.mode), (500, 1, Level::Over, "soft"));
     assert_eq!(d.overage_cost_cents(), 1);
 }
 
@@ -167,35 +121,13 @@ fn provisional_reservation_commit_and_release_once() {
     let p = policy(json!([{"meter": "rows", "limit": 10, "period": "day"}]));
     let mut b = Book::default();
     let rows = m("rows");
-    let d = b.reserve(
-        &p,
-        &rows,
-        6,
-        ReserveAs {
-            id: eid("r1"),
-            kind: ReservationKind::Provisional,
-            ttl_ms: 60_000,
-        },
-        at(0),
-    );
-    assert_eq!(
-        d.map(|d| d.limits.first().map(|l| (l.used, l.remaining))),
-        Ok(Some((6, Some(4))))
-    );
+    let d =
+        b.reserve(&p, &rows, 6, ReserveAs { id: eid("r1"), kind: ReservationKind::Provisional, ttl_ms: 60_000 }, at(0));
+    assert_eq!(d.map(|d| d.limits.first().map(|l| (l.used, l.remaining))), Ok(Some((6, Some(4)))));
     // The held units count against the limit.
     assert_eq!(b.check(&p, &rows, 5, at(1)).map(|d| d.status()), Ok(429));
     assert_eq!(
-        b.reserve(
-            &p,
-            &rows,
-            1,
-            ReserveAs {
-                id: eid("r1"),
-                kind: ReservationKind::Provisional,
-                ttl_ms: 1
-            },
-            at(1)
-        ),
+        b.reserve(&p, &rows, 1, ReserveAs { id: eid("r1"), kind: ReservationKind::Provisional, ttl_ms: 1 }, at(1)),
         Err(UsageError::DuplicateReservation(eid("r1")))
     );
     // Commit with less than reserved: the difference comes back.
@@ -203,20 +135,10 @@ fn provisional_reservation_commit_and_release_once() {
     assert_eq!(s, Ok(Settlement::Committed { quantity: 2 }));
     assert_eq!(
         b.counters.get("rows-day"),
-        Some(&Counter::Window {
-            start: Timestamp::from_millis(1_795_392_000_000),
-            used: 2,
-            reserved: 0
-        })
+        Some(&Counter::Window { start: Timestamp::from_millis(1_795_392_000_000), used: 2, reserved: 0 })
     );
-    assert_eq!(
-        b.release(&p, &eid("r1"), at(3)).map(|s| s.settlement),
-        Err(UsageError::UnknownReservation(eid("r1")))
-    );
-    assert_eq!(
-        b.counters.get("rows-day").map(|c| in_use(&p.limits[0], *c)),
-        Some(2)
-    );
+    assert_eq!(b.release(&p, &eid("r1"), at(3)).map(|s| s.settlement), Err(UsageError::UnknownReservation(eid("r1"))));
+    assert_eq!(b.counters.get("rows-day").map(|c| in_use(&p.limits[0], *c)), Some(2));
 }
 
 #[test]
@@ -225,53 +147,19 @@ fn optimistic_reservation_counts_at_once_and_releases() {
     let mut b = Book::default();
     let req = m("requests");
     assert!(b
-        .reserve(
-            &p,
-            &req,
-            1,
-            ReserveAs {
-                id: eid("a"),
-                kind: ReservationKind::Optimistic,
-                ttl_ms: 30_000
-            },
-            at(0)
-        )
+        .reserve(&p, &req, 1, ReserveAs { id: eid("a"), kind: ReservationKind::Optimistic, ttl_ms: 30_000 }, at(0))
         .is_ok_and(|d| d.allowed()));
     assert!(b
-        .reserve(
-            &p,
-            &req,
-            1,
-            ReserveAs {
-                id: eid("b"),
-                kind: ReservationKind::Optimistic,
-                ttl_ms: 30_000
-            },
-            at(0)
-        )
+        .reserve(&p, &req, 1, ReserveAs { id: eid("b"), kind: ReservationKind::Optimistic, ttl_ms: 30_000 }, at(0))
         .is_ok_and(|d| d.allowed()));
-    let used = |b: &Book| {
-        b.overview(&p, at(0))
-            .iter()
-            .map(|l| l.used)
-            .collect::<Vec<_>>()
-    };
+    let used = |b: &Book| b.overview(&p, at(0)).iter().map(|l| l.used).collect::<Vec<_>>();
     assert_eq!(used(&b), vec![0, 0, 2, 2]);
     assert!(b.release(&p, &eid("a"), at(0)).is_ok());
     assert_eq!(used(&b), vec![0, 0, 1, 1]);
     // Expiry keeps an optimistic reservation as committed.
     let settled = b.expire(&p, at(30_000));
-    assert_eq!(
-        settled.iter().map(|s| s.settlement).collect::<Vec<_>>(),
-        vec![Settlement::Committed { quantity: 1 }]
-    );
-    assert_eq!(
-        b.overview(&p, at(30_000))
-            .iter()
-            .find(|l| l.policy == "requests-month")
-            .map(|l| l.used),
-        Some(1)
-    );
+    assert_eq!(settled.iter().map(|s| s.settlement).collect::<Vec<_>>(), vec![Settlement::Committed { quantity: 1 }]);
+    assert_eq!(b.overview(&p, at(30_000)).iter().find(|l| l.policy == "requests-month").map(|l| l.used), Some(1));
     assert!(b.reservations.is_empty());
 }
 
@@ -284,20 +172,13 @@ fn provisional_expiry_gives_back() {
             &p,
             &m("rows"),
             10,
-            ReserveAs {
-                id: eid("x"),
-                kind: ReservationKind::Provisional,
-                ttl_ms: 1_000
-            },
+            ReserveAs { id: eid("x"), kind: ReservationKind::Provisional, ttl_ms: 1_000 },
             at(0)
         )
         .is_ok_and(|d| d.allowed()));
     assert!(b.expire(&p, at(999)).is_empty());
     assert_eq!(b.expire(&p, at(1_000)).len(), 1);
-    assert_eq!(
-        b.check(&p, &m("rows"), 10, at(1_000)).map(|d| d.allowed()),
-        Ok(true)
-    );
+    assert_eq!(b.check(&p, &m("rows"), 10, at(1_000)).map(|d| d.allowed()), Ok(true));
 }
 
 #[test]
@@ -307,41 +188,17 @@ fn gauges_take_peak_and_latest() {
     );
     let mut b = Book::default();
     for (q, want) in [(40, 40), (90, 90), (10, 90)] {
-        let d = b
-            .record(&p, &m("peak"), q, true, at(0))
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let d = b.record(&p, &m("peak"), q, true, at(0)).unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(d.limits.first().map(|l| l.used), Some(want));
     }
-    assert_eq!(
-        b.record(&p, &m("peak"), 101, true, at(0))
-            .map(|d| d.status()),
-        Ok(402)
-    );
+    assert_eq!(b.record(&p, &m("peak"), 101, true, at(0)).map(|d| d.status()), Ok(402));
     for (q, want) in [(500u64, 500u64), (1200, 1200), (300, 300)] {
-        let d = b
-            .record(&p, &m("disk"), q, true, at(0))
-            .unwrap_or_else(|e| unreachable!("{e}"));
-        assert_eq!(
-            d.limits.first().map(|l| (l.used, l.overage)),
-            Some((want, want.saturating_sub(1000)))
-        );
+        let d = b.record(&p, &m("disk"), q, true, at(0)).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(d.limits.first().map(|l| (l.used, l.overage)), Some((want, want.saturating_sub(1000))));
     }
     assert_eq!(
-        b.reserve(
-            &p,
-            &m("disk"),
-            1,
-            ReserveAs {
-                id: eid("g"),
-                kind: ReservationKind::Provisional,
-                ttl_ms: 1
-            },
-            at(0)
-        ),
-        Err(UsageError::NotReservable {
-            meter: m("disk"),
-            aggregation: Aggregation::Latest
-        })
+        b.reserve(&p, &m("disk"), 1, ReserveAs { id: eid("g"), kind: ReservationKind::Provisional, ttl_ms: 1 }, at(0)),
+        Err(UsageError::NotReservable { meter: m("disk"), aggregation: Aggregation::Latest })
     );
 }
 
@@ -349,19 +206,11 @@ fn gauges_take_peak_and_latest() {
 fn unknown_meter_and_unenforced_record() {
     let p = design();
     let mut b = Book::default();
-    assert_eq!(
-        b.check(&p, &m("nope"), 1, at(0)),
-        Err(UsageError::UnknownMeter(m("nope")))
-    );
+    assert_eq!(b.check(&p, &m("nope"), 1, at(0)), Err(UsageError::UnknownMeter(m("nope"))));
     // Without enforce, usage that happened is counted even past a hard limit.
-    let d = b
-        .record(&p, &m("mapping_profiles"), 5, false, at(0))
-        .unwrap_or_else(|e| unreachable!("{e}"));
+    let d = b.record(&p, &m("mapping_profiles"), 5, false, at(0)).unwrap_or_else(|e| unreachable!("{e}"));
     assert!(d.allowed());
-    assert_eq!(
-        d.limits.first().map(|l| (l.used, l.remaining, l.level)),
-        Some((5, Some(0), Level::Over))
-    );
+    assert_eq!(d.limits.first().map(|l| (l.used, l.remaining, l.level)), Some((5, Some(0), Level::Over)));
 }
 
 #[test]
@@ -369,50 +218,44 @@ fn windows_roll_over_at_the_boundary_and_reset_clears() {
     let p = policy(json!([{"meter": "rows", "limit": 5, "period": "day"}]));
     let mut b = Book::default();
     let midnight = 1_795_478_400_000; // 2026-11-24T00:00Z
-    assert!(b
-        .record(
-            &p,
-            &m("rows"),
-            5,
-            true,
-            Timestamp::from_millis(midnight - 1)
-        )
-        .is_ok_and(|d| d.allowed()));
-    assert_eq!(
-        b.check(&p, &m("rows"), 1, Timestamp::from_millis(midnight - 1))
-            .map(|d| d.retry_after()),
-        Ok(Some(1))
-    );
-    assert_eq!(
-        b.check(&p, &m("rows"), 5, Timestamp::from_millis(midnight))
-            .map(|d| d.allowed()),
-        Ok(true)
-    );
-    b.record(&p, &m("rows"), 3, true, Timestamp::from_millis(midnight))
-        .ok();
+    assert!(b.record(&p, &m("rows"), 5, true, Timestamp::from_millis(midnight - 1)).is_ok_and(|d| d.allowed()));
+    assert_eq!(b.check(&p, &m("rows"), 1, Timestamp::from_millis(midnight - 1)).map(|d| d.retry_after()), Ok(Some(1)));
+    assert_eq!(b.check(&p, &m("rows"), 5, Timestamp::from_millis(midnight)).map(|d| d.allowed()), Ok(true));
+    b.record(&p, &m("rows"), 3, true, Timestamp::from_millis(midnight)).ok();
     b.reset(&p, Some(&m("rows")), Timestamp::from_millis(midnight + 5));
-    assert_eq!(
-        b.overview(&p, Timestamp::from_millis(midnight + 5))
-            .first()
-            .map(|l| l.used),
-        Some(0)
-    );
+    assert_eq!(b.overview(&p, Timestamp::from_millis(midnight + 5)).first().map(|l| l.used), Some(0));
+}
+
+#[test]
+fn window_usage_and_repair_for_reconciliation() {
+    let p = design();
+    let mut b = Book::default();
+    b.record(&p, &m("requests"), 4, true, at(0)).ok();
+    let how = ReserveAs { id: eid("h"), kind: ReservationKind::Provisional, ttl_ms: 60_000 };
+    assert!(b.reserve(&p, &m("requests"), 2, how, at(0)).is_ok_and(|d| d.allowed()));
+    let w = b.window_usage(&p, at(0));
+    // Rate windows are not reconcilable; month and lifetime limits are.
+    let keys: Vec<&str> = w.iter().map(|x| x.key.as_str()).collect();
+    assert_eq!(keys, vec!["ai_tokens-month", "mapping_profiles-lifetime", "requests-month"]);
+    let req = w.iter().find(|x| x.key == "requests-month").unwrap();
+    assert_eq!((req.used, req.reserved, req.start.rfc3339()), (4, 2, "2026-11-01T00:00:00Z".to_owned()));
+    assert_eq!(req.end.map(Timestamp::rfc3339).as_deref(), Some("2026-12-01T00:00:00Z"));
+    b.repair(&p, "requests-month", 9, at(0));
+    let after = b.window_usage(&p, at(0));
+    let req = after.iter().find(|x| x.key == "requests-month").unwrap();
+    assert_eq!((req.used, req.reserved), (9, 2));
+    // Repairing a rate window or an unknown key changes nothing.
+    let before = b.clone();
+    b.repair(&p, "requests-minute", 0, at(0));
+    b.repair(&p, "nope-day", 0, at(0));
+    assert_eq!(b, before);
 }
 
 #[test]
 fn state_round_trips_and_refuses_other_versions() {
-    let c = Counter::Gcra {
-        at: at(5),
-        backlog: u64::MAX,
-    };
+    let c = Counter::Gcra { at: at(5), backlog: u64::MAX };
     assert_eq!(Counter::decode(&c.encode()), Ok(c));
-    assert_eq!(
-        c.encode(),
-        format!(
-            "{{\"v\":1,\"k\":\"gcra\",\"at\":{},\"backlog\":18446744073709551615}}",
-            T0 + 5
-        )
-    );
+    assert_eq!(c.encode(), format!("{{\"v\":1,\"k\":\"gcra\",\"at\":{},\"backlog\":18446744073709551615}}", T0 + 5));
     assert!(Counter::decode("{\"v\":2,\"k\":\"gcra\",\"at\":1,\"backlog\":0}").is_err());
     let r = Reservation {
         id: eid("r"),
@@ -441,11 +284,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0u64..20_000).prop_map(Op::Advance),
-        (0u64..8, any::<bool>(), 1u64..60_000).prop_map(|(q, optimistic, ttl)| Op::Reserve {
-            q,
-            optimistic,
-            ttl
-        }),
+        (0u64..8, any::<bool>(), 1u64..60_000).prop_map(|(q, optimistic, ttl)| Op::Reserve { q, optimistic, ttl }),
         (0u64..8).prop_map(Op::Record),
         (any::<usize>(), 0u64..8).prop_map(|(pick, less)| Op::Commit { pick, less }),
         any::<usize>().prop_map(|pick| Op::Release { pick }),
@@ -455,9 +294,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn nth_id(b: &Book, pick: usize) -> Option<EventId> {
     let n = b.reservations.len();
-    (n > 0)
-        .then(|| b.reservations.keys().nth(pick % n).cloned())
-        .flatten()
+    (n > 0).then(|| b.reservations.keys().nth(pick % n).cloned()).flatten()
 }
 
 proptest! {

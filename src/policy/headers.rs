@@ -74,15 +74,9 @@ pub fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
     }
     if let Some(l) = d.most_constrained() {
         h.push(("X-RateLimit-Limit", l.limit.unwrap_or(0).to_string()));
-        h.push((
-            "X-RateLimit-Remaining",
-            l.remaining.unwrap_or(0).to_string(),
-        ));
+        h.push(("X-RateLimit-Remaining", l.remaining.unwrap_or(0).to_string()));
         if let Some(reset) = l.reset {
-            h.push((
-                "X-RateLimit-Reset",
-                reset.millis().div_ceil(1000).to_string(),
-            ));
+            h.push(("X-RateLimit-Reset", reset.millis().div_ceil(1000).to_string()));
         }
     }
     h.push(("X-Quota-Status", d.level().as_str().to_owned()));
@@ -97,11 +91,8 @@ pub fn refusal_problem(d: &Decision, plan: &str, upgrade_url: Option<&str>) -> O
     let refusal = d.refusal.as_ref()?;
     let l = d.violated()?;
     let status = refusal.kind.status();
-    let (kind, title) = if status == 402 {
-        ("upgrade-required", "Upgrade required")
-    } else {
-        ("quota-exceeded", "Quota exceeded")
-    };
+    let (kind, title) =
+        if status == 402 { ("upgrade-required", "Upgrade required") } else { ("quota-exceeded", "Quota exceeded") };
     let mut body = json!({
         "type": format!("urn:quotagate:problem:{kind}"),
         "title": title,
@@ -117,10 +108,7 @@ pub fn refusal_problem(d: &Decision, plan: &str, upgrade_url: Option<&str>) -> O
     });
     if status == 402 {
         if let Some(obj) = body.as_object_mut() {
-            obj.insert(
-                "upgrade_url".into(),
-                upgrade_url.map_or(Value::Null, |u| Value::String(u.to_owned())),
-            );
+            obj.insert("upgrade_url".into(), upgrade_url.map_or(Value::Null, |u| Value::String(u.to_owned())));
         }
     }
     Some(body)

@@ -31,10 +31,7 @@ fn check_id(s: &str) -> Result<(), IdError> {
         return Err(IdError::TooLong { max: MAX_ID_LEN });
     }
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
-    let first_ok = s
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let first_ok = s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if !first_ok || !s.chars().all(ok_char) {
         return Err(IdError::BadChar);
     }
@@ -96,6 +93,13 @@ id_type!(
     /// A plan such as `free` or `enterprise`.
     PlanId
 );
+impl PlanId {
+    /// `none`: the plan of usage whose org no longer has one.
+    pub fn unassigned() -> Self {
+        Self("none".to_owned())
+    }
+}
+
 id_type!(
     /// A customer organization; names its Durable Object.
     OrgId
@@ -116,14 +120,9 @@ impl EventId {
             return Err(IdError::Empty);
         }
         if s.len() > MAX_EVENT_ID_LEN {
-            return Err(IdError::TooLong {
-                max: MAX_EVENT_ID_LEN,
-            });
+            return Err(IdError::TooLong { max: MAX_EVENT_ID_LEN });
         }
-        if !s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
-        {
+        if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')) {
             return Err(IdError::BadEventChar);
         }
         Ok(Self(s.to_owned()))
@@ -170,10 +169,7 @@ mod tests {
         assert_eq!(MeterId::parse("Requests"), Err(IdError::BadChar));
         assert_eq!(MeterId::parse("_x"), Err(IdError::BadChar));
         assert_eq!(MeterId::parse("a b"), Err(IdError::BadChar));
-        assert_eq!(
-            OrgId::parse(&"a".repeat(65)),
-            Err(IdError::TooLong { max: 64 })
-        );
+        assert_eq!(OrgId::parse(&"a".repeat(65)), Err(IdError::TooLong { max: 64 }));
         assert!(OrgId::parse(&"a".repeat(64)).is_ok());
     }
 
@@ -181,10 +177,7 @@ mod tests {
     fn event_ids() {
         assert!(EventId::parse("req_01J:abc-DEF.9").is_ok());
         assert_eq!(EventId::parse("a b"), Err(IdError::BadEventChar));
-        assert_eq!(
-            EventId::parse(&"x".repeat(129)),
-            Err(IdError::TooLong { max: 128 })
-        );
+        assert_eq!(EventId::parse(&"x".repeat(129)), Err(IdError::TooLong { max: 128 }));
     }
 
     #[test]

@@ -23,12 +23,8 @@ pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len().saturating_mul(2));
     for b in bytes {
-        s.push(char::from(
-            DIGITS.get(usize::from(b >> 4)).copied().unwrap_or(b'0'),
-        ));
-        s.push(char::from(
-            DIGITS.get(usize::from(b & 0xf)).copied().unwrap_or(b'0'),
-        ));
+        s.push(char::from(DIGITS.get(usize::from(b >> 4)).copied().unwrap_or(b'0')));
+        s.push(char::from(DIGITS.get(usize::from(b & 0xf)).copied().unwrap_or(b'0')));
     }
     s
 }
@@ -42,10 +38,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         b'a'..=b'f' => Some(c.wrapping_sub(b'a').wrapping_add(10)),
         _ => None,
     };
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Some((digit(*p.first()?)? << 4) | digit(*p.get(1)?)?))
-        .collect()
+    s.as_bytes().chunks(2).map(|p| Some((digit(*p.first()?)? << 4) | digit(*p.get(1)?)?)).collect()
 }
 
 /// Lowercase hex SHA-256, the only form in which keys are stored.
@@ -55,9 +48,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 fn mac(secret: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length, so this never fails.
-    <HmacSha256 as Mac>::new_from_slice(secret).unwrap_or_else(|_| {
-        <HmacSha256 as Mac>::new(&hmac::digest::generic_array::GenericArray::default())
-    })
+    <HmacSha256 as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| <HmacSha256 as Mac>::new(&hmac::digest::generic_array::GenericArray::default()))
 }
 
 /// Compares two secrets in constant time (for any lengths: both sides are hashed first, so the
@@ -111,15 +103,7 @@ pub fn mint(org: &OrgId, random: &[u8; KEY_RANDOM_BYTES], secret: &[u8]) -> Mint
     MintedKey {
         key_id: key_id(&hex(random)),
         hash: sha256_hex(plaintext.as_bytes()),
-        prefix: plaintext
-            .chars()
-            .take(
-                PREFIX
-                    .len()
-                    .saturating_add(org.as_str().len())
-                    .saturating_add(5),
-            )
-            .collect(),
+        prefix: plaintext.chars().take(PREFIX.len().saturating_add(org.as_str().len()).saturating_add(5)).collect(),
         plaintext,
     }
 }
@@ -131,39 +115,24 @@ pub fn verify(presented: &str, secret: &[u8]) -> Result<VerifiedKey, KeyError> {
     }
     let rest = presented.strip_prefix(PREFIX).ok_or(KeyError::Malformed)?;
     let mut parts = rest.split('.');
-    let (Some(org), Some(random), Some(tag), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(org), Some(random), Some(tag), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(KeyError::Malformed);
     };
     let org = OrgId::parse(org).map_err(|_| KeyError::Malformed)?;
     if random.len() != KEY_RANDOM_BYTES * 2 || unhex(random).is_none() {
         return Err(KeyError::Malformed);
     }
-    let tag = unhex(tag)
-        .filter(|t| t.len() == TAG_BYTES)
-        .ok_or(KeyError::Malformed)?;
+    let tag = unhex(tag).filter(|t| t.len() == TAG_BYTES).ok_or(KeyError::Malformed)?;
     let body_len = presented.len().saturating_sub(TAG_BYTES * 2 + 1);
     let mut m = mac(secret);
     m.update(presented.get(..body_len).unwrap_or_default().as_bytes());
-    m.verify_truncated_left(&tag)
-        .map_err(|_| KeyError::BadTag)?;
-    Ok(VerifiedKey {
-        org,
-        key_id: key_id(random),
-        hash: sha256_hex(presented.as_bytes()),
-    })
+    m.verify_truncated_left(&tag).map_err(|_| KeyError::BadTag)?;
+    Ok(VerifiedKey { org, key_id: key_id(random), hash: sha256_hex(presented.as_bytes()) })
 }
 
 /// The string the origin signature covers, one field a line:
 /// `v1`, epoch seconds, org, plan, method, path (with query).
-pub fn origin_signing_string(
-    ts_secs: u64,
-    org: &str,
-    plan: &str,
-    method: &str,
-    path_and_query: &str,
-) -> String {
+pub fn origin_signing_string(ts_secs: u64, org: &str, plan: &str, method: &str, path_and_query: &str) -> String {
     format!("v1\n{ts_secs}\n{org}\n{plan}\n{method}\n{path_and_query}")
 }
 
@@ -190,10 +159,7 @@ mod tests {
         assert_eq!(k.key_id, "key_0707070707070707");
         assert_eq!(k.prefix, "qg_acme.0707");
         let v = verify(&k.plaintext, b"secret").unwrap();
-        assert_eq!(
-            (v.org, v.key_id, v.hash.clone()),
-            (org("acme"), k.key_id.clone(), k.hash.clone())
-        );
+        assert_eq!((v.org, v.key_id, v.hash.clone()), (org("acme"), k.key_id.clone(), k.hash.clone()));
         assert_eq!(v.hash, sha256_hex(k.plaintext.as_bytes()));
         assert_eq!(v.hash.len(), 64);
     }
@@ -209,14 +175,8 @@ mod tests {
         flipped.pop();
         flipped.push(if k.plaintext.ends_with('0') { '1' } else { '0' });
         assert_eq!(verify(&flipped, b"secret"), Err(KeyError::BadTag));
-        for bad in [
-            "qg_",
-            "sk_live_x",
-            "qg_acme",
-            "qg_acme.zz.zz",
-            "qg_ACME.0101.0101",
-            &format!("{}.x", k.plaintext),
-        ] {
+        for bad in ["qg_", "sk_live_x", "qg_acme", "qg_acme.zz.zz", "qg_ACME.0101.0101", &format!("{}.x", k.plaintext)]
+        {
             assert_eq!(verify(bad, b"secret"), Err(KeyError::Malformed), "{bad}");
         }
         assert_eq!(verify("", b"secret"), Err(KeyError::Missing));
@@ -233,13 +193,7 @@ mod tests {
     fn origin_signature_is_hmac_sha256() {
         // RFC 4231 test case 2.
         let sig = origin_signature(b"Jefe", "what do ya want for nothing?");
-        assert_eq!(
-            sig,
-            "v1=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-        assert_eq!(
-            origin_signing_string(1, "o", "p", "GET", "/x?y=1"),
-            "v1\n1\no\np\nGET\n/x?y=1"
-        );
+        assert_eq!(sig, "v1=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(origin_signing_string(1, "o", "p", "GET", "/x?y=1"), "v1\n1\no\np\nGET\n/x?y=1");
     }
 }

@@ -4,6 +4,7 @@
 //! It owns every rule about usage and takes the time as an argument. It must never do I/O, read
 //! a clock or import `worker`: it compiles and is tested natively with `cargo test`.
 
+pub mod billing;
 pub mod classify;
 pub mod clock;
 pub mod decision;
@@ -16,11 +17,7 @@ pub mod plan;
 
 pub use clock::Timestamp;
 pub use decision::{Decision, Level, LimitStatus, Refusal, RefusalKind};
-pub use engine::{
-    Book, Counter, Reservation, ReservationKind, ReserveAs, Settled, Settlement, UsageError,
-};
+pub use engine::{Book, Counter, Reservation, ReservationKind, ReserveAs, Settled, Settlement, UsageError};
 pub use ids::{EventId, MeterId, OrgId, PlanId};
 pub use period::{Period, RateUnit, Window};
-pub use plan::{
-    Aggregation, Cap, FailMode, Limit, MeterSpec, OnExceed, OrgTerms, Plan, PlanError, Policy,
-};
+pub use plan::{Aggregation, Cap, FailMode, Limit, MeterSpec, OnExceed, OrgTerms, Plan, PlanError, Policy};

@@ -76,18 +76,13 @@ impl Window {
 
 impl Period {
     pub const fn rate(unit: RateUnit) -> Self {
-        Self::Rate {
-            unit,
-            count: NonZeroU32::MIN,
-        }
+        Self::Rate { unit, count: NonZeroU32::MIN }
     }
 
     /// The window length of a rate period in milliseconds; `None` for calendar periods.
     pub fn rate_millis(self) -> Option<u64> {
         match self {
-            Self::Rate { unit, count } => {
-                Some(unit.millis().saturating_mul(u64::from(count.get())))
-            }
+            Self::Rate { unit, count } => Some(unit.millis().saturating_mul(u64::from(count.get()))),
             Self::Day | Self::Month | Self::Lifetime => None,
         }
     }
@@ -121,26 +116,17 @@ impl Period {
             Self::Rate { .. } => {
                 let len = self.rate_millis().unwrap_or(1000).max(1);
                 let start = Timestamp::from_millis(now.millis() - now.millis() % len);
-                Window {
-                    start,
-                    end: Some(start.saturating_add_ms(len)),
-                }
+                Window { start, end: Some(start.saturating_add_ms(len)) }
             }
             Self::Day => {
                 let d = now.date();
                 Window {
                     start: Timestamp::from_date(d),
-                    end: Some(
-                        d.next_day()
-                            .map_or(Timestamp::from_millis(u64::MAX), Timestamp::from_date),
-                    ),
+                    end: Some(d.next_day().map_or(Timestamp::from_millis(u64::MAX), Timestamp::from_date)),
                 }
             }
             Self::Month => month_window(now.date(), anchor),
-            Self::Lifetime => Window {
-                start: Timestamp::EPOCH,
-                end: None,
-            },
+            Self::Lifetime => Window { start: Timestamp::EPOCH, end: None },
         }
     }
 }
@@ -186,10 +172,7 @@ fn month_window(today: Date, anchor: Option<Date>) -> Window {
         let (py, pm) = prev_month(y, m);
         (boundary(py, pm, anchor_day), this)
     };
-    Window {
-        start: Timestamp::from_date(start),
-        end: Some(Timestamp::from_date(end)),
-    }
+    Window { start: Timestamp::from_date(start), end: Some(Timestamp::from_date(end)) }
 }
 
 #[cfg(test)]
@@ -210,10 +193,7 @@ mod tests {
     fn calendar_month_and_day() {
         let now = ts(datetime!(2024-02-29 23:59:59.999 UTC));
         let m = Period::Month.window(now, None);
-        assert_eq!(
-            (d(m.start), m.end.map(d)),
-            (date!(2024 - 02 - 01), Some(date!(2024 - 03 - 01)))
-        );
+        assert_eq!((d(m.start), m.end.map(d)), (date!(2024 - 02 - 01), Some(date!(2024 - 03 - 01))));
         let day = Period::Day.window(now, None);
         assert_eq!(day.start, ts(datetime!(2024-02-29 0:00 UTC)));
         assert_eq!(day.end, Some(ts(datetime!(2024-03-01 0:00 UTC))));
@@ -230,55 +210,28 @@ mod tests {
             (d(w.start), w.end.map(d))
         };
         // Jan 31 → Feb 28 (2025) → Mar 31.
-        assert_eq!(
-            w(datetime!(2025-02-10 0:00 UTC)),
-            (date!(2025 - 01 - 31), Some(date!(2025 - 02 - 28)))
-        );
-        assert_eq!(
-            w(datetime!(2025-02-28 0:00 UTC)),
-            (date!(2025 - 02 - 28), Some(date!(2025 - 03 - 31)))
-        );
-        assert_eq!(
-            w(datetime!(2025-03-30 23:00 UTC)),
-            (date!(2025 - 02 - 28), Some(date!(2025 - 03 - 31)))
-        );
-        assert_eq!(
-            w(datetime!(2025-04-30 0:00 UTC)),
-            (date!(2025 - 04 - 30), Some(date!(2025 - 05 - 31)))
-        );
+        assert_eq!(w(datetime!(2025-02-10 0:00 UTC)), (date!(2025 - 01 - 31), Some(date!(2025 - 02 - 28))));
+        assert_eq!(w(datetime!(2025-02-28 0:00 UTC)), (date!(2025 - 02 - 28), Some(date!(2025 - 03 - 31))));
+        assert_eq!(w(datetime!(2025-03-30 23:00 UTC)), (date!(2025 - 02 - 28), Some(date!(2025 - 03 - 31))));
+        assert_eq!(w(datetime!(2025-04-30 0:00 UTC)), (date!(2025 - 04 - 30), Some(date!(2025 - 05 - 31))));
         // Leap year: Feb 29.
-        assert_eq!(
-            w(datetime!(2024-03-01 0:00 UTC)),
-            (date!(2024 - 02 - 29), Some(date!(2024 - 03 - 31)))
-        );
+        assert_eq!(w(datetime!(2024-03-01 0:00 UTC)), (date!(2024 - 02 - 29), Some(date!(2024 - 03 - 31))));
         // Year wrap.
-        assert_eq!(
-            w(datetime!(2026-01-05 0:00 UTC)),
-            (date!(2025 - 12 - 31), Some(date!(2026 - 01 - 31)))
-        );
+        assert_eq!(w(datetime!(2026-01-05 0:00 UTC)), (date!(2025 - 12 - 31), Some(date!(2026 - 01 - 31))));
     }
 
     #[test]
     fn rate_windows_and_lifetime() {
         let now = Timestamp::from_millis(125_500);
         let w = Period::rate(RateUnit::Minute).window(now, None);
-        assert_eq!(
-            (w.start.millis(), w.end.map(Timestamp::millis)),
-            (120_000, Some(180_000))
-        );
+        assert_eq!((w.start.millis(), w.end.map(Timestamp::millis)), (120_000, Some(180_000)));
         assert_eq!(w.seconds_until_reset(now), Some(55));
         assert_eq!(w.length_secs(), Some(60));
-        let five = Period::Rate {
-            unit: RateUnit::Minute,
-            count: NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN),
-        };
+        let five = Period::Rate { unit: RateUnit::Minute, count: NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN) };
         assert_eq!(five.rate_millis(), Some(300_000));
         assert_eq!(five.to_string(), "5minute");
         let life = Period::Lifetime.window(now, None);
-        assert_eq!(
-            (life.start, life.end, life.seconds_until_reset(now)),
-            (Timestamp::EPOCH, None, None)
-        );
+        assert_eq!((life.start, life.end, life.seconds_until_reset(now)), (Timestamp::EPOCH, None, None));
     }
 
     // Any instant from 1970 to 2200.

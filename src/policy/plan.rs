@@ -49,17 +49,8 @@ impl MeterSpec {
     /// A meter that a limit names without declaring it: a `sum` counted in "units"
     /// (`requests` is counted in requests).
     pub fn implicit(id: MeterId) -> Self {
-        let unit = if id.as_str() == "requests" {
-            "requests"
-        } else {
-            "units"
-        };
-        Self {
-            unit: unit.to_owned(),
-            aggregation: Aggregation::Sum,
-            event_name: id.to_string(),
-            id,
-        }
+        let unit = if id.as_str() == "requests" { "requests" } else { "units" };
+        Self { unit: unit.to_owned(), aggregation: Aggregation::Sum, event_name: id.to_string(), id }
     }
 }
 
@@ -88,10 +79,7 @@ pub enum Cap {
     /// Refuses what would pass the limit.
     Hard { limit: u64 },
     /// Allows, and marks and prices the overage.
-    Soft {
-        limit: u64,
-        price: Option<OveragePrice>,
-    },
+    Soft { limit: u64, price: Option<OveragePrice> },
 }
 
 impl Cap {
@@ -178,10 +166,7 @@ pub struct PlanError {
 }
 
 fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, PlanError> {
-    Err(PlanError {
-        field: field.into(),
-        reason: reason.into(),
-    })
+    Err(PlanError { field: field.into(), reason: reason.into() })
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -207,15 +192,9 @@ impl<'a> Obj<'a> {
             let at = if path.is_empty() { "(body)" } else { path };
             return err(at, format!("must be an object, got {}", kind(v)));
         };
-        let obj = Self {
-            path: path.to_owned(),
-            map,
-        };
+        let obj = Self { path: path.to_owned(), map };
         if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return err(
-                obj.at(k),
-                format!("unknown field (expected one of: {})", allowed.join(", ")),
-            );
+            return err(obj.at(k), format!("unknown field (expected one of: {})", allowed.join(", ")));
         }
         Ok(obj)
     }
@@ -234,8 +213,7 @@ impl<'a> Obj<'a> {
     }
 
     fn required(&self, key: &str) -> Result<&'a Value, PlanError> {
-        self.get(key)
-            .map_or_else(|| err(self.at(key), "is required"), Ok)
+        self.get(key).map_or_else(|| err(self.at(key), "is required"), Ok)
     }
 
     fn str_opt(&self, key: &str) -> Result<Option<&'a str>, PlanError> {
@@ -247,19 +225,11 @@ impl<'a> Obj<'a> {
     }
 
     fn str_req(&self, key: &str) -> Result<&'a str, PlanError> {
-        self.str_opt(key)?
-            .map_or_else(|| err(self.at(key), "is required"), Ok)
+        self.str_opt(key)?.map_or_else(|| err(self.at(key), "is required"), Ok)
     }
 
     fn uint_opt(&self, key: &str) -> Result<Option<u64>, PlanError> {
-        self.get(key)
-            .map(|v| {
-                whole_number(v).map_err(|r| PlanError {
-                    field: self.at(key),
-                    reason: r,
-                })
-            })
-            .transpose()
+        self.get(key).map(|v| whole_number(v).map_err(|r| PlanError { field: self.at(key), reason: r })).transpose()
     }
 
     fn choice<T: Copy>(&self, key: &str, options: &[(&str, T)]) -> Result<Option<T>, PlanError> {
@@ -270,13 +240,7 @@ impl<'a> Obj<'a> {
             return Ok(Some(t));
         }
         let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-        err(
-            self.at(key),
-            format!(
-                "unknown {key} '{s}' (expected one of: {})",
-                names.join(", ")
-            ),
-        )
+        err(self.at(key), format!("unknown {key} '{s}' (expected one of: {})", names.join(", ")))
     }
 }
 
@@ -289,9 +253,7 @@ pub fn whole_number(v: &Value) -> Result<u64, String> {
             } else if n.as_i64().is_some() {
                 Err(format!("must not be negative (got {n})"))
             } else if n.as_f64().is_some_and(|f| f < 0.0) {
-                Err(format!(
-                    "must be a whole number that is not negative (got {n})"
-                ))
+                Err(format!("must be a whole number that is not negative (got {n})"))
             } else if n.as_f64().is_some_and(|f| f.fract() == 0.0) {
                 Err(format!("is too large (got {n})"))
             } else {
@@ -317,104 +279,70 @@ enum ModeName {
     Soft,
 }
 
-const LIMIT_KEYS: &[&str] = &[
-    "meter",
-    "limit",
-    "period",
-    "mode",
-    "window",
-    "overage_price",
-    "on_exceed",
-];
+const LIMIT_KEYS: &[&str] = &["meter", "limit", "period", "mode", "window", "overage_price", "on_exceed"];
 
 fn parse_price(path: &str, v: &Value) -> Result<OveragePrice, PlanError> {
     let po = Obj::new(path, v, &["per_units", "cents"])?;
-    let per = po
-        .uint_opt("per_units")?
-        .map_or_else(|| err(po.at("per_units"), "is required"), Ok)?;
+    let per = po.uint_opt("per_units")?.map_or_else(|| err(po.at("per_units"), "is required"), Ok)?;
     let Some(per_units) = NonZeroU64::new(per) else {
         return err(po.at("per_units"), "must be at least 1");
     };
-    let cents = po
-        .uint_opt("cents")?
-        .map_or_else(|| err(po.at("cents"), "is required"), Ok)?;
+    let cents = po.uint_opt("cents")?.map_or_else(|| err(po.at("cents"), "is required"), Ok)?;
     Ok(OveragePrice { per_units, cents })
 }
 
-fn parse_limit(
-    path: &str,
-    v: &Value,
-    meters: &BTreeMap<MeterId, MeterSpec>,
-) -> Result<Limit, PlanError> {
+fn parse_limit(path: &str, v: &Value, meters: &BTreeMap<MeterId, MeterSpec>) -> Result<Limit, PlanError> {
     let o = Obj::new(path, v, LIMIT_KEYS)?;
     let meter_text = o.str_req("meter")?;
-    let meter = MeterId::parse(meter_text)
-        .map_or_else(|e| err(o.at("meter"), format!("'{meter_text}' {e}")), Ok)?;
-    let mut period = o
-        .choice("period", PERIODS)?
-        .map_or_else(|| err(o.at("period"), "is required"), Ok)?;
+    let meter = MeterId::parse(meter_text).map_or_else(|e| err(o.at("meter"), format!("'{meter_text}' {e}")), Ok)?;
+    let mut period = o.choice("period", PERIODS)?.map_or_else(|| err(o.at("period"), "is required"), Ok)?;
     if let Some(window) = o.uint_opt("window")? {
         let Period::Rate { unit, .. } = period else {
-            return err(
-                o.at("window"),
-                "only rate periods (second, minute, hour) take a window multiplier",
-            );
+            return err(o.at("window"), "only rate periods (second, minute, hour) take a window multiplier");
         };
         let count = u32::try_from(window).ok().and_then(NonZeroU32::new);
         let Some(count) = count else {
-            return err(
-                o.at("window"),
-                format!("must be from 1 to {} (got {window})", u32::MAX),
-            );
+            return err(o.at("window"), format!("must be from 1 to {} (got {window})", u32::MAX));
         };
         period = Period::Rate { unit, count };
     }
-    let mode = o
-        .choice(
-            "mode",
-            &[("hard", ModeName::Hard), ("soft", ModeName::Soft)],
-        )?
-        .unwrap_or(ModeName::Hard);
+    let mode = o.choice("mode", &[("hard", ModeName::Hard), ("soft", ModeName::Soft)])?.unwrap_or(ModeName::Hard);
     let limit = match o.map.get("limit") {
         None => return err(o.at("limit"), "is required (use null for unlimited)"),
         Some(Value::Null) => None,
-        Some(v) => Some(whole_number(v).map_err(|r| PlanError {
-            field: o.at("limit"),
-            reason: format!("{r}; use null for unlimited"),
-        })?),
+        Some(v) => Some(
+            whole_number(v)
+                .map_err(|r| PlanError { field: o.at("limit"), reason: format!("{r}; use null for unlimited") })?,
+        ),
     };
-    let price = o
-        .get("overage_price")
-        .map(|pv| parse_price(&o.at("overage_price"), pv))
-        .transpose()?;
+    let price = o.get("overage_price").map(|pv| parse_price(&o.at("overage_price"), pv)).transpose()?;
     let cap = match (limit, mode) {
         (None, _) => Cap::Unlimited,
         (Some(limit), ModeName::Hard) => Cap::Hard { limit },
         (Some(limit), ModeName::Soft) => Cap::Soft { limit, price },
     };
     if price.is_some() && !matches!(cap, Cap::Soft { .. }) {
-        return err(
-            o.at("overage_price"),
-            "only a soft limit with a number as its limit has an overage price",
-        );
+        return err(o.at("overage_price"), "only a soft limit with a number as its limit has an overage price");
     }
     if period.is_rate() {
         if matches!(cap, Cap::Soft { .. }) {
-            return err(o.at("mode"), "a rate window (second, minute, hour) can only be hard; use a day or month period for a soft limit");
+            return err(
+                o.at("mode"),
+                "a rate window (second, minute, hour) can only be hard; use a day or month period for a soft limit",
+            );
         }
-        let tolerance = period
-            .rate_millis()
-            .map(|w| u128::from(w) * u128::from(cap.limit().unwrap_or(0)));
+        let tolerance = period.rate_millis().map(|w| u128::from(w) * u128::from(cap.limit().unwrap_or(0)));
         if tolerance.is_some_and(|t| t > u128::from(u64::MAX)) {
-            return err(o.at("limit"), "is too large for a rate window of this length (limit × window in ms must stay below 2^64)");
+            return err(
+                o.at("limit"),
+                "is too large for a rate window of this length (limit × window in ms must stay below 2^64)",
+            );
         }
         if cap.limit() == Some(0) {
             return err(o.at("limit"), "a rate window needs a limit of at least 1 (a zero rate is a zero window); use a month or lifetime limit of 0 to withhold a meter");
         }
     }
-    let aggregation = meters
-        .get(&meter)
-        .map_or(Aggregation::Sum, |m| m.aggregation);
+    let aggregation = meters.get(&meter).map_or(Aggregation::Sum, |m| m.aggregation);
     if period.is_rate() && aggregation != Aggregation::Sum {
         return err(
             o.at("period"),
@@ -424,20 +352,12 @@ fn parse_limit(
             ),
         );
     }
-    let on_exceed = o.choice(
-        "on_exceed",
-        &[("retry", OnExceed::Retry), ("upgrade", OnExceed::Upgrade)],
-    )?;
+    let on_exceed = o.choice("on_exceed", &[("retry", OnExceed::Retry), ("upgrade", OnExceed::Upgrade)])?;
     let on_exceed = match (on_exceed, period) {
         (_, Period::Lifetime) | (Some(OnExceed::Upgrade), _) => OnExceed::Upgrade,
         (Some(OnExceed::Retry) | None, _) => OnExceed::Retry,
     };
-    Ok(Limit {
-        meter,
-        period,
-        cap,
-        on_exceed,
-    })
+    Ok(Limit { meter, period, cap, on_exceed })
 }
 
 fn parse_limits(
@@ -450,19 +370,13 @@ fn parse_limits(
         return err(path, format!("must be an array, got {}", kind(v)));
     };
     if items.len() > max {
-        return err(
-            path,
-            format!("has {} limits; at most {max} are allowed", items.len()),
-        );
+        return err(path, format!("has {} limits; at most {max} are allowed", items.len()));
     }
     let mut out: Vec<Limit> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = format!("{path}[{i}]");
         let limit = parse_limit(&at, item, meters)?;
-        if let Some(j) = out
-            .iter()
-            .position(|l| l.meter == limit.meter && l.period == limit.period)
-        {
+        if let Some(j) = out.iter().position(|l| l.meter == limit.meter && l.period == limit.period) {
             return err(
                 at,
                 format!(
@@ -483,36 +397,18 @@ impl Plan {
     /// Parses and validates a plan document. `path_id` is the id from the URL; the body's `id`,
     /// when present, must match it.
     pub fn parse(path_id: &PlanId, body: &Value) -> Result<Self, PlanError> {
-        let o = Obj::new(
-            "",
-            body,
-            &[
-                "id",
-                "name",
-                "on_failure",
-                "upgrade_url",
-                "meters",
-                "limits",
-            ],
-        )?;
+        let o = Obj::new("", body, &["id", "name", "on_failure", "upgrade_url", "meters", "limits"])?;
         if let Some(id) = o.str_opt("id")? {
             if id != path_id.as_str() {
-                return err(
-                    "id",
-                    format!("'{id}' does not match the plan id in the path ('{path_id}')"),
-                );
+                return err("id", format!("'{id}' does not match the plan id in the path ('{path_id}')"));
             }
         }
         let name = o.str_opt("name")?.unwrap_or(path_id.as_str()).to_owned();
         if name.len() > 200 {
             return err("name", "must be at most 200 characters");
         }
-        let on_failure = o
-            .choice(
-                "on_failure",
-                &[("closed", FailMode::Closed), ("open", FailMode::Open)],
-            )?
-            .unwrap_or_default();
+        let on_failure =
+            o.choice("on_failure", &[("closed", FailMode::Closed), ("open", FailMode::Open)])?.unwrap_or_default();
         let upgrade_url = o.str_opt("upgrade_url")?.map(str::to_owned);
         if let Some(u) = &upgrade_url {
             if !(u.starts_with("https://") || u.starts_with("http://")) {
@@ -527,18 +423,9 @@ impl Plan {
         limits.sort_by(|a, b| (&a.meter, a.period).cmp(&(&b.meter, b.period)));
         let mut meters = meters;
         for l in &limits {
-            meters
-                .entry(l.meter.clone())
-                .or_insert_with(|| MeterSpec::implicit(l.meter.clone()));
+            meters.entry(l.meter.clone()).or_insert_with(|| MeterSpec::implicit(l.meter.clone()));
         }
-        Ok(Self {
-            id: path_id.clone(),
-            name,
-            on_failure,
-            upgrade_url,
-            meters,
-            limits,
-        })
+        Ok(Self { id: path_id.clone(), name, on_failure, upgrade_url, meters, limits })
     }
 }
 
@@ -548,22 +435,13 @@ fn parse_meters(v: &Value) -> Result<BTreeMap<MeterId, MeterSpec>, PlanError> {
     };
     let mut out = BTreeMap::new();
     for (i, item) in items.iter().enumerate() {
-        let o = Obj::new(
-            &format!("meters[{i}]"),
-            item,
-            &["id", "unit", "aggregation", "event_name"],
-        )?;
+        let o = Obj::new(&format!("meters[{i}]"), item, &["id", "unit", "aggregation", "event_name"])?;
         let id_s = o.str_req("id")?;
-        let id =
-            MeterId::parse(id_s).map_or_else(|e| err(o.at("id"), format!("'{id_s}' {e}")), Ok)?;
+        let id = MeterId::parse(id_s).map_or_else(|e| err(o.at("id"), format!("'{id_s}' {e}")), Ok)?;
         let aggregation = o
             .choice(
                 "aggregation",
-                &[
-                    ("sum", Aggregation::Sum),
-                    ("max", Aggregation::Max),
-                    ("latest", Aggregation::Latest),
-                ],
+                &[("sum", Aggregation::Sum), ("max", Aggregation::Max), ("latest", Aggregation::Latest)],
             )?
             .unwrap_or(Aggregation::Sum);
         let unit = o.str_opt("unit")?.unwrap_or("units").to_owned();
@@ -574,15 +452,7 @@ fn parse_meters(v: &Value) -> Result<BTreeMap<MeterId, MeterSpec>, PlanError> {
         if out.contains_key(&id) {
             return err(o.at("id"), format!("duplicate meter '{id}'"));
         }
-        out.insert(
-            id.clone(),
-            MeterSpec {
-                id,
-                unit,
-                aggregation,
-                event_name,
-            },
-        );
+        out.insert(id.clone(), MeterSpec { id, unit, aggregation, event_name });
     }
     Ok(out)
 }
@@ -598,32 +468,19 @@ pub struct OrgTerms {
 
 impl OrgTerms {
     /// Parses `billing_anchor` and `overrides` as the org admin API takes them.
-    pub fn parse(
-        anchor: Option<&Value>,
-        overrides: Option<&Value>,
-        plan: &Plan,
-    ) -> Result<Self, PlanError> {
+    pub fn parse(anchor: Option<&Value>, overrides: Option<&Value>, plan: &Plan) -> Result<Self, PlanError> {
         let billing_anchor = match anchor.filter(|v| !v.is_null()) {
             None => None,
-            Some(Value::String(s)) => Some(parse_date(s).map_err(|r| PlanError {
-                field: "billing_anchor".into(),
-                reason: r,
-            })?),
-            Some(v) => {
-                return err(
-                    "billing_anchor",
-                    format!("must be a date string YYYY-MM-DD, got {}", kind(v)),
-                )
+            Some(Value::String(s)) => {
+                Some(parse_date(s).map_err(|r| PlanError { field: "billing_anchor".into(), reason: r })?)
             }
+            Some(v) => return err("billing_anchor", format!("must be a date string YYYY-MM-DD, got {}", kind(v))),
         };
         let overrides = match overrides.filter(|v| !v.is_null()) {
             None => Vec::new(),
             Some(v) => parse_limits("overrides", v, &plan.meters, MAX_LIMITS)?,
         };
-        Ok(Self {
-            billing_anchor,
-            overrides,
-        })
+        Ok(Self { billing_anchor, overrides })
     }
 }
 
@@ -643,10 +500,7 @@ impl Policy {
     pub fn new(plan: &Plan, terms: &OrgTerms) -> Self {
         let mut limits = plan.limits.clone();
         for o in &terms.overrides {
-            match limits
-                .iter_mut()
-                .find(|l| l.meter == o.meter && l.period == o.period)
-            {
+            match limits.iter_mut().find(|l| l.meter == o.meter && l.period == o.period) {
                 Some(l) => *l = o.clone(),
                 None => limits.push(o.clone()),
             }
@@ -654,9 +508,7 @@ impl Policy {
         limits.sort_by(|a, b| (&a.meter, a.period).cmp(&(&b.meter, b.period)));
         let mut meters = plan.meters.clone();
         for l in &limits {
-            meters
-                .entry(l.meter.clone())
-                .or_insert_with(|| MeterSpec::implicit(l.meter.clone()));
+            meters.entry(l.meter.clone()).or_insert_with(|| MeterSpec::implicit(l.meter.clone()));
         }
         Self {
             plan: plan.id.clone(),
@@ -665,6 +517,18 @@ impl Policy {
             billing_anchor: terms.billing_anchor,
             meters,
             limits,
+        }
+    }
+
+    /// A policy with no plan and no limits: what usage of an org without a plan is priced by.
+    pub fn unpriced() -> Self {
+        Self {
+            plan: PlanId::unassigned(),
+            on_failure: FailMode::Closed,
+            upgrade_url: None,
+            billing_anchor: None,
+            meters: BTreeMap::new(),
+            limits: Vec::new(),
         }
     }
 
@@ -712,25 +576,10 @@ mod tests {
         assert_eq!(plan.limits.len(), 4);
         assert_eq!(plan.on_failure, FailMode::Closed);
         let tokens = plan.limits.iter().find(|l| l.meter.as_str() == "ai_tokens");
-        let price = OveragePrice {
-            per_units: NonZeroU64::MIN.saturating_add(999),
-            cents: 2,
-        };
-        assert_eq!(
-            tokens.map(|l| l.cap),
-            Some(Cap::Soft {
-                limit: 100_000,
-                price: Some(price)
-            })
-        );
-        let profiles = plan
-            .limits
-            .iter()
-            .find(|l| l.meter.as_str() == "mapping_profiles");
-        assert_eq!(
-            profiles.map(|l| (l.period, l.on_exceed)),
-            Some((Period::Lifetime, OnExceed::Upgrade))
-        );
+        let price = OveragePrice { per_units: NonZeroU64::MIN.saturating_add(999), cents: 2 };
+        assert_eq!(tokens.map(|l| l.cap), Some(Cap::Soft { limit: 100_000, price: Some(price) }));
+        let profiles = plan.limits.iter().find(|l| l.meter.as_str() == "mapping_profiles");
+        assert_eq!(profiles.map(|l| (l.period, l.on_exceed)), Some((Period::Lifetime, OnExceed::Upgrade)));
         assert_eq!(plan.meters.len(), 3);
         assert_eq!(
             plan.meters
@@ -793,14 +642,8 @@ mod tests {
             {"meter": "requests", "limit": null, "period": "month"},
             {"meter": "requests", "limit": 100, "period": "minute", "window": 5}]}));
         let plan = plan.unwrap_or_else(|e| unreachable!("{e}"));
-        assert_eq!(
-            plan.limits.first().map(|l| l.cap),
-            Some(Cap::Hard { limit: 100 })
-        );
-        assert_eq!(
-            plan.limits.first().map(Limit::policy_name),
-            Some("requests-5minute".to_owned())
-        );
+        assert_eq!(plan.limits.first().map(|l| l.cap), Some(Cap::Hard { limit: 100 }));
+        assert_eq!(plan.limits.first().map(Limit::policy_name), Some("requests-5minute".to_owned()));
         assert_eq!(plan.limits.get(1).map(|l| l.cap), Some(Cap::Unlimited));
     }
 
@@ -808,41 +651,26 @@ mod tests {
     fn overrides_replace_and_add() {
         let plan = parse(&design_plan()).unwrap_or_else(|e| unreachable!("{e}"));
         let ov = json!([{"meter": "requests", "limit": 50, "period": "minute"}, {"meter": "csv_rows", "limit": 7, "period": "day"}]);
-        let terms = OrgTerms::parse(Some(&json!("2025-01-31")), Some(&ov), &plan)
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let terms =
+            OrgTerms::parse(Some(&json!("2025-01-31")), Some(&ov), &plan).unwrap_or_else(|e| unreachable!("{e}"));
         let policy = Policy::new(&plan, &terms);
         assert_eq!(policy.limits.len(), 5);
-        let minute = policy
-            .limits
-            .iter()
-            .find(|l| l.meter.as_str() == "requests" && l.period.is_rate());
+        let minute = policy.limits.iter().find(|l| l.meter.as_str() == "requests" && l.period.is_rate());
         assert_eq!(minute.map(|l| l.cap), Some(Cap::Hard { limit: 50 }));
         assert!(policy.meters.keys().any(|m| m.as_str() == "csv_rows"));
         assert_eq!(policy.billing_anchor.map(Date::day), Some(31));
         let bad = OrgTerms::parse(Some(&json!("2025-02-30")), None, &plan);
         assert_eq!(
             bad.map_err(|e| e.to_string()),
-            Err(
-                "billing_anchor: '2025-02-30' is not a valid date in the form YYYY-MM-DD"
-                    .to_owned()
-            )
+            Err("billing_anchor: '2025-02-30' is not a valid date in the form YYYY-MM-DD".to_owned())
         );
     }
 
     #[test]
     fn overage_rounds_up_to_the_cent() {
-        let p = OveragePrice {
-            per_units: NonZeroU64::MIN.saturating_add(999),
-            cents: 2,
-        };
+        let p = OveragePrice { per_units: NonZeroU64::MIN.saturating_add(999), cents: 2 };
         assert_eq!(
-            (
-                p.cost_cents(0),
-                p.cost_cents(1),
-                p.cost_cents(500),
-                p.cost_cents(501),
-                p.cost_cents(1000)
-            ),
+            (p.cost_cents(0), p.cost_cents(1), p.cost_cents(500), p.cost_cents(501), p.cost_cents(1000)),
             (0, 1, 1, 2, 2)
         );
         assert_eq!(p.cost_cents(u64::MAX), u64::MAX / 500 + 1);

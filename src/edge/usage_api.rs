@@ -1,0 +1,108 @@
+//! The org's usage API under `/_quota/v1`: usage events, the live overview and status (from the
+//! org's DO), and the ledger views: summary and daily history (from D1).
+//!
+//! It authenticates, parses with `wire` and sequences I/O; it never counts anything itself.
+
+use serde_json::{json, Value};
+use time::Duration;
+use worker::{Env, Request, Response};
+
+use super::error::{json_response, EdgeError};
+use super::ledger;
+use super::org_api::authenticate;
+use super::platform::{call_do, now, read_json, reply_response};
+use crate::policy::{MeterId, Plan, PlanId, Timestamp};
+use crate::wire::{parse_days, parse_range, DoRequest, EventsRequest, InputError};
+
+type Handled = Result<Response, EdgeError>;
+
+fn query(req: &Request) -> Result<Vec<(String, String)>, EdgeError> {
+    let url = req.url().map_err(EdgeError::platform("request url"))?;
+    Ok(url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+}
+
+fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+pub async fn events(mut req: Request, env: &Env) -> Handled {
+    let key = authenticate(&req, env)?;
+    let body = EventsRequest::parse(&read_json(&mut req).await?, now())?;
+    let msg = DoRequest::Events { key_hash: key.hash, events: body.events, enforce: body.enforce };
+    reply_response(&call_do(env, &key.org, &msg).await?).map_err(EdgeError::platform("response"))
+}
+
+/// `GET /v1/usage` (`short` = false) and `GET /v1/usage/status` (`short` = true).
+pub async fn live(req: &Request, env: &Env, short: bool) -> Handled {
+    let key = authenticate(req, env)?;
+    let reply = call_do(env, &key.org, &DoRequest::Usage { key_hash: key.hash, short }).await?;
+    reply_response(&reply).map_err(EdgeError::platform("response"))
+}
+
+pub async fn summary(req: &Request, env: &Env) -> Handled {
+    let key = authenticate(req, env)?;
+    let q = query(req)?;
+    let days = parse_days(param(&q, "days"))?;
+    let db = ledger::db(env)?;
+    if !ledger::key_active(&db, &key.org, &key.hash).await? {
+        return Err(EdgeError::Unauthorized);
+    }
+    let t = now();
+    let from = t.date() - Duration::days(i64::try_from(days).unwrap_or(365).saturating_sub(1));
+    let rows = ledger::summary(&db, &key.org, &from.to_string()).await?;
+    let by_type: serde_json::Map<String, Value> = rows
+        .iter()
+        .map(|r| {
+            (r.meter.clone(), json!({"count": r.events, "total_quantity": r.quantity,
+                "first_event": Timestamp::from_millis(r.first_ts).rfc3339(), "last_event": Timestamp::from_millis(r.last_ts).rfc3339()}))
+        })
+        .collect();
+    let total: u64 = rows.iter().fold(0, |a, r| a.saturating_add(r.events));
+    let body = json!({"org_id": key.org.as_str(), "period_days": days, "from": from.to_string(), "total_events": total,
+                      "generated_at": t.rfc3339(), "summary_by_type": by_type});
+    json_response(200, &body, "application/json").map_err(EdgeError::platform("response"))
+}
+
+pub async fn history(req: &Request, env: &Env) -> Handled {
+    let key = authenticate(req, env)?;
+    let q = query(req)?;
+    let meter_raw =
+        param(&q, "meter").ok_or_else(|| InputError::Field { field: "meter".into(), reason: "is required".into() })?;
+    let meter = MeterId::parse(meter_raw)
+        .map_err(|e| InputError::Field { field: "meter".into(), reason: format!("'{meter_raw}' {e}") })?;
+    let (from, to) = parse_range(param(&q, "from"), param(&q, "to"), 366)?;
+    let db = ledger::db(env)?;
+    if !ledger::key_active(&db, &key.org, &key.hash).await? {
+        return Err(EdgeError::Unauthorized);
+    }
+    // An unknown meter is an error, not an empty series.
+    let org = ledger::get_org(&db, &key.org).await?.ok_or(EdgeError::Unauthorized)?;
+    let plan_id = PlanId::parse(&org.plan_id).map_err(|e| EdgeError::Internal(e.to_string()))?;
+    let plan_row =
+        ledger::get_plan(&db, &plan_id).await?.ok_or_else(|| EdgeError::Internal("org's plan is missing".into()))?;
+    let doc: Value = serde_json::from_str(&plan_row.body).map_err(|e| EdgeError::Internal(e.to_string()))?;
+    let plan = Plan::parse(&plan_id, &doc)?;
+    if meter != MeterId::requests() && !plan.meters.contains_key(&meter) {
+        return Err(EdgeError::Input(InputError::Field {
+            field: "meter".into(),
+            reason: format!("unknown meter '{meter}'"),
+        }));
+    }
+    let rows = ledger::history(&db, &key.org, meter.as_str(), &from.to_string(), &to.to_string()).await?;
+    let mut series = Vec::new();
+    let mut d = from;
+    loop {
+        let ds = d.to_string();
+        let row = rows.iter().find(|r| r.day == ds);
+        series
+            .push(json!({"date": ds, "quantity": row.map_or(0, |r| r.quantity), "events": row.map_or(0, |r| r.events),
+                           "max": row.map_or(0, |r| r.max_value), "last": row.map_or(0, |r| r.last_value)}));
+        if d >= to {
+            break;
+        }
+        let Some(next) = d.next_day() else { break };
+        d = next;
+    }
+    let body = json!({"org_id": key.org.as_str(), "meter": meter.as_str(), "from": from.to_string(), "to": to.to_string(), "days": series});
+    json_response(200, &body, "application/json").map_err(EdgeError::platform("response"))
+}
