@@ -59,7 +59,7 @@ test-core: ## The pure policy core: unit and property tests, natively
 	cargo test --locked
 
 test-e2e: build ## The built worker under wrangler dev (workerd) against a real origin
-	node --test --test-concurrency=1 --test-timeout=300000 --test-reporter=spec 'tests/e2e/*.test.mjs'
+	node --disable-warning=ExperimentalWarning --test --test-concurrency=1 --test-timeout=300000 --test-reporter=spec 'tests/e2e/*.test.mjs'
 
 lint: setup ## rustfmt --check, and clippy -D warnings for native and wasm32
 	cargo fmt --all -- --check

@@ -21,6 +21,7 @@ use error::{json_response, EdgeError};
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
+    platform::set_clock(&env);
     match route(req, &env, &ctx).await {
         Ok(res) => Ok(res),
         Err(e) => e.into_response(),
@@ -31,6 +32,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
 /// retention.
 #[event(scheduled)]
 async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    platform::set_clock(&env);
     admin::scheduled(&env).await;
 }
 

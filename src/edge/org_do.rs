@@ -142,6 +142,7 @@ impl DurableObject for OrgQuota {
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
+        super::platform::set_clock(&self.env);
         if req.path() == "/ping" {
             let sql = self.state.storage().sql();
             let ok = sql.exec("SELECT 1 AS n", None)?.one::<CountRow>()?.n == 1;
@@ -166,6 +167,7 @@ impl DurableObject for OrgQuota {
     }
 
     async fn alarm(&self) -> Result<Response> {
+        super::platform::set_clock(&self.env);
         self.armed.set(false);
         let t = now();
         match self.flush().await {
@@ -177,6 +179,8 @@ impl DurableObject for OrgQuota {
                     self.arm(at).await?;
                 }
             }
+            // An org without a config has nothing to flush: no re-arming.
+            Err(DoError::NotConfigured) => {}
             Err(e) => {
                 let failures = self.meta("flush_failures").map_err(worker_err)?;
                 let failures = failures.and_then(|v| v.parse::<u32>().ok()).unwrap_or(0).saturating_add(1);
@@ -792,12 +796,14 @@ impl OrgQuota {
             },
             Err(DoError::Storage(e)) => {
                 let detail = format!("The ledger did not accept the batch; the events stay queued. ({e})");
-                DoReply {
-                    status: 503,
-                    headers: Vec::new(),
-                    body: problem_body(503, "ledger-unavailable", "Ledger unavailable", &detail),
-                    plan: None,
+                let mut body = problem_body(503, "ledger-unavailable", "Ledger unavailable", &detail);
+                let pending = self
+                    .store()
+                    .and_then(|s| Ok(s.sql.exec("SELECT COUNT(*) AS n FROM outbox", None)?.one::<CountRow>()?.n));
+                if let (Some(o), Ok(n)) = (body.as_object_mut(), pending) {
+                    o.insert("pending".into(), json!(n));
                 }
+                DoReply { status: 503, headers: Vec::new(), body, plan: None }
             }
             Err(e) => e.into_reply(),
         }
@@ -817,11 +823,7 @@ impl OrgQuota {
 
     async fn flush_rounds(&self) -> DoResult<(u64, u64, Option<Timestamp>)> {
         let store = self.store()?;
-        let loaded = match self.loaded(&store) {
-            Ok(l) => l,
-            Err(DoError::NotConfigured) => return Ok((0, 0, None)),
-            Err(e) => return Err(e),
-        };
+        let loaded = self.loaded(&store)?;
         let db = self.env.d1("LEDGER")?;
         let mut flushed = 0u64;
         for _ in 0..ROUNDS_PER_FLUSH {

@@ -13,8 +13,22 @@ use crate::policy::keys::hex;
 use crate::policy::{OrgId, Timestamp};
 use crate::wire::{parse_json, DoReply, DoRequest, MAX_JSON_BODY, MAX_SAFE_INTEGER};
 
+thread_local! {
+    /// `QUOTA_CLOCK_OFFSET_MS`, testing only: shifts this isolate's clock so end-to-end tests can
+    /// cross a real period boundary. Zero unless set.
+    static CLOCK_OFFSET_MS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+}
+
+/// Reads the test clock offset for this invocation; called at every entry point.
+pub fn set_clock(env: &Env) {
+    let offset = config(env, "QUOTA_CLOCK_OFFSET_MS").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    CLOCK_OFFSET_MS.with(|c| c.set(offset));
+}
+
+/// The time: the one place the edge reads the clock.
 pub fn now() -> Timestamp {
-    Timestamp::from_millis(worker::Date::now().as_millis())
+    let real = worker::Date::now().as_millis();
+    Timestamp::from_millis(real.saturating_add_signed(CLOCK_OFFSET_MS.with(std::cell::Cell::get)))
 }
 
 /// `n` random bytes as lowercase hex, from the platform's CSPRNG.

@@ -19,8 +19,15 @@ use crate::wire::{problem_body, DecideKind, DoReply, DoRequest, InputError, Sett
 
 type Handled = Result<Response, EdgeError>;
 
-/// How long a proxied request's reservation may wait for a release before it stands as committed.
-const PROXY_RESERVATION_MS: u64 = 120_000;
+/// How long a proxied request's reservation may wait for a release before it stands as committed
+/// (and its usage event becomes ready for the ledger): `PROXY_RELEASE_WINDOW_SECS`, 1 to 3600.
+const DEFAULT_RELEASE_WINDOW_SECS: u64 = 120;
+
+fn release_window_ms(env: &Env) -> u64 {
+    let secs =
+        config(env, "PROXY_RELEASE_WINDOW_SECS").and_then(|v| v.parse::<u64>().ok()).filter(|s| (1..=3600).contains(s));
+    secs.unwrap_or(DEFAULT_RELEASE_WINDOW_SECS).saturating_mul(1000)
+}
 
 struct Admitted {
     plan: String,
@@ -75,7 +82,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
         quantity,
         kind,
         id: id.clone(),
-        ttl_ms: PROXY_RESERVATION_MS,
+        ttl_ms: release_window_ms(env),
         replayable,
     };
     let faults = config(env, "QUOTA_FAULTS").unwrap_or_default();

@@ -39,8 +39,10 @@ export function migrate(persistTo) {
  * Starts `wrangler dev` and waits until /_quota/healthz answers 200.
  * `vars` become `--var NAME:value`. Returns { url, port, persistTo, logs(), stop(), kill() }.
  */
-export async function startGateway({ vars = {}, persistTo = null, migrateFirst = true } = {}) {
+export async function startGateway({ vars = {}, persistTo = null, migrateFirst = true, keep = false } = {}) {
   const dir = persistTo ?? tempDir();
+  // A directory the harness made is removed on stop, unless the test restarts on it.
+  const owned = persistTo === null && !keep;
   if (migrateFirst) migrate(dir);
   const port = await freePort();
   const inspector = await freePort();
@@ -75,14 +77,62 @@ export async function startGateway({ vars = {}, persistTo = null, migrateFirst =
     port,
     persistTo: dir,
     logs: () => out,
-    kill: () => kill("SIGKILL"),
-    async stop() {
-      if (child.exitCode !== null) return;
+    vars,
+    /** SIGKILL the whole process group (wrangler and workerd): a crash, not a shutdown. */
+    async kill() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
       const exited = new Promise((r) => child.once("exit", r));
-      kill("SIGTERM");
-      const t = setTimeout(() => kill("SIGKILL"), 5_000);
+      kill("SIGKILL");
       await exited;
-      clearTimeout(t);
+    },
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((r) => child.once("exit", r));
+        kill("SIGTERM");
+        const t = setTimeout(() => kill("SIGKILL"), 5_000);
+        await exited;
+        clearTimeout(t);
+      }
+      if (owned) fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The local D1 ledger's SQLite file under a persistence directory. */
+export function ledgerFile(persistTo) {
+  const dir = path.join(persistTo, "v3/d1/miniflare-D1DatabaseObject");
+  const file = fs.readdirSync(dir).find((f) => f.endsWith(".sqlite") && f !== "metadata.sqlite");
+  if (!file) throw new Error(`no D1 database under ${dir}`);
+  return path.join(dir, file);
+}
+
+/** Runs one query on the ledger directly (a fresh connection sees the latest commits). */
+export async function ledgerQuery(persistTo, sql, ...params) {
+  const { DatabaseSync } = await import("node:sqlite");
+  const db = new DatabaseSync(ledgerFile(persistTo), { readOnly: true });
+  try {
+    return db.prepare(sql).all(...params);
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * Makes the ledger fail: holds SQLite's exclusive lock on D1's file, so every D1 write fails
+ * with SQLITE_BUSY until `release()`. A real fault in the real database, no code hook.
+ */
+export async function lockLedger(persistTo) {
+  const { DatabaseSync } = await import("node:sqlite");
+  const db = new DatabaseSync(ledgerFile(persistTo));
+  db.exec("BEGIN EXCLUSIVE");
+  return {
+    release() {
+      db.exec("COMMIT");
+      db.close();
+    },
+    /** Writes directly to the ledger (for injecting drift) while holding the lock. */
+    exec(sql) {
+      db.exec(sql);
     },
   };
 }

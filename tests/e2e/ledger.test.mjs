@@ -1,0 +1,289 @@
+// The usage ledger end to end: every committed unit reaches D1 exactly once, through D1
+// failures, replays and reconciliation. D1 is read directly from its SQLite file to check.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startGateway, ledgerQuery, lockLedger } from "../support/gateway.mjs";
+import { createOrigin } from "../support/origin.mjs";
+import { client, eventually, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
+
+const ROUTES = JSON.stringify([{ method: "POST", path: "/v1/ai/**", meter: "ai_tokens", cost: "reported" }]);
+let gw, origin, api;
+let n = 0;
+
+async function newOrg(plan = "metered") {
+  const id = `led-${++n}`;
+  await api.org(id, { plan });
+  return { id, key: (await api.key(id)).key };
+}
+
+const ledger = (sql, ...p) => ledgerQuery(gw.persistTo, sql, ...p);
+async function ledgerTotal(org, meter) {
+  const [r] = await ledger("SELECT COUNT(*) AS n, COALESCE(SUM(quantity), 0) AS q FROM usage_events WHERE org_id = ? AND meter = ?", org, meter);
+  return { events: r.n, quantity: r.q };
+}
+async function drain(org) {
+  // Flush until nothing is pending (an alarm may hold the ledger for a moment: 409, retry).
+  for (let i = 0; i < 100; i++) {
+    const r = await api.admin("POST", `/orgs/${org}/flush`);
+    if (r.status === 200 && r.json.pending === 0) return r.json;
+    await new Promise((res) => setTimeout(res, 200));
+  }
+  throw new Error(`outbox of ${org} did not drain`);
+}
+
+before(async () => {
+  origin = createOrigin();
+  const port = await origin.listen();
+  gw = await startGateway({
+    vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}`, ROUTES, PROXY_RELEASE_WINDOW_SECS: "1" },
+  });
+  api = client(gw.url);
+  await api.plan("metered", {
+    meters: [{ id: "storage_bytes", unit: "bytes", aggregation: "latest" }, { id: "seats", aggregation: "max" }],
+    limits: [
+      { meter: "requests", limit: 1000, period: "month" },
+      { meter: "rows", limit: 100, period: "day", mode: "hard" },
+      { meter: "ai_tokens", limit: 1000, period: "month", mode: "soft", overage_price: { per_units: 100, cents: 7 } },
+      { meter: "storage_bytes", limit: 10_000, period: "month", mode: "soft" },
+      { meter: "seats", limit: 5, period: "month", mode: "hard" },
+    ],
+  });
+});
+after(async () => {
+  await gw?.stop();
+  await origin?.close();
+});
+
+test("usage events are idempotent: accepted, duplicate, rejected; each reaches the ledger once", async () => {
+  const o = await newOrg();
+  const post = (body) => api.call("POST", "/_quota/v1/events", { key: o.key, body });
+  const first = await post({ events: [
+    { id: "ev-1", meter: "rows", quantity: 40, metadata: { job: "import-7" } },
+    { id: "ev-2", meter: "rows", quantity: 50, timestamp: new Date(Date.now() - 3_600_000).toISOString() },
+    { id: "ev-3", meter: "nope", quantity: 1 },
+  ] });
+  assert.equal(first.status, 200);
+  assert.deepEqual(first.json.results, [
+    { id: "ev-1", status: "accepted" },
+    { id: "ev-2", status: "accepted" },
+    { id: "ev-3", status: "rejected", reason: "unknown meter 'nope'" },
+  ]);
+  const replay = await post({ events: [{ id: "ev-1", meter: "rows", quantity: 40 }, { id: "ev-4", meter: "rows", quantity: 20 }], enforce: true });
+  assert.deepEqual(replay.json.results, [
+    { id: "ev-1", status: "duplicate", original_status: "accepted" },
+    { id: "ev-4", status: "rejected", reason: "would exceed the hard limit rows-day (90 used of 100)" },
+  ]);
+  // Without enforce, usage that happened is recorded even past a hard limit.
+  const over = await post({ events: [{ id: "ev-5", meter: "rows", quantity: 20 }] });
+  assert.equal(over.json.results[0].status, "accepted");
+  assert.equal(await api.used(o.id, "rows-day"), 110);
+  const flushed = await drain(o.id);
+  assert.equal(flushed.pending, 0);
+  assert.deepEqual(await ledgerTotal(o.id, "rows"), { events: 3, quantity: 110 });
+  const [ev1] = await ledger("SELECT source, metadata, day FROM usage_events WHERE org_id = ? AND event_id = 'ev-1'", o.id);
+  assert.deepEqual([ev1.source, JSON.parse(ev1.metadata).job, ev1.day], ["event", "import-7", new Date().toISOString().slice(0, 10)]);
+  // A replay after the flush is still a duplicate, and the ledger still holds it once.
+  assert.equal((await post({ events: [{ id: "ev-2", meter: "rows", quantity: 50 }] })).json.results[0].status, "duplicate");
+  await drain(o.id);
+  assert.deepEqual(await ledgerTotal(o.id, "rows"), { events: 3, quantity: 110 });
+});
+
+test("proxied requests reach the ledger once their release window closes; released ones never", async () => {
+  const o = await newOrg();
+  for (let i = 0; i < 3; i++) assert.equal((await api.call("GET", "/ok", { key: o.key })).status, 200);
+  assert.equal((await api.call("GET", "/fail?status=500", { key: o.key })).status, 500);
+  assert.equal((await api.call("POST", "/v1/ai/chat?usage=ai_tokens:250", { key: o.key })).status, 200);
+  await eventually(async () => (await api.used(o.id, "requests-month")) === 3);
+  await new Promise((r) => setTimeout(r, 1_200)); // the release window (1 s) closes
+  await drain(o.id);
+  assert.deepEqual(await ledgerTotal(o.id, "requests"), { events: 3, quantity: 3 });
+  assert.deepEqual(await ledgerTotal(o.id, "ai_tokens"), { events: 1, quantity: 250 });
+  const sources = await ledger("SELECT DISTINCT source FROM usage_events WHERE org_id = ? ORDER BY source", o.id);
+  assert.deepEqual(sources.map((s) => s.source), ["origin", "proxy"]);
+});
+
+test("a storm of 500 replays of the same idempotency keys counts each key once", async () => {
+  const o = await newOrg();
+  const keys = Array.from({ length: 10 }, (_, i) => `storm-${i}`);
+  const statuses = await Promise.all(
+    Array.from({ length: 500 }, (_, i) =>
+      api.call("POST", "/_quota/v1/events", { key: o.key, body: { events: [{ id: keys[i % 10], meter: "ai_tokens", quantity: 7 }] } })
+        .then((r) => r.json.results[0].status),
+    ),
+  );
+  const count = (s) => statuses.filter((x) => x === s).length;
+  assert.deepEqual([count("accepted"), count("duplicate")], [10, 490]);
+  // The same storm through the proxy, with Idempotency-Key headers.
+  const proxied = await Promise.all(
+    Array.from({ length: 500 }, (_, i) =>
+      fetch(`${gw.url}/thing`, { headers: { "x-api-key": o.key, "idempotency-key": `px-${i % 10}` } }).then(async (r) => {
+        await r.arrayBuffer();
+        return [r.status, r.headers.get("idempotent-replayed")];
+      }),
+    ),
+  );
+  assert.equal(proxied.filter(([s]) => s === 200).length, 500, "replays are forwarded");
+  assert.equal(proxied.filter(([, rep]) => rep === "true").length, 490, "and flagged as replays");
+  assert.equal(await api.used(o.id, "ai_tokens-month"), 70);
+  assert.equal(await api.used(o.id, "requests-month"), 10);
+  await new Promise((r) => setTimeout(r, 1_200));
+  await drain(o.id);
+  assert.deepEqual(await ledgerTotal(o.id, "ai_tokens"), { events: 10, quantity: 70 });
+  assert.deepEqual(await ledgerTotal(o.id, "requests"), { events: 10, quantity: 10 });
+});
+
+test("D1 failing for a while: events stay queued, then arrive exactly once; flush throughput", async () => {
+  const o = await newOrg();
+  const lock = await lockLedger(gw.persistTo);
+  let acknowledged = 0;
+  try {
+    for (let b = 0; b < 20; b++) {
+      const events = Array.from({ length: 100 }, (_, i) => ({ id: `d1f-${b}-${i}`, meter: "ai_tokens", quantity: 1 }));
+      const r = await api.call("POST", "/_quota/v1/events", { key: o.key, body: { events } });
+      assert.equal(r.status, 200, "decisions do not need D1");
+      acknowledged += r.json.results.filter((x) => x.status === "accepted").length;
+    }
+    await new Promise((r) => setTimeout(r, 2_500)); // the alarm tries and backs off meanwhile
+    let failed;
+    for (let i = 0; i < 20; i++) {
+      failed = await api.admin("POST", `/orgs/${o.id}/flush`);
+      if (failed.status !== 409) break; // 409: the alarm's own attempt is in progress
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(failed.status, 503, failed.text);
+    assert.equal(failed.json.type, "urn:quotagate:problem:ledger-unavailable");
+    assert.equal(failed.json.pending, 2000, "nothing was lost or dropped");
+  } finally {
+    lock.release();
+  }
+  const t0 = Date.now();
+  const done = await drain(o.id);
+  const secs = (Date.now() - t0) / 1000;
+  const total = await ledgerTotal(o.id, "ai_tokens");
+  const [dups] = await ledger("SELECT COUNT(*) - COUNT(DISTINCT event_id) AS d FROM usage_events WHERE org_id = ?", o.id);
+  console.log(`d1-fault: acknowledged=${acknowledged} in_ledger=${total.events} duplicates=${dups.d} drain=${secs.toFixed(2)}s (~${Math.round(2000 / secs)} events/s incl. retries)`);
+  assert.deepEqual([acknowledged, total.events, total.quantity, dups.d, done.pending], [2000, 2000, 2000, 0, 0]);
+  const [roll] = await ledger("SELECT SUM(quantity) AS q, SUM(events) AS e FROM usage_daily WHERE org_id = ? AND meter = 'ai_tokens'", o.id);
+  assert.deepEqual([roll.q, roll.e], [2000, 2000], "the rollup counted each event once");
+});
+
+test("usage overview, status, summary and history", async () => {
+  const o = await newOrg();
+  const yesterday = new Date(Date.now() - 86_400_000).toISOString();
+  await api.call("POST", "/_quota/v1/events", { key: o.key, body: { events: [
+    { id: "u1", meter: "ai_tokens", quantity: 900 },
+    { id: "u2", meter: "ai_tokens", quantity: 300 },
+    { id: "u3", meter: "storage_bytes", quantity: 12_000 },
+    { id: "u4", meter: "storage_bytes", quantity: 8_000 },
+    { id: "u5", meter: "seats", quantity: 4 },
+    { id: "u6", meter: "seats", quantity: 2 },
+    { id: "u7", meter: "rows", quantity: 5, timestamp: yesterday },
+  ] } });
+  const u = await api.call("GET", "/_quota/v1/usage", { key: o.key });
+  assert.equal(u.status, 200);
+  const m = Object.fromEntries(u.json.meters.map((x) => [x.policy, x]));
+  assert.deepEqual([m["ai_tokens-month"].used, m["ai_tokens-month"].overage, m["ai_tokens-month"].overage_cost_cents, m["ai_tokens-month"].level], [1200, 200, 14, "over"]);
+  assert.deepEqual([m["storage_bytes-month"].used, m["storage_bytes-month"].unit], [8000, "bytes"], "latest: the last snapshot");
+  assert.equal(m["seats-month"].used, 4, "max: the peak");
+  assert.equal(u.json.total_overage_cost_cents, 14);
+  assert.equal(u.json.org_id, o.id);
+  assert.ok(u.json.period.start && u.json.period.end);
+  assert.ok(u.json.alerts.some((a) => a.policy === "ai_tokens-month" && a.level === "over"));
+  for (const f of ["meter", "unit", "period", "used", "limit", "remaining", "percentage", "level", "mode", "overage", "overage_cost_cents", "reset_at"]) {
+    assert.ok(f in m["rows-day"], `meters[] has ${f}`);
+  }
+  const s = await api.call("GET", "/_quota/v1/usage/status", { key: o.key });
+  assert.deepEqual([s.json.status, s.json.plan], ["over_limit", "metered"]);
+  await drain(o.id);
+  const sum = await api.call("GET", "/_quota/v1/usage/summary?days=7", { key: o.key });
+  assert.equal(sum.status, 200);
+  assert.deepEqual([sum.json.period_days, sum.json.total_events], [7, 7]);
+  assert.deepEqual(sum.json.summary_by_type.ai_tokens.count, 2);
+  assert.deepEqual(sum.json.summary_by_type.ai_tokens.total_quantity, 1200);
+  const today = new Date().toISOString().slice(0, 10);
+  const yday = yesterday.slice(0, 10);
+  const h = await api.call("GET", `/_quota/v1/usage/history?meter=rows&from=${yday}&to=${today}`, { key: o.key });
+  assert.equal(h.status, 200);
+  assert.deepEqual(h.json.days.map((d) => [d.date, d.quantity]), [[yday, 5], [today, 0]]);
+  // Bad query input is a precise 400.
+  for (const [q, detail] of [
+    ["/usage/summary?days=0", "days: must be a whole number from 1 to 365 (got '0')"],
+    ["/usage/summary?days=366", "days: must be a whole number from 1 to 365 (got '366')"],
+    ["/usage/summary?days=ten", "days: must be a whole number from 1 to 365 (got 'ten')"],
+    [`/usage/history?meter=rows&from=2026-13-01&to=${today}`, "from: '2026-13-01' is not a valid date in the form YYYY-MM-DD"],
+    [`/usage/history?meter=rows&from=${today}&to=${yday}`, `to: ${yday} is before from (${today})`],
+    [`/usage/history?meter=nope&from=${yday}&to=${today}`, "meter: unknown meter 'nope'"],
+    [`/usage/history?from=${yday}&to=${today}`, "meter: is required"],
+  ]) {
+    const r = await api.call("GET", `/_quota/v1${q}`, { key: o.key });
+    assert.equal(r.status, 400, q);
+    assert.equal(r.json.detail, detail);
+  }
+});
+
+test("reconciliation: zero drift after a clean run; injected drift is reported and repaired", async () => {
+  const o = await newOrg();
+  await api.call("POST", "/_quota/v1/events", { key: o.key, body: { events: [
+    { id: "r1", meter: "ai_tokens", quantity: 30 }, { id: "r2", meter: "ai_tokens", quantity: 12 }, { id: "r3", meter: "rows", quantity: 9 },
+  ] } });
+  // Some still in the outbox, some in the ledger: both count.
+  await drain(o.id);
+  await api.call("POST", "/_quota/v1/events", { key: o.key, body: { events: [{ id: "r4", meter: "ai_tokens", quantity: 8 }] } });
+  const clean = await api.admin("GET", `/orgs/${o.id}/reconcile`);
+  assert.equal(clean.status, 200);
+  assert.equal(clean.json.total_drift, 0, JSON.stringify(clean.json.limits));
+  const ai = clean.json.limits.find((l) => l.policy === "ai_tokens-month");
+  assert.deepEqual([ai.counter, ai.ledger, ai.outbox, ai.drift], [50, 42, 8, 0]);
+  await drain(o.id);
+  // Inject drift: the ledger loses an event behind the gateway's back.
+  const lock = await lockLedger(gw.persistTo);
+  lock.exec(`DELETE FROM usage_events WHERE org_id = '${o.id}' AND event_id = 'r2'`);
+  lock.release();
+  const drifted = await api.admin("GET", `/orgs/${o.id}/reconcile`);
+  const d = drifted.json.limits.find((l) => l.policy === "ai_tokens-month");
+  assert.deepEqual([drifted.json.total_drift, d.counter, d.expected, d.drift], [12, 50, 38, 12]);
+  const repaired = await api.admin("POST", `/orgs/${o.id}/reconcile`);
+  assert.equal(repaired.json.limits.find((l) => l.policy === "ai_tokens-month").repaired, true);
+  assert.equal(await api.used(o.id, "ai_tokens-month"), 38, "the ledger is the truth");
+  assert.equal((await api.admin("GET", `/orgs/${o.id}/reconcile`)).json.total_drift, 0);
+  // A reset is recorded, and reconciliation counts from it: still no drift.
+  assert.equal((await api.admin("POST", `/orgs/${o.id}/reset`, { meter: "ai_tokens" })).status, 200);
+  assert.equal((await api.admin("GET", `/orgs/${o.id}/reconcile`)).json.total_drift, 0);
+  const [reset] = await ledger("SELECT meter FROM counter_resets WHERE org_id = ?", o.id);
+  assert.equal(reset.meter, "ai_tokens");
+});
+
+test("the billing export matches the ledger, in JSON and RFC 4180 CSV", async () => {
+  const a = await newOrg();
+  const b = await newOrg();
+  await api.call("POST", "/_quota/v1/events", { key: a.key, body: { events: [{ id: "x1", meter: "ai_tokens", quantity: 1500 }] } });
+  await api.call("POST", "/_quota/v1/events", { key: b.key, body: { events: [{ id: "x1", meter: "ai_tokens", quantity: 400 }, { id: "x2", meter: "rows", quantity: 3 }] } });
+  await drain(a.id);
+  await drain(b.id);
+  const today = new Date().toISOString().slice(0, 10);
+  const r = await api.admin("GET", `/export?from=${today}&to=${today}&format=json`);
+  assert.equal(r.status, 200);
+  const rows = await ledger(
+    "SELECT org_id, meter, SUM(quantity) AS q, COUNT(*) AS n FROM usage_events WHERE day = ? AND org_id IN (?, ?) GROUP BY org_id, meter ORDER BY org_id, meter",
+    today, a.id, b.id,
+  );
+  const exported = r.json.rows.filter((x) => [a.id, b.id].includes(x.org_id)).map((x) => [x.org_id, x.meter, x.quantity, x.events]);
+  assert.deepEqual(exported, rows.map((x) => [x.org_id, x.meter, x.q, x.n]), "export totals equal the ledger's");
+  const aRow = r.json.rows.find((x) => x.org_id === a.id && x.meter === "ai_tokens");
+  assert.deepEqual([aRow.overage, aRow.overage_cost_cents, aRow.plan], [500, 35, "metered"]);
+  const csv = await api.admin("GET", `/export?from=${today}&to=${today}&format=csv`);
+  assert.equal(csv.headers.get("content-type"), "text/csv; charset=utf-8");
+  const lines = csv.text.split("\r\n");
+  assert.equal(lines[0], "org_id,plan,meter,quantity,events,overage,overage_cost_cents");
+  assert.ok(lines.includes(`${a.id},metered,ai_tokens,1500,1,500,35`), csv.text);
+  assert.equal(lines.at(-1), "", "every record ends with CRLF");
+  for (const [q, detail] of [
+    [`from=${today}`, "to: is required (YYYY-MM-DD)"],
+    [`from=${today}&to=${today}&format=xml`, "format: must be json or csv (got 'xml')"],
+    ["from=2026-02-30&to=2026-03-01", "from: '2026-02-30' is not a valid date in the form YYYY-MM-DD"],
+  ]) {
+    const bad = await api.admin("GET", `/export?${q}`);
+    assert.equal(bad.status, 400, q);
+    assert.equal(bad.json.detail, detail);
+  }
+});
