@@ -94,6 +94,7 @@ pub async fn route(mut req: Request, env: &Env, rest: &str) -> Handled {
             ok(200, &reply.body)
         }
         (Method::Get, ["export"]) => export(&req, env).await,
+        (Method::Get, ["metrics"]) => metrics(env).await,
         (_, p) if is_admin_resource(p) => {
             Err(EdgeError::MethodNotAllowed(format!("{method:?} is not allowed on /_quota/admin/{rest}")))
         }
@@ -104,6 +105,7 @@ pub async fn route(mut req: Request, env: &Env, rest: &str) -> Handled {
 /// A path that names an admin resource (so a wrong method is 405, not 404).
 fn is_admin_resource(p: &[&str]) -> bool {
     p == ["export"]
+        || p == ["metrics"]
         || matches!(p, ["plans" | "orgs", ..])
             && matches!(p.len(), 1..=4)
             && p.get(2).is_none_or(|s| matches!(*s, "keys" | "reset" | "flush" | "reconcile"))
@@ -387,6 +389,14 @@ pub async fn scheduled(env: &Env) {
             Ok(reply) if reply.status == 200 => {
                 checked = checked.saturating_add(1);
                 let drift = reply.body.get("total_drift").and_then(Value::as_u64).unwrap_or(0);
+                if let Ok(db) = ledger::db(env) {
+                    let labels = format!("org=\"{}\"", org.id);
+                    if let Err(e) =
+                        ledger::set_gauge(&db, "quotagate_reconcile_drift_units", &labels, drift, started).await
+                    {
+                        worker::console_error!("{}", json!({"msg": "drift gauge not stored", "error": e.to_string()}));
+                    }
+                }
                 if drift > 0 {
                     drifted = drifted.saturating_add(1);
                     let line = json!({"msg": "reconcile drift", "org": org.id, "total_drift": drift, "limits": reply.body.get("limits")});
@@ -410,4 +420,27 @@ pub async fn scheduled(env: &Env) {
     let line = json!({"msg": "scheduled", "orgs_checked": checked, "orgs_with_drift": drifted,
                       "events_pruned": pruned, "retention_days": days, "ms": now().since(started)});
     worker::console_log!("{line}");
+}
+
+/// `GET /_quota/admin/metrics`: Prometheus text exposition of the gauges scheduled jobs publish.
+async fn metrics(env: &Env) -> Handled {
+    let rows = ledger::gauges(&ledger::db(env)?).await?;
+    let mut out = String::new();
+    let mut last = "";
+    for r in &rows {
+        if r.name != last {
+            let help = match r.name.as_str() {
+                "quotagate_reconcile_drift_units" => {
+                    "Units by which an org's counters differ from the ledger at the last reconciliation."
+                }
+                _ => "Published by a scheduled job.",
+            };
+            let _ = write!(out, "# HELP {} {help}\n# TYPE {} gauge\n", r.name, r.name);
+            last = &r.name;
+        }
+        let _ = writeln!(out, "{}{{{}}} {}", r.name, r.labels, r.value);
+    }
+    let headers = worker::Headers::new();
+    headers.set("Content-Type", "text/plain; version=0.0.4; charset=utf-8").map_err(EdgeError::platform("headers"))?;
+    Ok(Response::ok(out).map_err(EdgeError::platform("response"))?.with_headers(headers))
 }

@@ -319,3 +319,32 @@ pub async fn prune(db: &D1Database, before: Timestamp) -> Result<u64, EdgeError>
         .map_err(EdgeError::platform("usage_events prune"))?;
     Ok(res.meta().ok().flatten().and_then(|m| m.changes).and_then(|c| u64::try_from(c).ok()).unwrap_or(0))
 }
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GaugeRow {
+    pub name: String,
+    pub labels: String,
+    pub value: i64,
+}
+
+/// Publishes a gauge for the metrics endpoint.
+pub async fn set_gauge(db: &D1Database, name: &str, labels: &str, value: u64, at: Timestamp) -> Result<(), EdgeError> {
+    db.prepare(
+        "INSERT INTO metric_gauges (name, labels, value, updated_at) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (name, labels) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+    )
+    .bind(&[s(name), s(labels), js_int(value)?, t(at)?])
+    .map_err(EdgeError::platform("bind"))?
+    .run()
+    .await
+    .map_err(EdgeError::platform("metric_gauges upsert"))?;
+    Ok(())
+}
+
+pub async fn gauges(db: &D1Database) -> Result<Vec<GaugeRow>, EdgeError> {
+    db.prepare("SELECT name, labels, value FROM metric_gauges ORDER BY name, labels")
+        .all()
+        .await
+        .and_then(|r| r.results())
+        .map_err(EdgeError::platform("metric_gauges query"))
+}

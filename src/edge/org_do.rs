@@ -126,6 +126,9 @@ pub struct OrgQuota {
     armed: Cell<bool>,
     /// A flush or a reconciliation is awaiting D1: they must not interleave.
     ledger_busy: Cell<bool>,
+    /// This instance has checked that a non-empty outbox has an alarm (after a crash between an
+    /// outbox write and arming the alarm, the outbox would otherwise wait for the next write).
+    alarm_checked: Cell<bool>,
 }
 
 impl DurableObject for OrgQuota {
@@ -138,6 +141,7 @@ impl DurableObject for OrgQuota {
             outbox_written: Cell::new(false),
             armed: Cell::new(false),
             ledger_busy: Cell::new(false),
+            alarm_checked: Cell::new(false),
         }
     }
 
@@ -162,6 +166,14 @@ impl DurableObject for OrgQuota {
         };
         if self.outbox_written.replace(false) && !self.armed.get() {
             self.arm(now().saturating_add_ms(FLUSH_DELAY_MS)).await?;
+        }
+        if !self.alarm_checked.replace(true) && !self.armed.get() {
+            let pending = self
+                .store()
+                .and_then(|s| Ok(s.sql.exec("SELECT COUNT(*) AS n FROM outbox", None)?.one::<CountRow>()?.n));
+            if pending.is_ok_and(|n| n > 0) && self.state.storage().get_alarm().await?.is_none() {
+                self.arm(now().saturating_add_ms(FLUSH_DELAY_MS)).await?;
+            }
         }
         json_response(200, &serde_json::to_value(&reply).unwrap_or(Value::Null), "application/json")
     }

@@ -41,6 +41,14 @@ test("cron: drift is logged, and retention prunes only rolled-up, reported raw e
     [2, 1, 1, 0],
     line,
   );
+  // The drift is also a metric.
+  const m = await api.call("GET", "/_quota/admin/metrics", { token: ADMIN_TOKEN });
+  assert.equal(m.status, 200);
+  assert.match(m.headers.get("content-type"), /^text\/plain; version=0.0.4/);
+  assert.match(m.text, /^# TYPE quotagate_reconcile_drift_units gauge$/m);
+  assert.match(m.text, /^quotagate_reconcile_drift_units\{org="org-plain"\} 4$/m);
+  assert.match(m.text, /^quotagate_reconcile_drift_units\{org="org-stripe"\} 0$/m);
+  assert.equal((await api.call("GET", "/_quota/admin/metrics")).status, 401);
   const raw = await ledgerQuery(gw.persistTo, "SELECT org_id, COUNT(*) AS n FROM usage_events GROUP BY org_id ORDER BY org_id");
   assert.deepEqual(raw.map((x) => [x.org_id, x.n]), [["org-stripe", 2]], "unreported Stripe usage is kept; the rest is pruned");
   const rolled = await ledgerQuery(gw.persistTo, "SELECT org_id, SUM(quantity) AS q FROM usage_daily GROUP BY org_id ORDER BY org_id");
