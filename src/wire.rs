@@ -236,6 +236,8 @@ pub enum DoRequest {
         plan: Value,
         billing_anchor: Option<Value>,
         overrides: Option<Value>,
+        /// Where threshold alerts go (else the global `ALERT_WEBHOOK_URL`).
+        webhook_url: Option<String>,
     },
     State,
     Reset {
@@ -452,7 +454,7 @@ pub fn limit_json(l: &LimitStatus, now: Timestamp) -> Value {
 }
 
 /// `GET /v1/usage`: the live overview of an org.
-pub fn usage_json(org: &OrgId, policy: &Policy, statuses: &[LimitStatus], now: Timestamp) -> Value {
+pub fn usage_json(org: &OrgId, policy: &Policy, statuses: &[LimitStatus], alerts: &[Value], now: Timestamp) -> Value {
     let period = Period::Month.window(now, policy.billing_anchor);
     let meters: Vec<Value> = statuses
         .iter()
@@ -463,14 +465,6 @@ pub fn usage_json(org: &OrgId, policy: &Policy, statuses: &[LimitStatus], now: T
                 o.insert("unit".into(), json!(unit));
             }
             v
-        })
-        .collect();
-    let alerts: Vec<Value> = statuses
-        .iter()
-        .filter(|l| l.level > Level::Ok)
-        .map(|l| {
-            json!({"meter": l.meter.as_str(), "policy": l.policy, "level": l.level.as_str(),
-                   "threshold_pct": l.level.threshold_pct(), "used": l.used, "limit": l.limit})
         })
         .collect();
     json!({

@@ -175,6 +175,7 @@ async fn push_config(env: &Env, org: &OrgRow, plan_doc: &Value) -> Result<DoRepl
         plan: plan_doc.clone(),
         billing_anchor: org.billing_anchor.clone().map(Value::String),
         overrides: serde_json::from_str(&org.overrides).ok(),
+        webhook_url: org.webhook_url.clone(),
     };
     do_ok(call_do(env, &id, &msg).await?)
 }

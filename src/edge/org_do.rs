@@ -21,12 +21,12 @@ use worker::{
 };
 
 use super::error::json_response;
-use super::platform::{js_int, now};
+use super::platform::{config, js_int, now};
 use crate::policy::engine::DecodeError;
 use crate::policy::headers::{decision_headers, refusal_problem};
 use crate::policy::{
-    Aggregation, Book, Counter, EventId, Limit, MeterId, OrgId, OrgTerms, Plan, PlanError, PlanId, Policy, Reservation,
-    ReservationKind, ReserveAs, Settlement, Timestamp, UsageError,
+    Aggregation, Book, Counter, EventId, Limit, LimitStatus, MeterId, OrgId, OrgTerms, Plan, PlanError, PlanId, Policy,
+    Reservation, ReservationKind, ReserveAs, Settlement, Timestamp, UsageError,
 };
 use crate::wire::{
     decision_json, limit_json, problem_body, status_json, unauthorized_body, usage_error_status, usage_json,
@@ -54,12 +54,15 @@ struct StoredConfig {
     plan: Value,
     billing_anchor: Option<Value>,
     overrides: Option<Value>,
+    #[serde(default)]
+    webhook_url: Option<String>,
 }
 
 #[derive(Debug)]
 struct Loaded {
     org: OrgId,
     policy: Policy,
+    webhook_url: Option<String>,
 }
 
 /// The Durable Object layer's one error type; `into_reply` is its one mapping to an answer.
@@ -126,6 +129,8 @@ pub struct OrgQuota {
     armed: Cell<bool>,
     /// A flush or a reconciliation is awaiting D1: they must not interleave.
     ledger_busy: Cell<bool>,
+    /// Set when a message fired a threshold alert: the alarm must run now to deliver it.
+    alerts_fired: Cell<bool>,
     /// This instance has checked that a non-empty outbox has an alarm (after a crash between an
     /// outbox write and arming the alarm, the outbox would otherwise wait for the next write).
     alarm_checked: Cell<bool>,
@@ -142,6 +147,7 @@ impl DurableObject for OrgQuota {
             armed: Cell::new(false),
             ledger_busy: Cell::new(false),
             alarm_checked: Cell::new(false),
+            alerts_fired: Cell::new(false),
         }
     }
 
@@ -164,6 +170,9 @@ impl DurableObject for OrgQuota {
                 plan: None,
             },
         };
+        if self.alerts_fired.replace(false) {
+            self.arm(now()).await?;
+        }
         if self.outbox_written.replace(false) && !self.armed.get() {
             self.arm(now().saturating_add_ms(FLUSH_DELAY_MS)).await?;
         }
@@ -182,28 +191,34 @@ impl DurableObject for OrgQuota {
         super::platform::set_clock(&self.env);
         self.armed.set(false);
         let t = now();
-        match self.flush().await {
+        let alert_next = match self.deliver_alerts(t).await {
+            Ok(next) => next,
+            Err(e) => {
+                worker::console_error!("{}", json!({"msg": "alert delivery failed", "error": e.to_string()}));
+                Some(t.saturating_add_ms(5_000))
+            }
+        };
+        let ledger_next = match self.flush().await {
             Ok((_, pending, next_ready)) => {
                 self.set_meta("flush_failures", "0").map_err(worker_err)?;
-                if pending > 0 {
-                    // Rows not yet ready (proxied requests awaiting a possible release) flush later.
-                    let at = next_ready.filter(|r| *r > t).unwrap_or_else(|| t.saturating_add_ms(250));
-                    self.arm(at).await?;
-                }
+                // Rows not yet ready (proxied requests awaiting a possible release) flush later.
+                (pending > 0).then(|| next_ready.filter(|r| *r > t).unwrap_or_else(|| t.saturating_add_ms(250)))
             }
-            // An org without a config has nothing to flush: no re-arming.
-            Err(DoError::NotConfigured) => {}
+            // An org without a config has nothing to flush.
+            Err(DoError::NotConfigured) => None,
+            Err(DoError::Busy) => Some(t.saturating_add_ms(500)),
             Err(e) => {
                 let failures = self.meta("flush_failures").map_err(worker_err)?;
                 let failures = failures.and_then(|v| v.parse::<u32>().ok()).unwrap_or(0).saturating_add(1);
                 self.set_meta("flush_failures", &failures.to_string()).map_err(worker_err)?;
                 let backoff = 1_000u64.saturating_mul(1u64 << failures.min(20)).min(MAX_BACKOFF_MS);
-                worker::console_error!(
-                    "{}",
-                    json!({"msg": "ledger flush failed", "failures": failures, "retry_in_ms": backoff, "error": e.to_string()})
-                );
-                self.arm(t.saturating_add_ms(backoff)).await?;
+                let line = json!({"msg": "ledger flush failed", "failures": failures, "retry_in_ms": backoff, "error": e.to_string()});
+                worker::console_error!("{line}");
+                Some(t.saturating_add_ms(backoff))
             }
+        };
+        if let Some(at) = [alert_next, ledger_next].into_iter().flatten().min() {
+            self.arm(at).await?;
         }
         Response::ok("")
     }
@@ -295,6 +310,10 @@ impl Store {
             "CREATE INDEX IF NOT EXISTS outbox_ready ON outbox(ready_at)",
             "CREATE TABLE IF NOT EXISTS idempotency (id TEXT PRIMARY KEY, result TEXT NOT NULL, at INTEGER NOT NULL)",
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS alerts (id TEXT PRIMARY KEY, policy TEXT NOT NULL, window_start INTEGER NOT NULL, \
+             level TEXT NOT NULL, payload TEXT NOT NULL, fired_at INTEGER NOT NULL, status TEXT NOT NULL, \
+             attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL, last_error TEXT, UNIQUE (policy, window_start, level))",
+            "CREATE INDEX IF NOT EXISTS alerts_due ON alerts(status, next_at)",
         ] {
             self.sql.exec(stmt, None)?;
         }
@@ -456,7 +475,7 @@ impl OrgQuota {
         let cfg = store.config()?.ok_or(DoError::NotConfigured)?;
         let plan = Plan::parse(&cfg.plan_id, &cfg.plan)?;
         let terms = OrgTerms::parse(cfg.billing_anchor.as_ref(), cfg.overrides.as_ref(), &plan)?;
-        let l = Rc::new(Loaded { org: cfg.org, policy: Policy::new(&plan, &terms) });
+        let l = Rc::new(Loaded { org: cfg.org, policy: Policy::new(&plan, &terms), webhook_url: cfg.webhook_url });
         *self.loaded.borrow_mut() = Some(Rc::clone(&l));
         Ok(l)
     }
@@ -470,8 +489,9 @@ impl OrgQuota {
     /// Every decision, synchronously: no `.await` from the first read to the last write.
     fn handle(&self, msg: DoRequest, now: Timestamp) -> DoResult<DoReply> {
         let store = self.store()?;
-        if let DoRequest::Configure { org, plan_id, plan, billing_anchor, overrides } = msg {
-            return self.configure(&store, StoredConfig { org, plan_id, plan, billing_anchor, overrides }, now);
+        if let DoRequest::Configure { org, plan_id, plan, billing_anchor, overrides, webhook_url } = msg {
+            let cfg = StoredConfig { org, plan_id, plan, billing_anchor, overrides, webhook_url };
+            return self.configure(&store, cfg, now);
         }
         match msg {
             DoRequest::AddKey { key_id, hash } => {
@@ -519,7 +539,7 @@ impl OrgQuota {
                 let body = if short {
                     status_json(&loaded.org, policy, &statuses)
                 } else {
-                    usage_json(&loaded.org, policy, &statuses, now)
+                    usage_json(&loaded.org, policy, &statuses, &current_alerts(&store, &statuses)?, now)
                 };
                 Ok(ok(body, policy))
             }
@@ -546,6 +566,121 @@ impl OrgQuota {
         }
     }
 
+    /// Records each threshold alert (warning 80%, critical 95%, over 100%) that a day, month or
+    /// lifetime limit reached for the first time in its window. The unique key (limit, window,
+    /// level) makes it fire once per period, however usage hovers or requests race.
+    fn fire_alerts(&self, store: &Store, statuses: &[LimitStatus], now: Timestamp) -> DoResult<()> {
+        let org = self.loaded.borrow().as_ref().map(|l| l.org.to_string()).unwrap_or_default();
+        for l in statuses.iter().filter(|l| !l.period.is_rate() && l.limit.is_some()) {
+            for level in l.level.reached() {
+                let id = format!("alrt_{org}_{}_{}_{}", l.policy, l.window_start.millis(), level.as_str());
+                let payload = json!({
+                    "id": id, "type": "quota.threshold", "org_id": org, "meter": l.meter.as_str(), "policy": l.policy,
+                    "period": l.period.to_string(), "level": level.as_str(), "threshold_pct": level.threshold_pct(),
+                    "used": l.used, "limit": l.limit, "window_start": l.window_start.rfc3339(),
+                    "reset_at": l.reset.map(Timestamp::rfc3339), "timestamp": now.rfc3339(),
+                });
+                let written = store
+                    .sql
+                    .exec(
+                        "INSERT INTO alerts (id, policy, window_start, level, payload, fired_at, status, attempts, next_at) \
+                         VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?) ON CONFLICT DO NOTHING",
+                        vec![
+                            text(&id),
+                            text(&l.policy),
+                            ms(l.window_start),
+                            text(level.as_str()),
+                            text(&payload.to_string()),
+                            ms(now),
+                            ms(now),
+                        ],
+                    )?
+                    .rows_written();
+                if written > 0 {
+                    self.alerts_fired.set(true);
+                    worker::console_log!(
+                        "{}",
+                        json!({"msg": "alert fired", "org": org, "policy": l.policy, "level": level.as_str()})
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers due alerts: a signed POST each, recorded in D1; failures retry with exponential
+    /// backoff until `ALERT_MAX_ATTEMPTS` (8), then the alert is dead. Returns when the next
+    /// pending alert is due.
+    async fn deliver_alerts(&self, t: Timestamp) -> DoResult<Option<Timestamp>> {
+        let store = self.store()?;
+        let loaded = match self.loaded(&store) {
+            Ok(l) => l,
+            Err(DoError::NotConfigured) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let due: Vec<AlertRow> = store
+            .sql
+            .exec(
+                "SELECT id, payload, attempts FROM alerts WHERE status = 'pending' AND next_at <= ? ORDER BY next_at LIMIT 20",
+                vec![ms(t)],
+            )?
+            .to_array()?;
+        let target = loaded.webhook_url.clone().or_else(|| config(&self.env, "ALERT_WEBHOOK_URL"));
+        let max_attempts = config(&self.env, "ALERT_MAX_ATTEMPTS")
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|n| (1..=20).contains(n))
+            .unwrap_or(8);
+        let secret = config(&self.env, "WEBHOOK_SECRET").unwrap_or_default();
+        for row in due {
+            let Some(url) = target.as_deref() else {
+                store.sql.exec("UPDATE alerts SET status = 'no_target' WHERE id = ?", vec![text(&row.id)])?;
+                continue;
+            };
+            let attempt = row.attempts.saturating_add(1);
+            let (code, error) = post_webhook(url, &row.id, &row.payload, secret.as_bytes(), t).await;
+            let outcome = if code.is_some_and(|c| (200..300).contains(&c)) {
+                "delivered"
+            } else if attempt >= max_attempts {
+                "dead"
+            } else {
+                "retry"
+            };
+            let status = if outcome == "retry" { "pending" } else { outcome };
+            let next = t.saturating_add_ms(1_000u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(12)));
+            store.sql.exec(
+                "UPDATE alerts SET attempts = ?, status = ?, next_at = ?, last_error = ? WHERE id = ?",
+                vec![
+                    int(u64::from(attempt)),
+                    text(status),
+                    ms(next),
+                    error.as_deref().map_or(SqlStorageValue::Null, text),
+                    text(&row.id),
+                ],
+            )?;
+            let record = AlertAttempt {
+                org: &loaded.org,
+                alert_id: &row.id,
+                attempt,
+                url,
+                code,
+                error: error.as_deref(),
+                outcome,
+                at: t,
+            };
+            if let Err(e) = record_attempt(&self.env, &record).await {
+                worker::console_error!(
+                    "{}",
+                    json!({"msg": "alert attempt not recorded", "alert": row.id, "error": e.to_string()})
+                );
+            }
+        }
+        let next: PendingRow = store
+            .sql
+            .exec("SELECT COUNT(*) AS n, MIN(next_at) AS next FROM alerts WHERE status = 'pending'", None)?
+            .one()?;
+        Ok(next.next.map(Timestamp::from_millis))
+    }
+
     fn configure(&self, store: &Store, cfg: StoredConfig, now: Timestamp) -> DoResult<DoReply> {
         // Validate before storing: a config that does not parse never reaches storage.
         let plan = Plan::parse(&cfg.plan_id, &cfg.plan)?;
@@ -560,7 +695,7 @@ impl OrgQuota {
         for k in book.counters.keys().filter(|k| !keep.contains(*k)) {
             store.sql.exec("DELETE FROM counters WHERE key = ?", vec![text(k)])?;
         }
-        let loaded = Rc::new(Loaded { org: cfg.org, policy });
+        let loaded = Rc::new(Loaded { org: cfg.org, policy, webhook_url: cfg.webhook_url });
         *self.loaded.borrow_mut() = Some(Rc::clone(&loaded));
         Ok(ok(overview(store, &loaded, now)?, &loaded.policy))
     }
@@ -594,6 +729,9 @@ impl OrgQuota {
             }
         };
         store.save(&before, &book)?;
+        if matches!(kind, DecideKind::Proxy | DecideKind::Reserve) && decision.allowed() && !is_replay {
+            self.fire_alerts(store, &decision.limits, now)?;
+        }
         if let (DecideKind::Proxy, false, Some(r)) = (kind, is_replay, book.reservations.get(&id)) {
             // Ready when the reservation can no longer be released.
             let row = Outgoing {
@@ -691,8 +829,11 @@ impl OrgQuota {
             }
             (ReservationKind::Provisional, Settlement::Released) => {}
         }
-        let limits: Vec<Value> =
-            book.overview(policy, now).iter().filter(|l| l.meter == meter).map(|l| limit_json(l, now)).collect();
+        let after: Vec<LimitStatus> = book.overview(policy, now).into_iter().filter(|l| l.meter == meter).collect();
+        if matches!(settled.settlement, Settlement::Committed { .. }) {
+            self.fire_alerts(store, &after, now)?;
+        }
+        let limits: Vec<Value> = after.iter().map(|l| limit_json(l, now)).collect();
         let body = json!({"id": id.as_str(), "outcome": outcome, "meter": meter.as_str(), "quantity": quantity, "limits": limits});
         Ok(ok(body, policy))
     }
@@ -714,6 +855,9 @@ impl OrgQuota {
             book.record(policy, m, *q, false, now)?;
         }
         store.save(&before, &book)?;
+        let touched: Vec<LimitStatus> =
+            book.overview(policy, now).into_iter().filter(|l| meters.contains(&l.meter)).collect();
+        self.fire_alerts(store, &touched, now)?;
         for (m, q) in &known {
             let event_id = format!("{id}:{m}");
             let row = Outgoing {
@@ -782,6 +926,9 @@ impl OrgQuota {
             results.push(r);
         }
         store.save(&before, &book)?;
+        let touched: Vec<LimitStatus> =
+            book.overview(policy, now).into_iter().filter(|l| meters.contains(&l.meter)).collect();
+        self.fire_alerts(store, &touched, now)?;
         for e in accepted {
             let ts = e.timestamp.map_or(now, Timestamp::from_millis);
             let row = Outgoing {
@@ -1050,4 +1197,104 @@ fn overview(store: &Store, loaded: &Loaded, now: Timestamp) -> DoResult<Value> {
         "active_keys": count("SELECT COUNT(*) AS n FROM keys")?,
         "outbox_pending": count("SELECT COUNT(*) AS n FROM outbox")?,
     }))
+}
+
+#[derive(Deserialize)]
+struct AlertRow {
+    id: String,
+    payload: String,
+    attempts: u32,
+}
+
+/// POSTs one alert; returns the status code (if any answer came) and an error text.
+async fn post_webhook(
+    url: &str,
+    id: &str,
+    payload: &str,
+    secret: &[u8],
+    t: Timestamp,
+) -> (Option<u16>, Option<String>) {
+    let headers = worker::Headers::new();
+    let signature = crate::policy::keys::webhook_signature(secret, t.secs(), payload);
+    for (k, v) in [
+        ("Content-Type", "application/json"),
+        ("User-Agent", "quotagate-webhooks/1"),
+        ("X-Quota-Webhook-Id", id),
+        ("X-Quota-Webhook-Signature", signature.as_str()),
+    ] {
+        if let Err(e) = headers.set(k, v) {
+            return (None, Some(e.to_string()));
+        }
+    }
+    let mut init = worker::RequestInit::new();
+    init.with_method(worker::Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(payload)));
+    let sent = match Request::new_with_init(url, &init) {
+        Ok(req) => worker::Fetch::Request(req).send().await,
+        Err(e) => Err(e),
+    };
+    match sent {
+        Ok(res) if (200..300).contains(&res.status_code()) => (Some(res.status_code()), None),
+        Ok(res) => (Some(res.status_code()), Some(format!("receiver answered {}", res.status_code()))),
+        Err(e) => (None, Some(e.to_string())),
+    }
+}
+
+struct AlertAttempt<'a> {
+    org: &'a OrgId,
+    alert_id: &'a str,
+    attempt: u32,
+    url: &'a str,
+    code: Option<u16>,
+    error: Option<&'a str>,
+    outcome: &'a str,
+    at: Timestamp,
+}
+
+/// Every delivery attempt goes to D1's `alert_deliveries`.
+async fn record_attempt(env: &Env, a: &AlertAttempt<'_>) -> DoResult<()> {
+    let conv = |e: super::error::EdgeError| DoError::Storage(worker::Error::RustError(e.to_string()));
+    env.d1("LEDGER")?
+        .prepare(
+            "INSERT OR IGNORE INTO alert_deliveries (org_id, alert_id, attempt, url, status_code, error, outcome, at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&[
+            JsValue::from_str(a.org.as_str()),
+            JsValue::from_str(a.alert_id),
+            JsValue::from(a.attempt),
+            JsValue::from_str(a.url),
+            a.code.map_or(JsValue::NULL, JsValue::from),
+            a.error.map_or(JsValue::NULL, JsValue::from_str),
+            JsValue::from_str(a.outcome),
+            js_int(a.at.millis()).map_err(conv)?,
+        ])?
+        .run()
+        .await?;
+    Ok(())
+}
+
+/// The alerts fired in the limits' current windows, with their delivery state.
+fn current_alerts(store: &Store, statuses: &[LimitStatus]) -> DoResult<Vec<Value>> {
+    #[derive(Deserialize)]
+    struct Row {
+        policy: String,
+        window_start: u64,
+        payload: String,
+        status: String,
+        attempts: u32,
+    }
+    let rows: Vec<Row> = store
+        .sql
+        .exec("SELECT policy, window_start, payload, status, attempts FROM alerts ORDER BY fired_at, id", None)?
+        .to_array()?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| statuses.iter().any(|l| l.policy == r.policy && l.window_start.millis() == r.window_start))
+        .filter_map(|r| {
+            let mut v: Value = serde_json::from_str(&r.payload).ok()?;
+            let o = v.as_object_mut()?;
+            o.insert("delivery".into(), json!({"status": r.status, "attempts": r.attempts}));
+            Some(v)
+        })
+        .collect())
 }

@@ -46,6 +46,12 @@ impl Level {
         }
     }
 
+    /// The alert levels reached at this level: warning, then critical, then over (none for ok).
+    /// An alert fires once per level per window, so a jump from 70% to 100% fires all three.
+    pub fn reached(self) -> impl Iterator<Item = Self> {
+        [Self::Warning, Self::Critical, Self::Over].into_iter().filter(move |l| *l <= self)
+    }
+
     /// The threshold percentage that starts this level (0 for ok).
     pub const fn threshold_pct(self) -> u8 {
         match self {
@@ -214,5 +220,12 @@ mod tests {
         assert_eq!(Level::of(u64::MAX, Some(u64::MAX)), Level::Over);
         // 80% of 3 is 2.4: 2 is still ok, 3 is over.
         assert_eq!((Level::of(2, Some(3)), Level::of(3, Some(3))), (Level::Ok, Level::Over));
+    }
+
+    #[test]
+    fn reached_levels_are_cumulative() {
+        assert_eq!(Level::Ok.reached().count(), 0);
+        assert_eq!(Level::Warning.reached().collect::<Vec<_>>(), vec![Level::Warning]);
+        assert_eq!(Level::Over.reached().collect::<Vec<_>>(), vec![Level::Warning, Level::Critical, Level::Over]);
     }
 }

@@ -143,6 +143,14 @@ pub fn origin_signature(secret: &[u8], signing_string: &str) -> String {
     format!("v1={}", hex(&m.finalize().into_bytes()))
 }
 
+/// `X-Quota-Webhook-Signature: t=<epoch secs>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+/// Receivers recompute it and refuse a `t` older than a few minutes, which stops replays.
+pub fn webhook_signature(secret: &[u8], ts_secs: u64, body: &str) -> String {
+    let mut m = mac(secret);
+    m.update(format!("{ts_secs}.{body}").as_bytes());
+    format!("t={ts_secs},v1={}", hex(&m.finalize().into_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +195,15 @@ mod tests {
         assert!(secrets_equal(b"dev-admin-token", b"dev-admin-token"));
         assert!(!secrets_equal(b"dev-admin-tokeN", b"dev-admin-token"));
         assert!(!secrets_equal(b"", b""));
+    }
+
+    #[test]
+    fn webhook_signature_covers_time_and_body() {
+        let a = webhook_signature(b"s", 100, "{}");
+        assert!(a.starts_with("t=100,v1=") && a.len() == "t=100,v1=".len() + 64);
+        assert_ne!(a, webhook_signature(b"s", 101, "{}"));
+        assert_ne!(a, webhook_signature(b"s", 100, "{ }"));
+        assert_eq!(a, format!("t=100,{}", origin_signature(b"s", "100.{}")));
     }
 
     #[test]

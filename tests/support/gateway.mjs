@@ -110,6 +110,8 @@ export function ledgerFile(persistTo) {
 export async function ledgerQuery(persistTo, sql, ...params) {
   const { DatabaseSync } = await import("node:sqlite");
   const db = new DatabaseSync(ledgerFile(persistTo), { readOnly: true });
+  // workerd may be writing: wait for its lock rather than fail.
+  db.exec("PRAGMA busy_timeout = 5000");
   try {
     return db.prepare(sql).all(...params);
   } finally {
