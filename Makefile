@@ -20,12 +20,17 @@ export ESBUILD_BIN := $(NODE_BIN)/esbuild
 export PATH := $(NODE_BIN):$(CARGO_BIN):$(PATH)
 export WRANGLER_SEND_METRICS := false
 
-.PHONY: help setup wasm-target build dev test test-core test-e2e lint fmt deploy deploy-dry-run clean
+.PHONY: help setup wasm-target chromium screenshots build dev test test-core test-e2e lint fmt deploy deploy-dry-run clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-15s %s\n", $$1, $$2 }'
 
-setup: wasm-target node_modules/.package-lock.json $(WORKER_BUILD) $(WASM_BINDGEN_BIN) ## Install the toolchain pieces that are missing
+setup: wasm-target chromium node_modules/.package-lock.json $(WORKER_BUILD) $(WASM_BINDGEN_BIN) ## Install the toolchain pieces that are missing
+
+# Debian's Chromium, for the dashboard test in a real browser (playwright-core drives it).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
@@ -60,6 +65,9 @@ test-core: ## The pure policy core: unit and property tests, natively
 
 test-e2e: build ## The built worker under wrangler dev (workerd) against a real origin
 	node --disable-warning=ExperimentalWarning --test --test-concurrency=1 --test-timeout=300000 --test-reporter=spec 'tests/e2e/*.test.mjs'
+
+screenshots: build ## Refresh the dashboard screenshots in docs/
+	DOCS_SCREENSHOTS=1 node --disable-warning=ExperimentalWarning --test --test-reporter=spec tests/e2e/dashboard.test.mjs
 
 lint: setup ## rustfmt --check, and clippy -D warnings for native and wasm32
 	cargo fmt --all -- --check

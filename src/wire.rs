@@ -207,9 +207,9 @@ pub enum DoRequest {
         events: Vec<UsageEvent>,
         enforce: bool,
     },
-    /// The live usage overview (`GET /v1/usage`).
+    /// The live usage overview (`GET /v1/usage`); `key_hash` is `None` for the admin API.
     Usage {
-        key_hash: String,
+        key_hash: Option<String>,
         short: bool,
     },
     /// Drain the outbox to D1 now.

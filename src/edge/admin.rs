@@ -94,6 +94,12 @@ pub async fn route(mut req: Request, env: &Env, rest: &str) -> Handled {
             ok(200, &reply.body)
         }
         (Method::Get, ["export"]) => export(&req, env).await,
+        (Method::Get, ["orgs", id, "usage"]) => {
+            // The dashboard's admin view: the same overview the org sees.
+            let id = path_id("org", id, OrgId::parse)?;
+            let reply = do_ok(call_do(env, &id, &DoRequest::Usage { key_hash: None, short: false }).await?)?;
+            ok(200, &reply.body)
+        }
         (Method::Get, ["metrics"]) => metrics(env).await,
         (_, p) if is_admin_resource(p) => {
             Err(EdgeError::MethodNotAllowed(format!("{method:?} is not allowed on /_quota/admin/{rest}")))
@@ -108,7 +114,7 @@ fn is_admin_resource(p: &[&str]) -> bool {
         || p == ["metrics"]
         || matches!(p, ["plans" | "orgs", ..])
             && matches!(p.len(), 1..=4)
-            && p.get(2).is_none_or(|s| matches!(*s, "keys" | "reset" | "flush" | "reconcile"))
+            && p.get(2).is_none_or(|s| matches!(*s, "keys" | "reset" | "flush" | "reconcile" | "usage"))
 }
 
 /// A DO reply that must be a success, else its answer is passed through.

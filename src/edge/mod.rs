@@ -6,6 +6,7 @@
 //! through `EdgeError`.
 
 mod admin;
+mod dashboard;
 mod error;
 mod ledger;
 mod org_api;
@@ -39,6 +40,11 @@ async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
 async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response, EdgeError> {
     let path = req.path();
     let method = req.method();
+    if method == Method::Get {
+        if let Some(page) = dashboard::serve(&path) {
+            return page;
+        }
+    }
     if let Some(rest) = path.strip_prefix("/_quota/admin/") {
         return admin::route(req, env, rest).await;
     }

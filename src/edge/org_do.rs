@@ -510,10 +510,8 @@ impl OrgQuota {
         }
         // The key is checked before anything else, so an unknown org answers like a wrong key.
         let key_hash = match &msg {
-            DoRequest::Decide { key_hash, .. }
-            | DoRequest::Events { key_hash, .. }
-            | DoRequest::Usage { key_hash, .. } => Some(key_hash.as_str()),
-            DoRequest::Settle { key_hash, .. } => key_hash.as_deref(),
+            DoRequest::Decide { key_hash, .. } | DoRequest::Events { key_hash, .. } => Some(key_hash.as_str()),
+            DoRequest::Settle { key_hash, .. } | DoRequest::Usage { key_hash, .. } => key_hash.as_deref(),
             _ => None,
         };
         if let Some(h) = key_hash {

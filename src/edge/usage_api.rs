@@ -35,7 +35,7 @@ pub async fn events(mut req: Request, env: &Env) -> Handled {
 /// `GET /v1/usage` (`short` = false) and `GET /v1/usage/status` (`short` = true).
 pub async fn live(req: &Request, env: &Env, short: bool) -> Handled {
     let key = authenticate(req, env)?;
-    let reply = call_do(env, &key.org, &DoRequest::Usage { key_hash: key.hash, short }).await?;
+    let reply = call_do(env, &key.org, &DoRequest::Usage { key_hash: Some(key.hash), short }).await?;
     reply_response(&reply).map_err(EdgeError::platform("response"))
 }
 

@@ -1,0 +1,36 @@
+//! The usage dashboard: three static files served from the Worker, with a strict CSP.
+//!
+//! The page itself holds no data: it calls `/_quota/v1/usage` with the org key, or
+//! `/_quota/admin/orgs/{org}/usage` with the admin token. This file only serves the bytes.
+
+use worker::{Headers, Response};
+
+use super::error::EdgeError;
+
+const HTML: &str = include_str!("dashboard/index.html");
+const JS: &str = include_str!("dashboard/app.js");
+const CSS: &str = include_str!("dashboard/style.css");
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; \
+                   base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The asset at `path`, or `None` for any other path.
+pub fn serve(path: &str) -> Option<Result<Response, EdgeError>> {
+    let (body, content_type) = match path {
+        "/_quota/dashboard" | "/_quota/dashboard/" => (HTML, "text/html; charset=utf-8"),
+        "/_quota/dashboard/app.js" => (JS, "text/javascript; charset=utf-8"),
+        "/_quota/dashboard/style.css" => (CSS, "text/css; charset=utf-8"),
+        _ => return None,
+    };
+    Some(respond(body, content_type).map_err(EdgeError::platform("dashboard response")))
+}
+
+fn respond(body: &str, content_type: &str) -> worker::Result<Response> {
+    let h = Headers::new();
+    h.set("Content-Type", content_type)?;
+    h.set("Content-Security-Policy", CSP)?;
+    h.set("X-Content-Type-Options", "nosniff")?;
+    h.set("Referrer-Policy", "no-referrer")?;
+    h.set("Cache-Control", "no-cache")?;
+    Ok(Response::ok(body)?.with_headers(h))
+}

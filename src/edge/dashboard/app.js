@@ -1,0 +1,137 @@
+// The usage dashboard: no framework. Credentials come from the form (or the URL fragment, which
+// never reaches a server) and stay in sessionStorage. Refreshes every 30 seconds.
+"use strict";
+const REFRESH_MS = 30_000;
+const $ = (id) => document.getElementById(id);
+const nf = new Intl.NumberFormat("en-US");
+let timer = null;
+
+function creds() {
+  const hash = new URLSearchParams(location.hash.slice(1));
+  if (hash.has("key") || hash.has("admin")) {
+    sessionStorage.setItem("qg", JSON.stringify({ key: hash.get("key"), admin: hash.get("admin"), org: hash.get("org") }));
+    history.replaceState(null, "", location.pathname);
+  }
+  try {
+    return JSON.parse(sessionStorage.getItem("qg") ?? "null");
+  } catch {
+    return null;
+  }
+}
+
+function colour(pct) {
+  if (pct === null) return "green";
+  if (pct >= 100) return "red";
+  if (pct >= 80) return "amber";
+  return "green";
+}
+
+function when(iso) {
+  if (!iso) return "never resets";
+  const d = new Date(iso);
+  return "resets " + d.toLocaleString("en-GB", { dateStyle: "medium", timeStyle: "short", timeZone: "UTC" }) + " UTC";
+}
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function render(u) {
+  $("org").textContent = `${u.org_id} · plan ${u.plan}`;
+  const main = $("meters");
+  main.replaceChildren();
+  let worst = "ok";
+  const flagged = [];
+  for (const m of u.meters) {
+    const pct = m.percentage;
+    const c = colour(pct);
+    if (c !== "green") flagged.push(`${m.policy} at ${pct}%`);
+    if (c === "red") worst = "over";
+    else if (c === "amber" && worst === "ok") worst = "warning";
+    const card = el("section", "limit");
+    card.dataset.policy = m.policy;
+    card.dataset.colour = c;
+    const row = el("div", "row");
+    row.append(el("span", "name", `${m.meter} · ${m.period}`));
+    const limit = m.limit === null ? "unlimited" : nf.format(m.limit);
+    row.append(el("span", "nums", `${nf.format(m.used)} / ${limit} ${m.unit}`));
+    const bar = el("div", "bar");
+    bar.setAttribute("role", "progressbar");
+    bar.setAttribute("aria-label", m.policy);
+    bar.setAttribute("aria-valuenow", String(Math.min(pct ?? 0, 100)));
+    const fill = el("div", `fill ${c}`);
+    fill.style.width = `${Math.min(pct ?? 0, 100)}%`;
+    bar.append(fill);
+    card.append(row, bar, el("p", "meta", `${pct === null ? "no limit" : pct + "%"} · ${m.mode} · ${when(m.reset_at)}`));
+    if (m.mode === "soft" && m.overage > 0) {
+      card.append(el("p", "overage", `Overage ${nf.format(m.overage)} ${m.unit} · ${(m.overage_cost_cents / 100).toFixed(2)} in overage charges`));
+    }
+    main.append(card);
+  }
+  const banner = $("banner");
+  banner.hidden = worst === "ok";
+  banner.className = worst;
+  banner.textContent = worst === "over" ? `Over limit: ${flagged.join(", ")}` : `Approaching limits: ${flagged.join(", ")}`;
+  const cost = u.total_overage_cost_cents;
+  $("updated").textContent = `Updated ${new Date().toLocaleTimeString("en-GB")}${cost ? ` · overage this period ${(cost / 100).toFixed(2)}` : ""}`;
+}
+
+function show(state, text) {
+  const s = $("state");
+  s.hidden = !text;
+  s.className = state;
+  s.textContent = text ?? "";
+}
+
+async function load() {
+  clearTimeout(timer);
+  const c = creds();
+  $("auth").hidden = !!c;
+  $("signout").hidden = !c;
+  if (!c) {
+    show("", "");
+    return;
+  }
+  if (!$("meters").children.length) show("loading", "Loading usage…");
+  const admin = c.admin && c.org;
+  const url = admin ? `/_quota/admin/orgs/${encodeURIComponent(c.org)}/usage` : "/_quota/v1/usage";
+  const headers = admin ? { authorization: `Bearer ${c.admin}` } : { "x-api-key": c.key ?? "" };
+  try {
+    const r = await fetch(url, { headers, cache: "no-store" });
+    const body = await r.json().catch(() => null);
+    if (!r.ok) {
+      const why = r.status === 401 ? "That key or token was not accepted." : (body?.detail ?? `The gateway answered ${r.status}.`);
+      $("meters").replaceChildren();
+      $("banner").hidden = true;
+      show("error", why);
+      if (r.status === 401) sessionStorage.removeItem("qg");
+      $("auth").hidden = r.status !== 401;
+      return;
+    }
+    show("", "");
+    render(body);
+  } catch (e) {
+    show("error", "The gateway could not be reached; retrying.");
+  }
+  timer = setTimeout(load, REFRESH_MS);
+}
+
+$("auth").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const key = $("key").value.trim();
+  const admin = $("admin").value.trim();
+  const org = $("orgid").value.trim();
+  sessionStorage.setItem("qg", JSON.stringify(key ? { key } : { admin, org }));
+  load();
+});
+$("signout").addEventListener("click", () => {
+  sessionStorage.removeItem("qg");
+  $("meters").replaceChildren();
+  $("banner").hidden = true;
+  $("org").textContent = "";
+  load();
+});
+load();

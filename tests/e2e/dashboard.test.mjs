@@ -1,0 +1,139 @@
+// The usage dashboard in real headless Chromium (Debian's, driven by playwright-core): bars
+// coloured green / amber / red by percentage, the banner, soft-limit overage, admin mode, loading
+// and error states, the 30-second refresh, and a phone-width layout. Screenshots of each colour
+// level go to tests/artifacts/ (and to docs/ with DOCS_SCREENSHOTS=1).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { chromium } from "playwright-core";
+import { startGateway, ROOT } from "../support/gateway.mjs";
+import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
+
+const SHOTS = process.env.DOCS_SCREENSHOTS ? path.join(ROOT, "docs") : path.join(ROOT, "tests/artifacts");
+const COLOURS = { green: "rgb(26, 127, 55)", amber: "rgb(179, 89, 0)", red: "rgb(207, 34, 46)" };
+let gw, api, browser;
+const keys = {};
+
+before(async () => {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  gw = await startGateway({ vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: "http://127.0.0.1:9" } });
+  api = client(gw.url);
+  await api.plan("dash", {
+    meters: [{ id: "ai_tokens", unit: "tokens" }],
+    limits: [
+      { meter: "requests", limit: 100, period: "month", mode: "hard" },
+      { meter: "ai_tokens", limit: 1000, period: "month", mode: "soft", overage_price: { per_units: 100, cents: 5 } },
+      { meter: "requests", limit: 1000, period: "minute" },
+    ],
+  });
+  const usage = { green: [50, 100], amber: [85, 900], red: [100, 1200] };
+  for (const [level, [req, tokens]] of Object.entries(usage)) {
+    await api.org(`dash-${level}`, { plan: "dash", name: `Dash ${level}` });
+    keys[level] = (await api.key(`dash-${level}`)).key;
+    const events = [{ id: "r", meter: "requests", quantity: req }, { id: "t", meter: "ai_tokens", quantity: tokens }];
+    assert.equal((await api.call("POST", "/_quota/v1/events", { key: keys[level], body: { events } })).status, 200);
+  }
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync"],
+  });
+});
+after(async () => {
+  await browser?.close();
+  await gw?.stop();
+});
+
+async function open(hash, { width = 1100, height = 800, clock = false } = {}) {
+  const page = await browser.newPage({ viewport: { width, height } });
+  if (clock) await page.clock.install();
+  await page.goto(`${gw.url}/_quota/dashboard#${hash}`);
+  return page;
+}
+
+for (const level of ["green", "amber", "red"]) {
+  test(`${level}: bars, banner and overage as a person sees them`, async () => {
+    const page = await open(`key=${encodeURIComponent(keys[level])}`);
+    const card = page.locator('[data-policy="requests-month"]');
+    await card.waitFor();
+    assert.equal(await card.getAttribute("data-colour"), level);
+    const fill = card.locator(".fill");
+    assert.equal(await fill.evaluate((e) => getComputedStyle(e).backgroundColor), COLOURS[level]);
+    const pct = { green: 50, amber: 85, red: 100 }[level];
+    assert.equal(await fill.evaluate((e) => e.style.width), `${pct}%`);
+    assert.match(await card.locator(".nums").textContent(), new RegExp(`^${pct} / 100 requests$`));
+    assert.match(await card.locator(".meta").textContent(), /resets \d{1,2} [A-Z][a-z]{2} \d{4}, 00:00 UTC/);
+    const banner = page.locator("#banner");
+    if (level === "green") {
+      assert.equal(await banner.isVisible(), false);
+    } else {
+      assert.equal(await banner.isVisible(), true);
+      assert.equal(await banner.getAttribute("class"), level === "red" ? "over" : "warning");
+      assert.match(await banner.textContent(), level === "red" ? /^Over limit: ai_tokens-month at 120%, requests-month at 100%$/ : /^Approaching limits: ai_tokens-month at 90%, requests-month at 85%$/);
+    }
+    const overage = page.locator('[data-policy="ai_tokens-month"] .overage');
+    if (level === "red") {
+      assert.equal(await overage.textContent(), "Overage 200 tokens · 0.10 in overage charges");
+    } else {
+      assert.equal(await overage.count(), 0);
+    }
+    assert.match(await page.locator("#org").textContent(), new RegExp(`^dash-${level} · plan dash$`));
+    await page.screenshot({ path: path.join(SHOTS, `dashboard-${level}.png`), fullPage: true });
+    await page.close();
+  });
+}
+
+test("admin token + org, phone width", async () => {
+  const page = await open("", { width: 390, height: 844 });
+  await page.fill("#admin", ADMIN_TOKEN);
+  await page.fill("#orgid", "dash-red");
+  await page.click("button[type=submit]");
+  await page.locator('[data-policy="requests-month"]').waitFor();
+  assert.equal(await page.locator(".limit").count(), 3);
+  const widths = await page.locator(".limit").evaluateAll((els) => els.map((e) => e.getBoundingClientRect().width));
+  assert.ok(widths.every((w) => w <= 390 && w > 300), `one column on a phone: ${widths}`);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+  assert.equal(overflow, false, "no horizontal scrolling");
+  await page.screenshot({ path: path.join(SHOTS, "dashboard-phone.png"), fullPage: true });
+  await page.close();
+});
+
+test("loading and error states", async () => {
+  const page = await browser.newPage();
+  let release;
+  const held = new Promise((r) => (release = r));
+  await page.route("**/_quota/v1/usage", async (route) => {
+    await held;
+    await route.continue();
+  });
+  await page.goto(`${gw.url}/_quota/dashboard#key=${encodeURIComponent(keys.green)}`);
+  await page.locator("#state.loading").waitFor();
+  assert.equal(await page.locator("#state").textContent(), "Loading usage…");
+  release();
+  await page.locator(".limit").first().waitFor();
+  assert.equal(await page.locator("#state").isVisible(), false);
+  await page.unroute("**/_quota/v1/usage");
+  const bad = await open("key=qg_nobody.00000000000000000000000000000000.00000000000000000000000000000000");
+  await bad.locator("#state.error").waitFor();
+  assert.equal(await bad.locator("#state").textContent(), "That key or token was not accepted.");
+  assert.equal(await bad.locator("#auth").isVisible(), true, "the form comes back");
+  await bad.close();
+  await page.close();
+});
+
+test("the page refreshes itself every 30 seconds", async () => {
+  await api.org("dash-live", { plan: "dash" });
+  const key = (await api.key("dash-live")).key;
+  const page = await open(`key=${encodeURIComponent(key)}`, { clock: true });
+  const nums = page.locator('[data-policy="requests-month"] .nums');
+  await nums.waitFor();
+  assert.equal(await nums.textContent(), "0 / 100 requests");
+  await api.call("POST", "/_quota/v1/events", { key, body: { events: [{ id: "x", meter: "requests", quantity: 81 }] } });
+  await page.clock.fastForward(29_000);
+  assert.equal(await nums.textContent(), "0 / 100 requests", "not before 30 s");
+  await page.clock.fastForward(1_500);
+  await page.waitForFunction(() => document.querySelector('[data-policy="requests-month"] .nums')?.textContent === "81 / 100 requests");
+  assert.equal(await page.locator('[data-policy="requests-month"]').getAttribute("data-colour"), "amber");
+  await page.close();
+});
