@@ -94,6 +94,8 @@ pub async fn route(mut req: Request, env: &Env, rest: &str) -> Handled {
             ok(200, &reply.body)
         }
         (Method::Get, ["export"]) => export(&req, env).await,
+        // "Report now": an operator's sync skips the per-batch backoff (not the breaker).
+        (Method::Post, ["stripe", "sync"]) => ok(200, &super::stripe::sync(env, true).await?),
         (Method::Get, ["orgs", id, "usage"]) => {
             // The dashboard's admin view: the same overview the org sees.
             let id = path_id("org", id, OrgId::parse)?;
@@ -112,6 +114,7 @@ pub async fn route(mut req: Request, env: &Env, rest: &str) -> Handled {
 fn is_admin_resource(p: &[&str]) -> bool {
     p == ["export"]
         || p == ["metrics"]
+        || p == ["stripe", "sync"]
         || matches!(p, ["plans" | "orgs", ..])
             && matches!(p.len(), 1..=4)
             && p.get(2).is_none_or(|s| matches!(*s, "keys" | "reset" | "flush" | "reconcile" | "usage"))
@@ -418,6 +421,10 @@ pub async fn scheduled(env: &Env) {
             }
         }
     }
+    match super::stripe::sync(env, false).await {
+        Ok(summary) => worker::console_log!("{}", json!({"msg": "stripe sync", "summary": summary})),
+        Err(e) => worker::console_error!("{}", json!({"msg": "stripe sync failed", "error": e.to_string()})),
+    }
     let days = config(env, "RETENTION_DAYS").and_then(|d| d.parse::<u64>().ok()).unwrap_or(400);
     let cutoff = started.saturating_sub_ms(days.saturating_mul(86_400_000));
     let pruned = match ledger::db(env) {
@@ -431,8 +438,10 @@ pub async fn scheduled(env: &Env) {
 
 /// `GET /_quota/admin/metrics`: Prometheus text exposition of the gauges scheduled jobs publish.
 async fn metrics(env: &Env) -> Handled {
-    let rows = ledger::gauges(&ledger::db(env)?).await?;
-    let mut out = String::new();
+    let db = ledger::db(env)?;
+    let rows = ledger::gauges(&db).await?;
+    let live = ledger::live_metrics(&db, now()).await?;
+    let mut out = live;
     let mut last = "";
     for r in &rows {
         if r.name != last {

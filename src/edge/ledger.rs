@@ -3,6 +3,8 @@
 //! Each function is one statement or one batch and translates rows to plain structs; it must
 //! never validate business rules (the core does) nor call a Durable Object.
 
+use std::fmt::Write as _;
+
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
 use worker::{D1Database, Env};
@@ -347,4 +349,57 @@ pub async fn gauges(db: &D1Database) -> Result<Vec<GaugeRow>, EdgeError> {
         .await
         .and_then(|r| r.results())
         .map_err(EdgeError::platform("metric_gauges query"))
+}
+
+#[derive(Debug, Deserialize)]
+struct LiveRow {
+    breaker_open: i64,
+    failures: i64,
+    pending: i64,
+    expired: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutcomeRow {
+    outcome: String,
+    n: i64,
+}
+
+/// Metrics read live from D1: the Stripe breaker and backlog, and alert deliveries by outcome.
+pub async fn live_metrics(db: &D1Database, at: Timestamp) -> Result<String, EdgeError> {
+    let live: Option<LiveRow> = db
+        .prepare(
+            "SELECT CASE WHEN open_until > ? THEN 1 ELSE 0 END AS breaker_open, failures, \
+             (SELECT COUNT(*) FROM stripe_batches WHERE status = 'pending') AS pending, \
+             (SELECT COUNT(*) FROM stripe_batches WHERE status = 'expired') AS expired FROM stripe_state WHERE id = 1",
+        )
+        .bind(&[t(at)?])
+        .map_err(EdgeError::platform("bind"))?
+        .first(None)
+        .await
+        .map_err(EdgeError::platform("stripe_state query"))?;
+    let outcomes: Vec<OutcomeRow> = db
+        .prepare("SELECT outcome, COUNT(*) AS n FROM alert_deliveries GROUP BY outcome ORDER BY outcome")
+        .all()
+        .await
+        .and_then(|r| r.results())
+        .map_err(EdgeError::platform("alert_deliveries query"))?;
+    let l = live.unwrap_or(LiveRow { breaker_open: 0, failures: 0, pending: 0, expired: 0 });
+    let mut out = format!(
+        "# HELP quotagate_stripe_breaker_open 1 while Stripe reporting is paused after consecutive failures.\n\
+         # TYPE quotagate_stripe_breaker_open gauge\nquotagate_stripe_breaker_open {}\n\
+         # HELP quotagate_stripe_consecutive_failures Failed Stripe reports since the last success.\n\
+         # TYPE quotagate_stripe_consecutive_failures gauge\nquotagate_stripe_consecutive_failures {}\n\
+         # HELP quotagate_stripe_pending_batches Usage batches waiting to be reported to Stripe.\n\
+         # TYPE quotagate_stripe_pending_batches gauge\nquotagate_stripe_pending_batches {}\n\
+         # HELP quotagate_stripe_expired_batches Usage batches older than Stripe's 35-day window (not reportable).\n\
+         # TYPE quotagate_stripe_expired_batches gauge\nquotagate_stripe_expired_batches {}\n\
+         # HELP quotagate_alert_deliveries_total Threshold-alert delivery attempts by outcome.\n\
+         # TYPE quotagate_alert_deliveries_total counter\n",
+        l.breaker_open, l.failures, l.pending, l.expired
+    );
+    for o in outcomes {
+        let _ = writeln!(out, "quotagate_alert_deliveries_total{{outcome=\"{}\"}} {}", o.outcome, o.n);
+    }
+    Ok(out)
 }

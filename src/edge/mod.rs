@@ -13,6 +13,7 @@ mod org_api;
 mod org_do;
 mod platform;
 mod proxy;
+mod stripe;
 mod usage_api;
 
 use serde_json::json;

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod keys;
 pub mod period;
 pub mod plan;
+pub mod stripe;
 
 pub use clock::Timestamp;
 pub use decision::{Decision, Level, LimitStatus, Refusal, RefusalKind};
