@@ -16,6 +16,9 @@ export WASM_BINDGEN_BIN := $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin
 NODE_BIN := $(CURDIR)/node_modules/.bin
 # esbuild comes from npm (wrangler's own); worker-build would otherwise download it.
 export ESBUILD_BIN := $(NODE_BIN)/esbuild
+# schemathesis (PyPI), for the OpenAPI conformance run, in its own venv.
+SCHEMATHESIS_VERSION := 4.32.5
+export SCHEMATHESIS := $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)/bin/st
 # Node 22 from the `node` devDependency comes first, for wrangler.
 export PATH := $(NODE_BIN):$(CARGO_BIN):$(PATH)
 export WRANGLER_SEND_METRICS := false
@@ -25,7 +28,7 @@ export WRANGLER_SEND_METRICS := false
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-15s %s\n", $$1, $$2 }'
 
-setup: wasm-target chromium node_modules/.package-lock.json $(WORKER_BUILD) $(WASM_BINDGEN_BIN) ## Install the toolchain pieces that are missing
+setup: wasm-target chromium node_modules/.package-lock.json $(WORKER_BUILD) $(WASM_BINDGEN_BIN) $(SCHEMATHESIS) ## Install the toolchain pieces that are missing
 
 # Debian's Chromium, for the dashboard test in a real browser (playwright-core drives it).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -46,6 +49,10 @@ $(WORKER_BUILD):
 $(WASM_BINDGEN_BIN):
 	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "no wasm-bindgen in Cargo.lock" >&2; exit 1; }
 	cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)
+
+$(SCHEMATHESIS):
+	python3 -m venv $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)
+	$(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)/bin/pip install -q schemathesis==$(SCHEMATHESIS_VERSION)
 
 build: setup ## Build the Worker (build/index.js + build/index_bg.wasm)
 	$(WORKER_BUILD) --release
@@ -69,7 +76,8 @@ test-e2e: build ## The built worker under wrangler dev (workerd) against a real 
 screenshots: build ## Refresh the dashboard screenshots in docs/
 	DOCS_SCREENSHOTS=1 node --disable-warning=ExperimentalWarning --test --test-reporter=spec tests/e2e/dashboard.test.mjs
 
-lint: setup ## rustfmt --check, and clippy -D warnings for native and wasm32
+lint: setup ## rustfmt --check, clippy -D warnings for native and wasm32, the OpenAPI document is current
+	python3 scripts/openapi.py --check
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 	cargo clippy --locked --target wasm32-unknown-unknown -- -D warnings

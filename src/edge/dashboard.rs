@@ -1,4 +1,5 @@
-//! The usage dashboard: three static files served from the Worker, with a strict CSP.
+//! Static assets served from the Worker with a strict CSP: the usage dashboard's three files and
+//! the `OpenAPI` document.
 //!
 //! The page itself holds no data: it calls `/_quota/v1/usage` with the org key, or
 //! `/_quota/admin/orgs/{org}/usage` with the admin token. This file only serves the bytes.
@@ -10,6 +11,8 @@ use super::error::EdgeError;
 const HTML: &str = include_str!("dashboard/index.html");
 const JS: &str = include_str!("dashboard/app.js");
 const CSS: &str = include_str!("dashboard/style.css");
+/// The `OpenAPI` 3.1 document of the HTTP contract, written by `scripts/openapi.py`.
+const OPENAPI: &str = include_str!("openapi.json");
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; \
                    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
@@ -20,6 +23,7 @@ pub fn serve(path: &str) -> Option<Result<Response, EdgeError>> {
         "/_quota/dashboard" | "/_quota/dashboard/" => (HTML, "text/html; charset=utf-8"),
         "/_quota/dashboard/app.js" => (JS, "text/javascript; charset=utf-8"),
         "/_quota/dashboard/style.css" => (CSS, "text/css; charset=utf-8"),
+        "/_quota/openapi.json" => (OPENAPI, "application/json"),
         _ => return None,
     };
     Some(respond(body, content_type).map_err(EdgeError::platform("dashboard response")))

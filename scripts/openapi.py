@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Writes src/edge/openapi.json, the OpenAPI 3.1 document of the gateway's HTTP contract.
+
+Run it after changing an endpoint (`python3 scripts/openapi.py`); `make test` checks that the
+committed file is what this script writes, and runs a schemathesis conformance pass against the
+running gateway.
+"""
+import json
+import pathlib
+import sys
+
+PROBLEM = {"$ref": "#/components/responses/Problem"}
+ORG = [{"orgKey": []}, {"orgBearer": []}]
+ADMIN = [{"adminToken": []}]
+
+
+def ok(schema, status="200", ctype="application/json", desc="OK"):
+    return {status: {"description": desc, "content": {ctype: {"schema": schema}}}, "default": PROBLEM}
+
+
+def body(schema):
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def path_param(name, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$"):
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": pattern}}
+
+
+def query(name, schema, required=False):
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+INT = {"type": "integer", "minimum": 0, "maximum": 9007199254740991}
+DATE = {"type": "string", "format": "date", "example": "2026-11-23"}
+ID = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"}
+EVENT_ID = {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"}
+
+schemas = {
+    "Problem": {
+        "type": "object",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                       "detail": {"type": "string"}},
+    },
+    "Limit": {
+        "type": "object",
+        "required": ["meter", "limit", "period"],
+        "additionalProperties": False,
+        "properties": {
+            "meter": ID, "limit": {"type": ["integer", "null"], "minimum": 0},
+            "period": {"enum": ["second", "minute", "hour", "day", "month", "lifetime"]},
+            "mode": {"enum": ["hard", "soft"]}, "window": {"type": "integer", "minimum": 1},
+            "on_exceed": {"enum": ["retry", "upgrade"]},
+            "overage_price": {"type": "object", "required": ["per_units", "cents"], "additionalProperties": False,
+                              "properties": {"per_units": {"type": "integer", "minimum": 1}, "cents": INT}},
+        },
+    },
+    "Plan": {
+        "type": "object",
+        "required": ["limits"],
+        "additionalProperties": False,
+        "properties": {
+            "id": ID, "name": {"type": "string", "maxLength": 200}, "on_failure": {"enum": ["closed", "open"]},
+            "upgrade_url": {"type": "string", "format": "uri"},
+            "meters": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
+                "id": ID, "unit": {"type": "string"}, "aggregation": {"enum": ["sum", "max", "latest"]},
+                "event_name": {"type": "string"}}}},
+            "limits": {"type": "array", "items": ref("Limit"), "maxItems": 64},
+        },
+    },
+    # A stored plan is the document as accepted plus its row's fields (so no additionalProperties: false).
+    "StoredPlan": {
+        "type": "object",
+        "required": ["id", "name", "limits", "created_at", "updated_at"],
+        "properties": {"id": ID, "name": {"type": "string"}, "limits": {"type": "array", "items": ref("Limit")},
+                       "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
+                       "orgs_updated": {"type": "integer"}},
+    },
+    "LimitStatus": {
+        "type": "object",
+        "required": ["meter", "policy", "period", "mode", "limit", "used", "remaining", "level", "reset_at"],
+        "properties": {
+            "meter": {"type": "string"}, "policy": {"type": "string"}, "period": {"type": "string"},
+            "mode": {"enum": ["hard", "soft", "unlimited"]}, "limit": {"type": ["integer", "null"]},
+            "used": {"type": "integer"}, "remaining": {"type": ["integer", "null"]},
+            "percentage": {"type": ["integer", "null"]}, "level": {"enum": ["ok", "warning", "critical", "over"]},
+            "window_start": {"type": "string"}, "reset_at": {"type": ["string", "null"]},
+            "reset_in_seconds": {"type": ["integer", "null"]}, "overage": {"type": "integer"},
+            "overage_cost_cents": {"type": "integer"}, "unit": {"type": "string"},
+        },
+    },
+    "Decision": {
+        "type": "object",
+        "required": ["allowed", "status", "meter", "quantity", "level", "limits"],
+        "properties": {
+            "allowed": {"type": "boolean"}, "status": {"enum": [200, 402, 429]}, "meter": {"type": "string"},
+            "quantity": {"type": "integer"}, "level": {"type": "string"}, "retry_after": {"type": ["integer", "null"]},
+            "violated_policies": {"type": "array", "items": {"type": "string"}},
+            "limits": {"type": "array", "items": ref("LimitStatus")},
+            "reservation": {"type": "object", "required": ["id", "quantity", "expires_at"]},
+        },
+    },
+    "Usage": {
+        "type": "object",
+        "required": ["org_id", "plan", "period", "total_overage_cost_cents", "alerts", "meters"],
+        "properties": {
+            "org_id": {"type": "string"}, "plan": {"type": "string"},
+            "period": {"type": "object", "required": ["start", "end"]},
+            "total_overage_cost_cents": {"type": "integer"}, "alerts": {"type": "array"},
+            "meters": {"type": "array", "items": ref("LimitStatus")},
+        },
+    },
+    "OrgState": {"type": "object", "required": ["org_id", "plan", "limits"]},
+    "Org": {
+        "type": "object",
+        "required": ["id", "plan", "state", "created_at", "updated_at"],
+        "properties": {"id": {"type": "string"}, "plan": {"type": "string"}, "state": ref("OrgState")},
+    },
+}
+
+paths = {
+    "/_quota/healthz": {"get": {"summary": "Liveness plus a D1 and a DO round trip", "security": [],
+                                "responses": ok({"type": "object", "required": ["status", "checks"]})}},
+    "/_quota/openapi.json": {"get": {"summary": "This document", "security": [], "responses": ok({"type": "object"})}},
+    "/_quota/dashboard": {"get": {"summary": "The usage dashboard (HTML)", "security": [],
+                                  "responses": ok({"type": "string"}, ctype="text/html")}},
+    "/_quota/v1/check": {"post": {
+        "summary": "Decide (and optionally reserve) without proxying; a refusal is HTTP 200 with allowed=false",
+        "security": ORG,
+        "requestBody": body({"type": "object", "required": ["meter"], "additionalProperties": False, "properties": {
+            "meter": ID, "quantity": INT, "reserve": {"type": "boolean"},
+            "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 86400}}}),
+        "responses": ok(ref("Decision"))}},
+    "/_quota/v1/reservations/{id}/commit": {"post": {
+        "summary": "Commit a reservation with the quantity used", "security": ORG,
+        "parameters": [path_param("id", r"^[A-Za-z0-9._:-]{1,128}$")],
+        "requestBody": body({"type": "object", "additionalProperties": False, "properties": {"quantity": INT}}),
+        "responses": ok({"type": "object", "required": ["id", "outcome", "quantity"]})}},
+    "/_quota/v1/reservations/{id}/release": {"post": {
+        "summary": "Release a reservation", "security": ORG,
+        "parameters": [path_param("id", r"^[A-Za-z0-9._:-]{1,128}$")],
+        "responses": ok({"type": "object", "required": ["id", "outcome"]})}},
+    "/_quota/v1/events": {"post": {
+        "summary": "Record usage events, idempotent by id", "security": ORG,
+        "requestBody": body({"type": "object", "required": ["events"], "additionalProperties": False, "properties": {
+            "enforce": {"type": "boolean"},
+            "events": {"type": "array", "minItems": 1, "maxItems": 100, "items": {
+                "type": "object", "required": ["id", "meter", "quantity"], "additionalProperties": False,
+                "properties": {"id": EVENT_ID, "meter": ID, "quantity": INT,
+                               "timestamp": {"type": "string", "format": "date-time"},
+                               "metadata": {"type": "object"}}}}}}),
+        "responses": ok({"type": "object", "required": ["results"], "properties": {"results": {"type": "array", "items": {
+            "type": "object", "required": ["id", "status"],
+            "properties": {"status": {"enum": ["accepted", "duplicate", "rejected"]}}}}}})}},
+    "/_quota/v1/usage": {"get": {"summary": "Live usage overview", "security": ORG, "responses": ok(ref("Usage"))}},
+    "/_quota/v1/usage/status": {"get": {"summary": "Usage status in short", "security": ORG, "responses": ok({
+        "type": "object", "required": ["org_id", "plan", "status", "message"],
+        "properties": {"status": {"enum": ["ok", "approaching_limit", "over_limit"]}}})}},
+    "/_quota/v1/usage/summary": {"get": {
+        "summary": "Per-meter totals from the ledger", "security": ORG,
+        "parameters": [query("days", {"type": "integer", "minimum": 1, "maximum": 365})],
+        "responses": ok({"type": "object", "required": ["org_id", "period_days", "total_events", "generated_at", "summary_by_type"]})}},
+    "/_quota/v1/usage/history": {"get": {
+        "summary": "Daily series of one meter from the ledger", "security": ORG,
+        "parameters": [query("meter", ID, True), query("from", DATE, True), query("to", DATE, True)],
+        "responses": ok({"type": "object", "required": ["org_id", "meter", "days"]})}},
+    "/_quota/admin/plans": {"get": {"summary": "All plans", "security": ADMIN, "responses": ok({
+        "type": "object", "required": ["plans"], "properties": {"plans": {"type": "array", "items": ref("StoredPlan")}}})}},
+    "/_quota/admin/plans/{plan_id}": {
+        "parameters": [path_param("plan_id")],
+        "get": {"summary": "One plan", "security": ADMIN, "responses": ok(ref("StoredPlan"))},
+        "put": {"summary": "Create or replace a plan; pushed to every org on it", "security": ADMIN,
+                "requestBody": body(ref("Plan")),
+                "responses": {**ok(ref("StoredPlan")), "201": {"description": "Created", "content": {"application/json": {"schema": ref("StoredPlan")}}}}}},
+    "/_quota/admin/orgs/{org_id}": {
+        "parameters": [path_param("org_id")],
+        "get": {"summary": "An org with its live state", "security": ADMIN, "responses": ok(ref("Org"))},
+        "put": {"summary": "Create or update an org", "security": ADMIN,
+                "requestBody": body({"type": "object", "required": ["plan"], "additionalProperties": False, "properties": {
+                    "plan": ID, "name": {"type": "string", "maxLength": 200}, "billing_anchor": DATE,
+                    "stripe_customer_id": {"type": "string", "pattern": "^cus_"}, "webhook_url": {"type": "string", "format": "uri"},
+                    "overrides": {"type": "array", "items": ref("Limit")}}}),
+                "responses": {**ok(ref("Org")), "201": {"description": "Created", "content": {"application/json": {"schema": ref("Org")}}}}}},
+    "/_quota/admin/orgs/{org_id}/usage": {"get": {"summary": "The org's usage overview", "security": ADMIN,
+                                                  "parameters": [path_param("org_id")], "responses": ok(ref("Usage"))}},
+    "/_quota/admin/orgs/{org_id}/keys": {
+        "parameters": [path_param("org_id")],
+        "get": {"summary": "The org's keys (never the plaintext)", "security": ADMIN,
+                "responses": ok({"type": "object", "required": ["org_id", "keys"]})},
+        "post": {"summary": "Create a key; the plaintext is shown once", "security": ADMIN,
+                 "responses": ok({"type": "object", "required": ["key_id", "key"]}, status="201", desc="Created")}},
+    "/_quota/admin/orgs/{org_id}/keys/{key_id}": {"delete": {
+        "summary": "Revoke a key, effective on the next request", "security": ADMIN,
+        "parameters": [path_param("org_id"), path_param("key_id", r"^key_[0-9a-f]{16}$")],
+        "responses": ok({"type": "object", "required": ["key_id", "revoked_at"]})}},
+    "/_quota/admin/orgs/{org_id}/reset": {"post": {
+        "summary": "Zero the current windows of a meter (or all)", "security": ADMIN, "parameters": [path_param("org_id")],
+        "requestBody": {"content": {"application/json": {"schema": {"type": "object", "additionalProperties": False, "properties": {"meter": ID}}}}},
+        "responses": ok(ref("OrgState"))}},
+    "/_quota/admin/orgs/{org_id}/flush": {"post": {
+        "summary": "Drain the org's outbox to D1 now", "security": ADMIN, "parameters": [path_param("org_id")],
+        "responses": ok({"type": "object", "required": ["flushed", "pending"]})}},
+    "/_quota/admin/orgs/{org_id}/reconcile": {
+        "parameters": [path_param("org_id")],
+        "get": {"summary": "Counters against the ledger", "security": ADMIN,
+                "responses": ok({"type": "object", "required": ["org_id", "total_drift", "limits"]})},
+        "post": {"summary": "Repair counters from the ledger", "security": ADMIN,
+                 "responses": ok({"type": "object", "required": ["org_id", "total_drift", "limits"]})}},
+    "/_quota/admin/export": {"get": {
+        "summary": "Usage per org and meter over a date range", "security": ADMIN,
+        "parameters": [query("from", DATE, True), query("to", DATE, True), query("format", {"enum": ["json", "csv"]})],
+        "responses": {"200": {"description": "OK", "content": {
+            "application/json": {"schema": {"type": "object", "required": ["from", "to", "rows"]}},
+            "text/csv": {"schema": {"type": "string"}}}}, "default": PROBLEM}}},
+    "/_quota/admin/stripe/sync": {"post": {"summary": "Report unreported usage to Stripe now", "security": ADMIN,
+                                           "responses": ok({"type": "object"})}},
+    "/_quota/admin/metrics": {"get": {"summary": "Prometheus text", "security": ADMIN,
+                                      "responses": ok({"type": "string"}, ctype="text/plain")}},
+}
+
+doc = {
+    "openapi": "3.1.0",
+    "info": {"title": "quotagate", "version": "1.0.0",
+             "description": "Edge quota checker: the gateway's own endpoints under /_quota. Every other path is proxied to the origin."},
+    "servers": [{"url": "/"}],
+    "paths": paths,
+    "components": {
+        "schemas": schemas,
+        "responses": {"Problem": {"description": "An RFC 9457 problem", "content": {"application/problem+json": {"schema": ref("Problem")}}}},
+        "securitySchemes": {
+            "orgKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "orgBearer": {"type": "http", "scheme": "bearer", "description": "An org API key as a bearer token"},
+            "adminToken": {"type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN"},
+        },
+    },
+}
+
+out = pathlib.Path(__file__).resolve().parent.parent / "src/edge/openapi.json"
+text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
+if "--check" in sys.argv:
+    if out.read_text() != text:
+        sys.exit(f"{out} is stale: run python3 scripts/openapi.py")
+    print(f"{out} is current")
+else:
+    out.write_text(text)
+    print(f"wrote {out}")
