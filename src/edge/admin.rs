@@ -401,10 +401,28 @@ pub async fn scheduled(env: &Env) {
                 let drift = reply.body.get("total_drift").and_then(Value::as_u64).unwrap_or(0);
                 if let Ok(db) = ledger::db(env) {
                     let labels = format!("org=\"{}\"", org.id);
-                    if let Err(e) =
-                        ledger::set_gauge(&db, "quotagate_reconcile_drift_units", &labels, drift, started).await
-                    {
-                        worker::console_error!("{}", json!({"msg": "drift gauge not stored", "error": e.to_string()}));
+                    let field = |k: &str| reply.body.get(k).and_then(Value::as_u64).unwrap_or(0);
+                    for (name, value) in [
+                        ("quotagate_reconcile_drift_units", drift),
+                        ("quotagate_outbox_depth", field("outbox_pending")),
+                        ("quotagate_ledger_flush_failures", field("flush_failures")),
+                    ] {
+                        if let Err(e) = ledger::set_gauge(&db, name, &labels, value, started).await {
+                            worker::console_error!(
+                                "{}",
+                                json!({"msg": "gauge not stored", "gauge": name, "error": e.to_string()})
+                            );
+                        }
+                    }
+                    let counts = reply.body.get("decisions").and_then(Value::as_array).cloned().unwrap_or_default();
+                    for c in counts {
+                        let meter = c.get("meter").and_then(Value::as_str).unwrap_or_default();
+                        let outcome = c.get("outcome").and_then(Value::as_str).unwrap_or_default();
+                        let n = c.get("n").and_then(Value::as_u64).unwrap_or(0);
+                        let labels = format!("org=\"{}\",meter=\"{meter}\",outcome=\"{outcome}\"", org.id);
+                        if let Err(e) = ledger::set_gauge(&db, "quotagate_decisions_total", &labels, n, started).await {
+                            worker::console_error!("{}", json!({"msg": "gauge not stored", "error": e.to_string()}));
+                        }
                     }
                 }
                 if drift > 0 {
@@ -448,6 +466,13 @@ async fn metrics(env: &Env) -> Handled {
             let help = match r.name.as_str() {
                 "quotagate_reconcile_drift_units" => {
                     "Units by which an org's counters differ from the ledger at the last reconciliation."
+                }
+                "quotagate_decisions_total" => "Decisions by org, meter and outcome, as of the last cron run.",
+                "quotagate_outbox_depth" => {
+                    "Usage events in an org's outbox not yet in the ledger, at the last cron run."
+                }
+                "quotagate_ledger_flush_failures" => {
+                    "Consecutive failed ledger flushes of an org, at the last cron run."
                 }
                 _ => "Published by a scheduled job.",
             };

@@ -314,6 +314,8 @@ impl Store {
              level TEXT NOT NULL, payload TEXT NOT NULL, fired_at INTEGER NOT NULL, status TEXT NOT NULL, \
              attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL, last_error TEXT, UNIQUE (policy, window_start, level))",
             "CREATE INDEX IF NOT EXISTS alerts_due ON alerts(status, next_at)",
+            "CREATE TABLE IF NOT EXISTS decisions (meter TEXT NOT NULL, outcome TEXT NOT NULL, n INTEGER NOT NULL, \
+             PRIMARY KEY (meter, outcome))",
         ] {
             self.sql.exec(stmt, None)?;
         }
@@ -727,6 +729,18 @@ impl OrgQuota {
             }
         };
         store.save(&before, &book)?;
+        let outcome = if decision.allowed() { "allowed" } else { "refused" };
+        count_decision(store, meter, outcome)?;
+        if matches!(kind, DecideKind::Check | DecideKind::Reserve) {
+            // Proxied decisions are logged by the Worker, with the round-trip latency.
+            log_decision(
+                meter,
+                quantity,
+                outcome,
+                decision.status(),
+                if kind == DecideKind::Check { "check" } else { "reserve" },
+            );
+        }
         if matches!(kind, DecideKind::Proxy | DecideKind::Reserve) && decision.allowed() && !is_replay {
             self.fire_alerts(store, &decision.limits, now)?;
         }
@@ -914,6 +928,8 @@ impl OrgQuota {
                 Err(err) => ("rejected", Some(err.to_string())),
             };
             store.remember(e.id.as_str(), status, now)?;
+            count_decision(store, &e.meter, if status == "accepted" { "allowed" } else { "refused" })?;
+            log_decision(&e.meter, e.quantity, status, if status == "accepted" { 200 } else { 422 }, "events");
             if status == "accepted" {
                 accepted.push(e);
             }
@@ -1103,10 +1119,23 @@ impl OrgQuota {
             }));
         }
         store.save(&before, &book)?;
+        // The ledger's health travels with the reconciliation, for the cron's gauges.
+        let outbox_pending = store.sql.exec("SELECT COUNT(*) AS n FROM outbox", None)?.one::<CountRow>()?.n;
+        let flush_failures = self.meta("flush_failures")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let decisions: Vec<DecisionCount> =
+            store.sql.exec("SELECT meter, outcome, n FROM decisions ORDER BY meter, outcome", None)?.to_array()?;
         let body = json!({"org_id": loaded.org.as_str(), "checked_at": t.rfc3339(), "repair": repair,
-                          "total_drift": u64::try_from(total_drift).unwrap_or(u64::MAX), "limits": limits});
+                          "total_drift": u64::try_from(total_drift).unwrap_or(u64::MAX), "limits": limits,
+                          "outbox_pending": outbox_pending, "flush_failures": flush_failures, "decisions": decisions});
         Ok(ok(body, policy))
     }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+struct DecisionCount {
+    meter: String,
+    outcome: String,
+    n: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1295,4 +1324,21 @@ fn current_alerts(store: &Store, statuses: &[LimitStatus]) -> DoResult<Vec<Value
             Some(v)
         })
         .collect())
+}
+
+/// Counts a decision by meter and outcome, in the same synchronous step as the decision.
+fn count_decision(store: &Store, meter: &MeterId, outcome: &str) -> DoResult<()> {
+    store.sql.exec(
+        "INSERT INTO decisions (meter, outcome, n) VALUES (?, ?, 1) ON CONFLICT (meter, outcome) DO UPDATE SET n = n + 1",
+        vec![text(meter.as_str()), text(outcome)],
+    )?;
+    Ok(())
+}
+
+/// One JSON log line per decision made here (the Worker logs proxied ones).
+fn log_decision(meter: &MeterId, quantity: u64, outcome: &str, status: u16, source: &str) {
+    worker::console_log!(
+        "{}",
+        json!({"msg": "decision", "meter": meter.as_str(), "quantity": quantity, "outcome": outcome, "status": status, "source": source})
+    );
 }

@@ -48,6 +48,13 @@ test("cron: drift is logged, and retention prunes only rolled-up, reported raw e
   assert.match(m.text, /^# TYPE quotagate_reconcile_drift_units gauge$/m);
   assert.match(m.text, /^quotagate_reconcile_drift_units\{org="org-plain"\} 4$/m);
   assert.match(m.text, /^quotagate_reconcile_drift_units\{org="org-stripe"\} 0$/m);
+  assert.match(m.text, /^# TYPE quotagate_outbox_depth gauge$/m);
+  assert.match(m.text, /^quotagate_outbox_depth\{org="org-plain"\} 0$/m, "flushed before the cron ran");
+  assert.match(m.text, /^quotagate_ledger_flush_failures\{org="org-plain"\} 0$/m);
+  assert.match(m.text, /^quotagate_stripe_breaker_open 0$/m);
+  // Two events per org were decided (and accepted) in the DO.
+  assert.match(m.text, /^quotagate_decisions_total\{org="org-plain",meter="rows",outcome="allowed"\} 2$/m);
+  assert.match(gw.logs(), /"msg":"decision".*"outcome":"accepted".*"source":"events"/);
   assert.equal((await api.call("GET", "/_quota/admin/metrics")).status, 401);
   const raw = await ledgerQuery(gw.persistTo, "SELECT org_id, COUNT(*) AS n FROM usage_events GROUP BY org_id ORDER BY org_id");
   assert.deepEqual(raw.map((x) => [x.org_id, x.n]), [["org-stripe", 2]], "unreported Stripe usage is kept; the rest is pruned");
