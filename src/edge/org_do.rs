@@ -561,6 +561,7 @@ impl OrgQuota {
             | DoRequest::Configure { .. }
             | DoRequest::AddKey { .. }
             | DoRequest::RevokeKey { .. }
+            // Flush and Reconcile await D1 and are dispatched by `fetch` before `handle`.
             | DoRequest::Flush
             | DoRequest::Reconcile { .. } => Ok(ok(overview(&store, &loaded, now)?, policy)),
         }

@@ -51,6 +51,23 @@ fn log_decision(
     );
 }
 
+thread_local! {
+    /// The parsed `ROUTES`, kept per isolate and re-parsed only when the variable's text changes.
+    static ROUTES_CACHE: std::cell::RefCell<Option<(String, std::rc::Rc<Routes>)>> = const { std::cell::RefCell::new(None) };
+}
+
+fn routes(env: &Env) -> Result<std::rc::Rc<Routes>, EdgeError> {
+    let raw = config(env, "ROUTES").unwrap_or_default();
+    if let Some(hit) =
+        ROUTES_CACHE.with(|c| c.borrow().as_ref().filter(|(k, _)| *k == raw).map(|(_, r)| std::rc::Rc::clone(r)))
+    {
+        return Ok(hit);
+    }
+    let parsed = std::rc::Rc::new(Routes::parse(&raw).map_err(EdgeError::Internal)?);
+    ROUTES_CACHE.with(|c| *c.borrow_mut() = Some((raw, std::rc::Rc::clone(&parsed))));
+    Ok(parsed)
+}
+
 /// The request's event id, and whether it is the client's Idempotency-Key (replayable).
 fn request_id(req: &Request) -> Result<(EventId, bool), EdgeError> {
     match req.headers().get("Idempotency-Key").ok().flatten() {
@@ -69,8 +86,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
     let (key_header, presented) = presented_key(&req);
     // A forged, mangled or missing key dies here, with no I/O.
     let key = verify(&presented, secret.as_bytes()).map_err(|_| EdgeError::Unauthorized)?;
-    let routes = Routes::parse(&config(env, "ROUTES").unwrap_or_default()).map_err(EdgeError::Internal)?;
-    let class = routes.classify(req.method().as_ref(), &req.path());
+    let class = routes(env)?.classify(req.method().as_ref(), &req.path());
     let (id, replayable) = request_id(&req)?;
     let (kind, quantity) = match class.cost {
         Cost::Fixed(n) => (DecideKind::Proxy, n),
