@@ -410,6 +410,10 @@ pub struct DoReply {
     pub body: Value,
     #[serde(default)]
     pub plan: Option<String>,
+    /// The decision reserved units under the request's id (a replay reserves nothing): only then
+    /// may the Worker release them.
+    #[serde(default)]
+    pub reserved: bool,
 }
 
 /// The status and problem `type` / `title` of a usage error.

@@ -47,8 +47,13 @@ impl EdgeError {
     pub fn into_response(self) -> worker::Result<Response> {
         let (status, kind, title, detail) = match &self {
             Self::Unauthorized => {
-                let reply =
-                    DoReply { status: 401, headers: Vec::new(), body: crate::wire::unauthorized_body(), plan: None };
+                let reply = DoReply {
+                    status: 401,
+                    headers: Vec::new(),
+                    body: crate::wire::unauthorized_body(),
+                    plan: None,
+                    reserved: false,
+                };
                 return super::platform::reply_response(&reply);
             }
             Self::NotFound(d) => (404, "not-found", "Not found", d.clone()),

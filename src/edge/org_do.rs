@@ -88,7 +88,13 @@ impl DoError {
     fn into_reply(self) -> DoReply {
         let (status, kind, title, detail) = match &self {
             Self::Unauthorized => {
-                return DoReply { status: 401, headers: Vec::new(), body: unauthorized_body(), plan: None };
+                return DoReply {
+                    status: 401,
+                    headers: Vec::new(),
+                    body: unauthorized_body(),
+                    plan: None,
+                    reserved: false,
+                };
             }
             Self::NotConfigured => (
                 404,
@@ -110,7 +116,13 @@ impl DoError {
                 (500, "internal", "Internal error", "The org's quota state could not be read or written.".to_owned())
             }
         };
-        DoReply { status, headers: Vec::new(), body: problem_body(status, kind, title, &detail), plan: None }
+        DoReply {
+            status,
+            headers: Vec::new(),
+            body: problem_body(status, kind, title, &detail),
+            plan: None,
+            reserved: false,
+        }
     }
 }
 
@@ -168,6 +180,7 @@ impl DurableObject for OrgQuota {
                 headers: Vec::new(),
                 body: problem_body(400, "bad-message", "Bad message", &e.to_string()),
                 plan: None,
+                reserved: false,
             },
         };
         if self.alerts_fired.replace(false) {
@@ -433,7 +446,7 @@ fn keys_of(policy: &Policy, meters: &BTreeSet<&MeterId>) -> BTreeSet<String> {
 }
 
 fn ok(body: Value, plan: &Policy) -> DoReply {
-    DoReply { status: 200, headers: Vec::new(), body, plan: Some(plan.plan.to_string()) }
+    DoReply { status: 200, headers: Vec::new(), body, plan: Some(plan.plan.to_string()), reserved: false }
 }
 
 impl OrgQuota {
@@ -501,12 +514,18 @@ impl OrgQuota {
                     "INSERT OR REPLACE INTO keys (key_id, hash) VALUES (?, ?)",
                     vec![text(&key_id), text(&hash)],
                 )?;
-                return Ok(DoReply { status: 200, headers: Vec::new(), body: json!({"key_id": key_id}), plan: None });
+                return Ok(DoReply {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: json!({"key_id": key_id}),
+                    plan: None,
+                    reserved: false,
+                });
             }
             DoRequest::RevokeKey { key_id } => {
                 let n = store.sql.exec("DELETE FROM keys WHERE key_id = ?", vec![text(&key_id)])?.rows_written();
                 let body = json!({"key_id": key_id, "removed": n > 0});
-                return Ok(DoReply { status: 200, headers: Vec::new(), body, plan: None });
+                return Ok(DoReply { status: 200, headers: Vec::new(), body, plan: None, reserved: false });
             }
             _ => {}
         }
@@ -766,8 +785,14 @@ impl OrgQuota {
         if is_replay {
             headers.push(("Idempotent-Replayed".into(), "true".into()));
         }
-        let mut reply =
-            DoReply { status: 200, headers, body: decision_json(&decision), plan: Some(policy.plan.to_string()) };
+        let reserved = kind == DecideKind::Proxy && !is_replay && book.reservations.contains_key(&id);
+        let mut reply = DoReply {
+            status: 200,
+            headers,
+            body: decision_json(&decision),
+            plan: Some(policy.plan.to_string()),
+            reserved,
+        };
         match kind {
             DecideKind::Proxy | DecideKind::ProxyReported => {
                 if let Some(problem) = refusal_problem(&decision, policy.plan.as_str(), policy.upgrade_url.as_deref()) {
@@ -967,6 +992,7 @@ impl OrgQuota {
                 headers: Vec::new(),
                 body: json!({"flushed": flushed, "pending": pending}),
                 plan: None,
+                reserved: false,
             },
             Err(DoError::Storage(e)) => {
                 let detail = format!("The ledger did not accept the batch; the events stay queued. ({e})");
@@ -977,7 +1003,7 @@ impl OrgQuota {
                 if let (Some(o), Ok(n)) = (body.as_object_mut(), pending) {
                     o.insert("pending".into(), json!(n));
                 }
-                DoReply { status: 503, headers: Vec::new(), body, plan: None }
+                DoReply { status: 503, headers: Vec::new(), body, plan: None, reserved: false }
             }
             Err(e) => e.into_reply(),
         }

@@ -30,6 +30,8 @@ fn release_window_ms(env: &Env) -> u64 {
 }
 
 struct Admitted {
+    /// The units this request holds, which a failed origin call must give back.
+    reserved: bool,
     plan: String,
     headers: Vec<(String, String)>,
     source: &'static str,
@@ -111,8 +113,19 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
         log_decision(key.org.as_str(), &class.meter, quantity, outcome, status, source, started);
     };
     let admitted = match decided {
-        Ok(reply) if reply.status == 200 => {
-            Admitted { plan: reply.plan.clone().unwrap_or_default(), headers: reply.headers, source: "do" }
+        Ok(reply) if reply.status == 200 => Admitted {
+            plan: reply.plan.clone().unwrap_or_default(),
+            headers: reply.headers,
+            source: "do",
+            reserved: reply.reserved,
+        },
+        // The DO answered but could not decide (its storage failed): the same as no answer.
+        Ok(reply) if reply.status >= 500 => {
+            worker::console_error!(
+                "{}",
+                json!({"msg": "org DO could not decide", "org": key.org.as_str(), "status": reply.status})
+            );
+            fail_over(env, &key, &class.meter, quantity, started).await?
         }
         Ok(reply) => {
             log(if reply.status == 401 { "unauthorized" } else { "refused" }, reply.status, "do");
@@ -123,27 +136,31 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
                 "{}",
                 json!({"msg": "org DO unavailable", "org": key.org.as_str(), "error": e.to_string()})
             );
-            match fail_mode(env, &key).await {
-                Ok((FailMode::Open, plan)) => Admitted { plan, headers: Vec::new(), source: "fail-open" },
-                // The ledger could vouch for no such key: the same 401 as ever.
-                Err(EdgeError::Unauthorized) => return Err(EdgeError::Unauthorized),
-                Ok((FailMode::Closed, _)) | Err(_) => {
-                    log("unavailable", 503, "fail-closed");
-                    return Err(EdgeError::Internal(
-                        "no decision: org DO unavailable and the plan fails closed".into(),
-                    ));
-                }
-            }
+            fail_over(env, &key, &class.meter, quantity, started).await?
         }
     };
     log("allowed", 200, admitted.source);
-    let settle = Settler {
-        env: env.clone(),
-        org: key.org.clone(),
-        id,
-        reserved: kind == DecideKind::Proxy && admitted.source == "do",
-    };
+    let settle = Settler { env: env.clone(), org: key.org.clone(), id, reserved: admitted.reserved };
     forward(req, env, ctx, key_header, &admitted, &settle).await
+}
+
+/// No decision could be had: the plan's fail mode says forward (open) or refuse with 503 (closed).
+async fn fail_over(
+    env: &Env,
+    key: &VerifiedKey,
+    meter: &MeterId,
+    quantity: u64,
+    started: Timestamp,
+) -> Result<Admitted, EdgeError> {
+    match fail_mode(env, key).await {
+        Ok((FailMode::Open, plan)) => Ok(Admitted { plan, headers: Vec::new(), source: "fail-open", reserved: false }),
+        // The ledger could vouch for no such key: the same 401 as ever.
+        Err(EdgeError::Unauthorized) => Err(EdgeError::Unauthorized),
+        Ok((FailMode::Closed, _)) | Err(_) => {
+            log_decision(key.org.as_str(), meter, quantity, "unavailable", 503, "fail-closed", started);
+            Err(EdgeError::Internal("no decision: org DO unavailable and the plan fails closed".into()))
+        }
+    }
 }
 
 /// The plan's fail mode from D1, with the key's revocation checked there instead of in the DO.
@@ -285,7 +302,7 @@ async fn forward(
                 "Bad gateway",
                 "The origin could not be reached; nothing was counted.",
             );
-            let reply = DoReply { status: 502, headers: admitted.headers.clone(), body, plan: None };
+            let reply = DoReply { status: 502, headers: admitted.headers.clone(), body, plan: None, reserved: false };
             return reply_response(&reply).map_err(EdgeError::platform("response"));
         }
     };

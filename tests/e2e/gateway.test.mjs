@@ -130,6 +130,12 @@ test("an origin error or an unreachable origin releases the reservation", async 
   assert.equal(r.status, 503);
   assert.equal(r.json.origin, "demo", "the origin's own answer is passed on");
   assert.equal(await eventually(async () => (await api.used(o.id, "requests-month")) === 1), true);
+  // A replayed Idempotency-Key that meets an origin error must not release the original.
+  assert.equal((await api.call("GET", "/ok", { key: o.key, headers: { "idempotency-key": "idem-1" } })).status, 200);
+  const replay = await api.call("GET", "/boom?status=500", { key: o.key, headers: { "idempotency-key": "idem-1" } });
+  assert.deepEqual([replay.status, replay.headers.get("idempotent-replayed")], [500, "true"]);
+  await new Promise((res) => setTimeout(res, 500)); // any release would have run by now
+  assert.equal(await api.used(o.id, "requests-month"), 2, "the original stays counted");
 });
 
 test("client X-Quota-* headers are stripped and the origin gets signed tenant headers", async () => {
