@@ -885,6 +885,13 @@ impl OrgQuota {
         now: Timestamp,
     ) -> DoResult<DoReply> {
         let (known, unknown): (Vec<_>, Vec<_>) = usage.iter().partition(|(m, _)| policy.meter(m).is_some());
+        // A replayed request (same Idempotency-Key) reports again: each (request, meter) counts once.
+        let event_ids: Vec<String> = known.iter().map(|(m, _)| format!("{id}:{m}")).collect();
+        let seen = store.idempotent(&event_ids.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let known: Vec<_> = known.into_iter().filter(|(m, _)| !seen.contains_key(&format!("{id}:{m}"))).collect();
+        for (m, _) in &known {
+            store.remember(&format!("{id}:{m}"), "accepted", now)?;
+        }
         let meters: BTreeSet<&MeterId> = known.iter().map(|(m, _)| m).collect();
         let mut book = Book::default();
         store.counters(&keys_of(policy, &meters), &mut book)?;

@@ -93,11 +93,17 @@ test("proxied requests reach the ledger once their release window closes; releas
   for (let i = 0; i < 3; i++) assert.equal((await api.call("GET", "/ok", { key: o.key })).status, 200);
   assert.equal((await api.call("GET", "/fail?status=500", { key: o.key })).status, 500);
   assert.equal((await api.call("POST", "/v1/ai/chat?usage=ai_tokens:250", { key: o.key })).status, 200);
+  // A replayed request on a reported-cost route: its usage report counts once too.
+  for (let i = 0; i < 2; i++) {
+    const r = await api.call("POST", "/v1/ai/chat?usage=ai_tokens:40", { key: o.key, headers: { "idempotency-key": "rep-1" } });
+    assert.equal(r.status, 200);
+  }
   await eventually(async () => (await api.used(o.id, "requests-month")) === 3);
   await new Promise((r) => setTimeout(r, 1_200)); // the release window (1 s) closes
   await drain(o.id);
   assert.deepEqual(await ledgerTotal(o.id, "requests"), { events: 3, quantity: 3 });
-  assert.deepEqual(await ledgerTotal(o.id, "ai_tokens"), { events: 1, quantity: 250 });
+  assert.deepEqual(await ledgerTotal(o.id, "ai_tokens"), { events: 2, quantity: 290 });
+  assert.equal(await api.used(o.id, "ai_tokens-month"), 290, "the counter agrees with the ledger");
   const sources = await ledger("SELECT DISTINCT source FROM usage_events WHERE org_id = ? ORDER BY source", o.id);
   assert.deepEqual(sources.map((s) => s.source), ["origin", "proxy"]);
 });
