@@ -11,7 +11,7 @@ use worker::{Env, Method, Request, Response};
 
 use super::error::{json_response, EdgeError};
 use super::ledger::{self, OrgRow, PlanRow};
-use super::platform::{call_do, config, now, random_bytes, read_json};
+use super::platform::{call_do, config, now, param, query, random_bytes, read_json};
 use crate::policy::billing::{range_totals, DailyUsage, RangeTotals};
 use crate::policy::keys::{mint, secrets_equal, KEY_RANDOM_BYTES};
 use crate::policy::{MeterId, OrgId, OrgTerms, Plan, PlanId, Policy, Timestamp};
@@ -277,7 +277,7 @@ async fn revoke_key(env: &Env, org: &OrgId, key_id: &str) -> Handled {
 }
 
 /// An org's effective policy from its D1 rows.
-fn policy_of(org: &OrgRow, plan_row: &PlanRow) -> Result<Policy, EdgeError> {
+pub(super) fn policy_of(org: &OrgRow, plan_row: &PlanRow) -> Result<Policy, EdgeError> {
     let plan_id = PlanId::parse(&plan_row.id).map_err(|e| EdgeError::Internal(e.to_string()))?;
     let doc: Value =
         serde_json::from_str(&plan_row.body).map_err(|e| EdgeError::Internal(format!("stored plan: {e}")))?;
@@ -335,9 +335,8 @@ fn export_rows(days: &[ledger::DailyRow], orgs: &[OrgRow], plans: &[PlanRow]) ->
 /// `GET /_quota/admin/export?from&to&format=json|csv`: per org and meter over the inclusive
 /// date range, from the daily rollups, with overage priced by each org's plan.
 async fn export(req: &Request, env: &Env) -> Handled {
-    let url = req.url().map_err(EdgeError::platform("request url"))?;
-    let q: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-    let get = |n: &str| q.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    let q = query(req)?;
+    let get = |n: &str| param(&q, n);
     let (from, to) = parse_range(get("from"), get("to"), 366)?;
     let csv = match get("format").unwrap_or("json") {
         "json" => false,

@@ -17,7 +17,7 @@ pub fn db(env: &Env) -> Result<D1Database, EdgeError> {
     env.d1("LEDGER").map_err(EdgeError::platform("LEDGER binding"))
 }
 
-fn s(v: &str) -> JsValue {
+pub(super) fn s(v: &str) -> JsValue {
     JsValue::from_str(v)
 }
 

@@ -108,3 +108,14 @@ pub async fn read_json(req: &mut Request) -> Result<Value, EdgeError> {
     }
     Ok(parse_json(&bytes)?)
 }
+
+/// The request's query parameters, decoded.
+pub fn query(req: &Request) -> Result<Vec<(String, String)>, EdgeError> {
+    let url = req.url().map_err(EdgeError::platform("request url"))?;
+    Ok(url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+}
+
+/// The first value of a query parameter.
+pub fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}

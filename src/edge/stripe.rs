@@ -12,10 +12,12 @@ use wasm_bindgen::JsValue;
 use worker::{D1Database, Env, Fetch, Headers, Method, Request, RequestInit};
 
 use super::error::EdgeError;
-use super::ledger;
+use std::collections::BTreeMap;
+
+use super::ledger::{self, s};
 use super::platform::{config, js_int, now};
 use crate::policy::stripe::{backoff_ms, batch_id, breaker_after, classify, meter_event_form, Answer, MAX_AGE_SECS};
-use crate::policy::{MeterId, OrgId, OrgTerms, Plan, PlanId, Policy, Timestamp};
+use crate::policy::{OrgId, PlanId, Timestamp};
 
 const HOUR_MS: u64 = 3_600_000;
 
@@ -48,10 +50,6 @@ struct BreakerRow {
     open_until: u64,
 }
 
-fn s(v: &str) -> JsValue {
-    JsValue::from_str(v)
-}
-
 async fn run(db: &D1Database, sql: &str, args: &[JsValue]) -> Result<(), EdgeError> {
     db.prepare(sql)
         .bind(args)
@@ -72,17 +70,15 @@ async fn all<T: for<'de> Deserialize<'de>>(db: &D1Database, sql: &str, args: &[J
         .map_err(EdgeError::platform("stripe sql"))
 }
 
-/// The Stripe `event_name` of each meter of an org: the meter config's, else the meter id.
-async fn event_name(db: &D1Database, org: &str, meter: &str) -> Result<String, EdgeError> {
+/// The Stripe `event_name` of each meter of an org's policy: the meter config's, else the id.
+/// An org that no longer has a plan reports under the meter ids.
+async fn event_names(db: &D1Database, org: &str) -> Result<BTreeMap<String, String>, EdgeError> {
     let org_id = OrgId::parse(org).map_err(|e| EdgeError::Internal(e.to_string()))?;
-    let meter_id = MeterId::parse(meter).map_err(|e| EdgeError::Internal(e.to_string()))?;
-    let Some(o) = ledger::get_org(db, &org_id).await? else { return Ok(meter.to_owned()) };
+    let Some(o) = ledger::get_org(db, &org_id).await? else { return Ok(BTreeMap::new()) };
     let plan_id = PlanId::parse(&o.plan_id).map_err(|e| EdgeError::Internal(e.to_string()))?;
-    let Some(p) = ledger::get_plan(db, &plan_id).await? else { return Ok(meter.to_owned()) };
-    let doc: Value = serde_json::from_str(&p.body).map_err(|e| EdgeError::Internal(e.to_string()))?;
-    let plan = Plan::parse(&plan_id, &doc)?;
-    let policy = Policy::new(&plan, &OrgTerms::default());
-    Ok(policy.meter(&meter_id).map_or_else(|| meter.to_owned(), |m| m.event_name.clone()))
+    let Some(p) = ledger::get_plan(db, &plan_id).await? else { return Ok(BTreeMap::new()) };
+    let policy = super::admin::policy_of(&o, &p)?;
+    Ok(policy.meters.values().map(|m| (m.id.to_string(), m.event_name.clone())).collect())
 }
 
 /// Claims unreported, unclaimed events of Stripe customers into one batch per (org, meter, hour).
@@ -97,6 +93,8 @@ async fn claim(db: &D1Database, t: Timestamp) -> Result<u64, EdgeError> {
     )
     .await?;
     let mut claimed = 0u64;
+    // Looked up once per org per run, not once per (meter, hour) group.
+    let mut names: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for g in groups {
         let from = g.hour_idx.saturating_mul(HOUR_MS);
         let ids: Vec<IdRow> = all(
@@ -112,7 +110,10 @@ async fn claim(db: &D1Database, t: Timestamp) -> Result<u64, EdgeError> {
         let ids: Vec<String> = ids.into_iter().map(|r| r.event_id).collect();
         let hour = from / 1000;
         let id = batch_id(&g.org_id, &g.meter, hour, &ids);
-        let name = event_name(db, &g.org_id, &g.meter).await?;
+        if !names.contains_key(&g.org_id) {
+            names.insert(g.org_id.clone(), event_names(db, &g.org_id).await?);
+        }
+        let name = names.get(&g.org_id).and_then(|n| n.get(&g.meter)).cloned().unwrap_or_else(|| g.meter.clone());
         // One D1 batch, one transaction: claim the rows, then freeze the batch from what was claimed.
         let mut stmts = Vec::new();
         for chunk in ids.chunks(90) {

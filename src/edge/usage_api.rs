@@ -10,20 +10,11 @@ use worker::{Env, Request, Response};
 use super::error::{json_response, EdgeError};
 use super::ledger;
 use super::org_api::authenticate;
-use super::platform::{call_do, now, read_json, reply_response};
+use super::platform::{call_do, now, param, query, read_json, reply_response};
 use crate::policy::{MeterId, Plan, PlanId, Timestamp};
 use crate::wire::{parse_days, parse_range, DoRequest, EventsRequest, InputError};
 
 type Handled = Result<Response, EdgeError>;
-
-fn query(req: &Request) -> Result<Vec<(String, String)>, EdgeError> {
-    let url = req.url().map_err(EdgeError::platform("request url"))?;
-    Ok(url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
-}
-
-fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
 
 pub async fn events(mut req: Request, env: &Env) -> Handled {
     let key = authenticate(&req, env)?;
