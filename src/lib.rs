@@ -4,6 +4,7 @@
 //! for wasm32 only. See ARCHITECTURE.md for how the two meet.
 
 pub mod policy;
+pub mod telemetry;
 pub mod wire;
 
 #[cfg(target_arch = "wasm32")]

@@ -252,6 +252,27 @@ pub enum DoRequest {
     },
 }
 
+impl DoRequest {
+    /// The message's `op` tag, as it goes on the wire (a metric label).
+    #[must_use]
+    pub const fn op(&self) -> &'static str {
+        match self {
+            Self::Decide { .. } => "decide",
+            Self::Events { .. } => "events",
+            Self::Usage { .. } => "usage",
+            Self::Flush => "flush",
+            Self::Reconcile { .. } => "reconcile",
+            Self::Settle { .. } => "settle",
+            Self::Report { .. } => "report",
+            Self::Configure { .. } => "configure",
+            Self::State => "state",
+            Self::Reset { .. } => "reset",
+            Self::AddKey { .. } => "add_key",
+            Self::RevokeKey { .. } => "revoke_key",
+        }
+    }
+}
+
 /// One usage event as the DO records it; validated by `EventsRequest::parse`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageEvent {
@@ -680,5 +701,24 @@ mod tests {
         }
         let s = serde_json::to_string(&DoRequest::Reset { meter: None }).unwrap();
         assert_eq!(s, r#"{"op":"reset","meter":null}"#);
+    }
+
+    #[test]
+    fn the_op_label_is_the_wire_tag() {
+        let msgs = [
+            DoRequest::Usage { key_hash: None, short: true },
+            DoRequest::Flush,
+            DoRequest::Reconcile { repair: false },
+            DoRequest::Report { id: EventId::parse("r1").unwrap(), usage: vec![] },
+            DoRequest::State,
+            DoRequest::Reset { meter: None },
+            DoRequest::AddKey { key_id: "k".into(), hash: "h".into() },
+            DoRequest::RevokeKey { key_id: "k".into() },
+            DoRequest::Settle { key_hash: None, id: EventId::parse("r1").unwrap(), action: SettleAction::Release },
+        ];
+        for m in msgs {
+            let v: Value = serde_json::to_value(&m).unwrap();
+            assert_eq!(v["op"], m.op());
+        }
     }
 }

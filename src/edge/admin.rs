@@ -457,8 +457,8 @@ pub async fn scheduled(env: &Env) {
 async fn metrics(env: &Env) -> Handled {
     let db = ledger::db(env)?;
     let rows = ledger::gauges(&db).await?;
-    let live = ledger::live_metrics(&db, now()).await?;
-    let mut out = live;
+    let mut out = ledger::live_metrics(&db, now()).await?;
+    out.push_str(&crate::telemetry::render(&ledger::latency(&db).await?));
     let mut last = "";
     for r in &rows {
         if r.name != last {

@@ -12,6 +12,7 @@ use worker::{D1Database, Env};
 use super::error::EdgeError;
 use super::platform::js_int;
 use crate::policy::{OrgId, PlanId, Timestamp};
+use crate::telemetry::BucketRow;
 
 pub fn db(env: &Env) -> Result<D1Database, EdgeError> {
     env.d1("LEDGER").map_err(EdgeError::platform("LEDGER binding"))
@@ -402,4 +403,41 @@ pub async fn live_metrics(db: &D1Database, at: Timestamp) -> Result<String, Edge
         let _ = writeln!(out, "quotagate_alert_deliveries_total{{outcome=\"{}\"}} {}", o.outcome, o.n);
     }
     Ok(out)
+}
+
+#[derive(Debug, Deserialize)]
+struct LatencyRow {
+    op: String,
+    le_ms: i64,
+    n: u64,
+    sum_ms: u64,
+}
+
+/// Adds latency buckets (one isolate's hand-over) to the summed histogram.
+pub async fn add_latency(db: &D1Database, rows: &[BucketRow]) -> Result<(), EdgeError> {
+    let mut statements = Vec::with_capacity(rows.len());
+    for r in rows {
+        let le = JsValue::from_f64(f64::from(i32::try_from(r.le_ms).map_err(|e| EdgeError::Internal(e.to_string()))?));
+        statements.push(
+            db.prepare(
+                "INSERT INTO do_call_latency (op, le_ms, n, sum_ms) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (op, le_ms) DO UPDATE SET n = n + excluded.n, sum_ms = sum_ms + excluded.sum_ms",
+            )
+            .bind(&[s(&r.op), le, js_int(r.n)?, js_int(r.sum_ms)?])
+            .map_err(EdgeError::platform("bind"))?,
+        );
+    }
+    db.batch(statements).await.map_err(EdgeError::platform("latency upsert"))?;
+    Ok(())
+}
+
+/// The summed latency histogram, as stored rows.
+pub async fn latency(db: &D1Database) -> Result<Vec<BucketRow>, EdgeError> {
+    let rows: Vec<LatencyRow> = db
+        .prepare("SELECT op, le_ms, n, sum_ms FROM do_call_latency ORDER BY op, le_ms")
+        .all()
+        .await
+        .and_then(|r| r.results())
+        .map_err(EdgeError::platform("do_call_latency query"))?;
+    Ok(rows.into_iter().map(|r| BucketRow { op: r.op, le_ms: r.le_ms, n: r.n, sum_ms: r.sum_ms }).collect())
 }

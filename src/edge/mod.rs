@@ -19,14 +19,31 @@ mod usage_api;
 use serde_json::json;
 use worker::{event, Context, Env, Method, Request, Response, ScheduleContext, ScheduledEvent};
 
+use crate::telemetry;
 use error::{json_response, EdgeError};
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     platform::set_clock(&env);
-    match route(req, &env, &ctx).await {
+    let res = match route(req, &env, &ctx).await {
         Ok(res) => Ok(res),
         Err(e) => e.into_response(),
+    };
+    if let Some(rows) = platform::latency_due(&env) {
+        ctx.wait_until(async move { hand_over_latency(&env, rows).await });
+    }
+    res
+}
+
+/// Adds this isolate's latency buckets to the ledger's; on failure they wait for the next turn.
+async fn hand_over_latency(env: &Env, rows: Vec<telemetry::BucketRow>) {
+    let result = match ledger::db(env) {
+        Ok(db) => ledger::add_latency(&db, &rows).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        worker::console_error!("{}", json!({"msg": "latency hand-over failed", "error": e.to_string()}));
+        platform::latency_restore(rows);
     }
 }
 
@@ -36,6 +53,9 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
 async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     platform::set_clock(&env);
     admin::scheduled(&env).await;
+    if let Some(rows) = platform::latency_due(&env) {
+        hand_over_latency(&env, rows).await;
+    }
 }
 
 async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response, EdgeError> {

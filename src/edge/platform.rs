@@ -11,9 +11,12 @@ use worker::{Env, Headers, Method, Request, RequestInit, Response};
 use super::error::EdgeError;
 use crate::policy::keys::hex;
 use crate::policy::{OrgId, Timestamp};
+use crate::telemetry::{BucketRow, Recorder};
 use crate::wire::{parse_json, DoReply, DoRequest, MAX_JSON_BODY, MAX_SAFE_INTEGER};
 
 thread_local! {
+    /// This isolate's Durable Object call latencies since its last hand-over to the ledger.
+    static LATENCY: std::cell::RefCell<Recorder> = std::cell::RefCell::new(Recorder::default());
     /// `QUOTA_CLOCK_OFFSET_MS`, testing only: shifts this isolate's clock so end-to-end tests can
     /// cross a real period boundary. Zero unless set.
     static CLOCK_OFFSET_MS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
@@ -63,8 +66,28 @@ pub fn js_int(n: u64) -> Result<JsValue, EdgeError> {
     Ok(JsValue::from_f64(n as f64))
 }
 
-/// Sends one message to an org's Durable Object.
+/// Sends one message to an org's Durable Object, recording how long the call took.
 pub async fn call_do(env: &Env, org: &OrgId, msg: &DoRequest) -> Result<DoReply, EdgeError> {
+    let started = now();
+    let reply = send_do(env, org, msg).await;
+    // The platform clock only advances across I/O, which a DO call is; failed calls count too.
+    let at = now();
+    LATENCY.with(|r| r.borrow_mut().observe(msg.op(), at.since(started), at));
+    reply
+}
+
+/// Latency rows due for the ledger: every `METRICS_FLUSH_SECS` (10 s by default) per isolate.
+pub fn latency_due(env: &Env) -> Option<Vec<BucketRow>> {
+    let every_ms = config(env, "METRICS_FLUSH_SECS").and_then(|v| v.parse::<u64>().ok()).unwrap_or(10);
+    LATENCY.with(|r| r.borrow_mut().take_due(now(), every_ms.saturating_mul(1000)))
+}
+
+/// Puts back latency rows the ledger did not take.
+pub fn latency_restore(rows: Vec<BucketRow>) {
+    LATENCY.with(|r| r.borrow_mut().restore(rows, now()));
+}
+
+async fn send_do(env: &Env, org: &OrgId, msg: &DoRequest) -> Result<DoReply, EdgeError> {
     let ns = env.durable_object("ORG_QUOTA").map_err(EdgeError::platform("ORG_QUOTA binding"))?;
     let stub = ns.get_by_name(org.as_str()).map_err(EdgeError::platform("org DO stub"))?;
     let body = serde_json::to_string(msg).map_err(|e| EdgeError::Internal(e.to_string()))?;

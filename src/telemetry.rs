@@ -1,0 +1,232 @@
+//! Latency of Durable Object calls as a Prometheus histogram: the per-isolate recorder, the
+//! rows it hands to the ledger, and the text exposition of the summed rows.
+//!
+//! Worker isolates share no memory, so each isolate records into its own `Recorder` and hands
+//! its buckets to D1 at most every flush interval (off the client's path); `/admin/metrics`
+//! renders the sum over every isolate. It is pure: time comes in as an argument, and it must
+//! never do I/O or make a quota decision.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::policy::Timestamp;
+
+/// Upper bounds of the buckets in milliseconds; the last bucket (`+Inf`) is stored as `INF`.
+pub const BOUNDS_MS: [i64; 11] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500];
+/// The `le` of the `+Inf` bucket in a stored row.
+pub const INF: i64 = -1;
+
+/// One stored row: samples of one operation that fell in one bucket (not cumulative).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketRow {
+    pub op: String,
+    pub le_ms: i64,
+    pub n: u64,
+    pub sum_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Bucket {
+    n: u64,
+    sum_ms: u64,
+}
+
+/// The samples of one isolate since its last hand-over.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    ops: BTreeMap<&'static str, [Bucket; BOUNDS_MS.len() + 1]>,
+    since: Option<Timestamp>,
+}
+
+fn bucket_of(ms: u64) -> usize {
+    BOUNDS_MS.iter().position(|&b| u64::try_from(b).is_ok_and(|b| ms <= b)).unwrap_or(BOUNDS_MS.len())
+}
+
+fn le_of(index: usize) -> i64 {
+    BOUNDS_MS.get(index).copied().unwrap_or(INF)
+}
+
+impl Recorder {
+    /// Records one call of `op` that took `ms`. The first sample starts the flush interval.
+    pub fn observe(&mut self, op: &'static str, ms: u64, now: Timestamp) {
+        self.since.get_or_insert(now);
+        let entry = self.ops.entry(op).or_default();
+        if let Some(b) = entry.get_mut(bucket_of(ms)) {
+            b.n = b.n.saturating_add(1);
+            b.sum_ms = b.sum_ms.saturating_add(ms);
+        }
+    }
+
+    /// The rows to hand over when the oldest unsent sample is at least `every_ms` old, emptying
+    /// the recorder; `None` when nothing is due.
+    pub fn take_due(&mut self, now: Timestamp, every_ms: u64) -> Option<Vec<BucketRow>> {
+        let since = self.since?;
+        if now.since(since) < every_ms {
+            return None;
+        }
+        self.since = None;
+        let rows = std::mem::take(&mut self.ops)
+            .into_iter()
+            .flat_map(|(op, buckets)| {
+                buckets.into_iter().enumerate().filter(|(_, b)| b.n > 0).map(move |(i, b)| BucketRow {
+                    op: op.to_owned(),
+                    le_ms: le_of(i),
+                    n: b.n,
+                    sum_ms: b.sum_ms,
+                })
+            })
+            .collect::<Vec<_>>();
+        (!rows.is_empty()).then_some(rows)
+    }
+
+    /// Puts back rows whose hand-over failed, so they go with the next one.
+    pub fn restore(&mut self, rows: Vec<BucketRow>, now: Timestamp) {
+        for row in rows {
+            let Some(op) = intern(&row.op) else { continue };
+            let index = BOUNDS_MS.iter().position(|&b| b == row.le_ms).unwrap_or(BOUNDS_MS.len());
+            self.since.get_or_insert(now);
+            if let Some(b) = self.ops.entry(op).or_default().get_mut(index) {
+                b.n = b.n.saturating_add(row.n);
+                b.sum_ms = b.sum_ms.saturating_add(row.sum_ms);
+            }
+        }
+    }
+}
+
+/// The operation names a recorder accepts back (the `op` tags of `wire::DoRequest`).
+const OPS: [&str; 13] = [
+    "decide",
+    "events",
+    "usage",
+    "flush",
+    "reconcile",
+    "settle",
+    "report",
+    "configure",
+    "state",
+    "reset",
+    "add_key",
+    "revoke_key",
+    "ping",
+];
+
+fn intern(op: &str) -> Option<&'static str> {
+    OPS.iter().copied().find(|o| *o == op)
+}
+
+/// Milliseconds as Prometheus seconds, exactly (three decimals).
+fn seconds(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+/// The Prometheus text of the summed rows (any order, any number of isolates' hand-overs).
+#[must_use]
+pub fn render(rows: &[BucketRow]) -> String {
+    let mut out = String::from(
+        "# HELP quotagate_do_call_duration_seconds Durable Object call latency as the Worker saw it, by operation.\n\
+         # TYPE quotagate_do_call_duration_seconds histogram\n",
+    );
+    let mut by_op: BTreeMap<&str, [Bucket; BOUNDS_MS.len() + 1]> = BTreeMap::new();
+    for r in rows {
+        let index = BOUNDS_MS.iter().position(|&b| b == r.le_ms).unwrap_or(BOUNDS_MS.len());
+        if let Some(b) = by_op.entry(r.op.as_str()).or_default().get_mut(index) {
+            b.n = b.n.saturating_add(r.n);
+            b.sum_ms = b.sum_ms.saturating_add(r.sum_ms);
+        }
+    }
+    for (op, buckets) in by_op {
+        let mut cumulative = 0u64;
+        for (i, b) in buckets.iter().enumerate() {
+            cumulative = cumulative.saturating_add(b.n);
+            let le = match u64::try_from(le_of(i)) {
+                Ok(ms) => seconds(ms),
+                Err(_) => "+Inf".to_owned(),
+            };
+            let _ = writeln!(out, "quotagate_do_call_duration_seconds_bucket{{op=\"{op}\",le=\"{le}\"}} {cumulative}");
+        }
+        let sum = buckets.iter().fold(0u64, |acc, b| acc.saturating_add(b.sum_ms));
+        let _ = writeln!(out, "quotagate_do_call_duration_seconds_sum{{op=\"{op}\"}} {}", seconds(sum));
+        let _ = writeln!(out, "quotagate_do_call_duration_seconds_count{{op=\"{op}\"}} {cumulative}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    #[test]
+    fn samples_land_in_the_first_bucket_that_holds_them() {
+        assert_eq!(bucket_of(0), 0);
+        assert_eq!(bucket_of(1), 0);
+        assert_eq!(bucket_of(2), 1);
+        assert_eq!(bucket_of(3), 2);
+        assert_eq!(bucket_of(2500), 10);
+        assert_eq!(bucket_of(2501), 11);
+        assert_eq!(bucket_of(u64::MAX), 11);
+    }
+
+    #[test]
+    fn nothing_is_due_before_the_interval_nor_when_empty() {
+        let mut r = Recorder::default();
+        assert_eq!(r.take_due(at(0), 0), None);
+        r.observe("decide", 3, at(1_000));
+        assert_eq!(r.take_due(at(10_999), 10_000), None);
+        let rows = r.take_due(at(11_000), 10_000).unwrap();
+        assert_eq!(rows, vec![BucketRow { op: "decide".into(), le_ms: 5, n: 1, sum_ms: 3 }]);
+        assert_eq!(r.take_due(at(99_000), 10_000), None, "taken rows are not handed over twice");
+    }
+
+    #[test]
+    fn restored_rows_go_with_the_next_hand_over() {
+        let mut r = Recorder::default();
+        r.observe("decide", 1, at(0));
+        r.observe("decide", 4000, at(0));
+        let rows = r.take_due(at(0), 0).unwrap();
+        r.restore(rows.clone(), at(5));
+        r.observe("decide", 1, at(6));
+        let again = r.take_due(at(6), 0).unwrap();
+        assert_eq!(
+            again,
+            vec![
+                BucketRow { op: "decide".into(), le_ms: 1, n: 2, sum_ms: 2 },
+                BucketRow { op: "decide".into(), le_ms: INF, n: 1, sum_ms: 4000 },
+            ]
+        );
+        r.restore(vec![BucketRow { op: "not-an-op".into(), le_ms: 1, n: 9, sum_ms: 9 }], at(7));
+        assert_eq!(r.take_due(at(7), 0), None, "unknown operations are dropped, not invented");
+    }
+
+    #[test]
+    fn rendering_is_cumulative_and_sums_isolates() {
+        let rows = vec![
+            BucketRow { op: "decide".into(), le_ms: 1, n: 3, sum_ms: 2 },
+            BucketRow { op: "decide".into(), le_ms: 1, n: 1, sum_ms: 1 },
+            BucketRow { op: "decide".into(), le_ms: 10, n: 2, sum_ms: 15 },
+            BucketRow { op: "decide".into(), le_ms: INF, n: 1, sum_ms: 3001 },
+            BucketRow { op: "settle".into(), le_ms: 2, n: 5, sum_ms: 10 },
+        ];
+        let text = render(&rows);
+        assert!(text.contains("# TYPE quotagate_do_call_duration_seconds histogram\n"));
+        assert!(text.contains("quotagate_do_call_duration_seconds_bucket{op=\"decide\",le=\"0.001\"} 4\n"));
+        assert!(text.contains("quotagate_do_call_duration_seconds_bucket{op=\"decide\",le=\"0.005\"} 4\n"));
+        assert!(text.contains("quotagate_do_call_duration_seconds_bucket{op=\"decide\",le=\"0.010\"} 6\n"));
+        assert!(text.contains("quotagate_do_call_duration_seconds_bucket{op=\"decide\",le=\"2.500\"} 6\n"));
+        assert!(text.contains("quotagate_do_call_duration_seconds_bucket{op=\"decide\",le=\"+Inf\"} 7\n"));
+        assert!(text.contains("quotagate_do_call_duration_seconds_sum{op=\"decide\"} 3.019\n"));
+        assert!(text.contains("quotagate_do_call_duration_seconds_count{op=\"decide\"} 7\n"));
+        assert!(text.contains("quotagate_do_call_duration_seconds_bucket{op=\"settle\",le=\"0.001\"} 0\n"));
+        assert!(text.contains("quotagate_do_call_duration_seconds_count{op=\"settle\"} 5\n"));
+    }
+
+    #[test]
+    fn every_request_op_can_be_restored() {
+        for op in OPS {
+            assert_eq!(intern(op), Some(op));
+        }
+    }
+}
