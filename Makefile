@@ -23,7 +23,7 @@ export SCHEMATHESIS := $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)/bin/st
 export PATH := $(NODE_BIN):$(CARGO_BIN):$(PATH)
 export WRANGLER_SEND_METRICS := false
 
-.PHONY: help setup wasm-target chromium screenshots build dev test test-core test-e2e lint fmt deploy deploy-dry-run clean
+.PHONY: help setup wasm-target chromium screenshots build dev test test-core test-e2e lint fmt deploy deploy-dry-run clean bench bench-setup reliability reliability-full
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-15s %s\n", $$1, $$2 }'
@@ -84,6 +84,13 @@ lint: setup ## rustfmt --check, clippy -D warnings for native and wasm32, the Op
 
 fmt: ## Format the Rust code
 	cargo fmt --all
+
+# wrk (load generator) and redis-server (contender e), from Debian.
+bench-setup: setup
+	@command -v wrk >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk redis-server; }
+
+bench: build bench-setup ## Every contender under the same load → bench/RESULTS.md + bench/results.json (≈10 min)
+	node --disable-warning=ExperimentalWarning bench/run.mjs
 
 deploy-dry-run: build ## Bundle as `wrangler deploy` would, without deploying
 	wrangler deploy --dry-run --outdir build/dry-run

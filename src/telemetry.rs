@@ -11,6 +11,39 @@ use std::fmt::Write as _;
 
 use crate::policy::Timestamp;
 
+/// Which decisions write a JSON log line (`DECISION_LOG`): every one by default, only those
+/// that were not plainly allowed, or none. Volume is the reason to turn it down: a busy gateway
+/// writes one line per request, and log pipelines are billed per line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DecisionLog {
+    #[default]
+    All,
+    Refusals,
+    Off,
+}
+
+impl DecisionLog {
+    /// `all`, `refusals` or `off`; anything else (or unset) logs every decision.
+    #[must_use]
+    pub fn parse(value: Option<&str>) -> Self {
+        match value.map(str::trim) {
+            Some("refusals") => Self::Refusals,
+            Some("off") => Self::Off,
+            _ => Self::All,
+        }
+    }
+
+    /// Whether a decision with this outcome is logged; `allowed` is the one plain outcome.
+    #[must_use]
+    pub fn wants(self, outcome: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Refusals => outcome != "allowed" && outcome != "accepted",
+            Self::Off => false,
+        }
+    }
+}
+
 /// Upper bounds of the buckets in milliseconds; the last bucket (`+Inf`) is stored as `INF`.
 pub const BOUNDS_MS: [i64; 11] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500];
 /// The `le` of the `+Inf` bucket in a stored row.
@@ -221,6 +254,19 @@ mod tests {
         assert!(text.contains("quotagate_do_call_duration_seconds_count{op=\"decide\"} 7\n"));
         assert!(text.contains("quotagate_do_call_duration_seconds_bucket{op=\"settle\",le=\"0.001\"} 0\n"));
         assert!(text.contains("quotagate_do_call_duration_seconds_count{op=\"settle\"} 5\n"));
+    }
+
+    #[test]
+    fn decision_log_levels() {
+        assert_eq!(DecisionLog::parse(None), DecisionLog::All);
+        assert_eq!(DecisionLog::parse(Some("typo")), DecisionLog::All, "an unknown value keeps every line");
+        assert_eq!(DecisionLog::parse(Some(" refusals ")), DecisionLog::Refusals);
+        assert!(DecisionLog::All.wants("allowed"));
+        assert!(!DecisionLog::Refusals.wants("allowed"));
+        assert!(!DecisionLog::Refusals.wants("accepted"));
+        assert!(DecisionLog::Refusals.wants("refused"));
+        assert!(DecisionLog::Refusals.wants("unavailable"));
+        assert!(!DecisionLog::parse(Some("off")).wants("refused"));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::policy::{
     Aggregation, Book, Counter, EventId, Limit, LimitStatus, MeterId, OrgId, OrgTerms, Plan, PlanError, PlanId, Policy,
     Reservation, ReservationKind, ReserveAs, Settlement, Timestamp, UsageError,
 };
+use crate::telemetry::DecisionLog;
 use crate::wire::{
     decision_json, limit_json, problem_body, status_json, unauthorized_body, usage_error_status, usage_json,
     DecideKind, DoReply, DoRequest, SettleAction, UsageEvent,
@@ -754,6 +755,7 @@ impl OrgQuota {
         if matches!(kind, DecideKind::Check | DecideKind::Reserve) {
             // Proxied decisions are logged by the Worker, with the round-trip latency.
             log_decision(
+                &self.env,
                 meter,
                 quantity,
                 outcome,
@@ -962,7 +964,14 @@ impl OrgQuota {
             };
             store.remember(e.id.as_str(), status, now)?;
             count_decision(store, &e.meter, if status == "accepted" { "allowed" } else { "refused" })?;
-            log_decision(&e.meter, e.quantity, status, if status == "accepted" { 200 } else { 422 }, "events");
+            log_decision(
+                &self.env,
+                &e.meter,
+                e.quantity,
+                status,
+                if status == "accepted" { 200 } else { 422 },
+                "events",
+            );
             if status == "accepted" {
                 accepted.push(e);
             }
@@ -1370,7 +1379,10 @@ fn count_decision(store: &Store, meter: &MeterId, outcome: &str) -> DoResult<()>
 }
 
 /// One JSON log line per decision made here (the Worker logs proxied ones).
-fn log_decision(meter: &MeterId, quantity: u64, outcome: &str, status: u16, source: &str) {
+fn log_decision(env: &Env, meter: &MeterId, quantity: u64, outcome: &str, status: u16, source: &str) {
+    if !DecisionLog::parse(config(env, "DECISION_LOG").as_deref()).wants(outcome) {
+        return;
+    }
     worker::console_log!(
         "{}",
         json!({"msg": "decision", "meter": meter.as_str(), "quantity": quantity, "outcome": outcome, "status": status, "source": source})

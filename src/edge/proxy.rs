@@ -15,6 +15,7 @@ use super::platform::{call_do, config, now, random_hex, reply_response};
 use crate::policy::classify::{usage_header_meter, Cost, Routes};
 use crate::policy::keys::{origin_signature, origin_signing_string, verify, VerifiedKey};
 use crate::policy::{EventId, FailMode, MeterId, OrgId, Plan, PlanId, Timestamp};
+use crate::telemetry::DecisionLog;
 use crate::wire::{problem_body, DecideKind, DoReply, DoRequest, InputError, SettleAction, MAX_SAFE_INTEGER};
 
 type Handled = Result<Response, EdgeError>;
@@ -37,7 +38,9 @@ struct Admitted {
     source: &'static str,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn log_decision(
+    env: &Env,
     org: &str,
     meter: &MeterId,
     quantity: u64,
@@ -46,6 +49,9 @@ fn log_decision(
     source: &str,
     started: Timestamp,
 ) {
+    if !DecisionLog::parse(config(env, "DECISION_LOG").as_deref()).wants(outcome) {
+        return;
+    }
     console_log!(
         "{}",
         json!({"msg": "decision", "org": org, "meter": meter.as_str(), "quantity": quantity, "outcome": outcome,
@@ -110,7 +116,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
         call_do(env, &key.org, &msg).await
     };
     let log = |outcome: &str, status: u16, source: &str| {
-        log_decision(key.org.as_str(), &class.meter, quantity, outcome, status, source, started);
+        log_decision(env, key.org.as_str(), &class.meter, quantity, outcome, status, source, started);
     };
     let admitted = match decided {
         Ok(reply) if reply.status == 200 => Admitted {
@@ -157,7 +163,7 @@ async fn fail_over(
         // The ledger could vouch for no such key: the same 401 as ever.
         Err(EdgeError::Unauthorized) => Err(EdgeError::Unauthorized),
         Ok((FailMode::Closed, _)) | Err(_) => {
-            log_decision(key.org.as_str(), meter, quantity, "unavailable", 503, "fail-closed", started);
+            log_decision(env, key.org.as_str(), meter, quantity, "unavailable", 503, "fail-closed", started);
             Err(EdgeError::Internal("no decision: org DO unavailable and the plan fails closed".into()))
         }
     }

@@ -35,11 +35,25 @@ export function migrate(persistTo) {
   });
 }
 
+// Output kept per process: the tail of a long load run, not all of it.
+const LOG_CAP = 32 * 1024 * 1024;
+
 /**
  * Starts `wrangler dev` and waits until /_quota/healthz answers 200.
  * `vars` become `--var NAME:value`. Returns { url, port, persistTo, logs(), stop(), kill() }.
+ * `config` starts another Worker (the benchmark's contenders) with its own wrangler.toml;
+ * `health` is the path that must answer 200 first.
  */
-export async function startGateway({ vars = {}, persistTo = null, migrateFirst = true, keep = false } = {}) {
+export async function startGateway({
+  vars = {},
+  persistTo = null,
+  migrateFirst = true,
+  keep = false,
+  config = null,
+  health = "/_quota/healthz",
+  logLevel = "log",
+  env = {},
+} = {}) {
   const dir = persistTo ?? tempDir();
   // A directory the harness made is removed on stop, unless the test restarts on it.
   const owned = persistTo === null && !keep;
@@ -47,18 +61,23 @@ export async function startGateway({ vars = {}, persistTo = null, migrateFirst =
   const port = await freePort();
   const inspector = await freePort();
   const args = ["dev", "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(inspector),
-    "--persist-to", dir, "--log-level", "log", "--show-interactive-dev-session=false"];
+    "--persist-to", dir, "--log-level", logLevel, "--show-interactive-dev-session=false"];
+  if (config) args.push("--config", config);
   for (const [k, v] of Object.entries(vars)) args.push("--var", `${k}:${v}`);
-  const child = spawn(WRANGLER, args, { cwd: ROOT, env: ENV, stdio: ["ignore", "pipe", "pipe"], detached: true });
+  const child = spawn(WRANGLER, args, { cwd: ROOT, env: { ...ENV, ...env }, stdio: ["ignore", "pipe", "pipe"], detached: true });
   let out = "";
-  child.stdout.on("data", (d) => (out += d));
-  child.stderr.on("data", (d) => (out += d));
+  const keepTail = (d) => {
+    out += d;
+    if (out.length > LOG_CAP) out = out.slice(-LOG_CAP / 2);
+  };
+  child.stdout.on("data", keepTail);
+  child.stderr.on("data", keepTail);
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 60_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`wrangler dev exited ${child.exitCode}:\n${out}`);
     try {
-      const r = await fetch(`${url}/_quota/healthz`);
+      const r = await fetch(`${url}${health}`);
       if (r.status === 200) break;
     } catch {}
     if (Date.now() > deadline) {
@@ -75,6 +94,8 @@ export async function startGateway({ vars = {}, persistTo = null, migrateFirst =
   return {
     url,
     port,
+    inspector,
+    pid: child.pid,
     persistTo: dir,
     logs: () => out,
     vars,

@@ -1,0 +1,409 @@
+// `make bench`: every contender on loopback, the same wrk load at each, in interleaved rounds,
+// then the ledger's flush throughput and lag, the wasm's gzip size and the native decision cost.
+// Writes bench/results.json and bench/RESULTS.md (through bench/render.mjs).
+//
+// Knobs (environment): BENCH_DURATION (s, 10), BENCH_WARMUP (s, 3), BENCH_CONNECTIONS (32),
+// BENCH_ROUNDS (3), BENCH_OUT (directory, bench/), BENCH_ONLY (comma-separated contender ids).
+import { spawn, execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import zlib from "node:zlib";
+import { startGateway, freePort, ledgerQuery, lockLedger, ROOT } from "../tests/support/gateway.mjs";
+import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../tests/support/client.mjs";
+import { render } from "./render.mjs";
+import { profileWhile } from "./profile.mjs";
+
+const DURATION = Number(process.env.BENCH_DURATION ?? 10);
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 3);
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const OUT = path.resolve(process.env.BENCH_OUT ?? path.join(ROOT, "bench"));
+const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(",")) : null;
+// wrangler dev prints every request and every console line through its Node process; that
+// printing is the local harness, not the runtime, so it is off for every Worker alike.
+const LOG_LEVEL = process.env.BENCH_LOG_LEVEL ?? "warn";
+const WRANGLER_ENV = process.env.BENCH_NO_INSPECTOR ? { VSCODE_INSPECTOR_OPTIONS: "{}" } : {};
+const LUA = path.join(ROOT, "bench/lua/load.lua");
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const log = (...a) => console.log("[bench]", ...a);
+
+const children = [];
+function run(cmd, args, opts = {}) {
+  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], detached: true, ...opts });
+  let out = "";
+  child.stdout.on("data", (d) => (out = (out + d).slice(-65536)));
+  child.stderr.on("data", (d) => (out = (out + d).slice(-65536)));
+  children.push(child);
+  return { child, logs: () => out };
+}
+function killAll() {
+  for (const c of children) {
+    try {
+      process.kill(-c.pid, "SIGKILL");
+    } catch {}
+  }
+}
+process.on("exit", killAll);
+process.on("SIGINT", () => process.exit(130));
+
+async function waitFor(url, what) {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    try {
+      const r = await fetch(url);
+      if (r.status === 200 && (await r.text()) !== "starting") return;
+    } catch {}
+    if (Date.now() > deadline) throw new Error(`${what} did not come up at ${url}`);
+    await sleep(200);
+  }
+}
+
+// ---- CPU accounting: utime + stime of a process group, from /proc (clock ticks → ms).
+const TICK_MS = 1000 / Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim() || 100);
+function groupCpu(pgid) {
+  const byName = {};
+  for (const pid of fs.readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    let stat;
+    try {
+      stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    } catch {
+      continue;
+    }
+    const close = stat.lastIndexOf(")");
+    const comm = stat.slice(stat.indexOf("(") + 1, close);
+    const f = stat.slice(close + 2).split(" ");
+    // Fields after the name: state(0) ppid(1) pgrp(2) ... utime(11) stime(12).
+    if (Number(f[2]) !== pgid) continue;
+    const name = /workerd/.test(comm) ? "workerd" : /redis/.test(comm) ? "redis" : "node";
+    byName[name] = (byName[name] ?? 0) + (Number(f[11]) + Number(f[12])) * TICK_MS;
+  }
+  return byName;
+}
+
+// ---- load
+function wrk(url, { keysFile, method = "GET", path: p = "/v1/things", seconds }) {
+  const env = { ...process.env, BENCH_METHOD: method, BENCH_PATH: p };
+  if (keysFile) env.BENCH_KEYS = keysFile;
+  const out = execFileSync("wrk", ["-t1", `-c${CONNECTIONS}`, `-d${seconds}s`, "--timeout", "10s", "-s", LUA, url], {
+    env,
+    maxBuffer: 16 * 1024 * 1024,
+  }).toString();
+  const line = out.split("\n").find((l) => l.startsWith("BENCH_JSON "));
+  if (!line) throw new Error(`wrk printed no result:\n${out}`);
+  const r = JSON.parse(line.slice("BENCH_JSON ".length));
+  const secs = r.duration_us / 1e6;
+  return {
+    rps: r.requests / secs,
+    requests: r.requests,
+    non_2xx: r.errors.status,
+    socket_errors: r.errors.connect + r.errors.read + r.errors.write + r.errors.timeout,
+    p50_ms: r.latency_us.p50 / 1000,
+    p99_ms: r.latency_us.p99 / 1000,
+    p999_ms: r.latency_us.p999 / 1000,
+    max_ms: r.latency_us.max / 1000,
+  };
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+function machine() {
+  const v = (cmd, args) => {
+    try {
+      return execFileSync(cmd, args, { stdio: ["ignore", "pipe", "pipe"] }).toString().trim().split("\n")[0];
+    } catch {
+      return "unknown";
+    }
+  };
+  const pkg = (name) => JSON.parse(fs.readFileSync(path.join(ROOT, "node_modules", name, "package.json"), "utf8")).version;
+  return {
+    cpu: os.cpus()[0]?.model ?? "unknown",
+    cores: os.cpus().length,
+    memory_gib: Math.round(os.totalmem() / 2 ** 30),
+    kernel: `${os.type()} ${os.release()} ${os.arch()}`,
+    node: process.version,
+    wrangler: pkg("wrangler"),
+    workerd: pkg("workerd"),
+    rustc: v("rustc", ["-V"]),
+    wrk: v("wrk", ["-v"]).replace(/ \[.*$/, "") || "wrk",
+    redis: v("redis-server", ["--version"]),
+    commit: v("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"]),
+    date: new Date().toISOString(),
+  };
+}
+
+// ---- quotagate provisioning
+async function provision(api) {
+  const huge = 1_000_000_000_000;
+  await api.plan("bench-quota", { limits: [{ meter: "requests", limit: huge, period: "month", mode: "hard" }] });
+  await api.plan("bench-burst", {
+    limits: [
+      { meter: "requests", limit: 1_000_000_000, period: "minute", mode: "hard" },
+      { meter: "requests", limit: huge, period: "month", mode: "hard" },
+    ],
+  });
+  await api.plan("bench-metered", {
+    limits: [
+      { meter: "requests", limit: huge, period: "month", mode: "hard" },
+      { meter: "ai_tokens", limit: huge, period: "month", mode: "soft", overage_price: { per_units: 1000, cents: 1 } },
+    ],
+  });
+  const keyOf = async (org, plan) => {
+    await api.org(org, { plan });
+    return (await api.key(org)).key;
+  };
+  const keys = { hot: await keyOf("bench-hot", "bench-quota"), burst: await keyOf("bench-burst", "bench-burst") };
+  keys.metered = await keyOf("bench-metered", "bench-metered");
+  keys.many = [];
+  for (let i = 0; i < 100; i++) keys.many.push(await keyOf(`bench-org-${String(i).padStart(3, "0")}`, "bench-quota"));
+  return keys;
+}
+
+function keyFile(name, keys) {
+  const f = path.join(os.tmpdir(), `quotagate-bench-${process.pid}-${name}.keys`);
+  fs.writeFileSync(f, keys.join("\n") + "\n");
+  return f;
+}
+
+// ---- the ledger: flush throughput with a queued outbox, and commit → D1 lag
+async function ledgerFigures() {
+  log("ledger: fresh gateway");
+  const gw = await startGateway({ vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: "http://127.0.0.1:9" } });
+  try {
+    const api = client(gw.url);
+    await api.plan("bench-ledger", { limits: [{ meter: "rows", limit: 1_000_000_000, period: "month" }] });
+    const keyOf = async (org) => {
+      await api.org(org, { plan: "bench-ledger" });
+      return (await api.key(org)).key;
+    };
+    // Throughput: 5,000 events queue in the outbox while D1 is locked, then one drain.
+    const drainKey = await keyOf("bench-drain");
+    const queued = 5000;
+    const lock = await lockLedger(gw.persistTo);
+    try {
+      for (let b = 0; b < queued / 100; b++) {
+        const events = Array.from({ length: 100 }, (_, i) => ({ id: `q-${b}-${i}`, meter: "rows", quantity: 1 }));
+        const r = await api.call("POST", "/_quota/v1/events", { key: drainKey, body: { events } });
+        if (r.status !== 200) throw new Error(`events: ${r.status} ${r.text}`);
+      }
+      await sleep(1500);
+    } finally {
+      lock.release();
+    }
+    const t0 = performance.now();
+    let pending = null;
+    for (let i = 0; i < 200; i++) {
+      const r = await api.admin("POST", "/orgs/bench-drain/flush");
+      if (r.status === 200 && r.json.pending === 0) {
+        pending = 0;
+        break;
+      }
+      await sleep(20);
+    }
+    const drainMs = performance.now() - t0;
+    const [landed] = await ledgerQuery(gw.persistTo, "SELECT COUNT(*) AS n FROM usage_events WHERE org_id = 'bench-drain'");
+    if (pending !== 0 || landed.n !== queued) throw new Error(`drain: pending=${pending} landed=${landed.n}`);
+    // Lag: 200 events in 40 posts, 100 ms apart; `ts` is the DO's commit time and `recorded_at`
+    // the time the flush wrote the row (same clock), so the lag is exact to the millisecond.
+    const lagKey = await keyOf("bench-lag");
+    for (let b = 0; b < 40; b++) {
+      const events = Array.from({ length: 5 }, (_, i) => ({ id: `l-${b}-${i}`, meter: "rows", quantity: 1 }));
+      const r = await api.call("POST", "/_quota/v1/events", { key: lagKey, body: { events } });
+      if (r.status !== 200) throw new Error(`events: ${r.status} ${r.text}`);
+      await sleep(100);
+    }
+    let lags = [];
+    for (let i = 0; i < 100 && lags.length < 200; i++) {
+      await sleep(200);
+      lags = (await ledgerQuery(gw.persistTo, "SELECT recorded_at - ts AS lag FROM usage_events WHERE org_id = 'bench-lag'")).map((r) => r.lag);
+    }
+    if (lags.length !== 200) throw new Error(`lag: only ${lags.length} of 200 events reached D1`);
+    lags.sort((a, b) => a - b);
+    const pct = (p) => lags[Math.min(lags.length - 1, Math.ceil((p / 100) * lags.length) - 1)];
+    return {
+      flush: { events: queued, ms: Math.round(drainMs), events_per_s: Math.round(queued / (drainMs / 1000)) },
+      lag_ms: { events: lags.length, p50: pct(50), p99: pct(99), max: lags.at(-1) },
+    };
+  } finally {
+    await gw.stop();
+  }
+}
+
+function wasmSize() {
+  const wasm = fs.readFileSync(path.join(ROOT, "build/index_bg.wasm"));
+  const js = fs.readFileSync(path.join(ROOT, "build/index.js"));
+  return {
+    wasm_bytes: wasm.length,
+    wasm_gzip_bytes: zlib.gzipSync(wasm, { level: 9 }).length,
+    js_gzip_bytes: zlib.gzipSync(js, { level: 9 }).length,
+  };
+}
+
+function criterion() {
+  log("criterion: cargo bench --bench decision");
+  execFileSync("cargo", ["bench", "--locked", "--bench", "decision", "--", "--warm-up-time", "2", "--measurement-time", "5"], {
+    cwd: ROOT,
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  const est = (id) => {
+    const e = JSON.parse(fs.readFileSync(path.join(ROOT, "target/criterion", id, "new/estimates.json"), "utf8"));
+    return { mean_ns: e.mean.point_estimate, low_ns: e.mean.confidence_interval.lower_bound, high_ns: e.mean.confidence_interval.upper_bound };
+  };
+  const decision = est("decision_reserve");
+  const floor = est("floor_increment");
+  return { decision, floor, ratio_to_floor: decision.mean_ns / floor.mean_ns };
+}
+
+async function main() {
+  for (const tool of ["wrk", "redis-server"]) {
+    try {
+      execFileSync("which", [tool], { stdio: "ignore" });
+    } catch {
+      throw new Error(`${tool} is missing: run \`make bench-setup\``);
+    }
+  }
+  const results = { machine: machine(), settings: { duration_s: DURATION, warmup_s: WARMUP, connections: CONNECTIONS, rounds: ROUNDS, load: "wrk, 1 thread, closed loop" } };
+  log(JSON.stringify(results.machine));
+
+  // The origin, redis, and every contender, all on loopback.
+  const originPort = await freePort();
+  const origin = run(process.execPath, [path.join(ROOT, "bench/origin.mjs"), String(originPort)]);
+  const ORIGIN_URL = `http://127.0.0.1:${originPort}`;
+  await waitFor(`${ORIGIN_URL}/health`, "origin");
+  const redisPort = await freePort();
+  const redis = run("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+  const limiterPort = await freePort();
+  const limiter = run(process.execPath, [path.join(ROOT, "bench/contenders/redis-limiter/server.mjs"), String(limiterPort), ORIGIN_URL, String(redisPort)]);
+  await waitFor(`http://127.0.0.1:${limiterPort}/_bench/health`, "redis limiter");
+  const worker = (dir) =>
+    startGateway({ config: path.join(ROOT, "bench/contenders", dir, "wrangler.toml"), migrateFirst: false, health: "/_bench/health", logLevel: LOG_LEVEL, env: WRANGLER_ENV, vars: { ORIGIN_URL } });
+  log("starting the Workers");
+  const passthrough = await worker("passthrough");
+  const doCounter = await worker("do-counter");
+  const ratelimit = await worker("ratelimit");
+  const gw = await startGateway({ logLevel: LOG_LEVEL, env: WRANGLER_ENV, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL } });
+  const api = client(gw.url);
+  const keys = await provision(api);
+  const hotKeys = keyFile("hot", [keys.hot]);
+  // The same gateway with DECISION_LOG=refusals: the cost of one log line per decision, apart.
+  const quiet = await startGateway({ logLevel: LOG_LEVEL, env: WRANGLER_ENV, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL, DECISION_LOG: "refusals" } });
+  const quietApi = client(quiet.url);
+  await quietApi.plan("bench-quota", { limits: [{ meter: "requests", limit: 1_000_000_000_000, period: "month", mode: "hard" }] });
+  await quietApi.org("bench-hot", { plan: "bench-quota" });
+  const quietKeys = keyFile("quiet", [(await quietApi.key("bench-hot")).key]);
+
+  const contenders = [
+    { id: "origin", name: "origin alone (no gateway)", url: ORIGIN_URL, pgid: origin.child.pid, keysFile: hotKeys },
+    { id: "a", name: "(a) pass-through Worker", url: passthrough.url, pgid: passthrough.pid, keysFile: hotKeys },
+    { id: "b", name: "(b) minimal DO counter Worker", url: doCounter.url, pgid: doCounter.pid, keysFile: hotKeys },
+    { id: "c1", name: "(c) quotagate, one hot org", url: gw.url, pgid: gw.pid, keysFile: hotKeys },
+    { id: "c2", name: "(c) quotagate, 100 orgs", url: gw.url, pgid: gw.pid, keysFile: keyFile("many", keys.many) },
+    { id: "c3", name: "(c) quotagate, burst limit + monthly quota", url: gw.url, pgid: gw.pid, keysFile: keyFile("burst", [keys.burst]) },
+    { id: "c4", name: "(c) quotagate, post-response metering", url: gw.url, pgid: gw.pid, keysFile: keyFile("metered", [keys.metered]), method: "POST", path: "/v1/ai/chat" },
+    { id: "c5", name: "(c) quotagate, one hot org, DECISION_LOG=refusals", url: quiet.url, pgid: quiet.pid, keysFile: quietKeys },
+    { id: "d", name: "(d) Workers Rate Limiting binding", url: ratelimit.url, pgid: ratelimit.pid, keysFile: hotKeys },
+    { id: "e", name: "(e) Node + rate-limiter-flexible + Redis", url: `http://127.0.0.1:${limiterPort}`, pgid: limiter.child.pid, extraPgid: redis.child.pid, keysFile: hotKeys },
+  ].filter((c) => !ONLY || ONLY.has(c.id) || c.id === "a" || c.id === "b");
+
+  // One request each first: every contender must forward with 200 before it is measured.
+  for (const c of contenders) {
+    const r = await fetch(`${c.url}${c.path ?? "/v1/things"}`, {
+      method: c.method ?? "GET",
+      headers: { "x-api-key": fs.readFileSync(c.keysFile, "utf8").split("\n")[0], "content-type": "application/json" },
+      body: c.method === "POST" ? "{}" : undefined,
+    });
+    if (r.status !== 200) throw new Error(`${c.name} answered ${r.status}: ${await r.text()}`);
+  }
+
+  const runs = Object.fromEntries(contenders.map((c) => [c.id, []]));
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const c of contenders) {
+      const opts = { keysFile: c.keysFile, method: c.method, path: c.path };
+      wrk(c.url, { ...opts, seconds: WARMUP });
+      const used0 = c.id === "c1" ? await api.used("bench-hot", "requests-month") : 0;
+      const cpu0 = { ...groupCpu(c.pgid), ...(c.extraPgid ? groupCpu(c.extraPgid) : {}) };
+      const origin0 = groupCpu(origin.child.pid).node ?? 0;
+      const r = wrk(c.url, { ...opts, seconds: DURATION });
+      const cpu1 = { ...groupCpu(c.pgid), ...(c.extraPgid ? groupCpu(c.extraPgid) : {}) };
+      const origin1 = groupCpu(origin.child.pid).node ?? 0;
+      r.cpu_us_per_request = Object.fromEntries(
+        Object.keys(cpu1).map((k) => [k, Math.round(((cpu1[k] - (cpu0[k] ?? 0)) * 1000) / Math.max(1, r.requests))]),
+      );
+      if (c.id !== "origin") r.cpu_us_per_request.origin = Math.round(((origin1 - origin0) * 1000) / Math.max(1, r.requests));
+      if (c.id === "c1") {
+        // Every admitted request is counted: wrk's total, plus at most the requests still in
+        // flight when wrk stopped (one per connection).
+        await sleep(500);
+        r.counted = (await api.used("bench-hot", "requests-month")) - used0;
+      }
+      runs[c.id].push(r);
+      log(`round ${round} ${c.id}: ${r.rps.toFixed(0)} req/s p50 ${r.p50_ms.toFixed(2)} ms p99 ${r.p99_ms.toFixed(2)} ms p99.9 ${r.p999_ms.toFixed(2)} ms non-2xx ${r.non_2xx} cpu ${JSON.stringify(r.cpu_us_per_request)}`);
+      await sleep(1000);
+    }
+  }
+  // Where the time goes: a V8 CPU profile of the Worker isolate under the same load, for the
+  // minimal DO counter and for quotagate (the profiler slows both; these runs are not timed).
+  results.profile = {};
+  for (const [id, g, keysFile] of [["b", doCounter, hotKeys], ["c1", gw, hotKeys]]) {
+    if (!contenders.some((c) => c.id === id)) continue;
+    const p = await profileWhile(g.inspector, async () => wrk(g.url, { keysFile, seconds: Math.min(DURATION, 5) }));
+    results.profile[id] = { rps_while_profiled: Math.round(p.load.rps), total_ms: Math.round(p.total_ms), categories: p.categories, top: p.top.slice(0, 12) };
+    log(`profile ${id}: ${JSON.stringify(p.categories)}`);
+  }
+
+  const pick = (xs, k) => median(xs.map((x) => x[k]));
+  results.http = contenders.map((c) => {
+    const xs = runs[c.id];
+    const cpuKeys = Object.keys(xs[0].cpu_us_per_request);
+    return {
+      id: c.id,
+      name: c.name,
+      rps: Math.round(pick(xs, "rps")),
+      p50_ms: pick(xs, "p50_ms"),
+      p99_ms: pick(xs, "p99_ms"),
+      p999_ms: pick(xs, "p999_ms"),
+      non_2xx: xs.reduce((s, x) => s + x.non_2xx, 0),
+      socket_errors: xs.reduce((s, x) => s + x.socket_errors, 0),
+      cpu_us_per_request: Object.fromEntries(cpuKeys.map((k) => [k, median(xs.map((x) => x.cpu_us_per_request[k] ?? 0))])),
+      rounds: xs.map((x) => ({ rps: Math.round(x.rps), p99_ms: x.p99_ms })),
+    };
+  });
+  if (runs.c1) {
+    results.quotagate_counted = runs.c1.map((x) => ({ wrk_requests: x.requests, counted: x.counted, exact: x.counted >= x.requests && x.counted <= x.requests + CONNECTIONS }));
+  }
+  const by = Object.fromEntries(results.http.map((h) => [h.id, h]));
+  for (const h of results.http) {
+    h.vs_a = { rps: h.rps / by.a.rps, p99: h.p99_ms / by.a.p99_ms };
+    h.vs_b = { rps: h.rps / by.b.rps, p99: h.p99_ms / by.b.p99_ms };
+    if (by.e) h.vs_e = { rps: h.rps / by.e.rps, p99: h.p99_ms / by.e.p99_ms };
+  }
+  for (const g of [passthrough, doCounter, ratelimit, gw, quiet]) await g.stop();
+  killAll();
+
+  results.ledger = await ledgerFigures();
+  results.size = wasmSize();
+  results.criterion = criterion();
+  fs.mkdirSync(OUT, { recursive: true });
+  fs.writeFileSync(path.join(OUT, "results.json"), JSON.stringify(results, null, 2) + "\n");
+  render(OUT);
+  log(`wrote ${path.join(OUT, "results.json")} and ${path.join(OUT, "RESULTS.md")}`);
+  if (results.quotagate_counted?.some((q) => !q.exact)) {
+    console.error(`[bench] quotagate's counter disagrees with the load: ${JSON.stringify(results.quotagate_counted)}`);
+    process.exitCode = 1;
+  }
+  const bad = results.http.filter((h) => h.non_2xx > 0 || h.socket_errors > 0);
+  if (bad.length) {
+    console.error(`[bench] contenders with errors: ${bad.map((h) => `${h.id} non-2xx=${h.non_2xx} socket=${h.socket_errors}`).join(", ")}`);
+    process.exitCode = 1;
+  }
+}
+
+main().catch((e) => {
+  console.error(e);
+  killAll();
+  process.exit(1);
+});
