@@ -23,7 +23,7 @@ export SCHEMATHESIS := $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)/bin/st
 export PATH := $(NODE_BIN):$(CARGO_BIN):$(PATH)
 export WRANGLER_SEND_METRICS := false
 
-.PHONY: help setup wasm-target chromium screenshots build dev test test-core test-e2e lint fmt deploy deploy-dry-run clean bench bench-setup reliability reliability-full
+.PHONY: help setup wasm-target chromium screenshots build dev test test-core test-e2e lint fmt deploy deploy-dry-run clean bench bench-setup reliability test-reliability
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-15s %s\n", $$1, $$2 }'
@@ -65,13 +65,28 @@ dev: build .dev.vars ## Build, migrate the local D1, start the demo origin and t
 	wrangler d1 migrations apply LEDGER --local
 	scripts/dev.sh
 
-test: setup lint test-core test-e2e ## Lint, then every test: the core natively, the worker end to end in workerd
+test: setup lint test-core test-e2e test-reliability ## Lint, then every test: the core natively, the worker end to end in workerd, the reliability suite at small scale
 
 test-core: ## The pure policy core: unit and property tests, natively
 	cargo test --locked
 
 test-e2e: build ## The built worker under wrangler dev (workerd) against a real origin
 	node --disable-warning=ExperimentalWarning --test --test-concurrency=1 --test-timeout=300000 --test-reporter=spec 'tests/e2e/*.test.mjs'
+
+# The reliability suite (tests/reliability): overshoot, SIGKILL restarts, D1 failure, idempotent
+# retries, the bad-input corpus, fuzzing, security. Small counts in `make test`; `make reliability`
+# runs it in full and publishes the summary table in bench/RESULTS.md.
+RELIABILITY_RUN = node --disable-warning=ExperimentalWarning --test --test-concurrency=1 --test-timeout=1800000 --test-reporter=spec 'tests/reliability/*.test.mjs'
+
+test-reliability: build ## The reliability suite with small counts (part of `make test`)
+	rm -f target/reliability-small.jsonl
+	RELIABILITY_SCALE=small RELIABILITY_REPORT=$(CURDIR)/target/reliability-small.jsonl $(RELIABILITY_RUN)
+	node bench/reliability.mjs target/reliability-small.jsonl target/reliability-small.json
+
+reliability: build ## The reliability suite in full (≥ 20 kills, 5 orgs × 10 overshoot rounds, 100k fuzz cases) → bench/RESULTS.md
+	rm -f target/reliability-full.jsonl
+	RELIABILITY_SCALE=full RELIABILITY_REPORT=$(CURDIR)/target/reliability-full.jsonl $(RELIABILITY_RUN)
+	node bench/reliability.mjs target/reliability-full.jsonl target/reliability-full.json --publish
 
 screenshots: build ## Refresh the dashboard screenshots in docs/
 	DOCS_SCREENSHOTS=1 node --disable-warning=ExperimentalWarning --test --test-reporter=spec tests/e2e/dashboard.test.mjs

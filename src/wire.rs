@@ -14,8 +14,7 @@ use crate::policy::{
 
 /// The largest JSON body the API reads; larger ones get 413.
 pub const MAX_JSON_BODY: usize = 64 * 1024;
-/// JavaScript numbers are exact only up to here; D1 and JSON clients see quantities as numbers.
-pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+pub use crate::policy::plan::MAX_SAFE_INTEGER;
 /// Bounds on how long an explicit reservation may stay open.
 pub const DEFAULT_RESERVATION_SECS: u64 = 300;
 pub const MAX_RESERVATION_SECS: u64 = 86_400;
@@ -49,11 +48,7 @@ fn object<'a>(v: &'a Value, allowed: &[&str]) -> Result<&'a Map<String, Value>, 
 
 /// A quantity: a whole number from 0 to 2^53 − 1.
 pub fn parse_quantity(name: &str, v: &Value) -> Result<u64, InputError> {
-    let n = whole_number(v).map_err(|reason| InputError::Field { field: name.to_owned(), reason })?;
-    if n > MAX_SAFE_INTEGER {
-        return field(name, format!("must be at most {MAX_SAFE_INTEGER} (got {n})"));
-    }
-    Ok(n)
+    whole_number(v).map_err(|reason| InputError::Field { field: name.to_owned(), reason })
 }
 
 fn meter(o: &Map<String, Value>) -> Result<MeterId, InputError> {

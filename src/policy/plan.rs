@@ -244,11 +244,18 @@ impl<'a> Obj<'a> {
     }
 }
 
-/// A JSON number that is a whole number from 0 to 2^64-1; the reason otherwise.
+/// JavaScript numbers are exact only up to here, and every count goes back out as JSON (D1, the
+/// API, headers): no count the gateway accepts may exceed it.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// A JSON whole number from 0 to 2^53 − 1.
 pub fn whole_number(v: &Value) -> Result<u64, String> {
     match v {
         Value::Number(n) => {
             if let Some(u) = n.as_u64() {
+                if u > MAX_SAFE_INTEGER {
+                    return Err(format!("must be at most {MAX_SAFE_INTEGER} (got {n})"));
+                }
                 Ok(u)
             } else if n.as_i64().is_some() {
                 Err(format!("must not be negative (got {n})"))
@@ -674,5 +681,22 @@ mod tests {
             (0, 1, 1, 2, 2)
         );
         assert_eq!(p.cost_cents(u64::MAX), u64::MAX / 500 + 1);
+    }
+    #[test]
+    fn counts_stop_at_the_javascript_safe_integer() {
+        assert_eq!(whole_number(&json!(9_007_199_254_740_991_u64)), Ok(MAX_SAFE_INTEGER));
+        assert_eq!(
+            whole_number(&json!(9_007_199_254_740_992_u64)),
+            Err("must be at most 9007199254740991 (got 9007199254740992)".to_owned())
+        );
+        let e = Plan::parse(
+            &PlanId::parse("p").unwrap(),
+            &json!({"limits": [{"meter": "requests", "limit": 9_007_199_254_740_992_u64, "period": "month"}]}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "limits[0].limit: must be at most 9007199254740991 (got 9007199254740992); use null for unlimited"
+        );
     }
 }

@@ -157,5 +157,9 @@ export async function lockLedger(persistTo) {
     exec(sql) {
       db.exec(sql);
     },
+    /** Reads through the lock holder's own connection. */
+    query(sql, ...params) {
+      return db.prepare(sql).all(...params);
+    },
   };
 }

@@ -33,6 +33,9 @@ export function createOrigin() {
       delay > 0 ? setTimeout(answer, delay) : answer();
     });
   });
+  // Longer than the gateway keeps idle connections: an origin that closes a pooled connection
+  // just as the gateway reuses it turns a good request into a 502 (Node's default is 5 s).
+  server.keepAliveTimeout = 65_000;
   return {
     requests,
     server,
