@@ -6,16 +6,24 @@
 import WebSocket from "ws";
 
 export async function profileWhile(inspectorPort, load, { top = 25 } = {}) {
-  const targets = await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json();
+  const targets = await (await fetch(`http://127.0.0.1:${inspectorPort}/json`, { signal: AbortSignal.timeout(10_000) })).json();
   const target = targets.find((t) => t.webSocketDebuggerUrl) ?? targets[0];
   // wrangler's inspector proxy only takes local or DevTools origins.
   const ws = new WebSocket(target.webSocketDebuggerUrl, { headers: { Origin: "http://127.0.0.1" } });
   await new Promise((resolve, reject) => {
     ws.once("open", resolve);
     ws.once("error", reject);
+    setTimeout(() => reject(new Error("inspector: no connection in 10 s")), 10_000).unref();
   });
   let id = 0;
   const pending = new Map();
+  // A dropped inspector connection fails the calls in flight instead of the whole process.
+  const fail = (e) => {
+    for (const [, settle] of pending) settle({ error: { message: String(e?.message ?? e) } });
+    pending.clear();
+  };
+  ws.on("error", fail);
+  ws.on("close", () => fail("inspector connection closed"));
   ws.on("message", (data) => {
     const msg = JSON.parse(data.toString());
     if (msg.id && pending.has(msg.id)) {
@@ -24,17 +32,24 @@ export async function profileWhile(inspectorPort, load, { top = 25 } = {}) {
     }
   });
   const send = (method, params = {}) =>
-    new Promise((resolve) => {
+    new Promise((resolve, reject) => {
       const n = ++id;
-      pending.set(n, resolve);
-      ws.send(JSON.stringify({ id: n, method, params }));
+      pending.set(n, (msg) => (msg.error ? reject(new Error(`${method}: ${msg.error.message}`)) : resolve(msg)));
+      setTimeout(() => {
+        if (pending.delete(n)) reject(new Error(`${method}: no answer in 30 s`));
+      }, 30_000).unref();
+      ws.send(JSON.stringify({ id: n, method, params }), (e) => e && fail(e));
     });
   await send("Profiler.enable");
   await send("Profiler.setSamplingInterval", { interval: 200 });
   await send("Profiler.start");
-  const loadResult = await load();
-  const stopped = await send("Profiler.stop");
-  ws.close();
+  let loadResult;
+  let stopped;
+  try {
+    loadResult = await load();
+  } finally {
+    stopped = await send("Profiler.stop").finally(() => ws.close());
+  }
   const profile = stopped.result?.profile;
   if (!profile) throw new Error(`no profile: ${JSON.stringify(stopped).slice(0, 300)}`);
   // Self time per sample: timeDeltas[i] belongs to samples[i].

@@ -32,15 +32,17 @@ function perf(r) {
   lines.push("", "Per-round requests/s (spread between rounds shows the machine's noise):", "");
   for (const h of r.http) lines.push(`- ${h.id}: ${h.rounds.map((q) => q.rps).join(", ")}`);
   if (by.c1 && by.e) {
+    const q = [by.c1, by.c5].filter(Boolean);
+    const row = (label, k) => `| ${label} | ${q.map((h) => `${x(h[k].rps)} | ${x(h[k].p99)}`).join(" | ")} |`;
     lines.push(
       "",
       "### The ratios that matter",
       "",
-      "| quotagate (one hot org) against | req/s | p99 latency |",
-      "|---|--:|--:|",
-      `| (a) pass-through Worker | ${x(by.c1.vs_a.rps)} | ${x(by.c1.vs_a.p99)} |`,
-      `| (b) minimal DO counter | ${x(by.c1.vs_b.rps)} | ${x(by.c1.vs_b.p99)} |`,
-      `| (e) Node + Redis limiter | ${x(by.c1.vs_e.rps)} | ${x(by.c1.vs_e.p99)} |`,
+      `| quotagate, one hot org, against | ${q.map((h) => (h.id === "c1" ? "req/s (as shipped) | p99 (as shipped)" : "req/s (DECISION_LOG=refusals) | p99 (DECISION_LOG=refusals)")).join(" | ")} |`,
+      `|---|${q.map(() => "--:|--:").join("|")}|`,
+      row("(a) pass-through Worker", "vs_a"),
+      row("(b) minimal DO counter", "vs_b"),
+      row("(e) Node + Redis limiter", "vs_e"),
     );
   }
   lines.push(

@@ -4,7 +4,7 @@
 //
 // Knobs (environment): BENCH_DURATION (s, 10), BENCH_WARMUP (s, 3), BENCH_CONNECTIONS (32),
 // BENCH_ROUNDS (3), BENCH_OUT (directory, bench/), BENCH_ONLY (comma-separated contender ids).
-import { spawn, execFileSync } from "node:child_process";
+import { spawn, spawnSync, execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -37,7 +37,14 @@ function run(cmd, args, opts = {}) {
   children.push(child);
   return { child, logs: () => out };
 }
+// Gateways started through the test harness are process groups of their own, killed alike.
+const gateways = [];
 function killAll() {
+  for (const g of gateways) {
+    try {
+      process.kill(-g.pid, "SIGKILL");
+    } catch {}
+  }
   for (const c of children) {
     try {
       process.kill(-c.pid, "SIGKILL");
@@ -46,6 +53,7 @@ function killAll() {
 }
 process.on("exit", killAll);
 process.on("SIGINT", () => process.exit(130));
+process.on("SIGTERM", () => process.exit(143));
 
 async function waitFor(url, what) {
   const deadline = Date.now() + 60_000;
@@ -129,7 +137,8 @@ function machine() {
     wrangler: pkg("wrangler"),
     workerd: pkg("workerd"),
     rustc: v("rustc", ["-V"]),
-    wrk: v("wrk", ["-v"]).replace(/ \[.*$/, "") || "wrk",
+    // `wrk -v` prints its version and exits 1.
+    wrk: (spawnSync("wrk", ["-v"], { encoding: "utf8" }).stdout ?? "").split("\n")[0].replace(/ \[.*$/, "").trim() || "wrk",
     redis: v("redis-server", ["--version"]),
     commit: v("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"]),
     date: new Date().toISOString(),
@@ -173,6 +182,7 @@ function keyFile(name, keys) {
 async function ledgerFigures() {
   log("ledger: fresh gateway");
   const gw = await startGateway({ vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: "http://127.0.0.1:9" } });
+  gateways.push(gw);
   try {
     const api = client(gw.url);
     await api.plan("bench-ledger", { limits: [{ meter: "rows", limit: 1_000_000_000, period: "month" }] });
@@ -279,18 +289,23 @@ async function main() {
   const limiterPort = await freePort();
   const limiter = run(process.execPath, [path.join(ROOT, "bench/contenders/redis-limiter/server.mjs"), String(limiterPort), ORIGIN_URL, String(redisPort)]);
   await waitFor(`http://127.0.0.1:${limiterPort}/_bench/health`, "redis limiter");
+  const track = async (started) => {
+    const g = await started;
+    gateways.push(g);
+    return g;
+  };
   const worker = (dir) =>
-    startGateway({ config: path.join(ROOT, "bench/contenders", dir, "wrangler.toml"), migrateFirst: false, health: "/_bench/health", logLevel: LOG_LEVEL, env: WRANGLER_ENV, vars: { ORIGIN_URL } });
+    track(startGateway({ config: path.join(ROOT, "bench/contenders", dir, "wrangler.toml"), migrateFirst: false, health: "/_bench/health", logLevel: LOG_LEVEL, env: WRANGLER_ENV, vars: { ORIGIN_URL } }));
   log("starting the Workers");
   const passthrough = await worker("passthrough");
   const doCounter = await worker("do-counter");
   const ratelimit = await worker("ratelimit");
-  const gw = await startGateway({ logLevel: LOG_LEVEL, env: WRANGLER_ENV, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL } });
+  const gw = await track(startGateway({ logLevel: LOG_LEVEL, env: WRANGLER_ENV, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL } }));
   const api = client(gw.url);
   const keys = await provision(api);
   const hotKeys = keyFile("hot", [keys.hot]);
   // The same gateway with DECISION_LOG=refusals: the cost of one log line per decision, apart.
-  const quiet = await startGateway({ logLevel: LOG_LEVEL, env: WRANGLER_ENV, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL, DECISION_LOG: "refusals" } });
+  const quiet = await track(startGateway({ logLevel: LOG_LEVEL, env: WRANGLER_ENV, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL, DECISION_LOG: "refusals" } }));
   const quietApi = client(quiet.url);
   await quietApi.plan("bench-quota", { limits: [{ meter: "requests", limit: 1_000_000_000_000, period: "month", mode: "hard" }] });
   await quietApi.org("bench-hot", { plan: "bench-quota" });
@@ -348,11 +363,24 @@ async function main() {
   // Where the time goes: a V8 CPU profile of the Worker isolate under the same load, for the
   // minimal DO counter and for quotagate (the profiler slows both; these runs are not timed).
   results.profile = {};
-  for (const [id, g, keysFile] of [["b", doCounter, hotKeys], ["c1", gw, hotKeys]]) {
+  // quotagate is profiled with DECISION_LOG=refusals (c5): with a line per request, wrangler's
+  // inspector stream is a flood of console events and the profiler's answers queue behind it.
+  // The cost of those lines is in the CPU table above (c1 against c5).
+  fs.mkdirSync(OUT, { recursive: true });
+  fs.writeFileSync(path.join(OUT, "results.partial.json"), JSON.stringify({ ...results, runs }, null, 2));
+  for (const [id, g, keysFile] of [["b", doCounter, hotKeys], ["c5", quiet, quietKeys]]) {
     if (!contenders.some((c) => c.id === id)) continue;
-    const p = await profileWhile(g.inspector, async () => wrk(g.url, { keysFile, seconds: Math.min(DURATION, 5) }));
-    results.profile[id] = { rps_while_profiled: Math.round(p.load.rps), total_ms: Math.round(p.total_ms), categories: p.categories, top: p.top.slice(0, 12) };
-    log(`profile ${id}: ${JSON.stringify(p.categories)}`);
+    // The inspector proxy sometimes drops a fresh connection: retry, and never lose the run.
+    for (let attempt = 1; attempt <= 3 && !results.profile[id]; attempt++) {
+      try {
+        const p = await profileWhile(g.inspector, async () => wrk(g.url, { keysFile, seconds: Math.min(DURATION, 5) }));
+        results.profile[id] = { rps_while_profiled: Math.round(p.load.rps), total_ms: Math.round(p.total_ms), categories: p.categories, top: p.top.slice(0, 12) };
+        log(`profile ${id}: ${JSON.stringify(p.categories)}`);
+      } catch (e) {
+        log(`profile ${id}, attempt ${attempt}: ${e.message}`);
+        await sleep(2000);
+      }
+    }
   }
 
   const pick = (xs, k) => median(xs.map((x) => x[k]));
@@ -389,6 +417,7 @@ async function main() {
   results.criterion = criterion();
   fs.mkdirSync(OUT, { recursive: true });
   fs.writeFileSync(path.join(OUT, "results.json"), JSON.stringify(results, null, 2) + "\n");
+  fs.rmSync(path.join(OUT, "results.partial.json"), { force: true });
   render(OUT);
   log(`wrote ${path.join(OUT, "results.json")} and ${path.join(OUT, "RESULTS.md")}`);
   if (results.quotagate_counted?.some((q) => !q.exact)) {
