@@ -1,30 +1,19 @@
 // The Durable Object call latency histogram on /_quota/admin/metrics: every DO call the Worker
 // makes is one sample, handed from the isolate to D1 (METRICS_FLUSH_SECS=0: after every
 // request), and samples whose hand-over met a D1 outage are kept and sent with the next one.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway, lockLedger } from "../support/gateway.mjs";
-import { createOrigin } from "../support/origin.mjs";
-import { client, eventually, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
+import { gatewayWithOrigin } from "../support/harness.mjs";
+import { lockLedger } from "../support/gateway.mjs";
+import { eventually, ADMIN_TOKEN } from "../support/client.mjs";
 
-let gw, origin, api;
-before(async () => {
-  origin = createOrigin();
-  const port = await origin.listen();
-  gw = await startGateway({
-    vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}`, METRICS_FLUSH_SECS: "0" },
-  });
-  api = client(gw.url);
+const fx = gatewayWithOrigin({ METRICS_FLUSH_SECS: "0" }, async ({ api }) => {
   await api.plan("lat", { limits: [{ meter: "requests", limit: 100000, period: "day" }] });
-});
-after(async () => {
-  await gw?.stop();
-  await origin?.close();
 });
 
 /** The histogram of one op, parsed from the exposition text. */
 async function histogram(op) {
-  const m = await api.call("GET", "/_quota/admin/metrics", { token: ADMIN_TOKEN });
+  const m = await fx.api.call("GET", "/_quota/admin/metrics", { token: ADMIN_TOKEN });
   assert.equal(m.status, 200);
   assert.match(m.text, /^# TYPE quotagate_do_call_duration_seconds histogram$/m);
   const buckets = [...m.text.matchAll(new RegExp(`^quotagate_do_call_duration_seconds_bucket\\{op="${op}",le="([^"]+)"\\} (\\d+)$`, "gm"))].map(
@@ -36,11 +25,11 @@ async function histogram(op) {
 }
 
 test("every proxied request's DO call is one latency sample; a D1 outage delays samples, never drops them", async () => {
-  await api.org("lat-org", { plan: "lat" });
-  const { key } = await api.key("lat-org");
+  await fx.api.org("lat-org", { plan: "lat" });
+  const { key } = await fx.api.key("lat-org");
   const send = async (n) => {
     for (let i = 0; i < n; i++) {
-      const r = await fetch(`${gw.url}/v1/things`, { headers: { "x-api-key": key } });
+      const r = await fetch(`${fx.gw.url}/v1/things`, { headers: { "x-api-key": key } });
       assert.equal(r.status, 200);
       await r.arrayBuffer();
     }
@@ -57,11 +46,11 @@ test("every proxied request's DO call is one latency sample; a D1 outage delays 
   assert.ok(h.sum !== null && h.sum >= 0);
 
   // D1 is locked: hand-overs fail, the isolate keeps its samples, and the requests still pass.
-  const lock = await lockLedger(gw.persistTo);
+  const lock = await lockLedger(fx.gw.persistTo);
   await send(25);
   await new Promise((r) => setTimeout(r, 300));
   lock.release();
-  assert.match(gw.logs(), /"msg":"latency hand-over failed"/);
+  assert.match(fx.gw.logs(), /"msg":"latency hand-over failed"/);
   // The next request's hand-over carries the kept samples too.
   await send(1);
   h = await eventually(async () => {
@@ -70,5 +59,5 @@ test("every proxied request's DO call is one latency sample; a D1 outage delays 
   });
   assert.ok(h, `decide samples after the outage: ${JSON.stringify(await histogram("decide"))}`);
   assert.deepEqual(h.buckets.at(-1), ["+Inf", 66]);
-  assert.equal((await api.call("GET", "/_quota/admin/metrics")).status, 401, "metrics need the admin token");
+  assert.equal((await fx.api.call("GET", "/_quota/admin/metrics")).status, 401, "metrics need the admin token");
 });

@@ -1,54 +1,44 @@
 // The bad-input corpus (corpus.mjs) against the running gateway: every malformed request gets its
 // documented 4xx as RFC 9457 problem JSON, never a 5xx, and nothing is counted, reserved, written
 // to the ledger or forwarded to the origin.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway, ledgerQuery } from "../support/gateway.mjs";
-import { createOrigin } from "../support/origin.mjs";
-import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
+import { gatewayWithOrigin } from "../support/harness.mjs";
+import { ledgerQuery } from "../support/gateway.mjs";
+import { ADMIN_TOKEN } from "../support/client.mjs";
 import { record } from "../support/report.mjs";
 import { corpus } from "./corpus.mjs";
 
-let gw, origin, api;
-before(async () => {
-  origin = createOrigin();
-  const port = await origin.listen();
-  gw = await startGateway({ vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}` } });
-  api = client(gw.url);
-});
-after(async () => {
-  await gw?.stop();
-  await origin?.close();
-});
+const fx = gatewayWithOrigin();
 
 /** Everything a bad request could have changed: both orgs' counters and reservations, the ledger. */
 async function snapshot(orgs) {
   const state = {};
   for (const org of orgs) {
-    await api.admin("POST", `/orgs/${org}/flush`);
-    const s = await api.state(org);
+    await fx.api.admin("POST", `/orgs/${org}/flush`);
+    const s = await fx.api.state(org);
     state[org] = { limits: s.limits.map((l) => [l.policy, l.used]), reservations: s.reservations ?? null };
   }
-  state.ledger = (await ledgerQuery(gw.persistTo, "SELECT COUNT(*) AS n, COALESCE(SUM(quantity), 0) AS q FROM usage_events"))[0];
-  state.keys = (await ledgerQuery(gw.persistTo, "SELECT COUNT(*) AS n, COUNT(revoked_at) AS r FROM api_keys"))[0];
-  state.orgs = await ledgerQuery(gw.persistTo, "SELECT * FROM orgs ORDER BY id");
-  state.plans = await ledgerQuery(gw.persistTo, "SELECT * FROM plans ORDER BY id");
+  state.ledger = (await ledgerQuery(fx.gw.persistTo, "SELECT COUNT(*) AS n, COALESCE(SUM(quantity), 0) AS q FROM usage_events"))[0];
+  state.keys = (await ledgerQuery(fx.gw.persistTo, "SELECT COUNT(*) AS n, COUNT(revoked_at) AS r FROM api_keys"))[0];
+  state.orgs = await ledgerQuery(fx.gw.persistTo, "SELECT * FROM orgs ORDER BY id");
+  state.plans = await ledgerQuery(fx.gw.persistTo, "SELECT * FROM plans ORDER BY id");
   return state;
 }
 
 test("the bad-input corpus: documented 4xx each, no 5xx, nothing counted", async () => {
-  await api.plan("bad", {
+  await fx.api.plan("bad", {
     limits: [
       { meter: "requests", limit: 1000, period: "month", mode: "hard" },
       { meter: "rows", limit: 1000, period: "month" },
     ],
   });
-  await api.org("org-a", { plan: "bad" });
-  await api.org("org-b", { plan: "bad" });
-  const a = await api.key("org-a");
-  const b = await api.key("org-b");
+  await fx.api.org("org-a", { plan: "bad" });
+  await fx.api.org("org-b", { plan: "bad" });
+  const a = await fx.api.key("org-a");
+  const b = await fx.api.key("org-b");
   const reserve = async (key) => {
-    const r = await api.call("POST", "/_quota/v1/check", { key, body: { meter: "requests", quantity: 1, reserve: true } });
+    const r = await fx.api.call("POST", "/_quota/v1/check", { key, body: { meter: "requests", quantity: 1, reserve: true } });
     assert.equal(r.status, 200, r.text);
     return r.json.reservation.id;
   };
@@ -62,7 +52,7 @@ test("the bad-input corpus: documented 4xx each, no 5xx, nothing counted", async
   };
   const cases = corpus(ctx);
   assert.ok(cases.length >= 100, `${cases.length} cases`);
-  const seenBefore = origin.requests.length;
+  const seenBefore = fx.origin.requests.length;
   const before = await snapshot(["org-a", "org-b"]);
 
   const wrong = [];
@@ -73,7 +63,7 @@ test("the bad-input corpus: documented 4xx each, no 5xx, nothing counted", async
     else if (c.auth === "admin") headers.authorization = `Bearer ${ADMIN_TOKEN}`;
     else if (typeof c.auth === "object") Object.assign(headers, c.auth);
     if (c.body !== undefined) headers["content-type"] = "application/json";
-    const r = await fetch(`${gw.url}${c.path}`, { method: c.method, headers, body: c.body });
+    const r = await fetch(`${fx.gw.url}${c.path}`, { method: c.method, headers, body: c.body });
     const text = await r.text();
     const type = r.headers.get("content-type") ?? "";
     let problem = null;
@@ -86,7 +76,7 @@ test("the bad-input corpus: documented 4xx each, no 5xx, nothing counted", async
     assert.ok(r.status < 500, `${c.name}: a 5xx for bad input: ${r.status} ${text.slice(0, 200)}`);
   }
   const after = await snapshot(["org-a", "org-b"]);
-  const forwarded = origin.requests.length - seenBefore;
+  const forwarded = fx.origin.requests.length - seenBefore;
   record(
     "Bad input",
     `${cases.length} malformed requests across every endpoint (${Object.entries(groups).map(([g, n]) => `${g} ${n}`).join(", ")})`,

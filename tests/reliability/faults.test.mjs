@@ -2,53 +2,39 @@
 // usage events (same event ids) and proxied requests (same Idempotency-Key). The test holds
 // SQLite's exclusive lock on D1's file, a real fault with no code hook. Afterwards the ledger
 // must hold every acknowledged event exactly once, and the counter must agree with it.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway, ledgerQuery, lockLedger } from "../support/gateway.mjs";
-import { createOrigin } from "../support/origin.mjs";
-import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
+import { gatewayWithOrigin } from "../support/harness.mjs";
+import { ledgerQuery, lockLedger } from "../support/gateway.mjs";
 import { record, scaled } from "../support/report.mjs";
 
 const BATCHES = scaled(5, 50); // of 100 events
 const PROXIED = scaled(100, 1000);
 const OUTAGE_MS = scaled(4000, 15000);
 
-let gw, origin, api;
-before(async () => {
-  origin = createOrigin();
-  const port = await origin.listen();
-  // Proxied usage is final after 2 s here (the release window), so it reaches D1 in the test.
-  gw = await startGateway({
-    vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}`, PROXY_RELEASE_WINDOW_SECS: "2" },
-  });
-  api = client(gw.url);
-});
-after(async () => {
-  await gw?.stop();
-  await origin?.close();
-});
+const fx = gatewayWithOrigin({ PROXY_RELEASE_WINDOW_SECS: "2" });
 
 test("D1 down for a while, every request sent twice with the same key: 0 lost, 0 duplicated", async () => {
-  await api.plan("faults", {
+  await fx.api.plan("faults", {
     limits: [
       { meter: "requests", limit: 1_000_000, period: "month" },
       { meter: "rows", limit: 1_000_000, period: "month" },
     ],
   });
-  await api.org("org-faults", { plan: "faults" });
-  const { key } = await api.key("org-faults");
+  await fx.api.org("org-faults", { plan: "faults" });
+  const { key } = await fx.api.key("org-faults");
   const ackedEvents = new Set();
   const ackedRequests = new Set();
   let sentEvents = 0;
   let sentRequests = 0;
-  const lock = await lockLedger(gw.persistTo);
+  const lock = await lockLedger(fx.gw.persistTo);
   const started = Date.now();
   try {
     const events = async (b) => {
       const body = { events: Array.from({ length: 100 }, (_, i) => ({ id: `f-${b}-${i}`, meter: "rows", quantity: 1 })) };
       for (let attempt = 0; attempt < 2; attempt++) {
         sentEvents += 100;
-        const r = await api.call("POST", "/_quota/v1/events", { key, body });
+        const r = await fx.api.call("POST", "/_quota/v1/events", { key, body });
         assert.equal(r.status, 200, "decisions do not need D1");
         for (const x of r.json.results) {
           assert.equal(x.status, attempt === 0 ? "accepted" : "duplicate", JSON.stringify(x));
@@ -59,7 +45,7 @@ test("D1 down for a while, every request sent twice with the same key: 0 lost, 0
     const proxied = async (i) => {
       for (let attempt = 0; attempt < 2; attempt++) {
         sentRequests++;
-        const r = await fetch(`${gw.url}/v1/things/${i}`, { headers: { "x-api-key": key, "idempotency-key": `req-${i}` } });
+        const r = await fetch(`${fx.gw.url}/v1/things/${i}`, { headers: { "x-api-key": key, "idempotency-key": `req-${i}` } });
         await r.arrayBuffer();
         assert.equal(r.status, 200);
         ackedRequests.add(`req-${i}`);
@@ -81,11 +67,11 @@ test("D1 down for a while, every request sent twice with the same key: 0 lost, 0
   const expected = ackedEvents.size + ackedRequests.size;
   let n = 0;
   for (let i = 0; i < 120 && n < expected; i++) {
-    await api.admin("POST", "/orgs/org-faults/flush");
-    [{ n }] = await ledgerQuery(gw.persistTo, "SELECT COUNT(*) AS n FROM usage_events WHERE org_id = 'org-faults'");
+    await fx.api.admin("POST", "/orgs/org-faults/flush");
+    [{ n }] = await ledgerQuery(fx.gw.persistTo, "SELECT COUNT(*) AS n FROM usage_events WHERE org_id = 'org-faults'");
     if (n < expected) await new Promise((r) => setTimeout(r, 500));
   }
-  const rows = await ledgerQuery(gw.persistTo, "SELECT event_id, source FROM usage_events WHERE org_id = 'org-faults'");
+  const rows = await ledgerQuery(fx.gw.persistTo, "SELECT event_id, source FROM usage_events WHERE org_id = 'org-faults'");
   const ids = new Set(rows.map((r) => r.event_id));
   const lostEvents = [...ackedEvents].filter((id) => !ids.has(id)).length;
   const lostRequests = [...ackedRequests].filter((id) => !ids.has(id)).length;
@@ -99,12 +85,12 @@ test("D1 down for a while, every request sent twice with the same key: 0 lost, 0
   record(
     "Retries with the same idempotency keys",
     `every event batch and proxied request above sent twice with the same ids`,
-    `${ackedEvents.size} events and ${ackedRequests.size} requests counted once each; counter = ${await api.used("org-faults", "rows-month")} rows, ${await api.used("org-faults", "requests-month")} requests`,
+    `${ackedEvents.size} events and ${ackedRequests.size} requests counted once each; counter = ${await fx.api.used("org-faults", "rows-month")} rows, ${await fx.api.used("org-faults", "requests-month")} requests`,
   );
   assert.deepEqual([lostEvents, lostRequests, duplicates, extra], [0, 0, 0, 0]);
-  assert.equal(await api.used("org-faults", "rows-month"), ackedEvents.size);
-  assert.equal(await api.used("org-faults", "requests-month"), ackedRequests.size);
-  assert.equal((await api.admin("GET", "/orgs/org-faults/reconcile")).json.total_drift, 0);
+  assert.equal(await fx.api.used("org-faults", "rows-month"), ackedEvents.size);
+  assert.equal(await fx.api.used("org-faults", "requests-month"), ackedRequests.size);
+  assert.equal((await fx.api.admin("GET", "/orgs/org-faults/reconcile")).json.total_drift, 0);
 });
 
 /** Reads D1 through the test's own locked connection (the lock holder may read). */

@@ -2,19 +2,14 @@
 // identical 401 on every org-key endpoint; another org's reservation looks exactly like one that
 // does not exist; spoofed tenant headers never reach the origin; every admin endpoint refuses
 // without the token, and a refused admin request changes nothing.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway, ledgerQuery } from "../support/gateway.mjs";
-import { createOrigin } from "../support/origin.mjs";
-import { client, verifyOriginSignature, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
+import { gatewayWithOrigin } from "../support/harness.mjs";
+import { ledgerQuery } from "../support/gateway.mjs";
+import { verifyOriginSignature, ADMIN_TOKEN } from "../support/client.mjs";
 import { record } from "../support/report.mjs";
 
-let gw, origin, api;
-before(async () => {
-  origin = createOrigin();
-  const port = await origin.listen();
-  gw = await startGateway({ vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}` } });
-  api = client(gw.url);
+const fx = gatewayWithOrigin({}, async ({ api }) => {
   await api.plan("sec", {
     limits: [
       { meter: "requests", limit: 1000, period: "month" },
@@ -23,14 +18,10 @@ before(async () => {
     ],
   });
 });
-after(async () => {
-  await gw?.stop();
-  await origin?.close();
-});
 
 /** Each limit's use: what a refused request must not move. */
 async function used(org) {
-  return (await api.state(org)).limits.map((l) => [l.policy, l.used]);
+  return (await fx.api.state(org)).limits.map((l) => [l.policy, l.used]);
 }
 
 /** What a client can observe of a response, less the Date header. */
@@ -53,10 +44,10 @@ const ORG_KEY_ENDPOINTS = [
 ];
 
 test("wrong, revoked, unknown-org and missing keys: one identical 401 on every org-key endpoint", async () => {
-  await api.org("sec-a", { plan: "sec" });
-  const live = await api.key("sec-a");
-  const gone = await api.key("sec-a");
-  assert.equal((await api.admin("DELETE", `/orgs/sec-a/keys/${gone.key_id}`)).status, 200);
+  await fx.api.org("sec-a", { plan: "sec" });
+  const live = await fx.api.key("sec-a");
+  const gone = await fx.api.key("sec-a");
+  assert.equal((await fx.api.admin("DELETE", `/orgs/sec-a/keys/${gone.key_id}`)).status, 200);
   const flip = (k) => k.slice(0, -1) + (k.endsWith("0") ? "1" : "0");
   const credentials = {
     "no key": {},
@@ -67,13 +58,13 @@ test("wrong, revoked, unknown-org and missing keys: one identical 401 on every o
     "as a Bearer token, revoked": { authorization: `Bearer ${gone.key}` },
     "admin token as org key": { authorization: `Bearer ${ADMIN_TOKEN}` },
   };
-  const seenBefore = origin.requests.length;
+  const seenBefore = fx.origin.requests.length;
   const usedBefore = await used("sec-a");
   let compared = 0;
   for (const [method, path, body] of ORG_KEY_ENDPOINTS) {
     const answers = new Map();
     for (const [name, headers] of Object.entries(credentials)) {
-      const r = await fetch(`${gw.url}${path}`, { method, headers: { ...headers, "content-type": "application/json" }, body });
+      const r = await fetch(`${fx.gw.url}${path}`, { method, headers: { ...headers, "content-type": "application/json" }, body });
       assert.equal(r.status, 401, `${method} ${path} with ${name}`);
       answers.set(name, await observe(r));
       compared++;
@@ -81,21 +72,21 @@ test("wrong, revoked, unknown-org and missing keys: one identical 401 on every o
     assert.equal(new Set(answers.values()).size, 1, `${method} ${path}: the 401s differ: ${JSON.stringify([...answers])}`);
   }
   // The live key still works, so the refusals above were about the credentials alone.
-  assert.equal((await api.call("GET", "/_quota/v1/usage", { key: live.key })).status, 200);
-  assert.equal(origin.requests.length, seenBefore, "no refused request reached the origin");
+  assert.equal((await fx.api.call("GET", "/_quota/v1/usage", { key: live.key })).status, 200);
+  assert.equal(fx.origin.requests.length, seenBefore, "no refused request reached the origin");
   assert.deepEqual(await used("sec-a"), usedBefore, "no refused request counted anything");
   record("Security: keys", `${Object.keys(credentials).length} bad credentials × ${ORG_KEY_ENDPOINTS.length} org-key endpoints (${compared} requests)`, "every one 401, byte-identical per endpoint (Date aside); 0 reached the origin; 0 counted");
 });
 
 test("another org's reservation looks exactly like one that does not exist, and stays intact", async () => {
-  await api.org("sec-b", { plan: "sec" });
-  await api.org("sec-c", { plan: "sec" });
-  const b = await api.key("sec-b");
-  const c = await api.key("sec-c");
-  const res = await api.call("POST", "/_quota/v1/check", { key: c.key, body: { meter: "requests", quantity: 3, reserve: true } });
+  await fx.api.org("sec-b", { plan: "sec" });
+  await fx.api.org("sec-c", { plan: "sec" });
+  const b = await fx.api.key("sec-b");
+  const c = await fx.api.key("sec-c");
+  const res = await fx.api.call("POST", "/_quota/v1/check", { key: c.key, body: { meter: "requests", quantity: 3, reserve: true } });
   const theirs = res.json.reservation.id;
   const madeUp = theirs.replace(/.$/, (x) => (x === "a" ? "b" : "a"));
-  const shape = async (id, action) => (await observe(await fetch(`${gw.url}/_quota/v1/reservations/${id}/${action}`, {
+  const shape = async (id, action) => (await observe(await fetch(`${fx.gw.url}/_quota/v1/reservations/${id}/${action}`, {
     method: "POST",
     headers: { "x-api-key": b.key, "content-type": "application/json" },
     body: "{}",
@@ -106,18 +97,18 @@ test("another org's reservation looks exactly like one that does not exist, and 
     assert.equal(foreign, await shape(madeUp, action), `${action}: a foreign reservation is told apart from a missing one`);
   }
   // Neither attempt touched it: its owner still commits it, once.
-  const commit = await api.call("POST", `/_quota/v1/reservations/${theirs}/commit`, { key: c.key, body: {} });
+  const commit = await fx.api.call("POST", `/_quota/v1/reservations/${theirs}/commit`, { key: c.key, body: {} });
   assert.equal(commit.status, 200, commit.text);
-  assert.equal(await api.used("sec-c", "requests-month"), 3);
-  assert.equal(await api.used("sec-b", "requests-month"), 0);
+  assert.equal(await fx.api.used("sec-c", "requests-month"), 3);
+  assert.equal(await fx.api.used("sec-b", "requests-month"), 0);
   // Each key sees only its own org.
-  assert.equal((await api.call("GET", "/_quota/v1/usage", { key: b.key })).json.org_id, "sec-b");
+  assert.equal((await fx.api.call("GET", "/_quota/v1/usage", { key: b.key })).json.org_id, "sec-b");
   record("Security: other orgs", "org B's key on org C's reservation (commit, release) against a made-up id", "identical 404s; C's reservation intact and committed once by C; B's counters unmoved; each key sees only its own org");
 });
 
 test("spoofed tenant headers never reach the origin", async () => {
-  await api.org("sec-d", { plan: "sec" });
-  const d = await api.key("sec-d");
+  await fx.api.org("sec-d", { plan: "sec" });
+  const d = await fx.api.key("sec-d");
   const spoof = {
     "x-quota-org": "sec-victim",
     "x-quota-plan": "enterprise",
@@ -126,16 +117,16 @@ test("spoofed tenant headers never reach the origin", async () => {
     "x-quota-decision": "fail-open",
     "X-Quota-Extra": "1",
   };
-  const before = origin.requests.length;
+  const before = fx.origin.requests.length;
   for (const [path, method] of [["/v1/things", "GET"], ["/v1/ai/chat", "POST"]]) {
-    const r = await fetch(`${gw.url}${path}`, { method, headers: { ...spoof, "x-api-key": d.key }, body: method === "POST" ? "{}" : undefined });
+    const r = await fetch(`${fx.gw.url}${path}`, { method, headers: { ...spoof, "x-api-key": d.key }, body: method === "POST" ? "{}" : undefined });
     assert.equal(r.status, 200, `${method} ${path}: ${await r.clone().text()}`);
     await r.arrayBuffer();
   }
-  const r = await fetch(`${gw.url}/v1/things`, { headers: spoof });
+  const r = await fetch(`${fx.gw.url}/v1/things`, { headers: spoof });
   assert.equal(r.status, 401, "spoofed headers without a key are refused");
   await r.arrayBuffer();
-  const seen = origin.requests.slice(before);
+  const seen = fx.origin.requests.slice(before);
   assert.equal(seen.length, 2);
   for (const s of seen) {
     assert.equal(s.headers["x-quota-org"], "sec-d");
@@ -172,7 +163,7 @@ const ADMIN_ENDPOINTS = [
 
 test("every admin endpoint refuses without the admin token, identically, and changes nothing", async () => {
   const wrongSameLength = ADMIN_TOKEN.replace(/.$/, (x) => (x === "a" ? "b" : "a"));
-  const org = await api.key("sec-a");
+  const org = await fx.api.key("sec-a");
   const credentials = {
     "no token": {},
     "wrong token, same length": { authorization: `Bearer ${wrongSameLength}` },
@@ -182,14 +173,14 @@ test("every admin endpoint refuses without the admin token, identically, and cha
     "an org key": { authorization: `Bearer ${org.key}` },
     "token in x-api-key": { "x-api-key": ADMIN_TOKEN },
   };
-  const state = async () => JSON.stringify(await ledgerQuery(gw.persistTo, "SELECT (SELECT COUNT(*) FROM plans) AS p, (SELECT COUNT(*) FROM orgs) AS o, (SELECT COUNT(*) FROM api_keys) AS k, (SELECT COUNT(revoked_at) FROM api_keys) AS r, (SELECT COUNT(*) FROM counter_resets) AS resets"));
+  const state = async () => JSON.stringify(await ledgerQuery(fx.gw.persistTo, "SELECT (SELECT COUNT(*) FROM plans) AS p, (SELECT COUNT(*) FROM orgs) AS o, (SELECT COUNT(*) FROM api_keys) AS k, (SELECT COUNT(revoked_at) FROM api_keys) AS r, (SELECT COUNT(*) FROM counter_resets) AS resets"));
   const before = await state();
   const usedBefore = await used("sec-a");
   let n = 0;
   const all = new Set();
   for (const [method, path, body] of ADMIN_ENDPOINTS) {
     for (const [name, headers] of Object.entries(credentials)) {
-      const r = await fetch(`${gw.url}/_quota/admin${path}`, { method, headers: { ...headers, "content-type": "application/json" }, body });
+      const r = await fetch(`${fx.gw.url}/_quota/admin${path}`, { method, headers: { ...headers, "content-type": "application/json" }, body });
       assert.equal(r.status, 401, `${method} ${path} with ${name}`);
       all.add(await observe(r));
       n++;
