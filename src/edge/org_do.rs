@@ -28,7 +28,6 @@ use crate::policy::{
     Aggregation, Book, Counter, EventId, Limit, LimitStatus, MeterId, OrgId, OrgTerms, Plan, PlanError, PlanId, Policy,
     Reservation, ReservationKind, ReserveAs, Settlement, Timestamp, UsageError,
 };
-use crate::telemetry::DecisionLog;
 use crate::wire::{
     decision_json, limit_json, problem_body, status_json, unauthorized_body, usage_error_status, usage_json,
     DecideKind, DoReply, DoRequest, SettleAction, UsageEvent,
@@ -1380,7 +1379,7 @@ fn count_decision(store: &Store, meter: &MeterId, outcome: &str) -> DoResult<()>
 
 /// One JSON log line per decision made here (the Worker logs proxied ones).
 fn log_decision(env: &Env, meter: &MeterId, quantity: u64, outcome: &str, status: u16, source: &str) {
-    if !DecisionLog::parse(config(env, "DECISION_LOG").as_deref()).wants(outcome) {
+    if !super::platform::decision_log(env).wants(outcome) {
         return;
     }
     worker::console_log!(

@@ -11,12 +11,14 @@ use worker::{Env, Headers, Method, Request, RequestInit, Response};
 use super::error::EdgeError;
 use crate::policy::keys::hex;
 use crate::policy::{OrgId, Timestamp};
-use crate::telemetry::{BucketRow, Recorder};
+use crate::telemetry::{BucketRow, DecisionLog, Recorder};
 use crate::wire::{parse_json, DoReply, DoRequest, MAX_JSON_BODY, MAX_SAFE_INTEGER};
 
 thread_local! {
     /// This isolate's Durable Object call latencies since its last hand-over to the ledger.
     static LATENCY: std::cell::RefCell<Recorder> = std::cell::RefCell::new(Recorder::default());
+    static FLUSH_EVERY_MS: std::cell::OnceCell<u64> = const { std::cell::OnceCell::new() };
+    static DECISION_LOG: std::cell::OnceCell<DecisionLog> = const { std::cell::OnceCell::new() };
     /// `QUOTA_CLOCK_OFFSET_MS`, testing only: shifts this isolate's clock so end-to-end tests can
     /// cross a real period boundary. Zero unless set.
     static CLOCK_OFFSET_MS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
@@ -78,8 +80,18 @@ pub async fn call_do(env: &Env, org: &OrgId, msg: &DoRequest) -> Result<DoReply,
 
 /// Latency rows due for the ledger: every `METRICS_FLUSH_SECS` (10 s by default) per isolate.
 pub fn latency_due(env: &Env) -> Option<Vec<BucketRow>> {
-    let every_ms = config(env, "METRICS_FLUSH_SECS").and_then(|v| v.parse::<u64>().ok()).unwrap_or(10);
-    LATENCY.with(|r| r.borrow_mut().take_due(now(), every_ms.saturating_mul(1000)))
+    // A deployment's vars never change under a running isolate: read once, not per request.
+    let every_ms = FLUSH_EVERY_MS.with(|c| {
+        *c.get_or_init(|| {
+            config(env, "METRICS_FLUSH_SECS").and_then(|v| v.parse::<u64>().ok()).unwrap_or(10).saturating_mul(1000)
+        })
+    });
+    LATENCY.with(|r| r.borrow_mut().take_due(now(), every_ms))
+}
+
+/// Which decisions write a log line (`DECISION_LOG`), read once per isolate.
+pub fn decision_log(env: &Env) -> DecisionLog {
+    DECISION_LOG.with(|c| *c.get_or_init(|| DecisionLog::parse(config(env, "DECISION_LOG").as_deref())))
 }
 
 /// Puts back latency rows the ledger did not take.

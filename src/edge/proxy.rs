@@ -11,11 +11,10 @@ use worker::{console_log, Context, Env, Fetch, Headers, Method, Request, Request
 use super::error::EdgeError;
 use super::ledger;
 use super::org_api::presented_key;
-use super::platform::{call_do, config, now, random_hex, reply_response};
+use super::platform::{call_do, config, decision_log, now, random_hex, reply_response};
 use crate::policy::classify::{usage_header_meter, Cost, Routes};
 use crate::policy::keys::{origin_signature, origin_signing_string, verify, VerifiedKey};
 use crate::policy::{EventId, FailMode, MeterId, OrgId, Plan, PlanId, Timestamp};
-use crate::telemetry::DecisionLog;
 use crate::wire::{problem_body, DecideKind, DoReply, DoRequest, InputError, SettleAction, MAX_SAFE_INTEGER};
 
 type Handled = Result<Response, EdgeError>;
@@ -49,7 +48,7 @@ fn log_decision(
     source: &str,
     started: Timestamp,
 ) {
-    if !DecisionLog::parse(config(env, "DECISION_LOG").as_deref()).wants(outcome) {
+    if !decision_log(env).wants(outcome) {
         return;
     }
     console_log!(
