@@ -23,7 +23,6 @@ const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(","))
 // wrangler dev prints every request and every console line through its Node process; that
 // printing is the local harness, not the runtime, so it is off for every Worker alike.
 const LOG_LEVEL = process.env.BENCH_LOG_LEVEL ?? "warn";
-const WRANGLER_ENV = process.env.BENCH_NO_INSPECTOR ? { VSCODE_INSPECTOR_OPTIONS: "{}" } : {};
 const LUA = path.join(ROOT, "bench/lua/load.lua");
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (...a) => console.log("[bench]", ...a);
@@ -295,17 +294,17 @@ async function main() {
     return g;
   };
   const worker = (dir) =>
-    track(startGateway({ config: path.join(ROOT, "bench/contenders", dir, "wrangler.toml"), migrateFirst: false, health: "/_bench/health", logLevel: LOG_LEVEL, env: WRANGLER_ENV, vars: { ORIGIN_URL } }));
+    track(startGateway({ config: path.join(ROOT, "bench/contenders", dir, "wrangler.toml"), migrateFirst: false, health: "/_bench/health", logLevel: LOG_LEVEL, vars: { ORIGIN_URL } }));
   log("starting the Workers");
   const passthrough = await worker("passthrough");
   const doCounter = await worker("do-counter");
   const ratelimit = await worker("ratelimit");
-  const gw = await track(startGateway({ logLevel: LOG_LEVEL, env: WRANGLER_ENV, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL } }));
+  const gw = await track(startGateway({ logLevel: LOG_LEVEL, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL } }));
   const api = client(gw.url);
   const keys = await provision(api);
   const hotKeys = keyFile("hot", [keys.hot]);
   // The same gateway with DECISION_LOG=refusals: the cost of one log line per decision, apart.
-  const quiet = await track(startGateway({ logLevel: LOG_LEVEL, env: WRANGLER_ENV, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL, DECISION_LOG: "refusals" } }));
+  const quiet = await track(startGateway({ logLevel: LOG_LEVEL, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL, DECISION_LOG: "refusals" } }));
   const quietApi = client(quiet.url);
   await quietApi.plan("bench-quota", { limits: [{ meter: "requests", limit: 1_000_000_000_000, period: "month", mode: "hard" }] });
   await quietApi.org("bench-hot", { plan: "bench-quota" });

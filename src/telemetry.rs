@@ -50,7 +50,7 @@ pub const BOUNDS_MS: [i64; 11] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500
 pub const INF: i64 = -1;
 
 /// One stored row: samples of one operation that fell in one bucket (not cumulative).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct BucketRow {
     pub op: String,
     pub le_ms: i64,

@@ -30,6 +30,22 @@ fn t(ts: Timestamp) -> Result<JsValue, EdgeError> {
     js_int(ts.millis())
 }
 
+/// Runs one query and reads every row as `T`; `what` names the query in errors.
+pub(super) async fn rows<T: for<'de> Deserialize<'de>>(
+    db: &D1Database,
+    sql: &str,
+    args: &[JsValue],
+    what: &'static str,
+) -> Result<Vec<T>, EdgeError> {
+    db.prepare(sql)
+        .bind(args)
+        .map_err(EdgeError::platform("bind"))?
+        .all()
+        .await
+        .and_then(|r| r.results())
+        .map_err(EdgeError::platform(what))
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct PlanRow {
     pub id: String,
@@ -78,11 +94,7 @@ pub async fn get_plan(db: &D1Database, id: &PlanId) -> Result<Option<PlanRow>, E
 }
 
 pub async fn list_plans(db: &D1Database) -> Result<Vec<PlanRow>, EdgeError> {
-    db.prepare("SELECT id, name, body, created_at, updated_at FROM plans ORDER BY id")
-        .all()
-        .await
-        .and_then(|r| r.results())
-        .map_err(EdgeError::platform("plans query"))
+    rows(db, "SELECT id, name, body, created_at, updated_at FROM plans ORDER BY id", &[], "plans query").await
 }
 
 /// Inserts or replaces a plan; `true` when it was new.
@@ -113,13 +125,13 @@ pub async fn get_org(db: &D1Database, id: &OrgId) -> Result<Option<OrgRow>, Edge
 }
 
 pub async fn orgs_on_plan(db: &D1Database, plan: &PlanId) -> Result<Vec<OrgRow>, EdgeError> {
-    db.prepare(format!("SELECT {ORG_COLUMNS} FROM orgs WHERE plan_id = ? ORDER BY id"))
-        .bind(&[s(plan.as_str())])
-        .map_err(EdgeError::platform("bind"))?
-        .all()
-        .await
-        .and_then(|r| r.results())
-        .map_err(EdgeError::platform("orgs query"))
+    rows(
+        db,
+        &format!("SELECT {ORG_COLUMNS} FROM orgs WHERE plan_id = ? ORDER BY id"),
+        &[s(plan.as_str())],
+        "orgs query",
+    )
+    .await
 }
 
 pub async fn put_org(db: &D1Database, row: &OrgRow) -> Result<(), EdgeError> {
@@ -166,13 +178,13 @@ pub async fn insert_key(
 }
 
 pub async fn list_keys(db: &D1Database, org: &OrgId) -> Result<Vec<KeyRow>, EdgeError> {
-    db.prepare("SELECT id, prefix, created_at, revoked_at FROM api_keys WHERE org_id = ? ORDER BY created_at")
-        .bind(&[s(org.as_str())])
-        .map_err(EdgeError::platform("bind"))?
-        .all()
-        .await
-        .and_then(|r| r.results())
-        .map_err(EdgeError::platform("api_keys query"))
+    rows(
+        db,
+        "SELECT id, prefix, created_at, revoked_at FROM api_keys WHERE org_id = ? ORDER BY created_at",
+        &[s(org.as_str())],
+        "api_keys query",
+    )
+    .await
 }
 
 /// Marks a key of `org` revoked; `None` when the org has no such key. Revoking twice keeps the
@@ -230,16 +242,14 @@ pub struct SummaryRow {
 
 /// Per-meter totals from the daily rollups since `from_day` (inclusive).
 pub async fn summary(db: &D1Database, org: &OrgId, from_day: &str) -> Result<Vec<SummaryRow>, EdgeError> {
-    db.prepare(
+    rows(
+        db,
         "SELECT meter, SUM(events) AS events, SUM(quantity) AS quantity, MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts \
          FROM usage_daily WHERE org_id = ? AND day >= ? GROUP BY meter ORDER BY meter",
+        &[s(org.as_str()), s(from_day)],
+        "usage_daily query",
     )
-    .bind(&[s(org.as_str()), s(from_day)])
-    .map_err(EdgeError::platform("bind"))?
-    .all()
     .await
-    .and_then(|r| r.results())
-    .map_err(EdgeError::platform("usage_daily query"))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,38 +273,30 @@ pub async fn history(
     from: &str,
     to: &str,
 ) -> Result<Vec<DailyRow>, EdgeError> {
-    db.prepare(
+    rows(
+        db,
         "SELECT org_id, meter, day, quantity, events, max_value, last_value FROM usage_daily \
          WHERE org_id = ? AND meter = ? AND day >= ? AND day <= ? ORDER BY day",
+        &[s(org.as_str()), s(meter), s(from), s(to)],
+        "usage_daily query",
     )
-    .bind(&[s(org.as_str()), s(meter), s(from), s(to)])
-    .map_err(EdgeError::platform("bind"))?
-    .all()
     .await
-    .and_then(|r| r.results())
-    .map_err(EdgeError::platform("usage_daily query"))
 }
 
 /// Daily rollups of every org over [from, to], for the billing export.
 pub async fn daily_range(db: &D1Database, from: &str, to: &str) -> Result<Vec<DailyRow>, EdgeError> {
-    db.prepare(
+    rows(
+        db,
         "SELECT org_id, meter, day, quantity, events, max_value, last_value FROM usage_daily \
          WHERE day >= ? AND day <= ? ORDER BY org_id, meter, day",
+        &[s(from), s(to)],
+        "usage_daily query",
     )
-    .bind(&[s(from), s(to)])
-    .map_err(EdgeError::platform("bind"))?
-    .all()
     .await
-    .and_then(|r| r.results())
-    .map_err(EdgeError::platform("usage_daily query"))
 }
 
 pub async fn all_orgs(db: &D1Database) -> Result<Vec<OrgRow>, EdgeError> {
-    db.prepare(format!("SELECT {ORG_COLUMNS} FROM orgs ORDER BY id"))
-        .all()
-        .await
-        .and_then(|r| r.results())
-        .map_err(EdgeError::platform("orgs query"))
+    rows(db, &format!("SELECT {ORG_COLUMNS} FROM orgs ORDER BY id"), &[], "orgs query").await
 }
 
 pub async fn record_reset(db: &D1Database, org: &OrgId, meter: Option<&str>, at: Timestamp) -> Result<(), EdgeError> {
@@ -345,11 +347,7 @@ pub async fn set_gauge(db: &D1Database, name: &str, labels: &str, value: u64, at
 }
 
 pub async fn gauges(db: &D1Database) -> Result<Vec<GaugeRow>, EdgeError> {
-    db.prepare("SELECT name, labels, value FROM metric_gauges ORDER BY name, labels")
-        .all()
-        .await
-        .and_then(|r| r.results())
-        .map_err(EdgeError::platform("metric_gauges query"))
+    rows(db, "SELECT name, labels, value FROM metric_gauges ORDER BY name, labels", &[], "metric_gauges query").await
 }
 
 #[derive(Debug, Deserialize)]
@@ -379,12 +377,13 @@ pub async fn live_metrics(db: &D1Database, at: Timestamp) -> Result<String, Edge
         .first(None)
         .await
         .map_err(EdgeError::platform("stripe_state query"))?;
-    let outcomes: Vec<OutcomeRow> = db
-        .prepare("SELECT outcome, COUNT(*) AS n FROM alert_deliveries GROUP BY outcome ORDER BY outcome")
-        .all()
-        .await
-        .and_then(|r| r.results())
-        .map_err(EdgeError::platform("alert_deliveries query"))?;
+    let outcomes: Vec<OutcomeRow> = rows(
+        db,
+        "SELECT outcome, COUNT(*) AS n FROM alert_deliveries GROUP BY outcome ORDER BY outcome",
+        &[],
+        "alert_deliveries query",
+    )
+    .await?;
     let l = live.unwrap_or(LiveRow { breaker_open: 0, failures: 0, pending: 0, expired: 0 });
     let mut out = format!(
         "# HELP quotagate_stripe_breaker_open 1 while Stripe reporting is paused after consecutive failures.\n\
@@ -403,14 +402,6 @@ pub async fn live_metrics(db: &D1Database, at: Timestamp) -> Result<String, Edge
         let _ = writeln!(out, "quotagate_alert_deliveries_total{{outcome=\"{}\"}} {}", o.outcome, o.n);
     }
     Ok(out)
-}
-
-#[derive(Debug, Deserialize)]
-struct LatencyRow {
-    op: String,
-    le_ms: i64,
-    n: u64,
-    sum_ms: u64,
 }
 
 /// Adds latency buckets (one isolate's hand-over) to the summed histogram.
@@ -433,11 +424,5 @@ pub async fn add_latency(db: &D1Database, rows: &[BucketRow]) -> Result<(), Edge
 
 /// The summed latency histogram, as stored rows.
 pub async fn latency(db: &D1Database) -> Result<Vec<BucketRow>, EdgeError> {
-    let rows: Vec<LatencyRow> = db
-        .prepare("SELECT op, le_ms, n, sum_ms FROM do_call_latency ORDER BY op, le_ms")
-        .all()
-        .await
-        .and_then(|r| r.results())
-        .map_err(EdgeError::platform("do_call_latency query"))?;
-    Ok(rows.into_iter().map(|r| BucketRow { op: r.op, le_ms: r.le_ms, n: r.n, sum_ms: r.sum_ms }).collect())
+    rows(db, "SELECT op, le_ms, n, sum_ms FROM do_call_latency ORDER BY op, le_ms", &[], "do_call_latency query").await
 }

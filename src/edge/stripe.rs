@@ -61,13 +61,7 @@ async fn run(db: &D1Database, sql: &str, args: &[JsValue]) -> Result<(), EdgeErr
 }
 
 async fn all<T: for<'de> Deserialize<'de>>(db: &D1Database, sql: &str, args: &[JsValue]) -> Result<Vec<T>, EdgeError> {
-    db.prepare(sql)
-        .bind(args)
-        .map_err(EdgeError::platform("bind"))?
-        .all()
-        .await
-        .and_then(|r| r.results())
-        .map_err(EdgeError::platform("stripe sql"))
+    ledger::rows(db, sql, args, "stripe sql").await
 }
 
 /// The Stripe `event_name` of each meter of an org's policy: the meter config's, else the id.

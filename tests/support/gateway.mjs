@@ -52,7 +52,6 @@ export async function startGateway({
   config = null,
   health = "/_quota/healthz",
   logLevel = "log",
-  env = {},
 } = {}) {
   const dir = persistTo ?? tempDir();
   // A directory the harness made is removed on stop, unless the test restarts on it.
@@ -64,7 +63,7 @@ export async function startGateway({
     "--persist-to", dir, "--log-level", logLevel, "--show-interactive-dev-session=false"];
   if (config) args.push("--config", config);
   for (const [k, v] of Object.entries(vars)) args.push("--var", `${k}:${v}`);
-  const child = spawn(WRANGLER, args, { cwd: ROOT, env: { ...ENV, ...env }, stdio: ["ignore", "pipe", "pipe"], detached: true });
+  const child = spawn(WRANGLER, args, { cwd: ROOT, env: ENV, stdio: ["ignore", "pipe", "pipe"], detached: true });
   let out = "";
   const keepTail = (d) => {
     out += d;
