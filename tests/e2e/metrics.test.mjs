@@ -50,6 +50,7 @@ test("every proxied request's DO call is one latency sample; a D1 outage delays 
   await send(25);
   await new Promise((r) => setTimeout(r, 300));
   lock.release();
+  await eventually(() => /"msg":"latency hand-over failed"/.test(fx.gw.logs()));
   assert.match(fx.gw.logs(), /"msg":"latency hand-over failed"/);
   // The next request's hand-over carries the kept samples too.
   await send(1);

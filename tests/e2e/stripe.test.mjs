@@ -5,7 +5,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startGateway, ledgerQuery, lockLedger } from "../support/gateway.mjs";
 import { createStripe } from "../support/stripe.mjs";
-import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
+import { client, eventually, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
 
 const SECRET = "sk_test_quotagate";
 let gw, api, stripe;
@@ -125,5 +125,7 @@ test("usage older than Stripe's 35-day window is reported as an error, not dropp
   const [batch] = await ledgerQuery(gw.persistTo, "SELECT status, value, last_error FROM stripe_batches WHERE org_id = 'st-old'");
   assert.deepEqual([batch.status, batch.value], ["expired", 3]);
   assert.match(batch.last_error, /35-day window/);
+  // The log line reaches wrangler's output a moment after the response.
+  await eventually(() => /"msg":"stripe batch expired"/.test(gw.logs()));
   assert.match(gw.logs(), /"msg":"stripe batch expired"/);
 });
