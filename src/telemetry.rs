@@ -33,14 +33,87 @@ impl DecisionLog {
         }
     }
 
-    /// Whether a decision with this outcome is logged; `allowed` is the one plain outcome.
+    /// Whether a decision with this outcome is logged; `allowed` and `accepted` are the plain
+    /// outcomes.
     #[must_use]
-    pub fn wants(self, outcome: &str) -> bool {
+    pub fn wants(self, outcome: Outcome) -> bool {
         match self {
             Self::All => true,
-            Self::Refusals => outcome != "allowed" && outcome != "accepted",
+            Self::Refusals => !matches!(outcome, Outcome::Allowed | Outcome::Accepted),
             Self::Off => false,
         }
+    }
+}
+
+/// What became of a request, as logs and metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Outcome {
+    Allowed,
+    Refused,
+    /// A usage event that was counted.
+    Accepted,
+    Unauthorized,
+    /// No decision could be had (the org's DO was unreachable and the plan fails closed).
+    Unavailable,
+}
+
+impl Outcome {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Refused => "refused",
+            Self::Accepted => "accepted",
+            Self::Unauthorized => "unauthorized",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Allowed, Self::Refused, Self::Accepted, Self::Unauthorized, Self::Unavailable]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+}
+
+/// The one shape of a decision log line, wherever the decision was made: the Worker (proxied
+/// requests, with the round trip's latency) or the org's Durable Object (checks, reservations,
+/// events; a DO cannot time itself, its clock stands still while it computes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionLine {
+    pub org: String,
+    pub meter: String,
+    pub quantity: u64,
+    pub outcome: Outcome,
+    pub status: u16,
+    /// `proxy`, `check`, `reserve`, `events`, `fail-open` or `fail-closed`.
+    pub source: &'static str,
+    pub latency_ms: Option<u64>,
+}
+
+impl DecisionLine {
+    /// The line as JSON, written straight into one string: org and meter are ids
+    /// (`[a-z0-9_-]`) and the rest are numbers and fixed words, so nothing needs escaping and no
+    /// JSON tree is built per request.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(160);
+        let _ = write!(
+            s,
+            r#"{{"msg":"decision","org":"{}","meter":"{}","quantity":{},"outcome":"{}","status":{},"source":"{}""#,
+            self.org,
+            self.meter,
+            self.quantity,
+            self.outcome.as_str(),
+            self.status,
+            self.source
+        );
+        if let Some(ms) = self.latency_ms {
+            let _ = write!(s, r#","latency_ms":{ms}"#);
+        }
+        s.push('}');
+        s
     }
 }
 
@@ -243,11 +316,11 @@ mod tests {
         assert_eq!(DecisionLog::parse(None), DecisionLog::All);
         assert_eq!(DecisionLog::parse(Some("typo")), DecisionLog::All, "an unknown value keeps every line");
         assert_eq!(DecisionLog::parse(Some(" refusals ")), DecisionLog::Refusals);
-        assert!(DecisionLog::All.wants("allowed"));
-        assert!(!DecisionLog::Refusals.wants("allowed"));
-        assert!(!DecisionLog::Refusals.wants("accepted"));
-        assert!(DecisionLog::Refusals.wants("refused"));
-        assert!(DecisionLog::Refusals.wants("unavailable"));
-        assert!(!DecisionLog::parse(Some("off")).wants("refused"));
+        assert!(DecisionLog::All.wants(Outcome::Allowed));
+        assert!(!DecisionLog::Refusals.wants(Outcome::Allowed));
+        assert!(!DecisionLog::Refusals.wants(Outcome::Accepted));
+        assert!(DecisionLog::Refusals.wants(Outcome::Refused));
+        assert!(DecisionLog::Refusals.wants(Outcome::Unavailable));
+        assert!(!DecisionLog::parse(Some("off")).wants(Outcome::Refused));
     }
 }

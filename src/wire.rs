@@ -166,108 +166,6 @@ pub fn parse_reset(v: &Value) -> Result<Option<MeterId>, InputError> {
 
 // ------------------------------------------------------------------ Worker ↔ Durable Object
 
-/// How a decision is applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DecideKind {
-    /// `/v1/check` without reserve: nothing changes.
-    Check,
-    /// `/v1/check` with reserve: a provisional reservation the caller settles.
-    Reserve,
-    /// A proxied request of known cost: counted at once, released if the origin fails.
-    Proxy,
-    /// A proxied request whose cost the origin reports: admitted while one unit remains.
-    ProxyReported,
-}
-
-/// One message to an org's Durable Object. Every org-key operation carries the key's hash, so
-/// the key check and the operation are one round trip.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum DoRequest {
-    /// `replayable`: the id is the client's Idempotency-Key, so a replay within the idempotency
-    /// window is admitted without being counted again.
-    Decide {
-        key_hash: String,
-        meter: MeterId,
-        quantity: u64,
-        kind: DecideKind,
-        id: EventId,
-        ttl_ms: u64,
-        replayable: bool,
-    },
-    /// Usage events (`POST /v1/events`), idempotent by event id.
-    Events {
-        key_hash: String,
-        events: Vec<UsageEvent>,
-        enforce: bool,
-    },
-    /// The live usage overview (`GET /v1/usage`); `key_hash` is `None` for the admin API.
-    Usage {
-        key_hash: Option<String>,
-        short: bool,
-    },
-    /// Drain the outbox to D1 now.
-    Flush,
-    /// Compare counters with the ledger; `repair` sets them to the ledger's truth.
-    Reconcile {
-        repair: bool,
-    },
-    /// Commit or release a reservation. `key_hash` is absent when the Worker itself settles
-    /// a proxied request's reservation.
-    Settle {
-        key_hash: Option<String>,
-        id: EventId,
-        action: SettleAction,
-    },
-    /// Usage the origin reported for a proxied request, counted without enforcement.
-    Report {
-        id: EventId,
-        usage: Vec<(MeterId, u64)>,
-    },
-    Configure {
-        org: OrgId,
-        plan_id: PlanId,
-        plan: Value,
-        billing_anchor: Option<Value>,
-        overrides: Option<Value>,
-        /// Where threshold alerts go (else the global `ALERT_WEBHOOK_URL`).
-        webhook_url: Option<String>,
-    },
-    State,
-    Reset {
-        meter: Option<MeterId>,
-    },
-    AddKey {
-        key_id: String,
-        hash: String,
-    },
-    RevokeKey {
-        key_id: String,
-    },
-}
-
-impl DoRequest {
-    /// The message's `op` tag, as it goes on the wire (a metric label).
-    #[must_use]
-    pub const fn op(&self) -> &'static str {
-        match self {
-            Self::Decide { .. } => "decide",
-            Self::Events { .. } => "events",
-            Self::Usage { .. } => "usage",
-            Self::Flush => "flush",
-            Self::Reconcile { .. } => "reconcile",
-            Self::Settle { .. } => "settle",
-            Self::Report { .. } => "report",
-            Self::Configure { .. } => "configure",
-            Self::State => "state",
-            Self::Reset { .. } => "reset",
-            Self::AddKey { .. } => "add_key",
-            Self::RevokeKey { .. } => "revoke_key",
-        }
-    }
-}
-
 /// One usage event as the DO records it; validated by `EventsRequest::parse`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageEvent {
@@ -403,33 +301,6 @@ pub fn csv_field(s: &str) -> String {
     } else {
         s.to_owned()
     }
-}
-
-/// How a reservation is settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum SettleAction {
-    /// With the quantity used; `None` commits the reserved quantity.
-    Commit {
-        quantity: Option<u64>,
-    },
-    Release,
-}
-
-/// The Durable Object's answer: an HTTP answer the Worker can pass on as it is, plus what the
-/// proxy needs to know (plan, fail mode).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DoReply {
-    pub status: u16,
-    #[serde(default)]
-    pub headers: Vec<(String, String)>,
-    pub body: Value,
-    #[serde(default)]
-    pub plan: Option<String>,
-    /// The decision reserved units under the request's id (a replay reserves nothing): only then
-    /// may the Worker release them.
-    #[serde(default)]
-    pub reserved: bool,
 }
 
 /// The status and problem `type` / `title` of a usage error.
@@ -683,37 +554,5 @@ mod tests {
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
-    }
-
-    #[test]
-    fn do_messages_round_trip() {
-        for action in
-            [SettleAction::Commit { quantity: None }, SettleAction::Commit { quantity: Some(4) }, SettleAction::Release]
-        {
-            let m = DoRequest::Settle { key_hash: None, id: EventId::parse("r1").unwrap(), action };
-            let back: DoRequest = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
-            assert_eq!(back, m);
-        }
-        let s = serde_json::to_string(&DoRequest::Reset { meter: None }).unwrap();
-        assert_eq!(s, r#"{"op":"reset","meter":null}"#);
-    }
-
-    #[test]
-    fn the_op_label_is_the_wire_tag() {
-        let msgs = [
-            DoRequest::Usage { key_hash: None, short: true },
-            DoRequest::Flush,
-            DoRequest::Reconcile { repair: false },
-            DoRequest::Report { id: EventId::parse("r1").unwrap(), usage: vec![] },
-            DoRequest::State,
-            DoRequest::Reset { meter: None },
-            DoRequest::AddKey { key_id: "k".into(), hash: "h".into() },
-            DoRequest::RevokeKey { key_id: "k".into() },
-            DoRequest::Settle { key_hash: None, id: EventId::parse("r1").unwrap(), action: SettleAction::Release },
-        ];
-        for m in msgs {
-            let v: Value = serde_json::to_value(&m).unwrap();
-            assert_eq!(v["op"], m.op());
-        }
     }
 }

@@ -9,26 +9,17 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 use worker::{Env, Method, Request, Response};
 
+use super::auth::authorize_admin;
 use super::error::{json_response, EdgeError};
 use super::ledger::{self, OrgRow, PlanRow};
 use super::platform::{call_do, config, now, param, query, random_bytes, read_json};
+use crate::org::{AdminOp, Caller, KeyHash, LedgerOp, OrgMsg, OrgOp, OrgReply, StoredConfig};
 use crate::policy::billing::{range_totals, DailyUsage, RangeTotals};
-use crate::policy::keys::{mint, secrets_equal, KEY_RANDOM_BYTES};
+use crate::policy::keys::{mint, KEY_RANDOM_BYTES};
 use crate::policy::{MeterId, OrgId, OrgTerms, Plan, PlanId, Policy, Timestamp};
-use crate::wire::{csv_field, parse_range, parse_reset, DoReply, DoRequest, InputError, OrgUpsert};
+use crate::wire::{csv_field, parse_range, parse_reset, InputError, OrgUpsert};
 
 type Handled = Result<Response, EdgeError>;
-
-fn authorize(req: &Request, env: &Env) -> Result<(), EdgeError> {
-    let given = req.headers().get("Authorization").ok().flatten().unwrap_or_default();
-    let token = given.strip_prefix("Bearer ").unwrap_or_default();
-    let expected = config(env, "ADMIN_TOKEN").unwrap_or_default();
-    if secrets_equal(token.as_bytes(), expected.as_bytes()) {
-        Ok(())
-    } else {
-        Err(EdgeError::Unauthorized)
-    }
-}
 
 fn path_id<T>(
     kind: &'static str,
@@ -50,7 +41,7 @@ fn rfc(ms: u64) -> String {
 
 /// Routes `/_quota/admin/...`; `rest` is the path after `/_quota/admin/`.
 pub async fn route(mut req: Request, env: &Env, rest: &str) -> Handled {
-    authorize(&req, env)?;
+    authorize_admin(&req, env)?;
     let parts: Vec<&str> = rest.split('/').collect();
     let method = req.method();
     match (method.clone(), parts.as_slice()) {
@@ -76,21 +67,21 @@ pub async fn route(mut req: Request, env: &Env, rest: &str) -> Handled {
             let id = path_id("org", id, OrgId::parse)?;
             let meter = parse_reset(&read_json(&mut req).await?)?;
             require_org(env, &id).await?;
-            let reply = do_ok(call_do(env, &id, &DoRequest::Reset { meter: meter.clone() }).await?)?;
+            let reply = do_ok(call_do(env, &id, &OrgMsg::Admin(AdminOp::Reset { meter: meter.clone() })).await?)?;
             ledger::record_reset(&ledger::db(env)?, &id, meter.as_ref().map(MeterId::as_str), now()).await?;
             ok(200, &reply.body)
         }
         (Method::Post, ["orgs", id, "flush"]) => {
             // No D1 lookup first: a flush must be able to report while the ledger is down.
             let id = path_id("org", id, OrgId::parse)?;
-            let reply = do_ok(call_do(env, &id, &DoRequest::Flush).await?)?;
+            let reply = do_ok(call_do(env, &id, &OrgMsg::Ledger(LedgerOp::Flush)).await?)?;
             ok(200, &reply.body)
         }
         (Method::Get | Method::Post, ["orgs", id, "reconcile"]) => {
             let id = path_id("org", id, OrgId::parse)?;
             require_org(env, &id).await?;
             let repair = method == Method::Post;
-            let reply = do_ok(call_do(env, &id, &DoRequest::Reconcile { repair }).await?)?;
+            let reply = do_ok(call_do(env, &id, &OrgMsg::Ledger(LedgerOp::Reconcile { repair })).await?)?;
             ok(200, &reply.body)
         }
         (Method::Get, ["export"]) => export(&req, env).await,
@@ -99,7 +90,9 @@ pub async fn route(mut req: Request, env: &Env, rest: &str) -> Handled {
         (Method::Get, ["orgs", id, "usage"]) => {
             // The dashboard's admin view: the same overview the org sees.
             let id = path_id("org", id, OrgId::parse)?;
-            let reply = do_ok(call_do(env, &id, &DoRequest::Usage { key_hash: None, short: false }).await?)?;
+            let reply = do_ok(
+                call_do(env, &id, &OrgMsg::Org { caller: Caller::Admin, op: OrgOp::Usage { short: false } }).await?,
+            )?;
             ok(200, &reply.body)
         }
         (Method::Get, ["metrics"]) => metrics(env).await,
@@ -121,7 +114,7 @@ fn is_admin_resource(p: &[&str]) -> bool {
 }
 
 /// A DO reply that must be a success, else its answer is passed through.
-fn do_ok(reply: DoReply) -> Result<DoReply, EdgeError> {
+fn do_ok(reply: OrgReply) -> Result<OrgReply, EdgeError> {
     if reply.status == 200 {
         Ok(reply)
     } else {
@@ -176,16 +169,16 @@ async fn put_plan(env: &Env, id: &PlanId, body: &Value) -> Handled {
     ok(if created { 201 } else { 200 }, &out)
 }
 
-async fn push_config(env: &Env, org: &OrgRow, plan_doc: &Value) -> Result<DoReply, EdgeError> {
+async fn push_config(env: &Env, org: &OrgRow, plan_doc: &Value) -> Result<OrgReply, EdgeError> {
     let id = OrgId::parse(&org.id).map_err(|e| EdgeError::Internal(format!("stored org id '{}': {e}", org.id)))?;
-    let msg = DoRequest::Configure {
+    let msg = OrgMsg::Admin(AdminOp::Configure(StoredConfig {
         org: id.clone(),
         plan_id: PlanId::parse(&org.plan_id).map_err(|e| EdgeError::Internal(format!("stored plan id: {e}")))?,
         plan: plan_doc.clone(),
         billing_anchor: org.billing_anchor.clone().map(Value::String),
         overrides: serde_json::from_str(&org.overrides).ok(),
         webhook_url: org.webhook_url.clone(),
-    };
+    }));
     do_ok(call_do(env, &id, &msg).await?)
 }
 
@@ -210,7 +203,7 @@ async fn require_org(env: &Env, id: &OrgId) -> Result<OrgRow, EdgeError> {
 
 async fn get_org(env: &Env, id: &OrgId) -> Handled {
     let row = require_org(env, id).await?;
-    let state = do_ok(call_do(env, id, &DoRequest::State).await?)?;
+    let state = do_ok(call_do(env, id, &OrgMsg::Admin(AdminOp::State)).await?)?;
     ok(200, &org_json(&row, &state.body))
 }
 
@@ -249,7 +242,10 @@ async fn create_key(env: &Env, org: &OrgId) -> Handled {
     let key = mint(org, &random_bytes::<KEY_RANDOM_BYTES>()?, secret.as_bytes());
     let t = now();
     ledger::insert_key(&ledger::db(env)?, &key.key_id, org, &key.hash, &key.prefix, t).await?;
-    do_ok(call_do(env, org, &DoRequest::AddKey { key_id: key.key_id.clone(), hash: key.hash }).await?)?;
+    do_ok(
+        call_do(env, org, &OrgMsg::Admin(AdminOp::AddKey { key_id: key.key_id.clone(), hash: KeyHash(key.hash) }))
+            .await?,
+    )?;
     ok(
         201,
         &json!({"key_id": key.key_id, "key": key.plaintext, "prefix": key.prefix, "org_id": org.as_str(), "created_at": t.rfc3339()}),
@@ -272,7 +268,7 @@ async fn revoke_key(env: &Env, org: &OrgId, key_id: &str) -> Handled {
     let revoked = ledger::revoke_key(&ledger::db(env)?, org, key_id, now())
         .await?
         .ok_or_else(|| EdgeError::NotFound(format!("org '{org}' has no key '{key_id}'")))?;
-    do_ok(call_do(env, org, &DoRequest::RevokeKey { key_id: key_id.to_owned() }).await?)?;
+    do_ok(call_do(env, org, &OrgMsg::Admin(AdminOp::RevokeKey { key_id: key_id.to_owned() })).await?)?;
     ok(200, &json!({"key_id": key_id, "org_id": org.as_str(), "revoked_at": rfc(revoked)}))
 }
 
@@ -394,7 +390,7 @@ pub async fn scheduled(env: &Env) {
     };
     for org in &orgs {
         let Ok(id) = OrgId::parse(&org.id) else { continue };
-        match call_do(env, &id, &DoRequest::Reconcile { repair: false }).await {
+        match call_do(env, &id, &OrgMsg::Ledger(LedgerOp::Reconcile { repair: false })).await {
             Ok(reply) if reply.status == 200 => {
                 checked = checked.saturating_add(1);
                 let drift = reply.body.get("total_drift").and_then(Value::as_u64).unwrap_or(0);

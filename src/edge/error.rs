@@ -7,8 +7,9 @@
 use serde_json::{json, Value};
 use worker::{console_error, Headers, Response};
 
+use crate::org::OrgReply;
 use crate::policy::PlanError;
-use crate::wire::{problem_body, DoReply, InputError, MAX_JSON_BODY};
+use crate::wire::{problem_body, unauthorized_body, InputError, MAX_JSON_BODY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -29,7 +30,7 @@ pub enum EdgeError {
     TooLarge,
     /// The org's Durable Object answered with a refusal or an error of its own: passed through.
     #[error("org DO answered {}", .0.status)]
-    Do(DoReply),
+    Do(OrgReply),
     #[error("{0} is not configured")]
     NotConfigured(&'static str),
     /// The platform failed (a binding, D1, a DO call): logged, answered as 503.
@@ -46,25 +47,16 @@ impl EdgeError {
 
     pub fn into_response(self) -> worker::Result<Response> {
         let (status, kind, title, detail) = match &self {
-            Self::Unauthorized => {
-                let reply = DoReply {
-                    status: 401,
-                    headers: Vec::new(),
-                    body: crate::wire::unauthorized_body(),
-                    plan: None,
-                    reserved: false,
-                };
-                return super::platform::reply_response(&reply);
-            }
+            Self::Unauthorized => return reply_response(&OrgReply::problem(401, unauthorized_body())),
             Self::NotFound(d) => (404, "not-found", "Not found", d.clone()),
             Self::MethodNotAllowed(d) => (405, "method-not-allowed", "Method not allowed", d.clone()),
             Self::BadRequest(d) => (400, "bad-request", "Bad request", d.clone()),
             Self::Input(e) => (400, "invalid-input", "Invalid input", e.to_string()),
             Self::Plan(e) => (400, "invalid-plan", "Invalid plan", e.to_string()),
             Self::TooLarge => (413, "too-large", "Payload too large", self.to_string()),
-            Self::Do(reply) => return super::platform::reply_response(reply),
+            Self::Do(reply) => return reply_response(reply),
             Self::NotConfigured(_) | Self::Platform { .. } | Self::Internal(_) => {
-                console_error!("{}", json!({"level": "error", "error": self.to_string()}));
+                console_error!("{}", json!({"level": "error", "component": "worker", "error": self.to_string()}));
                 (
                     503,
                     "unavailable",
@@ -96,4 +88,19 @@ pub fn json_response(status: u16, body: &Value, content_type: &str) -> worker::R
     headers.set("Content-Type", content_type)?;
     headers.set("Cache-Control", "no-store")?;
     Ok(Response::ok(body.to_string())?.with_status(status).with_headers(headers))
+}
+
+/// An org Durable Object's answer as the client's response.
+pub fn reply_response(reply: &OrgReply) -> worker::Result<Response> {
+    let ct = if reply.status >= 400 { "application/problem+json" } else { "application/json" };
+    let headers = Headers::new();
+    headers.set("Content-Type", ct)?;
+    headers.set("Cache-Control", "no-store")?;
+    for (k, v) in &reply.headers {
+        headers.set(k, v)?;
+    }
+    if reply.status == 401 {
+        headers.set("WWW-Authenticate", "Bearer")?;
+    }
+    Ok(Response::ok(reply.body.to_string())?.with_status(reply.status).with_headers(headers))
 }

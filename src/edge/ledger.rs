@@ -1,4 +1,6 @@
-//! D1 statements: plans, orgs and API keys (the usage ledger proper arrives with the outbox).
+//! The one D1 access layer: plans, orgs and API keys, the usage ledger (inserts from the org
+//! Durable Object's outbox, summaries, history, reconciliation sums, retention), gauges, latency
+//! buckets and alert deliveries.
 //!
 //! Each function is one statement or one batch and translates rows to plain structs; it must
 //! never validate business rules (the core does) nor call a Durable Object.
@@ -91,6 +93,16 @@ pub async fn get_plan(db: &D1Database, id: &PlanId) -> Result<Option<PlanRow>, E
         .first(None)
         .await
         .map_err(EdgeError::platform("plans query"))
+}
+
+/// How many plans there are: the health check's round trip (it fails if the schema is missing).
+pub async fn plan_count(db: &D1Database) -> Result<u64, EdgeError> {
+    #[derive(Deserialize)]
+    struct N {
+        n: u64,
+    }
+    let rows: Vec<N> = rows(db, "SELECT COUNT(*) AS n FROM plans", &[], "plans query").await?;
+    Ok(rows.first().map_or(0, |r| r.n))
 }
 
 pub async fn list_plans(db: &D1Database) -> Result<Vec<PlanRow>, EdgeError> {
@@ -425,4 +437,106 @@ pub async fn add_latency(db: &D1Database, rows: &[BucketRow]) -> Result<(), Edge
 /// The summed latency histogram, as stored rows.
 pub async fn latency(db: &D1Database) -> Result<Vec<BucketRow>, EdgeError> {
     rows(db, "SELECT op, le_ms, n, sum_ms FROM do_call_latency ORDER BY op, le_ms", &[], "do_call_latency query").await
+}
+
+// ------------------------------------------------------------------ from the org Durable Object
+
+/// Rows per INSERT: 9 bound parameters each, under D1's 100 per statement.
+const ROWS_PER_INSERT: usize = 11;
+
+/// Inserts outbox rows into `usage_events` as one batch: `ON CONFLICT DO NOTHING` on (org,
+/// event id), so a batch D1 took but whose answer was lost counts once when it is sent again
+/// (the rollup trigger counts only rows really inserted).
+pub async fn insert_usage(
+    db: &D1Database,
+    org: &OrgId,
+    rows: &[crate::org::OutboxRow],
+    recorded: Timestamp,
+) -> Result<(), EdgeError> {
+    let mut stmts = Vec::new();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO usage_events (org_id, event_id, meter, quantity, ts, day, source, metadata, recorded_at) \
+             VALUES {values} ON CONFLICT (org_id, event_id) DO NOTHING"
+        );
+        let mut args = Vec::with_capacity(chunk.len().saturating_mul(9));
+        for r in chunk {
+            args.extend([
+                s(org.as_str()),
+                s(&r.event_id),
+                s(&r.meter),
+                js_int(r.quantity)?,
+                js_int(r.ts)?,
+                s(&Timestamp::from_millis(r.ts).date().to_string()),
+                s(&r.source),
+                opt(r.metadata.as_deref()),
+                t(recorded)?,
+            ]);
+        }
+        stmts.push(db.prepare(sql).bind(&args).map_err(EdgeError::platform("bind"))?);
+    }
+    let results = db.batch(stmts).await.map_err(EdgeError::platform("usage insert"))?;
+    if let Some(bad) = results.iter().find(|r| !r.success()) {
+        return Err(EdgeError::Internal(format!("usage insert: {}", bad.error().unwrap_or_default())));
+    }
+    Ok(())
+}
+
+/// The ledger's sum, peak and latest value of one meter over `[from, to)` ms.
+pub async fn window_aggregate(
+    db: &D1Database,
+    org: &OrgId,
+    meter: &str,
+    from: u64,
+    to: u64,
+) -> Result<crate::org::rules::LedgerAgg, EdgeError> {
+    let row = db
+        .prepare(
+            "SELECT COALESCE(SUM(quantity), 0) AS total, COALESCE(MAX(quantity), 0) AS peak, \
+             (SELECT quantity FROM usage_events WHERE org_id = ?1 AND meter = ?2 AND ts >= ?3 AND ts < ?4 \
+              ORDER BY ts DESC, event_id DESC LIMIT 1) AS last, MAX(ts) AS last_ts \
+             FROM usage_events WHERE org_id = ?1 AND meter = ?2 AND ts >= ?3 AND ts < ?4",
+        )
+        .bind(&[s(org.as_str()), s(meter), js_int(from)?, js_int(to)?])
+        .map_err(EdgeError::platform("bind"))?
+        .first(None)
+        .await
+        .map_err(EdgeError::platform("reconcile query"))?;
+    Ok(row.unwrap_or_default())
+}
+
+/// One alert delivery attempt, as `alert_deliveries` records it.
+#[derive(Debug)]
+pub struct AlertAttempt<'a> {
+    pub org: &'a OrgId,
+    pub alert_id: &'a str,
+    pub attempt: u32,
+    pub url: &'a str,
+    pub code: Option<u16>,
+    pub error: Option<&'a str>,
+    pub outcome: &'a str,
+    pub at: Timestamp,
+}
+
+pub async fn record_alert_attempt(db: &D1Database, a: &AlertAttempt<'_>) -> Result<(), EdgeError> {
+    db.prepare(
+        "INSERT OR IGNORE INTO alert_deliveries (org_id, alert_id, attempt, url, status_code, error, outcome, at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&[
+        s(a.org.as_str()),
+        s(a.alert_id),
+        JsValue::from(a.attempt),
+        s(a.url),
+        a.code.map_or(JsValue::NULL, JsValue::from),
+        opt(a.error),
+        s(a.outcome),
+        t(a.at)?,
+    ])
+    .map_err(EdgeError::platform("bind"))?
+    .run()
+    .await
+    .map_err(EdgeError::platform("alert delivery insert"))?;
+    Ok(())
 }

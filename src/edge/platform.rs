@@ -1,39 +1,94 @@
-//! Platform access the handlers share: the clock, randomness, configuration, the org Durable
-//! Object call, and bounded body reading.
+//! Platform access the handlers share: the clock, randomness, configuration (read and validated
+//! once per isolate), the org Durable Object call, and bounded body reading.
 //!
 //! It owns the number boundary towards JavaScript (checked conversions only) and must never make
 //! a quota decision.
 
 use serde_json::Value;
 use wasm_bindgen::JsValue;
-use worker::{Env, Headers, Method, Request, RequestInit, Response};
+use worker::{Env, Method, Request, RequestInit};
 
 use super::error::EdgeError;
+use crate::org::{OrgMsg, OrgReply};
+use crate::policy::classify::Routes;
 use crate::policy::keys::hex;
 use crate::policy::{OrgId, Timestamp};
 use crate::telemetry::{BucketRow, DecisionLog, Recorder};
-use crate::wire::{parse_json, DoReply, DoRequest, MAX_JSON_BODY, MAX_SAFE_INTEGER};
+use crate::wire::{parse_json, MAX_JSON_BODY, MAX_SAFE_INTEGER};
 
 thread_local! {
     /// This isolate's Durable Object call latencies since its last hand-over to the ledger.
     static LATENCY: std::cell::RefCell<Recorder> = std::cell::RefCell::new(Recorder::default());
-    static FLUSH_EVERY_MS: std::cell::OnceCell<u64> = const { std::cell::OnceCell::new() };
-    static DECISION_LOG: std::cell::OnceCell<DecisionLog> = const { std::cell::OnceCell::new() };
-    /// `QUOTA_CLOCK_OFFSET_MS`, testing only: shifts this isolate's clock so end-to-end tests can
-    /// cross a real period boundary. Zero unless set.
-    static CLOCK_OFFSET_MS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+    static SETTINGS: std::cell::OnceCell<std::rc::Rc<Settings>> = const { std::cell::OnceCell::new() };
 }
 
-/// Reads the test clock offset for this invocation; called at every entry point.
+/// How long a proxied request's units may wait for a release before they stand as committed
+/// (and its usage event becomes ready for the ledger): `PROXY_RELEASE_WINDOW_SECS`, 1 to 3600.
+const DEFAULT_RELEASE_WINDOW_SECS: u64 = 120;
+
+/// The deployment's variables, read and validated once per isolate: a deployment's vars never
+/// change under a running isolate, so the hot path reads none of them.
+#[derive(Debug)]
+pub struct Settings {
+    pub key_secret: Option<String>,
+    pub origin_url: Option<String>,
+    pub origin_secret: Option<String>,
+    /// `ROUTES`, parsed; the error is reported on each request that needs it.
+    pub routes: Result<std::rc::Rc<Routes>, String>,
+    pub release_window_ms: u64,
+    /// `QUOTA_FAULTS=do_unavailable` (tests only): the gateway acts as if the DO did not answer.
+    pub fault_do_unavailable: bool,
+    pub decision_log: DecisionLog,
+    /// `QUOTA_CLOCK_OFFSET_MS` (tests only): shifts this isolate's clock so end-to-end tests can
+    /// cross a real period boundary. Zero unless set.
+    pub clock_offset_ms: i64,
+    pub metrics_flush_ms: u64,
+}
+
+impl Settings {
+    fn read(env: &Env) -> Self {
+        let var = |n: &str| config(env, n);
+        let release =
+            var("PROXY_RELEASE_WINDOW_SECS").and_then(|v| v.parse::<u64>().ok()).filter(|s| (1..=3600).contains(s));
+        Self {
+            key_secret: var("KEY_SECRET"),
+            origin_url: var("ORIGIN_URL"),
+            origin_secret: var("ORIGIN_SECRET"),
+            routes: Routes::parse(&var("ROUTES").unwrap_or_default()).map(std::rc::Rc::new),
+            release_window_ms: release.unwrap_or(DEFAULT_RELEASE_WINDOW_SECS).saturating_mul(1000),
+            fault_do_unavailable: var("QUOTA_FAULTS")
+                .unwrap_or_default()
+                .split(',')
+                .any(|f| f.trim() == "do_unavailable"),
+            decision_log: DecisionLog::parse(var("DECISION_LOG").as_deref()),
+            clock_offset_ms: var("QUOTA_CLOCK_OFFSET_MS").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0),
+            metrics_flush_ms: var("METRICS_FLUSH_SECS")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(10)
+                .saturating_mul(1000),
+        }
+    }
+}
+
+/// This isolate's settings.
+pub fn settings(env: &Env) -> std::rc::Rc<Settings> {
+    SETTINGS.with(|c| std::rc::Rc::clone(c.get_or_init(|| std::rc::Rc::new(Settings::read(env)))))
+}
+
+/// Makes sure this isolate has read its settings (and so its clock offset); called at every
+/// entry point, cheap after the first.
 pub fn set_clock(env: &Env) {
-    let offset = config(env, "QUOTA_CLOCK_OFFSET_MS").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-    CLOCK_OFFSET_MS.with(|c| c.set(offset));
+    let _ = settings(env);
+}
+
+fn clock_offset_ms() -> i64 {
+    SETTINGS.with(|c| c.get().map_or(0, |s| s.clock_offset_ms))
 }
 
 /// The time: the one place the edge reads the clock.
 pub fn now() -> Timestamp {
     let real = worker::Date::now().as_millis();
-    Timestamp::from_millis(real.saturating_add_signed(CLOCK_OFFSET_MS.with(std::cell::Cell::get)))
+    Timestamp::from_millis(real.saturating_add_signed(clock_offset_ms()))
 }
 
 /// `n` random bytes as lowercase hex, from the platform's CSPRNG.
@@ -69,7 +124,7 @@ pub fn js_int(n: u64) -> Result<JsValue, EdgeError> {
 }
 
 /// Sends one message to an org's Durable Object, recording how long the call took.
-pub async fn call_do(env: &Env, org: &OrgId, msg: &DoRequest) -> Result<DoReply, EdgeError> {
+pub async fn call_do(env: &Env, org: &OrgId, msg: &OrgMsg) -> Result<OrgReply, EdgeError> {
     let started = now();
     let reply = send_do(env, org, msg).await;
     // The platform clock only advances across I/O, which a DO call is; failed calls count too.
@@ -80,18 +135,13 @@ pub async fn call_do(env: &Env, org: &OrgId, msg: &DoRequest) -> Result<DoReply,
 
 /// Latency rows due for the ledger: every `METRICS_FLUSH_SECS` (10 s by default) per isolate.
 pub fn latency_due(env: &Env) -> Option<Vec<BucketRow>> {
-    // A deployment's vars never change under a running isolate: read once, not per request.
-    let every_ms = FLUSH_EVERY_MS.with(|c| {
-        *c.get_or_init(|| {
-            config(env, "METRICS_FLUSH_SECS").and_then(|v| v.parse::<u64>().ok()).unwrap_or(10).saturating_mul(1000)
-        })
-    });
+    let every_ms = settings(env).metrics_flush_ms;
     LATENCY.with(|r| r.borrow_mut().take_due(now(), every_ms))
 }
 
-/// Which decisions write a log line (`DECISION_LOG`), read once per isolate.
+/// Which decisions write a log line (`DECISION_LOG`).
 pub fn decision_log(env: &Env) -> DecisionLog {
-    DECISION_LOG.with(|c| *c.get_or_init(|| DecisionLog::parse(config(env, "DECISION_LOG").as_deref())))
+    settings(env).decision_log
 }
 
 /// Puts back latency rows the ledger did not take.
@@ -99,7 +149,7 @@ pub fn latency_restore(rows: Vec<BucketRow>) {
     LATENCY.with(|r| r.borrow_mut().restore(rows, now()));
 }
 
-async fn send_do(env: &Env, org: &OrgId, msg: &DoRequest) -> Result<DoReply, EdgeError> {
+async fn send_do(env: &Env, org: &OrgId, msg: &OrgMsg) -> Result<OrgReply, EdgeError> {
     let ns = env.durable_object("ORG_QUOTA").map_err(EdgeError::platform("ORG_QUOTA binding"))?;
     let stub = ns.get_by_name(org.as_str()).map_err(EdgeError::platform("org DO stub"))?;
     let body = serde_json::to_string(msg).map_err(|e| EdgeError::Internal(e.to_string()))?;
@@ -110,22 +160,8 @@ async fn send_do(env: &Env, org: &OrgId, msg: &DoRequest) -> Result<DoReply, Edg
     if res.status_code() != 200 {
         return Err(EdgeError::Internal(format!("org DO answered {}", res.status_code())));
     }
-    res.json::<DoReply>().await.map_err(EdgeError::platform("org DO reply"))
-}
-
-/// A Durable Object reply as the client's response.
-pub fn reply_response(reply: &DoReply) -> worker::Result<Response> {
-    let ct = if reply.status >= 400 { "application/problem+json" } else { "application/json" };
-    let headers = Headers::new();
-    headers.set("Content-Type", ct)?;
-    headers.set("Cache-Control", "no-store")?;
-    for (k, v) in &reply.headers {
-        headers.set(k, v)?;
-    }
-    if reply.status == 401 {
-        headers.set("WWW-Authenticate", "Bearer")?;
-    }
-    Ok(Response::ok(reply.body.to_string())?.with_status(reply.status).with_headers(headers))
+    let text = res.text().await.map_err(EdgeError::platform("org DO reply"))?;
+    serde_json::from_str(&text).map_err(|e| EdgeError::Internal(format!("org DO reply: {e}")))
 }
 
 /// Reads a JSON body of at most `MAX_JSON_BODY` bytes; an empty body reads as `{}`.

@@ -8,71 +8,59 @@
 use serde_json::json;
 use worker::{console_log, Context, Env, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response};
 
-use super::error::EdgeError;
+use super::auth::authenticate;
+use super::error::{reply_response, EdgeError};
 use super::ledger;
-use super::org_api::presented_key;
-use super::platform::{call_do, config, decision_log, now, random_hex, reply_response};
-use crate::policy::classify::{usage_header_meter, Cost, Routes};
-use crate::policy::keys::{origin_signature, origin_signing_string, verify, VerifiedKey};
+use super::platform::{call_do, now, random_hex, settings};
+use crate::org::{Caller, DecideKind, KeyHash, OrgMsg, OrgOp, OrgReply};
+use crate::policy::classify::{usage_header_meter, Cost};
+use crate::policy::keys::{origin_signature, origin_signing_string, VerifiedKey};
 use crate::policy::{EventId, FailMode, MeterId, OrgId, Plan, PlanId, Timestamp};
-use crate::wire::{problem_body, DecideKind, DoReply, DoRequest, InputError, SettleAction, MAX_SAFE_INTEGER};
+use crate::telemetry::{DecisionLine, Outcome};
+use crate::wire::{problem_body, InputError, MAX_SAFE_INTEGER};
 
 type Handled = Result<Response, EdgeError>;
 
-/// How long a proxied request's reservation may wait for a release before it stands as committed
-/// (and its usage event becomes ready for the ledger): `PROXY_RELEASE_WINDOW_SECS`, 1 to 3600.
-const DEFAULT_RELEASE_WINDOW_SECS: u64 = 120;
-
-fn release_window_ms(env: &Env) -> u64 {
-    let secs =
-        config(env, "PROXY_RELEASE_WINDOW_SECS").and_then(|v| v.parse::<u64>().ok()).filter(|s| (1..=3600).contains(s));
-    secs.unwrap_or(DEFAULT_RELEASE_WINDOW_SECS).saturating_mul(1000)
+/// Where the request's usage stands after the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The org's DO decided; `held` is the outbox row a failed origin call must release.
+    Do { held: Option<u64> },
+    /// The DO could not be asked and the plan fails open: forwarded, flagged, not counted.
+    FailOpen,
 }
 
 struct Admitted {
-    /// The units this request holds, which a failed origin call must give back.
-    reserved: bool,
     plan: String,
     headers: Vec<(String, String)>,
-    source: &'static str,
+    source: Source,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn log_decision(
-    env: &Env,
-    org: &str,
-    meter: &MeterId,
+/// What the decision log line of a proxied request says besides its outcome.
+struct Logged<'a> {
+    org: &'a OrgId,
+    meter: &'a MeterId,
     quantity: u64,
-    outcome: &str,
-    status: u16,
-    source: &str,
     started: Timestamp,
-) {
-    if !decision_log(env).wants(outcome) {
-        return;
-    }
-    console_log!(
-        "{}",
-        json!({"msg": "decision", "org": org, "meter": meter.as_str(), "quantity": quantity, "outcome": outcome,
-               "status": status, "source": source, "latency_ms": now().since(started)})
-    );
 }
 
-thread_local! {
-    /// The parsed `ROUTES`, kept per isolate and re-parsed only when the variable's text changes.
-    static ROUTES_CACHE: std::cell::RefCell<Option<(String, std::rc::Rc<Routes>)>> = const { std::cell::RefCell::new(None) };
-}
-
-fn routes(env: &Env) -> Result<std::rc::Rc<Routes>, EdgeError> {
-    let raw = config(env, "ROUTES").unwrap_or_default();
-    if let Some(hit) =
-        ROUTES_CACHE.with(|c| c.borrow().as_ref().filter(|(k, _)| *k == raw).map(|(_, r)| std::rc::Rc::clone(r)))
-    {
-        return Ok(hit);
+impl Logged<'_> {
+    /// One decision log line with the round trip's latency, if `DECISION_LOG` wants it.
+    fn log(&self, env: &Env, outcome: Outcome, status: u16, source: &'static str) {
+        if !settings(env).decision_log.wants(outcome) {
+            return;
+        }
+        let line = DecisionLine {
+            org: self.org.to_string(),
+            meter: self.meter.to_string(),
+            quantity: self.quantity,
+            outcome,
+            status,
+            source,
+            latency_ms: Some(now().since(self.started)),
+        };
+        console_log!("{}", line.render());
     }
-    let parsed = std::rc::Rc::new(Routes::parse(&raw).map_err(EdgeError::Internal)?);
-    ROUTES_CACHE.with(|c| *c.borrow_mut() = Some((raw, std::rc::Rc::clone(&parsed))));
-    Ok(parsed)
 }
 
 /// The request's event id, and whether it is the client's Idempotency-Key (replayable).
@@ -89,40 +77,36 @@ fn request_id(req: &Request) -> Result<(EventId, bool), EdgeError> {
 
 pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
     let started = now();
-    let secret = config(env, "KEY_SECRET").ok_or(EdgeError::NotConfigured("KEY_SECRET"))?;
-    let (key_header, presented) = presented_key(&req);
+    let cfg = settings(env);
     // A forged, mangled or missing key dies here, with no I/O.
-    let key = verify(&presented, secret.as_bytes()).map_err(|_| EdgeError::Unauthorized)?;
-    let class = routes(env)?.classify(req.method().as_ref(), &req.path());
+    let (key_header, key) = authenticate(&req, env)?;
+    let routes = cfg.routes.as_ref().map_err(|e| EdgeError::Internal(format!("ROUTES: {e}")))?;
+    let class = routes.classify(req.method().as_ref(), &req.path());
     let (id, replayable) = request_id(&req)?;
     let (kind, quantity) = match class.cost {
         Cost::Fixed(n) => (DecideKind::Proxy, n),
         Cost::Reported => (DecideKind::ProxyReported, 0),
     };
-    let msg = DoRequest::Decide {
-        key_hash: key.hash.clone(),
+    let op = OrgOp::Decide {
         meter: class.meter.clone(),
         quantity,
         kind,
         id: id.clone(),
-        ttl_ms: release_window_ms(env),
+        ttl_ms: cfg.release_window_ms,
         replayable,
     };
-    let faults = config(env, "QUOTA_FAULTS").unwrap_or_default();
-    let decided = if faults.split(',').any(|f| f.trim() == "do_unavailable") {
+    let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash.clone())), op };
+    let decided = if cfg.fault_do_unavailable {
         Err(EdgeError::Internal("fault injected: do_unavailable".into()))
     } else {
         call_do(env, &key.org, &msg).await
     };
-    let log = |outcome: &str, status: u16, source: &str| {
-        log_decision(env, key.org.as_str(), &class.meter, quantity, outcome, status, source, started);
-    };
+    let logged = Logged { org: &key.org, meter: &class.meter, quantity, started };
     let admitted = match decided {
         Ok(reply) if reply.status == 200 => Admitted {
-            plan: reply.plan.clone().unwrap_or_default(),
+            plan: reply.plan.unwrap_or_default(),
             headers: reply.headers,
-            source: "do",
-            reserved: reply.reserved,
+            source: Source::Do { held: reply.held },
         },
         // The DO answered but could not decide (its storage failed): the same as no answer.
         Ok(reply) if reply.status >= 500 => {
@@ -130,10 +114,11 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
                 "{}",
                 json!({"msg": "org DO could not decide", "org": key.org.as_str(), "status": reply.status})
             );
-            fail_over(env, &key, &class.meter, quantity, started).await?
+            fail_over(env, &key, &logged).await?
         }
         Ok(reply) => {
-            log(if reply.status == 401 { "unauthorized" } else { "refused" }, reply.status, "do");
+            let outcome = if reply.status == 401 { Outcome::Unauthorized } else { Outcome::Refused };
+            logged.log(env, outcome, reply.status, "proxy");
             return reply_response(&reply).map_err(EdgeError::platform("response"));
         }
         Err(e) => {
@@ -141,28 +126,23 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
                 "{}",
                 json!({"msg": "org DO unavailable", "org": key.org.as_str(), "error": e.to_string()})
             );
-            fail_over(env, &key, &class.meter, quantity, started).await?
+            fail_over(env, &key, &logged).await?
         }
     };
-    log("allowed", 200, admitted.source);
-    let settle = Settler { env: env.clone(), org: key.org.clone(), id, reserved: admitted.reserved };
+    let source = if admitted.source == Source::FailOpen { "fail-open" } else { "proxy" };
+    logged.log(env, Outcome::Allowed, 200, source);
+    let settle = Settler { env: env.clone(), org: key.org.clone(), id, source: admitted.source };
     forward(req, env, ctx, key_header, &admitted, &settle).await
 }
 
 /// No decision could be had: the plan's fail mode says forward (open) or refuse with 503 (closed).
-async fn fail_over(
-    env: &Env,
-    key: &VerifiedKey,
-    meter: &MeterId,
-    quantity: u64,
-    started: Timestamp,
-) -> Result<Admitted, EdgeError> {
+async fn fail_over(env: &Env, key: &VerifiedKey, logged: &Logged<'_>) -> Result<Admitted, EdgeError> {
     match fail_mode(env, key).await {
-        Ok((FailMode::Open, plan)) => Ok(Admitted { plan, headers: Vec::new(), source: "fail-open", reserved: false }),
+        Ok((FailMode::Open, plan)) => Ok(Admitted { plan, headers: Vec::new(), source: Source::FailOpen }),
         // The ledger could vouch for no such key: the same 401 as ever.
         Err(EdgeError::Unauthorized) => Err(EdgeError::Unauthorized),
         Ok((FailMode::Closed, _)) | Err(_) => {
-            log_decision(env, key.org.as_str(), meter, quantity, "unavailable", 503, "fail-closed", started);
+            logged.log(env, Outcome::Unavailable, 503, "fail-closed");
             Err(EdgeError::Internal("no decision: org DO unavailable and the plan fails closed".into()))
         }
     }
@@ -182,30 +162,35 @@ struct Settler {
     env: Env,
     org: OrgId,
     id: EventId,
-    /// The decision reserved units that a failed origin call must give back.
-    reserved: bool,
+    source: Source,
 }
 
 impl Settler {
-    fn send(&self, ctx: &Context, msg: DoRequest, what: &'static str) {
+    fn send(&self, ctx: &Context, op: OrgOp, what: &'static str) {
         let (env, org) = (self.env.clone(), self.org.clone());
+        let msg = OrgMsg::Org { caller: Caller::Gateway, op };
         ctx.wait_until(async move {
-            if let Err(e) = call_do(&env, &org, &msg).await {
-                worker::console_error!("{}", json!({"msg": what, "org": org.as_str(), "error": e.to_string()}));
+            match call_do(&env, &org, &msg).await {
+                Ok(r) if r.status == 200 => {}
+                Ok(r) => worker::console_error!("{}", json!({"msg": what, "org": org.as_str(), "status": r.status})),
+                Err(e) => {
+                    worker::console_error!("{}", json!({"msg": what, "org": org.as_str(), "error": e.to_string()}));
+                }
             }
         });
     }
 
-    /// Usage counts only when the origin answers 2xx.
+    /// Usage counts only when the origin answers 2xx: the units this request holds go back.
     fn release(&self, ctx: &Context) {
-        if self.reserved {
-            let msg = DoRequest::Settle { key_hash: None, id: self.id.clone(), action: SettleAction::Release };
-            self.send(ctx, msg, "release failed");
+        if let Source::Do { held: Some(seq) } = self.source {
+            self.send(ctx, OrgOp::Release { id: self.id.clone(), seq }, "release failed");
         }
     }
 
     fn report(&self, ctx: &Context, usage: Vec<(MeterId, u64)>) {
-        self.send(ctx, DoRequest::Report { id: self.id.clone(), usage }, "usage report failed");
+        if matches!(self.source, Source::Do { .. }) {
+            self.send(ctx, OrgOp::Report { id: self.id.clone(), usage }, "usage report failed");
+        }
     }
 }
 
@@ -218,8 +203,9 @@ fn origin_request(
     org: &OrgId,
     admitted: &Admitted,
 ) -> Result<Request, EdgeError> {
-    let origin = config(env, "ORIGIN_URL").ok_or(EdgeError::NotConfigured("ORIGIN_URL"))?;
-    let origin_secret = config(env, "ORIGIN_SECRET").ok_or(EdgeError::NotConfigured("ORIGIN_SECRET"))?;
+    let cfg = settings(env);
+    let origin = cfg.origin_url.as_deref().ok_or(EdgeError::NotConfigured("ORIGIN_URL"))?;
+    let origin_secret = cfg.origin_secret.as_deref().ok_or(EdgeError::NotConfigured("ORIGIN_SECRET"))?;
     let url = req.url().map_err(EdgeError::platform("request url"))?;
     let path_and_query = match url.query() {
         Some(q) => format!("{}?{q}", url.path()),
@@ -242,7 +228,7 @@ fn origin_request(
         ("X-Quota-Timestamp", ts.to_string()),
         ("X-Quota-Signature", origin_signature(origin_secret.as_bytes(), &signing)),
     ];
-    if admitted.source == "fail-open" {
+    if admitted.source == Source::FailOpen {
         tenant.push(("X-Quota-Decision", "fail-open".to_owned()));
     }
     for (k, v) in tenant {
@@ -278,7 +264,7 @@ fn client_headers(res: &Response, admitted: &Admitted) -> Result<(Headers, Vec<(
     for (k, v) in &admitted.headers {
         out.set(k, v).map_err(EdgeError::platform("headers"))?;
     }
-    if admitted.source == "fail-open" {
+    if admitted.source == Source::FailOpen {
         out.set("X-Quota-Decision", "fail-open").map_err(EdgeError::platform("headers"))?;
     }
     Ok((out, usage))
@@ -307,13 +293,13 @@ async fn forward(
                 "Bad gateway",
                 "The origin could not be reached; nothing was counted.",
             );
-            let reply = DoReply { status: 502, headers: admitted.headers.clone(), body, plan: None, reserved: false };
+            let reply = OrgReply { headers: admitted.headers.clone(), ..OrgReply::problem(502, body) };
             return reply_response(&reply).map_err(EdgeError::platform("response"));
         }
     };
     let (headers, usage) = client_headers(&res, admitted)?;
     if (200..300).contains(&res.status_code()) {
-        if !usage.is_empty() && admitted.source == "do" {
+        if !usage.is_empty() {
             settle.report(ctx, usage);
         }
     } else {

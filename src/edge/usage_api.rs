@@ -7,31 +7,34 @@ use serde_json::{json, Value};
 use time::Duration;
 use worker::{Env, Request, Response};
 
-use super::error::{json_response, EdgeError};
+use super::auth::authenticate;
+use super::error::{json_response, reply_response, EdgeError};
 use super::ledger;
-use super::org_api::authenticate;
-use super::platform::{call_do, now, param, query, read_json, reply_response};
+use super::platform::{call_do, now, param, query, read_json};
+use crate::org::{Caller, KeyHash, OrgMsg, OrgOp};
 use crate::policy::{MeterId, Plan, PlanId, Timestamp};
-use crate::wire::{parse_days, parse_range, DoRequest, EventsRequest, InputError};
+use crate::wire::{parse_days, parse_range, EventsRequest, InputError};
 
 type Handled = Result<Response, EdgeError>;
 
 pub async fn events(mut req: Request, env: &Env) -> Handled {
-    let key = authenticate(&req, env)?;
+    let (_, key) = authenticate(&req, env)?;
     let body = EventsRequest::parse(&read_json(&mut req).await?, now())?;
-    let msg = DoRequest::Events { key_hash: key.hash, events: body.events, enforce: body.enforce };
+    let op = OrgOp::Events { events: body.events, enforce: body.enforce };
+    let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash)), op };
     reply_response(&call_do(env, &key.org, &msg).await?).map_err(EdgeError::platform("response"))
 }
 
 /// `GET /v1/usage` (`short` = false) and `GET /v1/usage/status` (`short` = true).
 pub async fn live(req: &Request, env: &Env, short: bool) -> Handled {
-    let key = authenticate(req, env)?;
-    let reply = call_do(env, &key.org, &DoRequest::Usage { key_hash: Some(key.hash), short }).await?;
+    let (_, key) = authenticate(req, env)?;
+    let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash)), op: OrgOp::Usage { short } };
+    let reply = call_do(env, &key.org, &msg).await?;
     reply_response(&reply).map_err(EdgeError::platform("response"))
 }
 
 pub async fn summary(req: &Request, env: &Env) -> Handled {
-    let key = authenticate(req, env)?;
+    let (_, key) = authenticate(req, env)?;
     let q = query(req)?;
     let days = parse_days(param(&q, "days"))?;
     let db = ledger::db(env)?;
@@ -55,7 +58,7 @@ pub async fn summary(req: &Request, env: &Env) -> Handled {
 }
 
 pub async fn history(req: &Request, env: &Env) -> Handled {
-    let key = authenticate(req, env)?;
+    let (_, key) = authenticate(req, env)?;
     let q = query(req)?;
     let meter_raw =
         param(&q, "meter").ok_or_else(|| InputError::Field { field: "meter".into(), reason: "is required".into() })?;

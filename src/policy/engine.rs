@@ -249,9 +249,16 @@ fn status(limit: &Limit, c: Counter, policy: &Policy, now: Timestamp) -> LimitSt
     let n = limit.cap.limit();
     let window = limit.period.window(now, policy.billing_anchor);
     let reset = match c {
+        // A rate window's `reset` is when the next unit comes back (draft-ietf-httpapi-
+        // ratelimit-headers-10: `t` is the time until more quota is available), which is also
+        // what `Retry-After` says for one unit. An untouched window has nothing to wait for.
         Counter::Gcra { backlog, .. } => {
+            let w = limit.period.rate_millis().unwrap_or(1).max(1);
             let per_ms = n.unwrap_or(1).max(1);
-            Some(now.saturating_add_ms(backlog.div_ceil(per_ms)))
+            // Overdrawn (usage recorded past the cap) counts from the cap: the wait is for
+            // `remaining` to become one again.
+            let keep = used.min(n.unwrap_or(0)).saturating_sub(1).saturating_mul(w);
+            Some(now.saturating_add_ms(backlog.saturating_sub(keep).div_ceil(per_ms)))
         }
         Counter::Window { .. } => window.end,
     };
@@ -506,6 +513,39 @@ impl Book {
             self.counters.insert(hold.key.clone(), next);
         }
         Ok(Settled { reservation: r, settlement })
+    }
+
+    /// Gives back `q` units that a proxied request was admitted with at `admitted_at` (an
+    /// optimistic reservation whose only record is its outbox row): each rate window's backlog
+    /// shrinks by `q`, and each fixed window gives them back only if it is still the window they
+    /// were counted in. The caller guarantees it runs at most once per admission (it deletes
+    /// the outbox row in the same step) and skips it when a reset came after `admitted_at`.
+    pub fn release_admitted(
+        &mut self,
+        policy: &Policy,
+        meter: &MeterId,
+        q: u64,
+        admitted_at: Timestamp,
+        now: Timestamp,
+    ) {
+        for limit in policy.limits_for(meter) {
+            let key = limit.policy_name();
+            let next = match current(limit, self.counters.get(&key), policy, now) {
+                // An unlimited rate window never filled (see `admit`).
+                c @ Counter::Gcra { .. } if limit.cap.limit().is_none() => c,
+                Counter::Gcra { at, backlog } => {
+                    let w = limit.period.rate_millis().unwrap_or(1);
+                    Counter::Gcra { at, backlog: sat(u128::from(backlog).saturating_sub(scaled(q, w))) }
+                }
+                Counter::Window { start, used, reserved }
+                    if limit.period.window(admitted_at, policy.billing_anchor).start == start =>
+                {
+                    Counter::Window { start, used: used.saturating_sub(q), reserved }
+                }
+                c @ Counter::Window { .. } => c,
+            };
+            self.counters.insert(key, next);
+        }
     }
 
     /// Zeroes the current window of every limit on `meter` (all meters when `None`). Open

@@ -61,18 +61,19 @@ fn burst_limit_refuses_the_eleventh_with_exact_headers() {
         get("RateLimit-Policy").as_deref(),
         Some("\"requests-minute\";q=10;w=60, \"requests-month\";q=1000;w=2592000")
     );
-    // Month resets 2026-12-01T00:00Z: 7 days 14 hours after T0.
-    assert_eq!(get("RateLimit").as_deref(), Some("\"requests-minute\";r=0;t=60, \"requests-month\";r=990;t=655200"));
+    // Month resets 2026-12-01T00:00Z: 7 days 14 hours after T0. The spent minute window gets
+    // its next unit back in 6 s: `t` says when more quota is available, as Retry-After does.
+    assert_eq!(get("RateLimit").as_deref(), Some("\"requests-minute\";r=0;t=6, \"requests-month\";r=990;t=655200"));
     assert_eq!(get("X-RateLimit-Limit").as_deref(), Some("10"));
     assert_eq!(get("X-RateLimit-Remaining").as_deref(), Some("0"));
-    assert_eq!(get("X-RateLimit-Reset").as_deref(), Some(((T0 + 60_000) / 1000).to_string().as_str()));
+    assert_eq!(get("X-RateLimit-Reset").as_deref(), Some(((T0 + 6_000) / 1000).to_string().as_str()));
     assert_eq!(get("X-Quota-Status").as_deref(), Some("over"));
     assert_eq!(get("Retry-After").as_deref(), Some("6"));
     let problem = refusal_problem(&d, "free", None).unwrap_or_default();
     assert_eq!(problem["status"], 429);
     assert_eq!(problem["detail"], "Quota exceeded for requests");
     assert_eq!((problem["limit"].as_u64(), problem["used"].as_u64()), (Some(10), Some(10)));
-    assert_eq!(problem["reset"], "2026-11-23T10:01:00Z");
+    assert_eq!(problem["reset"], "2026-11-23T10:00:06Z");
     assert_eq!(problem["violated-policies"], json!(["requests-minute"]));
     assert!(problem.get("upgrade_url").is_none());
     // The refusal counted nothing; 6 s later exactly one more fits.
@@ -430,5 +431,70 @@ proptest! {
         for (_, v) in decision_headers(&d) {
             prop_assert!(v.chars().all(|c| (' '..='~').contains(&c)), "{v}");
         }
+    }
+
+    /// For a refused one-unit request, whatever the period, the violated limit's `t`, the
+    /// `Retry-After`, `X-RateLimit-Reset` and the problem's `reset` say the same instant
+    /// (draft-ietf-httpapi-ratelimit-headers-10: `t` is when more quota is available, and
+    /// Retry-After is not earlier than it).
+    #[test]
+    fn reset_fields_agree_for_every_period(
+        period in prop::sample::select(vec!["second", "minute", "hour", "day", "month"]),
+        limit in 1u64..20, used in 0u64..40, now in 0u64..400_000_000, window in 1u64..5,
+    ) {
+        let rate = matches!(period, "second" | "minute" | "hour");
+        let l = if rate {
+            json!([{"meter": "rows", "limit": limit, "period": period, "window": window}])
+        } else {
+            json!([{"meter": "rows", "limit": limit, "period": period}])
+        };
+        let p = policy(l);
+        let rows = m("rows");
+        let mut b = Book::default();
+        b.record(&p, &rows, used, false, at(0)).unwrap_or_else(|e| unreachable!("{e}"));
+        let t = at(now % 3_600_000);
+        let d = b.record(&p, &rows, 1, true, t).unwrap_or_else(|e| unreachable!("{e}"));
+        if d.allowed() {
+            return Ok(());
+        }
+        let h = decision_headers(&d);
+        let get = |k: &str| h.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        let retry: u64 = get("Retry-After").and_then(|v| v.parse().ok()).unwrap_or_else(|| unreachable!());
+        let rl = get("RateLimit").unwrap_or_default();
+        let t_param: u64 = rl.rsplit(";t=").next().and_then(|v| v.parse().ok()).unwrap_or_else(|| unreachable!("{rl}"));
+        prop_assert_eq!(retry, t_param.max(1), "{}", rl);
+        let reset: u64 = get("X-RateLimit-Reset").and_then(|v| v.parse().ok()).unwrap_or_else(|| unreachable!());
+        let violated_ms = d.violated().and_then(|l| l.reset).map_or(0, Timestamp::millis);
+        prop_assert_eq!(reset, violated_ms.div_ceil(1000));
+        let problem = refusal_problem(&d, "p", None).unwrap_or_default();
+        let body_reset = problem["reset"].as_str().unwrap_or_default().to_owned();
+        let violated = d.violated().and_then(|l| l.reset).unwrap_or_else(|| unreachable!());
+        prop_assert_eq!(body_reset, violated.rfc3339());
+        prop_assert_eq!(violated.since(t).div_ceil(1000), t_param);
+    }
+
+    /// Releasing units admitted at any instant gives back exactly those units to the windows
+    /// they were counted in, and never takes from a later window.
+    #[test]
+    fn release_admitted_gives_back_exactly_once(q in 1u64..5, before in 0u64..20, admitted in 0u64..200_000_000, later in 0u64..200_000_000) {
+        let p = policy(json!([
+            {"meter": "rows", "limit": 1000, "period": "day"},
+            {"meter": "rows", "limit": 1000, "period": "minute"}]));
+        let rows = m("rows");
+        let mut b = Book::default();
+        let t1 = at(admitted);
+        b.record(&p, &rows, before, false, t1).unwrap_or_else(|e| unreachable!("{e}"));
+        let usage_before = b.overview(&p, t1);
+        b.record(&p, &rows, q, true, t1).unwrap_or_else(|e| unreachable!("{e}"));
+        b.release_admitted(&p, &rows, q, t1, t1);
+        prop_assert_eq!(b.overview(&p, t1), usage_before, "released at once: back to where it was");
+        // Admitted, then released later: a day that rolled over keeps its own count.
+        b.record(&p, &rows, q, true, t1).unwrap_or_else(|e| unreachable!("{e}"));
+        let t2 = at(admitted + later);
+        let day_at_t2_before = b.overview(&p, t2).into_iter().find(|l| l.policy == "rows-day").map(|l| l.used);
+        b.release_admitted(&p, &rows, q, t1, t2);
+        let day_at_t2 = b.overview(&p, t2).into_iter().find(|l| l.policy == "rows-day").map(|l| l.used);
+        let same_day = t1.date() == t2.date();
+        prop_assert_eq!(day_at_t2, day_at_t2_before.map(|u| if same_day { u - q } else { u }));
     }
 }

@@ -142,9 +142,11 @@ impl fmt::Display for Period {
 }
 
 /// The day of month `anchor_day` falls on in (`year`, `month`), clamped to the month's end.
+/// Past the calendar's last year (the month after December 9999) it is the last date, which
+/// `Timestamp` clamps to its own end: the window never ends before it starts.
 fn boundary(year: i32, month: Month, anchor_day: u8) -> Date {
     let day = anchor_day.min(month.length(year));
-    Date::from_calendar_date(year, month, day).unwrap_or(Date::MIN)
+    Date::from_calendar_date(year, month, day).unwrap_or(Date::MAX)
 }
 
 fn next_month(year: i32, month: Month) -> (i32, Month) {
@@ -161,6 +163,9 @@ fn prev_month(year: i32, month: Month) -> (i32, Month) {
     }
 }
 
+/// The month window containing `today`. `Timestamp` starts at the Unix epoch, so a window that
+/// would start before it (January 1970 before an anniversary day) starts at the epoch: it is
+/// clipped to the representable range, and its end is unchanged.
 fn month_window(today: Date, anchor: Option<Date>) -> Window {
     let anchor_day = anchor.map_or(1, Date::day);
     let (y, m) = (today.year(), today.month());
@@ -239,6 +244,24 @@ mod tests {
         (0u64..7_258_118_400_000).prop_map(Timestamp::from_millis)
     }
 
+    /// Regression: `now = 0, anchor_day = 2` (found by re-running the suite; 5 failures in 200
+    /// runs). The window starts at the epoch, not in 1969, and ends on the anchor day.
+    #[test]
+    fn an_anniversary_month_before_the_epoch_is_clipped_to_it() {
+        let anchor = Date::from_calendar_date(2020, Month::January, 2).ok();
+        let w = Period::Month.window(Timestamp::EPOCH, anchor);
+        assert_eq!(w.start, Timestamp::EPOCH);
+        assert_eq!(w.end.map(d), Some(date!(1970 - 01 - 02)));
+    }
+
+    /// The far end of the domain: December 9999 ends at the last instant, never at the epoch.
+    #[test]
+    fn the_last_month_ends_at_the_end_of_time() {
+        let w = Period::Month.window(Timestamp::from_millis(crate::policy::clock::MAX_MS), None);
+        assert_eq!(d(w.start), date!(9999 - 12 - 01));
+        assert!(w.end.is_some_and(|e| e > w.start));
+    }
+
     proptest! {
         #[test]
         fn windows_contain_now_and_tile(now in any_now(), anchor_day in 1u8..=31, anchored in any::<bool>()) {
@@ -267,7 +290,12 @@ mod tests {
             let w = Period::Month.window(now, anchor);
             let start = w.start.date();
             prop_assert_eq!(w.start.millis() % 86_400_000, 0);
-            prop_assert_eq!(start.day(), anchor_day.min(start.month().length(start.year())));
+            if w.start == Timestamp::EPOCH && now.date().day() < anchor_day && now.date().month() == Month::January && now.date().year() == 1970 {
+                // The anniversary month would start in December 1969: clipped to the epoch.
+                prop_assert!(w.end.is_some_and(|e| e.date().day() == anchor_day.min(31)));
+            } else {
+                prop_assert_eq!(start.day(), anchor_day.min(start.month().length(start.year())));
+            }
             let calendar = Period::Month.window(now, None);
             prop_assert_eq!(calendar.start.date().day(), 1);
             let days = calendar.end.map_or(0, |e| e.since(calendar.start) / 86_400_000);

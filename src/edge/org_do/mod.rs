@@ -1,0 +1,202 @@
+//! `OrgQuota`: the Durable Object that is the single writer of one org's counters and the
+//! at-least-once source of its usage ledger. It is glue around `crate::org::OrgMachine`.
+//!
+//! Every message is decode → load what the step needs (`Store::load`) → step the machine →
+//! apply its writes (`Store::apply`) → arm the alarm for the machine's wake-up time → reply.
+//! Everything from the load to the apply is synchronous, so the output gate and `SQLite`'s
+//! implicit transaction make it atomic; the only awaits are the alarm and the ledger I/O in
+//! `drain`, which never holds decided state across an await. It owns no rule of its own, never
+//! answers from memory alone, never calls the origin, and never panics.
+
+mod drain;
+mod store;
+
+use std::cell::{Cell, OnceCell, RefCell};
+
+use worker::{durable_object, DurableObject, Env, Request, Response, Result, State};
+
+use super::platform::{config, decision_log, now};
+use crate::org::{OrgError, OrgMachine, OrgMsg, OrgReply, Step};
+use crate::policy::Timestamp;
+use crate::wire::problem_body;
+use store::Store;
+
+/// The DO glue's one error: the machine's refusal, or storage failing under it.
+#[derive(Debug, thiserror::Error)]
+enum DoError {
+    #[error("{0}")]
+    Org(#[from] OrgError),
+    #[error("storage: {0}")]
+    Storage(#[from] worker::Error),
+    #[error("the ledger is busy with a flush or a reconciliation; retry shortly")]
+    Busy,
+}
+
+impl DoError {
+    /// The one mapping from this layer's errors to an answer.
+    fn into_reply(self) -> OrgReply {
+        match self {
+            Self::Org(e) => e.into_reply(),
+            Self::Busy => OrgReply::problem(409, problem_body(409, "busy", "Busy", &self.to_string())),
+            Self::Storage(e) => {
+                worker::console_error!(r#"{{"level":"error","component":"org_do","error":{:?}}}"#, e.to_string());
+                let detail = "The org's quota state could not be read or written.";
+                OrgReply::problem(500, problem_body(500, "internal", "Internal error", detail))
+            }
+        }
+    }
+}
+
+type DoResult<T> = std::result::Result<T, DoError>;
+
+/// What this instance knows of its alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Armed {
+    /// Not asked yet: an alarm set by an earlier instance may stand.
+    Unknown,
+    Not,
+    At(Timestamp),
+}
+
+#[durable_object]
+#[allow(missing_debug_implementations)] // `State` has no Debug
+pub struct OrgQuota {
+    state: State,
+    env: Env,
+    store: OnceCell<Store>,
+    /// Built from storage on first use, and again after a write failed.
+    machine: RefCell<Option<OrgMachine>>,
+    armed: Cell<Armed>,
+    /// A flush or a reconciliation is awaiting D1: they must not interleave.
+    ledger_busy: Cell<bool>,
+    /// `QUOTA_DEBUG_WORK` (tests and benchmarks): answers carry the statements and rows written.
+    debug_work: OnceCell<bool>,
+}
+
+impl DurableObject for OrgQuota {
+    fn new(state: State, env: Env) -> Self {
+        Self {
+            state,
+            env,
+            store: OnceCell::new(),
+            machine: RefCell::new(None),
+            armed: Cell::new(Armed::Unknown),
+            ledger_busy: Cell::new(false),
+            debug_work: OnceCell::new(),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        super::platform::set_clock(&self.env);
+        if req.path() == "/ping" {
+            let ok = self.store().map_err(worker::Error::RustError)?.ping()?;
+            return Response::from_json(&serde_json::json!({"ok": ok, "storage": "sqlite"}));
+        }
+        // Reading the message is the only await before any state is touched.
+        let text = req.text().await?;
+        let reply = match serde_json::from_str::<OrgMsg>(&text) {
+            Ok(OrgMsg::Ledger(op)) => drain::ledger(self, op).await.unwrap_or_else(DoError::into_reply),
+            Ok(OrgMsg::Org { caller, op }) => self.step(|m, store, now| {
+                let snap = store.load(&m.needs_org(&op), now)?;
+                Ok(m.step_org(&caller, op, snap, now)?)
+            }),
+            Ok(OrgMsg::Admin(op)) => self.step(|m, store, now| {
+                let snap = store.load(&OrgMachine::needs_admin(&op), now)?;
+                Ok(m.step_admin(op, &snap, now)?)
+            }),
+            Err(e) => OrgReply::problem(400, problem_body(400, "bad-message", "Bad message", &e.to_string())),
+        };
+        self.arm().await?;
+        respond(&reply)
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        super::platform::set_clock(&self.env);
+        self.armed.set(Armed::Not);
+        drain::alarm(self).await;
+        self.arm().await?;
+        Response::ok("")
+    }
+}
+
+fn respond(r: &OrgReply) -> Result<Response> {
+    let body = serde_json::to_string(r).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    Response::ok(body)
+}
+
+impl OrgQuota {
+    fn store(&self) -> std::result::Result<&Store, String> {
+        if let Some(s) = self.store.get() {
+            return Ok(s);
+        }
+        let s = Store::open(self.state.storage().sql()).map_err(|e| e.to_string())?;
+        Ok(self.store.get_or_init(|| s))
+    }
+
+    /// Runs `f` on the machine (booted from storage if this instance has none) with the store,
+    /// synchronously, and applies what it wrote. A failed write drops the machine so that the
+    /// next message rebuilds it from what storage really holds.
+    fn with_machine<T>(&self, f: impl FnOnce(&mut OrgMachine, &Store, Timestamp) -> DoResult<T>) -> DoResult<T> {
+        let store = self.store().map_err(|e| DoError::Storage(worker::Error::RustError(e)))?;
+        let mut slot = self.machine.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(OrgMachine::boot(store.boot()?));
+        }
+        let Some(m) = slot.as_mut() else {
+            return Err(DoError::Storage(worker::Error::RustError("no machine".into())));
+        };
+        let out = f(m, store, now());
+        if matches!(out, Err(DoError::Storage(_))) {
+            *slot = None;
+        }
+        out
+    }
+
+    /// One synchronous step: load → step → apply → log, then the answer.
+    fn step(&self, f: impl FnOnce(&mut OrgMachine, &Store, Timestamp) -> DoResult<Step>) -> OrgReply {
+        let result = self.with_machine(|m, store, now| {
+            store.take_work();
+            let mut step = f(m, store, now)?;
+            store.apply(&step.writes, now)?;
+            let (statements, rows) = store.take_work();
+            if *self.debug_work.get_or_init(|| config(&self.env, "QUOTA_DEBUG_WORK").is_some()) {
+                step.reply
+                    .headers
+                    .push(("X-Quota-Debug-Work".into(), format!("statements={statements}, rows-written={rows}")));
+            }
+            Ok(step)
+        });
+        match result {
+            Ok(step) => {
+                let wanted = decision_log(&self.env);
+                for line in step.log.iter().filter(|l| wanted.wants(l.outcome)) {
+                    worker::console_log!("{}", line.render());
+                }
+                step.reply
+            }
+            Err(e) => e.into_reply(),
+        }
+    }
+
+    /// Arms the alarm for the machine's wake-up time when it is earlier than what is armed.
+    async fn arm(&self) -> Result<()> {
+        let Some(want) = self.machine.borrow().as_ref().and_then(OrgMachine::wake) else { return Ok(()) };
+        let armed = match self.armed.get() {
+            Armed::At(t) => Some(t),
+            Armed::Not => None,
+            // Once per instance: an alarm set by an earlier instance still stands.
+            Armed::Unknown => {
+                let ms = self.state.storage().get_alarm().await?;
+                ms.map(|ms| Timestamp::from_millis(u64::try_from(ms).unwrap_or(0)))
+            }
+        };
+        if armed.is_none_or(|a| want < a) {
+            let offset = std::time::Duration::from_millis(want.since(now()));
+            self.state.storage().set_alarm(offset).await?;
+            self.armed.set(Armed::At(want));
+        } else if let Some(a) = armed {
+            self.armed.set(Armed::At(a));
+        }
+        Ok(())
+    }
+}

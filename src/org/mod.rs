@@ -1,0 +1,21 @@
+//! The org machine: one org's rules as pure, natively tested code, behind the thin Durable
+//! Object in `edge::org_do` (the quinn-proto / quinn split).
+//!
+//! `msg` is the protocol (typed messages with an explicit caller, and the reply); `machine` is
+//! the state machine that turns a message and a snapshot of storage into a reply, the writes to
+//! apply and the time it next needs to run; `rules` holds the small formulas (counter rows,
+//! alert crossings, backoff, wake-up times, reconciliation). It must never import `worker`, do
+//! I/O or read a clock: `now` is always an argument.
+
+pub mod machine;
+pub mod msg;
+pub mod rules;
+
+pub use machine::{
+    AlertView, Boot, FlushResult, Need, OrgError, OrgMachine, OutboxRow, ReconcileWindow, Snapshot, Step, Tallies,
+    Writes,
+};
+pub use msg::{AdminOp, Caller, DecideKind, KeyHash, LedgerOp, OrgMsg, OrgOp, OrgReply, SettleAction, StoredConfig};
+
+#[cfg(test)]
+mod tests;

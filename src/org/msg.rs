@@ -1,0 +1,235 @@
+//! The org machine's protocol: who calls (`Caller`), what they ask (`OrgOp`, `AdminOp`,
+//! `LedgerOp`, wrapped in one `OrgMsg`), and what comes back (`OrgReply`).
+//!
+//! It owns the wire shape of the Worker → Durable Object call and nothing else: it must never
+//! decide anything, and it never carries an authorisation as an absent value. An org operation
+//! always names its caller, and which callers may run which operation is decided in one place
+//! (`OrgOp::allows`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::policy::{EventId, MeterId, OrgId, PlanId};
+use crate::wire::UsageEvent;
+
+/// The SHA-256 of an org key, as 64 lowercase hex characters: all the DO ever sees of a key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyHash(pub String);
+
+/// Who is asking. Every org operation carries one, so "no key" can never mean "skip the check".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Caller {
+    /// An org key, by hash: the DO checks it belongs to this org before anything else.
+    Key(KeyHash),
+    /// The Worker itself, settling a proxied request it already authenticated.
+    Gateway,
+    /// The admin API (its bearer token was checked by the Worker).
+    Admin,
+}
+
+/// How a proxied or checked request is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecideKind {
+    /// `/v1/check` without reserve: nothing changes.
+    Check,
+    /// `/v1/check` with reserve: a provisional reservation the caller settles.
+    Reserve,
+    /// A proxied request of known cost: counted at once, released if the origin fails.
+    Proxy,
+    /// A proxied request whose cost the origin reports: admitted while one unit remains.
+    ProxyReported,
+}
+
+/// How a provisional reservation is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum SettleAction {
+    /// With the quantity used; `None` commits the reserved quantity.
+    Commit {
+        quantity: Option<u64>,
+    },
+    Release,
+}
+
+/// An operation on the org's usage, made by a key or by the gateway on a key's behalf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrgOp {
+    /// `replayable`: the id is the client's Idempotency-Key, so a replay within the idempotency
+    /// window is admitted without being counted again.
+    Decide { meter: MeterId, quantity: u64, kind: DecideKind, id: EventId, ttl_ms: u64, replayable: bool },
+    /// Usage events (`POST /v1/events`), idempotent by event id.
+    Events { events: Vec<UsageEvent>, enforce: bool },
+    /// The live usage overview (`GET /v1/usage`), or its one-line status.
+    Usage { short: bool },
+    /// Commit or release a provisional reservation (`/v1/reservations/{id}/…`).
+    Settle { id: EventId, action: SettleAction },
+    /// Give back a proxied request's units after a non-2xx or failed origin call. `seq` is the
+    /// outbox row the decision answered with; `id` must match it.
+    Release { id: EventId, seq: u64 },
+    /// Usage the origin reported for a proxied request, counted without enforcement.
+    Report { id: EventId, usage: Vec<(MeterId, u64)> },
+}
+
+impl OrgOp {
+    /// The one table of who may do what.
+    pub const fn allows(&self, caller: &Caller) -> bool {
+        matches!(
+            (self, caller),
+            (Self::Decide { .. } | Self::Events { .. } | Self::Settle { .. }, Caller::Key(_))
+                | (Self::Usage { .. }, Caller::Key(_) | Caller::Admin)
+                | (Self::Release { .. } | Self::Report { .. }, Caller::Gateway)
+        )
+    }
+}
+
+/// The org's configuration as the admin API sends it; validated by the machine before storing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredConfig {
+    pub org: OrgId,
+    pub plan_id: PlanId,
+    pub plan: Value,
+    pub billing_anchor: Option<Value>,
+    pub overrides: Option<Value>,
+    /// Where threshold alerts go (else the deployment's `ALERT_WEBHOOK_URL`).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+}
+
+/// Operations only the admin API sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminOp {
+    Configure(StoredConfig),
+    State,
+    Reset { meter: Option<MeterId> },
+    AddKey { key_id: String, hash: KeyHash },
+    RevokeKey { key_id: String },
+}
+
+/// Operations that await the ledger (D1) and are driven by the DO's drain, not by `step`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerOp {
+    /// Drain the outbox to D1 now.
+    Flush,
+    /// Compare counters with the ledger; `repair` sets them to the ledger's truth.
+    Reconcile { repair: bool },
+}
+
+/// One message to an org's Durable Object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrgMsg {
+    Org { caller: Caller, op: OrgOp },
+    Admin(AdminOp),
+    Ledger(LedgerOp),
+}
+
+impl OrgMsg {
+    /// The operation's name, as a metric label.
+    #[must_use]
+    pub const fn op(&self) -> &'static str {
+        match self {
+            Self::Org { op, .. } => match op {
+                OrgOp::Decide { .. } => "decide",
+                OrgOp::Events { .. } => "events",
+                OrgOp::Usage { .. } => "usage",
+                OrgOp::Settle { .. } => "settle",
+                OrgOp::Release { .. } => "release",
+                OrgOp::Report { .. } => "report",
+            },
+            Self::Admin(op) => match op {
+                AdminOp::Configure(_) => "configure",
+                AdminOp::State => "state",
+                AdminOp::Reset { .. } => "reset",
+                AdminOp::AddKey { .. } => "add_key",
+                AdminOp::RevokeKey { .. } => "revoke_key",
+            },
+            Self::Ledger(LedgerOp::Flush) => "flush",
+            Self::Ledger(LedgerOp::Reconcile { .. }) => "reconcile",
+        }
+    }
+}
+
+/// The Durable Object's answer: an HTTP answer the Worker can pass on as it is, plus what the
+/// proxy needs (the plan, and the outbox row holding a proxied request's units).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgReply {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    /// `null` for an allowed proxied decision: the Worker needs only the headers.
+    #[serde(default)]
+    pub body: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// The outbox row that holds this proxied request's units: only then may the Worker release
+    /// them (a replay holds nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<u64>,
+}
+
+impl OrgReply {
+    /// A 200 with a JSON body and no headers.
+    #[must_use]
+    pub const fn ok(body: Value, plan: Option<String>) -> Self {
+        Self { status: 200, headers: Vec::new(), body, plan, held: None }
+    }
+
+    /// An answer with a problem body.
+    #[must_use]
+    pub const fn problem(status: u16, body: Value) -> Self {
+        Self { status, headers: Vec::new(), body, plan: None, held: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Caller {
+        Caller::Key(KeyHash("ab".repeat(32)))
+    }
+
+    #[test]
+    fn who_may_do_what() {
+        let id = EventId::parse("r1").unwrap_or_else(|e| unreachable!("{e}"));
+        let release = OrgOp::Release { id: id.clone(), seq: 1 };
+        assert!(release.allows(&Caller::Gateway));
+        assert!(!release.allows(&key()), "a key cannot release a proxied request's units");
+        assert!(!release.allows(&Caller::Admin));
+        let usage = OrgOp::Usage { short: false };
+        assert!(usage.allows(&key()) && usage.allows(&Caller::Admin) && !usage.allows(&Caller::Gateway));
+        let settle = OrgOp::Settle { id, action: SettleAction::Release };
+        assert!(settle.allows(&key()) && !settle.allows(&Caller::Gateway));
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let msgs = [
+            OrgMsg::Org { caller: key(), op: OrgOp::Usage { short: true } },
+            OrgMsg::Admin(AdminOp::Reset { meter: None }),
+            OrgMsg::Ledger(LedgerOp::Reconcile { repair: true }),
+            OrgMsg::Admin(AdminOp::AddKey { key_id: "k".into(), hash: KeyHash("h".into()) }),
+        ];
+        for m in msgs {
+            let s = serde_json::to_string(&m).unwrap_or_default();
+            assert_eq!(serde_json::from_str::<OrgMsg>(&s).ok(), Some(m), "{s}");
+        }
+        // A caller is never optional: a message without one does not decode.
+        assert!(serde_json::from_str::<OrgMsg>(r#"{"org":{"op":{"usage":{"short":true}}}}"#).is_err());
+    }
+
+    #[test]
+    fn an_allowed_proxy_reply_is_small() {
+        let r = OrgReply { status: 200, headers: vec![], body: Value::Null, plan: Some("free".into()), held: Some(7) };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap_or_default(),
+            r#"{"status":200,"body":null,"plan":"free","held":7}"#
+        );
+    }
+}

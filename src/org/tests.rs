@@ -1,0 +1,743 @@
+//! Native tests of the org machine, with injected time and an in-memory store that applies
+//! `Writes` the way the Durable Object's `SQLite` store does.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::needless_pass_by_value,
+    clippy::as_conversions,
+    clippy::too_many_lines
+)]
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use super::rules::{self, decode_counters, encode_counters, flush_backoff_ms, LedgerAgg, Wake};
+use super::*;
+use crate::policy::{Aggregation, Counter, EventId, Level, MeterId, OrgId, PlanId, Reservation, Timestamp, UsageError};
+use crate::wire::UsageEvent;
+
+/// 2026-11-23T10:00:00Z
+const T0: u64 = 1_795_428_000_000;
+
+fn at(ms: u64) -> Timestamp {
+    Timestamp::from_millis(T0 + ms)
+}
+
+fn hash() -> KeyHash {
+    KeyHash("ab".repeat(32))
+}
+
+fn key() -> Caller {
+    Caller::Key(hash())
+}
+
+fn eid(s: &str) -> EventId {
+    EventId::parse(s).unwrap()
+}
+
+fn m(s: &str) -> MeterId {
+    MeterId::parse(s).unwrap()
+}
+
+/// The storage a `Writes` lands in: what the DO's tables hold, as maps.
+#[derive(Debug, Default, Clone)]
+struct Mem {
+    config: Option<StoredConfig>,
+    counters: BTreeMap<String, String>,
+    outbox: BTreeMap<u64, OutboxRow>,
+    reservations: BTreeMap<EventId, Reservation>,
+    seen: BTreeMap<String, String>,
+    alerts: BTreeMap<(String, u64, Level), String>,
+    alert_writes: u64,
+    meta: BTreeMap<String, String>,
+    keys: BTreeMap<String, KeyHash>,
+    counts: BTreeMap<(String, String), u64>,
+    rows_written: u64,
+}
+
+impl Mem {
+    fn load(&self, need: &Need, now: Timestamp) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (k, v) in &self.counters {
+            if need.all_counters || need.meters.iter().any(|m| m.as_str() == k) {
+                s.rows.insert(k.clone(), v.clone());
+            }
+        }
+        for id in &need.seen {
+            if let Some(v) = self.seen.get(id) {
+                s.seen.insert(id.clone(), v.clone());
+            }
+        }
+        if let Some(id) = &need.reservation {
+            s.reservations.extend(self.reservations.get(id).cloned());
+        }
+        if need.expired {
+            s.reservations.extend(self.reservations.values().filter(|r| r.expires <= now).cloned());
+            s.next_expiry = self.reservations.values().filter(|r| r.expires > now).map(|r| r.expires).min();
+        }
+        if let Some(seq) = need.outbox_row {
+            s.outbox_row = self.outbox.get(&seq).cloned();
+        }
+        s.tallies =
+            Tallies { open_reservations: self.reservations.len() as u64, outbox_pending: self.outbox.len() as u64 };
+        s
+    }
+
+    fn apply(&mut self, w: &Writes) {
+        if let Some(c) = &w.config {
+            self.config = Some(c.clone());
+        }
+        for (k, v) in &w.counters {
+            self.counters.insert(k.clone(), v.clone());
+            self.rows_written += 1;
+        }
+        for k in &w.drop_counters {
+            self.counters.remove(k);
+        }
+        for r in &w.outbox {
+            assert!(self.outbox.insert(r.seq, r.clone()).is_none(), "outbox seq reused");
+            self.rows_written += 1;
+        }
+        for s in &w.outbox_delete {
+            self.outbox.remove(s);
+        }
+        for r in &w.reservation_put {
+            self.reservations.insert(r.id.clone(), r.clone());
+            self.rows_written += 1;
+        }
+        for id in &w.reservation_delete {
+            self.reservations.remove(id);
+        }
+        for (id, st) in &w.remember {
+            self.seen.entry(id.clone()).or_insert_with(|| (*st).to_owned());
+            self.rows_written += 1;
+        }
+        for id in &w.forget {
+            self.seen.remove(id);
+        }
+        for a in &w.alerts {
+            // The table's unique key is the backstop; count the attempts to see it is not needed.
+            self.alert_writes += 1;
+            self.alerts
+                .entry((a.policy.clone(), a.window_start.millis(), a.level))
+                .or_insert_with(|| a.payload.clone());
+        }
+        for (k, v) in &w.meta {
+            self.meta.insert(k.clone(), v.clone());
+        }
+        if let Some((id, h)) = &w.key_put {
+            self.keys.insert(id.clone(), h.clone());
+        }
+        if let Some(id) = &w.key_delete {
+            self.keys.remove(id);
+        }
+        for (meter, o, n) in &w.counts {
+            *self.counts.entry((meter.clone(), (*o).to_owned())).or_insert(0) += n;
+        }
+    }
+
+    fn boot(&self) -> OrgMachine {
+        OrgMachine::boot(Boot {
+            config: self.config.clone(),
+            keys: self.keys.clone().into_iter().collect(),
+            resets: self
+                .meta
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((k.strip_prefix("reset:")?.to_owned(), Timestamp::from_millis(v.parse().ok()?)))
+                })
+                .collect(),
+            // The drain records the highest sequence it flushed, so none is ever reused.
+            max_seq: self
+                .outbox
+                .keys()
+                .max()
+                .copied()
+                .unwrap_or(0)
+                .max(self.meta.get("outbox_seq").map_or(0, |v| v.parse().unwrap())),
+            seq_mark: self.meta.get("outbox_seq").map_or(0, |v| v.parse().unwrap()),
+            outbox_ready: self.outbox.values().map(|r| Timestamp::from_millis(r.ready_at)).min(),
+            alert_due: None,
+            reservation_expires: self.reservations.values().map(|r| r.expires).min(),
+            flush_failures: 0,
+        })
+    }
+
+    /// Total units of `meter` queued for the ledger.
+    fn queued(&self, meter: &str) -> u64 {
+        self.outbox.values().filter(|r| r.meter == meter).map(|r| r.quantity).sum()
+    }
+}
+
+/// A machine and its storage, driven like the DO drives them.
+struct Org {
+    m: OrgMachine,
+    mem: Mem,
+}
+
+fn plan(limits: Value) -> StoredConfig {
+    StoredConfig {
+        org: OrgId::parse("acme").unwrap(),
+        plan_id: PlanId::parse("p").unwrap(),
+        plan: json!({"meters": [{"id": "peak", "aggregation": "max"}], "limits": limits}),
+        billing_anchor: None,
+        overrides: None,
+        webhook_url: None,
+    }
+}
+
+impl Org {
+    fn new(limits: Value) -> Self {
+        let mut o = Self { m: Mem::default().boot(), mem: Mem::default() };
+        o.admin(AdminOp::Configure(plan(limits)), at(0));
+        o.admin(AdminOp::AddKey { key_id: "k1".into(), hash: hash() }, at(0));
+        o
+    }
+
+    fn admin(&mut self, op: AdminOp, now: Timestamp) -> OrgReply {
+        let snap = self.mem.load(&OrgMachine::needs_admin(&op), now);
+        let step = self.m.step_admin(op, &snap, now).unwrap();
+        self.mem.apply(&step.writes);
+        step.reply
+    }
+
+    fn org(&mut self, caller: &Caller, op: OrgOp, now: Timestamp) -> Result<Step, OrgError> {
+        let snap = self.mem.load(&self.m.needs_org(&op), now);
+        let step = self.m.step_org(caller, op, snap, now)?;
+        self.mem.apply(&step.writes);
+        Ok(step)
+    }
+
+    fn proxy(&mut self, id: &str, q: u64, replayable: bool, now: Timestamp) -> OrgReply {
+        let op = OrgOp::Decide {
+            meter: m("requests"),
+            quantity: q,
+            kind: DecideKind::Proxy,
+            id: eid(id),
+            ttl_ms: 120_000,
+            replayable,
+        };
+        self.org(&key(), op, now).unwrap().reply
+    }
+
+    fn used(&mut self, policy: &str, now: Timestamp) -> u64 {
+        let r = self.admin(AdminOp::State, now);
+        let limits = r.body["limits"].as_array().unwrap().clone();
+        limits.iter().find(|l| l["policy"] == policy).map_or(0, |l| l["used"].as_u64().unwrap())
+    }
+
+    fn tick(&mut self, now: Timestamp) {
+        let snap = self.mem.load(&self.m.needs_tick(now), now);
+        let w = self.m.tick(snap, now).unwrap();
+        self.mem.apply(&w);
+    }
+
+    /// A DO restart: memory is gone, storage stays.
+    fn restart(&mut self) {
+        self.m = self.mem.boot();
+    }
+}
+
+fn month_and_minute() -> Org {
+    Org::new(json!([
+        {"meter": "requests", "limit": 100, "period": "minute", "mode": "hard"},
+        {"meter": "requests", "limit": 10, "period": "month", "mode": "hard"}
+    ]))
+}
+
+#[test]
+fn a_proxied_request_writes_one_counter_row_and_one_outbox_row() {
+    let mut o = month_and_minute();
+    let before = o.mem.rows_written;
+    let r = o.proxy("req_1", 1, false, at(1_000));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, Value::Null, "an allowed proxied decision carries headers only");
+    assert_eq!(o.mem.rows_written - before, 2);
+    let seq = r.held.unwrap();
+    assert_eq!(o.mem.outbox[&seq].ready_at, at(1_000).millis() + 120_000);
+    assert!(o.mem.reservations.is_empty(), "the outbox row is the reservation");
+    // One row holds both of the meter's limits.
+    let row = decode_counters(&o.mem.counters["requests"]).unwrap();
+    assert_eq!(row.len(), 2);
+}
+
+#[test]
+fn unknown_and_wrong_callers_are_refused_before_anything_else() {
+    let mut o = month_and_minute();
+    let stranger = Caller::Key(KeyHash("cd".repeat(32)));
+    let op = OrgOp::Usage { short: true };
+    assert_eq!(o.org(&stranger, op.clone(), at(0)).unwrap_err(), OrgError::Unauthorized);
+    assert_eq!(o.org(&Caller::Gateway, op, at(0)).unwrap_err(), OrgError::Unauthorized);
+    let rel = OrgOp::Release { id: eid("x"), seq: 1 };
+    assert_eq!(o.org(&key(), rel, at(0)).unwrap_err(), OrgError::Unauthorized);
+    o.admin(AdminOp::RevokeKey { key_id: "k1".into() }, at(0));
+    assert_eq!(o.org(&key(), OrgOp::Usage { short: true }, at(0)).unwrap_err(), OrgError::Unauthorized);
+}
+
+#[test]
+fn a_release_gives_units_back_once_and_drops_the_ledger_row() {
+    let mut o = month_and_minute();
+    let r = o.proxy("req_1", 3, false, at(0));
+    let seq = r.held.unwrap();
+    assert_eq!(o.used("requests-month", at(1)), 3);
+    let rel = OrgOp::Release { id: eid("req_1"), seq };
+    assert_eq!(o.org(&Caller::Gateway, rel.clone(), at(10)).unwrap().reply.status, 200);
+    assert_eq!(o.used("requests-month", at(11)), 0);
+    assert_eq!(o.used("requests-minute", at(11)), 0);
+    assert!(o.mem.outbox.is_empty());
+    // A second release finds nothing to give back.
+    assert_eq!(
+        o.org(&Caller::Gateway, rel, at(12)).unwrap_err(),
+        OrgError::Usage(UsageError::UnknownReservation(eid("req_1")))
+    );
+    // A release naming another request's row gives nothing back either.
+    let r2 = o.proxy("req_2", 1, false, at(20));
+    let wrong = OrgOp::Release { id: eid("req_1"), seq: r2.held.unwrap() };
+    assert!(o.org(&Caller::Gateway, wrong, at(21)).is_err());
+    assert_eq!(o.used("requests-month", at(22)), 1);
+}
+
+#[test]
+fn a_release_after_a_month_rollover_or_a_reset_keeps_the_new_window_untouched() {
+    let mut o = month_and_minute();
+    // Admitted in the last second of November, released in December.
+    let nov_end = Timestamp::from_millis(1_796_083_199_000); // 2026-11-30T23:59:59Z
+    let r = o.proxy("req_1", 2, false, nov_end);
+    o.proxy("req_2", 1, false, nov_end.saturating_add_ms(2_000));
+    let rel = OrgOp::Release { id: eid("req_1"), seq: r.held.unwrap() };
+    o.org(&Caller::Gateway, rel, nov_end.saturating_add_ms(3_000)).unwrap();
+    assert_eq!(o.used("requests-month", nov_end.saturating_add_ms(4_000)), 1, "December keeps its own usage");
+    // A reset after the admission already gave everything back.
+    let r3 = o.proxy("req_3", 4, false, at(0));
+    o.admin(AdminOp::Reset { meter: None }, at(10));
+    o.proxy("req_4", 1, false, at(20));
+    o.org(&Caller::Gateway, OrgOp::Release { id: eid("req_3"), seq: r3.held.unwrap() }, at(30)).unwrap();
+    assert_eq!(o.used("requests-month", at(40)), 1);
+}
+
+#[test]
+fn a_replayed_idempotency_key_counts_once_and_a_release_does_not_undo_the_original() {
+    let mut o = month_and_minute();
+    let first = o.proxy("idem-1", 1, true, at(0));
+    assert!(first.held.is_some());
+    let replay = o.proxy("idem-1", 1, true, at(5));
+    assert_eq!(replay.status, 200);
+    assert!(replay.held.is_none(), "a replay holds nothing the Worker could release");
+    assert!(replay.headers.iter().any(|(k, v)| k == "Idempotent-Replayed" && v == "true"));
+    assert_eq!(o.used("requests-month", at(6)), 1);
+    assert_eq!(o.mem.outbox.len(), 1);
+    // After the original is released (its origin failed), a replay counts afresh.
+    o.org(&Caller::Gateway, OrgOp::Release { id: eid("idem-1"), seq: first.held.unwrap() }, at(7)).unwrap();
+    let again = o.proxy("idem-1", 1, true, at(8));
+    assert!(again.held.is_some());
+    assert_eq!(o.used("requests-month", at(9)), 1);
+}
+
+#[test]
+fn a_replayed_origin_report_counts_once() {
+    let mut o = Org::new(json!([{"meter": "ai_tokens", "limit": 1000, "period": "month", "mode": "soft"}]));
+    let op = OrgOp::Report { id: eid("idem-9"), usage: vec![(m("ai_tokens"), 40), (m("nope"), 1)] };
+    let r = o.org(&Caller::Gateway, op.clone(), at(0)).unwrap().reply;
+    assert_eq!(r.body["ignored"], json!(["nope"]));
+    o.org(&Caller::Gateway, op, at(1)).unwrap();
+    assert_eq!(o.used("ai_tokens-month", at(2)), 40);
+    assert_eq!(o.mem.queued("ai_tokens"), 40);
+}
+
+#[test]
+fn refusals_and_checks_write_nothing() {
+    let mut o = month_and_minute();
+    for i in 0..10 {
+        assert_eq!(o.proxy(&format!("r{i}"), 1, false, at(i)).status, 200);
+    }
+    let before = o.mem.rows_written;
+    let refused = o.proxy("r10", 1, false, at(20));
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.body["violated-policies"], json!(["requests-month"]));
+    let check = OrgOp::Decide {
+        meter: m("requests"),
+        quantity: 1,
+        kind: DecideKind::Check,
+        id: eid("c"),
+        ttl_ms: 0,
+        replayable: false,
+    };
+    assert_eq!(o.org(&key(), check, at(21)).unwrap().reply.body["allowed"], json!(false));
+    assert_eq!(o.mem.rows_written, before);
+    assert_eq!(o.used("requests-month", at(22)), 10);
+}
+
+#[test]
+fn decision_counts_are_kept_in_memory_and_saved_by_the_tick() {
+    let mut o = month_and_minute();
+    o.proxy("a", 1, false, at(0));
+    o.proxy("b", 1, false, at(1));
+    assert!(o.mem.counts.is_empty());
+    assert_eq!(o.m.wake(), Some(at(rules::COUNTS_EVERY_MS)), "the counts need the alarm before the outbox does");
+    o.tick(at(rules::COUNTS_EVERY_MS));
+    assert_eq!(o.mem.counts[&("requests".to_owned(), "allowed".to_owned())], 2);
+    assert_eq!(o.m.wake(), Some(at(120_000)), "then the outbox is next");
+}
+
+#[test]
+fn provisional_reservations_expire_back_to_the_org_on_the_tick() {
+    let mut o = month_and_minute();
+    let op = OrgOp::Decide {
+        meter: m("requests"),
+        quantity: 4,
+        kind: DecideKind::Reserve,
+        id: eid("rsv_1"),
+        ttl_ms: 5_000,
+        replayable: false,
+    };
+    let r = o.org(&key(), op, at(0)).unwrap().reply;
+    assert_eq!(r.body["reservation"]["id"], "rsv_1");
+    assert_eq!(o.m.wake(), Some(at(5_000)));
+    o.tick(at(5_000));
+    assert!(o.mem.reservations.is_empty());
+    assert_eq!(o.used("requests-month", at(5_001)), 0);
+    // Settling it afterwards finds nothing.
+    let late = OrgOp::Settle { id: eid("rsv_1"), action: SettleAction::Commit { quantity: None } };
+    assert!(o.org(&key(), late, at(5_002)).is_err());
+}
+
+#[test]
+fn an_expired_but_unswept_reservation_cannot_be_committed() {
+    let mut o = month_and_minute();
+    let op = OrgOp::Decide {
+        meter: m("requests"),
+        quantity: 4,
+        kind: DecideKind::Reserve,
+        id: eid("rsv_1"),
+        ttl_ms: 5_000,
+        replayable: false,
+    };
+    o.org(&key(), op, at(0)).unwrap();
+    let late = OrgOp::Settle { id: eid("rsv_1"), action: SettleAction::Commit { quantity: None } };
+    assert_eq!(o.org(&key(), late, at(6_000)).unwrap().reply.status, 404);
+    assert_eq!(o.used("requests-month", at(6_001)), 0);
+    assert!(o.mem.reservations.is_empty());
+}
+
+#[test]
+fn events_dedupe_within_a_batch_and_across_batches() {
+    let mut o = Org::new(json!([{"meter": "rows", "limit": 100, "period": "month", "mode": "hard"}]));
+    let ev = |id: &str, q| UsageEvent { id: eid(id), meter: m("rows"), quantity: q, timestamp: None, metadata: None };
+    let op = OrgOp::Events { events: vec![ev("e1", 5), ev("e1", 5), ev("e2", 200)], enforce: true };
+    let r = o.org(&key(), op, at(0)).unwrap().reply;
+    let st: Vec<&str> = r.body["results"].as_array().unwrap().iter().map(|x| x["status"].as_str().unwrap()).collect();
+    assert_eq!(st, ["accepted", "duplicate", "rejected"]);
+    let again = o.org(&key(), OrgOp::Events { events: vec![ev("e1", 5)], enforce: true }, at(1)).unwrap().reply;
+    assert_eq!(again.body["results"][0]["original_status"], "accepted");
+    assert_eq!(o.used("rows-month", at(2)), 5);
+    assert_eq!(o.mem.queued("rows"), 5);
+}
+
+#[test]
+fn after_a_restart_the_outbox_sequence_and_keys_carry_on() {
+    let mut o = month_and_minute();
+    let a = o.proxy("a", 1, false, at(0)).held.unwrap();
+    o.restart();
+    let b = o.proxy("b", 1, false, at(1)).held.unwrap();
+    assert!(b > a);
+    assert_eq!(o.used("requests-month", at(2)), 2);
+}
+
+#[test]
+fn a_plan_change_keeps_counters_of_limits_it_keeps() {
+    let mut o = month_and_minute();
+    o.proxy("a", 2, false, at(0));
+    o.admin(
+        AdminOp::Configure(plan(json!([{"meter": "requests", "limit": 50, "period": "month", "mode": "hard"}]))),
+        at(1),
+    );
+    assert_eq!(o.used("requests-month", at(2)), 2);
+    let row = decode_counters(&o.mem.counters["requests"]).unwrap();
+    assert_eq!(row.keys().collect::<Vec<_>>(), ["requests-month"]);
+    o.admin(
+        AdminOp::Configure(plan(json!([{"meter": "rows", "limit": 50, "period": "month", "mode": "hard"}]))),
+        at(3),
+    );
+    assert!(!o.mem.counters.contains_key("requests"));
+}
+
+#[test]
+fn a_bad_plan_is_refused_and_nothing_is_stored() {
+    let mut o = month_and_minute();
+    let snap = o.mem.load(&Need::default(), at(0));
+    let bad = plan(json!([{"meter": "requests", "limit": -1, "period": "month", "mode": "hard"}]));
+    let err = o.m.step_admin(AdminOp::Configure(bad), &snap, at(0)).unwrap_err();
+    assert!(matches!(err, OrgError::Plan(_)));
+    assert_eq!(err.into_reply().status, 400);
+}
+
+#[test]
+fn flush_backoff_doubles_from_one_second_and_writes_only_on_change() {
+    assert_eq!([1, 2, 3, 4].map(flush_backoff_ms), [1_000, 2_000, 4_000, 8_000]);
+    assert_eq!(flush_backoff_ms(40), rules::MAX_FLUSH_BACKOFF_MS);
+    let mut o = month_and_minute();
+    o.proxy("a", 1, false, at(0));
+    let meta = o.m.after_flush(FlushResult::Failed, at(200_000));
+    assert_eq!(meta, [("outbox_seq".into(), "1".into()), ("flush_failures".into(), "1".into())]);
+    assert_eq!(o.m.wake(), Some(at(10_000)), "the counts are still due first");
+    o.tick(at(10_000));
+    assert_eq!(o.m.wake(), Some(at(201_000)));
+    assert_eq!(o.m.after_flush(FlushResult::Failed, at(201_000)), [("flush_failures".into(), "2".into())]);
+    assert_eq!(o.m.wake(), Some(at(203_000)));
+    let done = FlushResult::Done { pending: 0, next_ready: None };
+    assert_eq!(o.m.after_flush(done, at(203_000)), [("flush_failures".into(), "0".into())]);
+    assert!(o.m.after_flush(done, at(204_000)).is_empty(), "unchanged rows are not written");
+    assert_eq!(o.m.wake(), None);
+}
+
+#[test]
+fn reconciliation_expects_ledger_plus_outbox_by_aggregation() {
+    let l = LedgerAgg { total: 10, peak: 7, last: Some(3), last_ts: Some(100) };
+    let q = LedgerAgg { total: 2, peak: 9, last: Some(5), last_ts: Some(200) };
+    assert_eq!(rules::expected(Aggregation::Sum, &l, &q), 12);
+    assert_eq!(rules::expected(Aggregation::Max, &l, &q), 9);
+    assert_eq!(rules::expected(Aggregation::Latest, &l, &q), 5);
+    let older = LedgerAgg { last_ts: Some(50), ..q };
+    assert_eq!(rules::expected(Aggregation::Latest, &l, &older), 3);
+    assert_eq!(rules::expected(Aggregation::Latest, &l, &LedgerAgg::default()), 3);
+}
+
+#[test]
+fn reconcile_repairs_drift_to_the_ledger() {
+    let mut o = month_and_minute();
+    o.proxy("a", 3, false, at(0));
+    let snap = o.mem.load(&Need { all_counters: true, ..Need::default() }, at(1));
+    let windows = o.m.reconcile_windows(&snap, at(1)).unwrap();
+    assert_eq!(windows.len(), 1, "rate windows are not reconciled");
+    let agg: Vec<_> = windows
+        .into_iter()
+        .map(|w| (w, LedgerAgg { total: 1, ..LedgerAgg::default() }, LedgerAgg::default()))
+        .collect();
+    let step = o.m.reconcile(&agg, &snap, true, Tallies::default(), &[], at(2)).unwrap();
+    assert_eq!(step.reply.body["total_drift"], 2);
+    o.mem.apply(&step.writes);
+    assert_eq!(o.used("requests-month", at(3)), 1);
+}
+
+#[test]
+fn counter_rows_round_trip_and_refuse_damage() {
+    let mut c = BTreeMap::new();
+    c.insert("requests-minute".to_owned(), Counter::Gcra { at: at(5), backlog: u64::MAX });
+    c.insert("requests-month".to_owned(), Counter::Window { start: at(0), used: 7, reserved: 2 });
+    let row = encode_counters(c.iter());
+    assert_eq!(row, format!("requests-minute=g,{},{};requests-month=w,{T0},7,2", T0 + 5, u64::MAX));
+    assert_eq!(decode_counters(&row), Some(c));
+    assert_eq!(decode_counters(""), Some(BTreeMap::new()));
+    for bad in ["x", "a=q,1,2", "a=g,1", "a=w,1,2,x"] {
+        assert_eq!(decode_counters(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn the_wake_is_the_earliest_need_and_a_retry_replaces_the_outbox_time() {
+    let w = Wake {
+        outbox_ready: Some(at(50)),
+        flush_retry: Some(at(90)),
+        alert_due: None,
+        reservation_expires: Some(at(70)),
+        counts_due: None,
+    };
+    assert_eq!(w.next(), Some(at(70)));
+    assert_eq!(Wake { reservation_expires: None, ..w }.next(), Some(at(90)));
+    assert_eq!(Wake::default().next(), None);
+}
+
+#[test]
+fn alerts_fire_on_crossings_only() {
+    let mut o = Org::new(json!([{"meter": "requests", "limit": 10, "period": "month", "mode": "hard"}]));
+    for i in 0..7 {
+        o.proxy(&format!("r{i}"), 1, false, at(i));
+    }
+    assert_eq!(o.mem.alert_writes, 0, "below 80% nothing is attempted");
+    o.proxy("r7", 1, false, at(10));
+    assert_eq!(o.mem.alert_writes, 1);
+    o.proxy("r8", 1, false, at(11));
+    assert_eq!(o.mem.alert_writes, 1, "staying at warning fires nothing");
+    o.proxy("r9", 1, false, at(12));
+    let levels: Vec<Level> = o.mem.alerts.keys().map(|k| k.2).collect();
+    assert_eq!(levels, [Level::Warning, Level::Critical, Level::Over], "90% → 100% crosses critical and over");
+    assert_eq!(o.m.wake(), Some(at(12)), "delivery runs now");
+    let over = &o.mem.alerts[&("requests-month".to_owned(), 1_793_491_200_000, Level::Over)];
+    let payload: Value = serde_json::from_str(over).unwrap();
+    assert_eq!(
+        (
+            payload["type"].as_str(),
+            payload["level"].as_str(),
+            payload["threshold_pct"].as_u64(),
+            payload["used"].as_u64()
+        ),
+        (Some("quota.threshold"), Some("over"), Some(100), Some(10))
+    );
+    assert_eq!(payload["id"], "alrt_acme_requests-month_1793491200000_over");
+}
+
+// ---------------------------------------------------------------------------- properties
+
+#[derive(Debug, Clone)]
+enum Act {
+    Proxy { id: u8, q: u8, replayable: bool },
+    Release { id: u8 },
+    Report { id: u8, q: u8 },
+    Reserve { id: u8, q: u8 },
+    Settle { id: u8, commit: bool },
+    Tick,
+    Restart,
+    Flush,
+    Wait { ms: u32 },
+}
+
+fn act() -> impl Strategy<Value = Act> {
+    prop_oneof![
+        4 => (0u8..12, 1u8..4, any::<bool>()).prop_map(|(id, q, replayable)| Act::Proxy { id, q, replayable }),
+        2 => (0u8..12).prop_map(|id| Act::Release { id }),
+        1 => (0u8..12, 1u8..50).prop_map(|(id, q)| Act::Report { id, q }),
+        1 => (0u8..6, 1u8..4).prop_map(|(id, q)| Act::Reserve { id, q }),
+        1 => (0u8..6, any::<bool>()).prop_map(|(id, commit)| Act::Settle { id, commit }),
+        1 => Just(Act::Tick),
+        1 => Just(Act::Restart),
+        1 => Just(Act::Flush),
+        2 => (0u32..200_000).prop_map(|ms| Act::Wait { ms }),
+    ]
+}
+
+/// Runs a sequence against the machine and an oracle of what must have been counted.
+fn run(acts: &[Act]) -> Result<(), TestCaseError> {
+    let mut o = Org::new(json!([
+        {"meter": "requests", "limit": 40, "period": "month", "mode": "hard"},
+        {"meter": "ai_tokens", "limit": 1000, "period": "month", "mode": "soft"}
+    ]));
+    let mut now = at(0);
+    // What the oracle says: proxied requests held (id → seq), units the ledger must get.
+    let mut held: BTreeMap<u8, (u64, u64)> = BTreeMap::new();
+    let mut counted_ids: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ledger: BTreeMap<u64, (String, u64)> = BTreeMap::new(); // seq → (event id, quantity), flushed
+    let mut releases = 0u64;
+    for a in acts {
+        now = now.saturating_add_ms(1);
+        match *a {
+            Act::Proxy { id, q, replayable } => {
+                let name = if replayable { format!("idem-{id}") } else { format!("req-{id}-{}", now.millis()) };
+                let r = o.proxy(&name, u64::from(q), replayable, now);
+                if let Some(seq) = r.held {
+                    prop_assert!(!counted_ids.contains_key(&name) || !replayable, "a replay was counted twice");
+                    counted_ids.insert(name, u64::from(q));
+                    held.insert(id, (seq, u64::from(q)));
+                }
+            }
+            Act::Release { id } => {
+                if let Some((seq, _)) = held.remove(&id) {
+                    let row = o.mem.outbox.get(&seq).cloned();
+                    let res = o.org(
+                        &Caller::Gateway,
+                        OrgOp::Release {
+                            id: eid(&row.as_ref().map_or_else(|| "gone".to_owned(), |r| r.event_id.clone())),
+                            seq,
+                        },
+                        now,
+                    );
+                    if let Some(row) = row {
+                        prop_assert!(res.is_ok());
+                        releases += 1;
+                        counted_ids.remove(&row.event_id);
+                    }
+                }
+            }
+            Act::Report { id, q } => {
+                o.org(
+                    &Caller::Gateway,
+                    OrgOp::Report { id: eid(&format!("idem-{id}")), usage: vec![(m("ai_tokens"), u64::from(q))] },
+                    now,
+                )
+                .unwrap();
+            }
+            Act::Reserve { id, q } => {
+                let op = OrgOp::Decide {
+                    meter: m("requests"),
+                    quantity: u64::from(q),
+                    kind: DecideKind::Reserve,
+                    id: eid(&format!("rsv-{id}")),
+                    ttl_ms: 60_000,
+                    replayable: false,
+                };
+                let _ = o.org(&key(), op, now);
+            }
+            Act::Settle { id, commit } => {
+                let action = if commit { SettleAction::Commit { quantity: None } } else { SettleAction::Release };
+                if o.org(&key(), OrgOp::Settle { id: eid(&format!("rsv-{id}")), action }, now).is_ok() {
+                    releases += 1;
+                }
+            }
+            Act::Tick => {
+                o.tick(now);
+                releases += 1;
+            }
+            Act::Restart => o.restart(),
+            Act::Flush => {
+                // The drain: ready rows leave the outbox into the ledger, exactly once.
+                let ready: Vec<u64> =
+                    o.mem.outbox.values().filter(|r| r.ready_at <= now.millis()).map(|r| r.seq).collect();
+                for s in ready {
+                    let r = o.mem.outbox.remove(&s).unwrap();
+                    prop_assert!(
+                        ledger.insert(s, (r.event_id.clone(), r.quantity)).is_none(),
+                        "an outbox row left twice"
+                    );
+                    held.retain(|_, (seq, _)| *seq != s);
+                }
+                let pending = o.mem.outbox.len() as u64;
+                let next_ready = o.mem.outbox.values().map(|r| Timestamp::from_millis(r.ready_at)).min();
+                let meta = o.m.after_flush(FlushResult::Done { pending, next_ready }, now);
+                o.mem.apply(&Writes { meta, ..Writes::default() });
+            }
+            Act::Wait { ms } => now = now.saturating_add_ms(u64::from(ms)),
+        }
+        // Alerts are attempted on crossings only: once per (limit, window, level), plus at most
+        // once per level again after usage went back down (a release), where the table's unique
+        // key is the backstop. Never once per request.
+        prop_assert!(
+            o.mem.alert_writes <= o.mem.alerts.len() as u64 + 3 * releases,
+            "an alert was attempted without a crossing"
+        );
+        for payload in o.mem.alerts.values() {
+            let p: Value = serde_json::from_str(payload).unwrap();
+            let (used, limit, pct) =
+                (p["used"].as_u64().unwrap(), p["limit"].as_u64().unwrap(), p["threshold_pct"].as_u64().unwrap());
+            prop_assert!(used * 100 >= pct * limit, "an alert fired below its level");
+        }
+    }
+    // The month counter (same month throughout) equals what the ledger and the outbox hold for
+    // proxied and committed requests: released units came back exactly once.
+    let state_month = o.used("requests-month", now);
+    let open_reserved: u64 = o.mem.reservations.values().filter(|r| r.expires > now).map(|r| r.quantity).sum();
+    let proxied_queued: u64 = o.mem.outbox.values().filter(|r| r.meter == "requests").map(|r| r.quantity).sum();
+    let flushed: u64 = ledger.values().filter(|(k, _)| !k.contains(':')).map(|(_, q)| q).sum();
+    let expired_unswept: u64 = o.mem.reservations.values().filter(|r| r.expires <= now).map(|r| r.quantity).sum();
+    prop_assert_eq!(state_month, proxied_queued + flushed + open_reserved + expired_unswept);
+    prop_assert!(state_month <= 40, "the hard cap held");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn replays_releases_outbox_and_alerts_hold_under_any_interleaving(acts in prop::collection::vec(act(), 1..80)) {
+        run(&acts)?;
+    }
+
+    #[test]
+    fn counter_rows_round_trip(a in any::<u64>(), b in any::<u64>(), c in any::<u64>(), d in 0u64..253_402_300_799_999) {
+        let mut map = BTreeMap::new();
+        map.insert("m-minute".to_owned(), Counter::Gcra { at: Timestamp::from_millis(d), backlog: a });
+        map.insert("m-month".to_owned(), Counter::Window { start: Timestamp::from_millis(d), used: b, reserved: c });
+        prop_assert_eq!(decode_counters(&encode_counters(map.iter())), Some(map));
+    }
+}
