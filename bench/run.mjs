@@ -1,29 +1,37 @@
-// `make bench`: every contender on loopback, the same wrk load at each, in interleaved rounds,
-// then the ledger's flush throughput and lag, the wasm's gzip size and the native decision cost.
-// Writes bench/results.json and bench/RESULTS.md (through bench/render.mjs).
+// `make bench`: every contender in a faithful local runtime (bench/host.mjs: the deployable bundle
+// in workerd through the Miniflare API on a direct socket; no wrangler dev proxy, no inspector),
+// the same wrk load at each in interleaved rounds at 32 connections and at 1, then one sustained
+// run on one hot org in 10 s slices, the work the org's DO does per request, D1 growth, cold
+// start, wasm size, a secondary table under `wrangler dev` (what `make dev` users feel), the
+// ledger's flush figures and the native decision cost. Writes bench/results.json and
+// bench/RESULTS.md (through bench/render.mjs).
 //
-// Knobs (environment): BENCH_DURATION (s, 10), BENCH_WARMUP (s, 3), BENCH_CONNECTIONS (32),
-// BENCH_ROUNDS (3), BENCH_OUT (directory, bench/), BENCH_ONLY (comma-separated contender ids).
+// Knobs (environment): BENCH_DURATION (s, 6), BENCH_WARMUP (s, 2), BENCH_CONNECTIONS (32),
+// BENCH_ROUNDS (3), BENCH_SUSTAIN (s, 300; 0 skips), BENCH_OUT (directory, bench/), BENCH_ONLY
+// (comma-separated contender ids; a and b always run), BENCH_BUNDLE (another quotagate bundle's
+// entry module, e.g. an older build's `wrangler deploy --dry-run` output, to measure it instead).
 import { spawn, spawnSync, execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import zlib from "node:zlib";
-import { startGateway, freePort, ledgerQuery, lockLedger, ROOT } from "../tests/support/gateway.mjs";
+import { startGateway, freePort, ledgerFile, ledgerQuery, lockLedger, ROOT } from "../tests/support/gateway.mjs";
 import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../tests/support/client.mjs";
+import { bundle, startFaithful, QUOTAGATE_D1 } from "./faithful.mjs";
 import { render } from "./render.mjs";
 import { profileWhile } from "./profile.mjs";
 
-const DURATION = Number(process.env.BENCH_DURATION ?? 10);
-const WARMUP = Number(process.env.BENCH_WARMUP ?? 3);
+const DURATION = Number(process.env.BENCH_DURATION ?? 6);
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 2);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const SUSTAIN = Number(process.env.BENCH_SUSTAIN ?? 300);
+const SLICE = 10;
 const OUT = path.resolve(process.env.BENCH_OUT ?? path.join(ROOT, "bench"));
 const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(",")) : null;
-// wrangler dev prints every request and every console line through its Node process; that
-// printing is the local harness, not the runtime, so it is off for every Worker alike.
 const LOG_LEVEL = process.env.BENCH_LOG_LEVEL ?? "warn";
 const LUA = path.join(ROOT, "bench/lua/load.lua");
+const ROUTES = '[{"method": "POST", "path": "/v1/ai/**", "meter": "ai_tokens", "cost": "reported"}]';
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (...a) => console.log("[bench]", ...a);
 
@@ -89,10 +97,10 @@ function groupCpu(pgid) {
 }
 
 // ---- load
-function wrk(url, { keysFile, method = "GET", path: p = "/v1/things", seconds }) {
+function wrk(url, { keysFile, method = "GET", path: p = "/v1/things", seconds, connections = CONNECTIONS }) {
   const env = { ...process.env, BENCH_METHOD: method, BENCH_PATH: p };
   if (keysFile) env.BENCH_KEYS = keysFile;
-  const out = execFileSync("wrk", ["-t1", `-c${CONNECTIONS}`, `-d${seconds}s`, "--timeout", "10s", "-s", LUA, url], {
+  const out = execFileSync("wrk", ["-t1", `-c${connections}`, `-d${seconds}s`, "--timeout", "10s", "-s", LUA, url], {
     env,
     maxBuffer: 16 * 1024 * 1024,
   }).toString();
@@ -178,10 +186,9 @@ function keyFile(name, keys) {
 }
 
 // ---- the ledger: flush throughput with a queued outbox, and commit → D1 lag
-async function ledgerFigures() {
+async function ledgerFigures(start) {
   log("ledger: fresh gateway");
-  const gw = await startGateway({ vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: "http://127.0.0.1:9" } });
-  gateways.push(gw);
+  const gw = await start();
   try {
     const api = client(gw.url);
     await api.plan("bench-ledger", { limits: [{ meter: "rows", limit: 1_000_000_000, period: "month" }] });
@@ -242,9 +249,11 @@ async function ledgerFigures() {
   }
 }
 
-function wasmSize() {
-  const wasm = fs.readFileSync(path.join(ROOT, "build/index_bg.wasm"));
-  const js = fs.readFileSync(path.join(ROOT, "build/index.js"));
+/** The bundle's wasm (raw and gzip -9) and JS glue (gzip -9): what `wrangler deploy` uploads. */
+function wasmSize(script) {
+  const dir = path.dirname(script);
+  const wasm = fs.readFileSync(path.join(dir, fs.readdirSync(dir).find((f) => f.endsWith(".wasm"))));
+  const js = fs.readFileSync(script);
   return {
     wasm_bytes: wasm.length,
     wasm_gzip_bytes: zlib.gzipSync(wasm, { level: 9 }).length,
@@ -267,6 +276,78 @@ function criterion() {
   return { decision, floor, ratio_to_floor: decision.mean_ns / floor.mean_ns };
 }
 
+/** The org DO's work per proxied request, from `X-Quota-Debug-Work` (QUOTA_DEBUG_WORK=1). */
+async function workPerRequest(url, key, n = 200) {
+  const seen = [];
+  for (let i = 0; i < n; i++) {
+    const r = await fetch(`${url}/v1/things`, { headers: { "x-api-key": key } });
+    await r.arrayBuffer();
+    const w = r.headers.get("x-quota-debug-work");
+    if (r.status !== 200) throw new Error(`work probe answered ${r.status}`);
+    if (!w) return null; // a build without the debug header
+    const m = /statements=(\d+), rows-written=(\d+)/.exec(w);
+    seen.push([Number(m[1]), Number(m[2])]);
+  }
+  const mean = (k) => seen.reduce((t, x) => t + x[k], 0) / seen.length;
+  return { requests: n, statements: mean(0), rows_written: mean(1), max_rows_written: Math.max(...seen.map((x) => x[1])) };
+}
+
+function fileBytes(f) {
+  try {
+    return fs.statSync(f).size + (fs.existsSync(`${f}-wal`) ? fs.statSync(`${f}-wal`).size : 0);
+  } catch {
+    return 0;
+  }
+}
+
+/** One hot org under continuous load for `seconds`, measured in `SLICE`-second slices. */
+async function sustained(gw, api, key, seconds) {
+  const keysFile = keyFile("sustain", [key]);
+  const slices = [];
+  const org = "bench-hot";
+  const d1 = ledgerFile(gw.persistTo);
+  const rows = async () => (await ledgerQuery(gw.persistTo, "SELECT COUNT(*) AS n FROM usage_events WHERE org_id = ?", org))[0].n;
+  const d1Rows0 = await rows();
+  const d1Bytes0 = fileBytes(d1);
+  let total = 0;
+  for (let t = 0; t < seconds; t += SLICE) {
+    const cpu0 = groupCpu(gw.pid);
+    const r = wrk(gw.url, { keysFile, seconds: SLICE });
+    const cpu1 = groupCpu(gw.pid);
+    total += r.requests;
+    const state = await api.admin("GET", `/orgs/${org}`);
+    const live = state.json?.state ?? {};
+    const slice = {
+      t_s: t + SLICE,
+      rps: Math.round(r.rps),
+      p99_ms: r.p99_ms,
+      cpu_us_per_request: Math.round((((cpu1.workerd ?? 0) - (cpu0.workerd ?? 0)) * 1000) / Math.max(1, r.requests)),
+      do_rows_live: (live.outbox_pending ?? 0) + (live.open_reservations ?? 0),
+      d1_rows: (await rows()) - d1Rows0,
+      non_2xx: r.non_2xx,
+    };
+    slices.push(slice);
+    log(`sustained ${slice.t_s}s: ${slice.rps} req/s p99 ${slice.p99_ms.toFixed(1)} ms cpu ${slice.cpu_us_per_request} µs DO rows ${slice.do_rows_live} D1 rows ${slice.d1_rows}`);
+  }
+  // Drain what is still queued, so D1's growth counts every request once.
+  await sleep(1500);
+  for (let i = 0; i < 50; i++) {
+    const f = await api.admin("POST", `/orgs/${org}/flush`);
+    if (f.status === 200 && f.json.pending === 0) break;
+    await sleep(200);
+  }
+  const d1Rows = (await rows()) - d1Rows0;
+  const d1Bytes = fileBytes(d1) - d1Bytes0;
+  const tail = slices.slice(Math.floor(slices.length / 2));
+  return {
+    seconds,
+    requests: total,
+    slices,
+    steady: { rps: Math.round(median(tail.map((s) => s.rps))), p99_ms: median(tail.map((s) => s.p99_ms)), cpu_us_per_request: median(tail.map((s) => s.cpu_us_per_request)) },
+    d1: { rows: d1Rows, bytes: d1Bytes, rows_per_1000_requests: (d1Rows * 1000) / Math.max(1, total), bytes_per_1000_requests: Math.round((d1Bytes * 1000) / Math.max(1, total)) },
+  };
+}
+
 async function main() {
   for (const tool of ["wrk", "redis-server"]) {
     try {
@@ -275,8 +356,18 @@ async function main() {
       throw new Error(`${tool} is missing: run \`make bench-setup\``);
     }
   }
-  const results = { machine: machine(), settings: { duration_s: DURATION, warmup_s: WARMUP, connections: CONNECTIONS, rounds: ROUNDS, load: "wrk, 1 thread, closed loop" } };
+  const started = performance.now();
+  const results = {
+    machine: machine(),
+    settings: { duration_s: DURATION, warmup_s: WARMUP, connections: CONNECTIONS, rounds: ROUNDS, sustain_s: SUSTAIN, slice_s: SLICE, load: "wrk, 1 thread, closed loop", runtime: "Miniflare API, direct sockets, no inspector (bench/host.mjs)" },
+  };
   log(JSON.stringify(results.machine));
+
+  // The deployable bundles, built as `wrangler deploy` would.
+  const bundles = path.join(os.tmpdir(), `quotagate-bench-bundles-${process.pid}`);
+  const qgScript = process.env.BENCH_BUNDLE ? path.resolve(process.env.BENCH_BUNDLE) : bundle(path.join(ROOT, "wrangler.toml"), path.join(bundles, "quotagate"));
+  const contenderScript = (dir) => bundle(path.join(ROOT, "bench/contenders", dir, "wrangler.toml"), path.join(bundles, dir));
+  results.bundle = process.env.BENCH_BUNDLE ? process.env.BENCH_BUNDLE : "this checkout (wrangler deploy --dry-run)";
 
   // The origin, redis, and every contender, all on loopback.
   const originPort = await freePort();
@@ -293,18 +384,22 @@ async function main() {
     gateways.push(g);
     return g;
   };
-  const worker = (dir) =>
-    track(startGateway({ config: path.join(ROOT, "bench/contenders", dir, "wrangler.toml"), migrateFirst: false, health: "/_bench/health", logLevel: LOG_LEVEL, vars: { ORIGIN_URL } }));
+  const health = "/_bench/health";
   log("starting the Workers");
-  const passthrough = await worker("passthrough");
-  const doCounter = await worker("do-counter");
-  const ratelimit = await worker("ratelimit");
-  const gw = await track(startGateway({ logLevel: LOG_LEVEL, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL } }));
+  const passthrough = await track(startFaithful({ name: "bench-passthrough", script: contenderScript("passthrough"), vars: { ORIGIN_URL }, health }));
+  const doCounter = await track(startFaithful({ name: "bench-do-counter", script: contenderScript("do-counter"), vars: { ORIGIN_URL }, durableObjects: { COUNTER: "Counter" }, health }));
+  const ratelimit = await track(
+    startFaithful({ name: "bench-ratelimit", script: contenderScript("ratelimit"), vars: { ORIGIN_URL }, ratelimits: { LIMITER: { namespace_id: "1001", simple: { limit: 1_000_000_000, period: 60 } } }, health }),
+  );
+  const qgVars = { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL, ROUTES };
+  const quotagate = (vars = {}, extra = {}) =>
+    track(startFaithful({ name: "quotagate", script: qgScript, vars: { ...qgVars, ...vars }, durableObjects: { ORG_QUOTA: "OrgQuota" }, d1: QUOTAGATE_D1, migrations: true, health: "/_quota/healthz", ...extra }));
+  const gw = await quotagate();
   const api = client(gw.url);
   const keys = await provision(api);
   const hotKeys = keyFile("hot", [keys.hot]);
   // The same gateway with DECISION_LOG=refusals: the cost of one log line per decision, apart.
-  const quiet = await track(startGateway({ logLevel: LOG_LEVEL, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL, DECISION_LOG: "refusals" } }));
+  const quiet = await quotagate({ DECISION_LOG: "refusals" });
   const quietApi = client(quiet.url);
   await quietApi.plan("bench-quota", { limits: [{ meter: "requests", limit: 1_000_000_000_000, period: "month", mode: "hard" }] });
   await quietApi.org("bench-hot", { plan: "bench-quota" });
@@ -321,7 +416,10 @@ async function main() {
     { id: "c5", name: "(c) quotagate, one hot org, DECISION_LOG=refusals", url: quiet.url, pgid: quiet.pid, keysFile: quietKeys },
     { id: "d", name: "(d) Workers Rate Limiting binding", url: ratelimit.url, pgid: ratelimit.pid, keysFile: hotKeys },
     { id: "e", name: "(e) Node + rate-limiter-flexible + Redis", url: `http://127.0.0.1:${limiterPort}`, pgid: limiter.child.pid, extraPgid: redis.child.pid, keysFile: hotKeys },
-  ].filter((c) => !ONLY || ONLY.has(c.id) || c.id === "a" || c.id === "b");
+    { id: "a@1", name: "(a) pass-through Worker, 1 connection", url: passthrough.url, pgid: passthrough.pid, keysFile: hotKeys, connections: 1 },
+    { id: "b@1", name: "(b) minimal DO counter, 1 connection", url: doCounter.url, pgid: doCounter.pid, keysFile: hotKeys, connections: 1 },
+    { id: "c1@1", name: "(c) quotagate, one hot org, 1 connection", url: gw.url, pgid: gw.pid, keysFile: hotKeys, connections: 1 },
+  ].filter((c) => !ONLY || ONLY.has(c.id) || ["a", "b", "a@1", "b@1"].includes(c.id));
 
   // One request each first: every contender must forward with 200 before it is measured.
   for (const c of contenders) {
@@ -336,7 +434,7 @@ async function main() {
   const runs = Object.fromEntries(contenders.map((c) => [c.id, []]));
   for (let round = 1; round <= ROUNDS; round++) {
     for (const c of contenders) {
-      const opts = { keysFile: c.keysFile, method: c.method, path: c.path };
+      const opts = { keysFile: c.keysFile, method: c.method, path: c.path, connections: c.connections };
       wrk(c.url, { ...opts, seconds: WARMUP });
       const used0 = c.id === "c1" ? await api.used("bench-hot", "requests-month") : 0;
       const cpu0 = { ...groupCpu(c.pgid), ...(c.extraPgid ? groupCpu(c.extraPgid) : {}) };
@@ -356,32 +454,9 @@ async function main() {
       }
       runs[c.id].push(r);
       log(`round ${round} ${c.id}: ${r.rps.toFixed(0)} req/s p50 ${r.p50_ms.toFixed(2)} ms p99 ${r.p99_ms.toFixed(2)} ms p99.9 ${r.p999_ms.toFixed(2)} ms non-2xx ${r.non_2xx} cpu ${JSON.stringify(r.cpu_us_per_request)}`);
-      await sleep(1000);
+      await sleep(500);
     }
   }
-  // Where the time goes: a V8 CPU profile of the Worker isolate under the same load, for the
-  // minimal DO counter and for quotagate (the profiler slows both; these runs are not timed).
-  results.profile = {};
-  // quotagate is profiled with DECISION_LOG=refusals (c5): with a line per request, wrangler's
-  // inspector stream is a flood of console events and the profiler's answers queue behind it.
-  // The cost of those lines is in the CPU table above (c1 against c5).
-  fs.mkdirSync(OUT, { recursive: true });
-  fs.writeFileSync(path.join(OUT, "results.partial.json"), JSON.stringify({ ...results, runs }, null, 2));
-  for (const [id, g, keysFile] of [["b", doCounter, hotKeys], ["c5", quiet, quietKeys]]) {
-    if (!contenders.some((c) => c.id === id)) continue;
-    // The inspector proxy sometimes drops a fresh connection: retry, and never lose the run.
-    for (let attempt = 1; attempt <= 3 && !results.profile[id]; attempt++) {
-      try {
-        const p = await profileWhile(g.inspector, async () => wrk(g.url, { keysFile, seconds: Math.min(DURATION, 5) }));
-        results.profile[id] = { rps_while_profiled: Math.round(p.load.rps), total_ms: Math.round(p.total_ms), categories: p.categories, top: p.top.slice(0, 12) };
-        log(`profile ${id}: ${JSON.stringify(p.categories)}`);
-      } catch (e) {
-        log(`profile ${id}, attempt ${attempt}: ${e.message}`);
-        await sleep(2000);
-      }
-    }
-  }
-
   const pick = (xs, k) => median(xs.map((x) => x[k]));
   results.http = contenders.map((c) => {
     const xs = runs[c.id];
@@ -389,6 +464,7 @@ async function main() {
     return {
       id: c.id,
       name: c.name,
+      connections: c.connections ?? CONNECTIONS,
       rps: Math.round(pick(xs, "rps")),
       p50_ms: pick(xs, "p50_ms"),
       p99_ms: pick(xs, "p99_ms"),
@@ -396,29 +472,124 @@ async function main() {
       non_2xx: xs.reduce((s, x) => s + x.non_2xx, 0),
       socket_errors: xs.reduce((s, x) => s + x.socket_errors, 0),
       cpu_us_per_request: Object.fromEntries(cpuKeys.map((k) => [k, median(xs.map((x) => x.cpu_us_per_request[k] ?? 0))])),
-      rounds: xs.map((x) => ({ rps: Math.round(x.rps), p99_ms: x.p99_ms })),
+      rounds: xs.map((x) => ({ rps: Math.round(x.rps), p50_ms: x.p50_ms, p99_ms: x.p99_ms, cpu_us_per_request: x.cpu_us_per_request })),
     };
   });
   if (runs.c1) {
     results.quotagate_counted = runs.c1.map((x) => ({ wrk_requests: x.requests, counted: x.counted, exact: x.counted >= x.requests && x.counted <= x.requests + CONNECTIONS }));
   }
+  // Every ratio by name: ratios["<contender>/<base>"] = {rps, p99, cpu} (cpu: workerd's, or the
+  // server's for e).
   const by = Object.fromEntries(results.http.map((h) => [h.id, h]));
-  for (const h of results.http) {
-    h.vs_a = { rps: h.rps / by.a.rps, p99: h.p99_ms / by.a.p99_ms };
-    h.vs_b = { rps: h.rps / by.b.rps, p99: h.p99_ms / by.b.p99_ms };
-    if (by.e) h.vs_e = { rps: h.rps / by.e.rps, p99: h.p99_ms / by.e.p99_ms };
+  const cpuOf = (h) => (h.cpu_us_per_request.workerd ?? 0) + (h.id === "e" ? (h.cpu_us_per_request.node ?? 0) + (h.cpu_us_per_request.redis ?? 0) : 0);
+  results.ratios = {};
+  const ratio = (x, y) => {
+    if (!by[x] || !by[y]) return;
+    results.ratios[`${x}/${y}`] = { rps: by[x].rps / by[y].rps, p99: by[x].p99_ms / by[y].p99_ms, p50: by[x].p50_ms / by[y].p50_ms, cpu: cpuOf(by[y]) ? cpuOf(by[x]) / cpuOf(by[y]) : null };
+  };
+  for (const h of results.http.filter((h) => !h.id.endsWith("@1") && h.id !== "origin")) {
+    ratio(h.id, "a");
+    ratio(h.id, "b");
+    ratio(h.id, "e");
   }
-  for (const g of [passthrough, doCounter, ratelimit, gw, quiet]) await g.stop();
+  ratio("c1", "c5");
+  ratio("c1@1", "b@1");
+  ratio("b@1", "a@1");
+  if (by["c1@1"] && by["b@1"]) results.single_client_p50_gap_ms = by["c1@1"].p50_ms - by["b@1"].p50_ms;
+  for (const g of [passthrough, doCounter, ratelimit, quiet]) await g.stop();
+
+  // The org DO's work per proxied request, read from the DO itself; and cold start.
+  log("work per request and cold start");
+  const probe = await quotagate({ QUOTA_DEBUG_WORK: "1" });
+  results.cold_start = { spawn_to_healthy_ms: Math.round(probe.startedMs) };
+  {
+    const papi = client(probe.url);
+    await papi.plan("bench-quota", { limits: [{ meter: "requests", limit: 1_000_000_000_000, period: "month", mode: "hard" }] });
+    await papi.plan("bench-burst", {
+      limits: [
+        { meter: "requests", limit: 1_000_000_000, period: "minute", mode: "hard" },
+        { meter: "requests", limit: 1_000_000_000_000, period: "month", mode: "hard" },
+      ],
+    });
+    await papi.org("probe-one", { plan: "bench-quota" });
+    await papi.org("probe-two", { plan: "bench-burst" });
+    const one = (await papi.key("probe-one")).key;
+    const two = (await papi.key("probe-two")).key;
+    const t0 = performance.now();
+    const first = await fetch(`${probe.url}/v1/things`, { headers: { "x-api-key": one } });
+    await first.arrayBuffer();
+    results.cold_start.first_proxied_request_ms = Math.round(performance.now() - t0);
+    results.work = { one_limit: await workPerRequest(probe.url, one), minute_and_month: await workPerRequest(probe.url, two) };
+    log(`work: ${JSON.stringify(results.work)}`);
+  }
+  await probe.stop();
+
+  // Where the time goes: a V8 CPU profile of quotagate's isolate (DECISION_LOG=refusals) and of
+  // the DO counter, each on a host of its own with the inspector on (untimed runs).
+  results.profile = {};
+  for (const [id, start] of [
+    ["b", (p) => startFaithful({ name: "bench-do-counter", script: contenderScript("do-counter"), vars: { ORIGIN_URL }, durableObjects: { COUNTER: "Counter" }, health, inspectorPort: p })],
+    ["c5", (p) => quotagate({ DECISION_LOG: "refusals" }, { inspectorPort: p })],
+  ]) {
+    if (!contenders.some((c) => c.id === id)) continue;
+    let host;
+    try {
+      host = await track(start(await freePort()));
+      let keysFile = hotKeys;
+      if (id === "c5") {
+        const papi = client(host.url);
+        await papi.plan("bench-quota", { limits: [{ meter: "requests", limit: 1_000_000_000_000, period: "month", mode: "hard" }] });
+        await papi.org("bench-hot", { plan: "bench-quota" });
+        keysFile = keyFile("profile", [(await papi.key("bench-hot")).key]);
+      }
+      const p = await profileWhile(host.inspector, async () => wrk(host.url, { keysFile, seconds: 5 }));
+      results.profile[id] = { rps_while_profiled: Math.round(p.load.rps), total_ms: Math.round(p.total_ms), categories: p.categories, top: p.top.slice(0, 12) };
+      log(`profile ${id}: ${JSON.stringify(p.categories)}`);
+    } catch (e) {
+      log(`profile ${id}: ${e.message}`);
+      results.profile[id] = { error: e.message };
+    } finally {
+      await host?.stop();
+    }
+  }
+
+  if (SUSTAIN > 0 && by.c1) {
+    log(`sustained: ${SUSTAIN} s on one hot org`);
+    results.sustained = await sustained(gw, api, keys.hot, SUSTAIN);
+  }
+  await gw.stop();
+
+  // What `make dev` users feel: the DO counter and quotagate under wrangler dev, one round.
+  log("wrangler dev: b and c1");
+  {
+    const devB = await track(startGateway({ config: path.join(ROOT, "bench/contenders/do-counter/wrangler.toml"), migrateFirst: false, health, logLevel: LOG_LEVEL, vars: { ORIGIN_URL } }));
+    const devC = await track(startGateway({ logLevel: LOG_LEVEL, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL } }));
+    const dapi = client(devC.url);
+    await dapi.plan("bench-quota", { limits: [{ meter: "requests", limit: 1_000_000_000_000, period: "month", mode: "hard" }] });
+    await dapi.org("bench-hot", { plan: "bench-quota" });
+    const devKeys = keyFile("dev", [(await dapi.key("bench-hot")).key]);
+    const rb = (wrk(devB.url, { keysFile: devKeys, seconds: WARMUP }), wrk(devB.url, { keysFile: devKeys, seconds: DURATION }));
+    const rc = (wrk(devC.url, { keysFile: devKeys, seconds: WARMUP }), wrk(devC.url, { keysFile: devKeys, seconds: DURATION }));
+    results.wrangler_dev = {
+      b: { rps: Math.round(rb.rps), p99_ms: rb.p99_ms, non_2xx: rb.non_2xx },
+      c1: { rps: Math.round(rc.rps), p99_ms: rc.p99_ms, non_2xx: rc.non_2xx },
+      ratio_c1_b: { rps: rc.rps / rb.rps, p99: rc.p99_ms / rb.p99_ms },
+    };
+    log(`wrangler dev: ${JSON.stringify(results.wrangler_dev)}`);
+    await devB.stop();
+    await devC.stop();
+  }
   killAll();
 
-  results.ledger = await ledgerFigures();
-  results.size = wasmSize();
+  results.ledger = await ledgerFigures(() => quotagate({ ORIGIN_URL: "http://127.0.0.1:9" }));
+  results.size = wasmSize(qgScript);
   results.criterion = criterion();
+  results.elapsed_s = Math.round((performance.now() - started) / 1000);
   fs.mkdirSync(OUT, { recursive: true });
   fs.writeFileSync(path.join(OUT, "results.json"), JSON.stringify(results, null, 2) + "\n");
-  fs.rmSync(path.join(OUT, "results.partial.json"), { force: true });
   render(OUT);
-  log(`wrote ${path.join(OUT, "results.json")} and ${path.join(OUT, "RESULTS.md")}`);
+  log(`wrote ${path.join(OUT, "results.json")} and ${path.join(OUT, "RESULTS.md")} in ${results.elapsed_s} s`);
+  fs.rmSync(bundles, { recursive: true, force: true });
   if (results.quotagate_counted?.some((q) => !q.exact)) {
     console.error(`[bench] quotagate's counter disagrees with the load: ${JSON.stringify(results.quotagate_counted)}`);
     process.exitCode = 1;

@@ -156,11 +156,19 @@ async fn send_do(env: &Env, org: &OrgId, msg: &OrgMsg) -> Result<OrgReply, EdgeE
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_body(Some(JsValue::from_str(&body)));
     let req = Request::new_with_init("https://org-quota/msg", &init).map_err(EdgeError::platform("DO request"))?;
-    let mut res = stub.fetch_with_request(req).await.map_err(EdgeError::platform("org DO call"))?;
+    let res = stub.fetch_with_request(req).await.map_err(EdgeError::platform("org DO call"))?;
     if res.status_code() != 200 {
         return Err(EdgeError::Internal(format!("org DO answered {}", res.status_code())));
     }
-    let text = res.text().await.map_err(EdgeError::platform("org DO reply"))?;
+    // One `text()` promise for the whole body: workers-rs's `Response::text` reads a streamed
+    // body chunk by chunk through a reader, a promise and a microtask per chunk.
+    let web: web_sys::Response = res.into();
+    let promise = web.text().map_err(|e| EdgeError::Internal(format!("org DO reply: {e:?}")))?;
+    let text = wasm_bindgen_futures::JsFuture::from(promise)
+        .await
+        .map_err(|e| EdgeError::Internal(format!("org DO reply: {e:?}")))?
+        .as_string()
+        .unwrap_or_default();
     serde_json::from_str(&text).map_err(|e| EdgeError::Internal(format!("org DO reply: {e}")))
 }
 

@@ -10,6 +10,7 @@
 //! `worker`; `now` is always an argument.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use serde_json::{json, Value};
 
@@ -212,7 +213,8 @@ pub struct ReconcileWindow {
 /// One org's machine.
 #[derive(Debug, Clone)]
 pub struct OrgMachine {
-    cfg: Option<Loaded>,
+    /// Shared, not cloned, by each step: the policy is read on every decision.
+    cfg: Option<Rc<Loaded>>,
     keys: BTreeMap<String, KeyHash>,
     resets: BTreeMap<String, Timestamp>,
     next_seq: u64,
@@ -236,7 +238,7 @@ impl OrgMachine {
     /// every message.
     pub fn boot(b: Boot) -> Self {
         Self {
-            cfg: b.config.as_ref().and_then(|c| parse_config(c).ok()),
+            cfg: b.config.as_ref().and_then(|c| parse_config(c).ok()).map(Rc::new),
             keys: b.keys.into_iter().collect(),
             resets: b.resets,
             next_seq: b.max_seq.saturating_add(1),
@@ -274,7 +276,7 @@ impl OrgMachine {
         self.flush_failures
     }
 
-    fn loaded(&self) -> Result<&Loaded, OrgError> {
+    fn loaded(&self) -> Result<&Rc<Loaded>, OrgError> {
         self.cfg.as_ref().ok_or(OrgError::NotConfigured)
     }
 
@@ -348,7 +350,7 @@ impl OrgMachine {
     /// Carries out an org operation: synchronous, from the snapshot to the writes.
     pub fn step_org(&mut self, caller: &Caller, op: OrgOp, snap: Snapshot, now: Timestamp) -> Result<Step, OrgError> {
         self.check_caller(caller, &op)?;
-        let loaded = self.loaded()?.clone();
+        let loaded = Rc::clone(self.loaded()?);
         let mut cx = Cx::new(&loaded, snap, now)?;
         let reply = match op {
             OrgOp::Decide { meter, quantity, kind, id, ttl_ms, replayable } => self.decide(
@@ -408,7 +410,7 @@ impl OrgMachine {
                     }
                 }
                 writes.config = Some(cfg);
-                self.cfg = Some(loaded);
+                self.cfg = Some(Rc::new(loaded));
                 let state = self.state_json(&book, snap.tallies, now)?;
                 OrgReply::ok(state, self.policy().map(|p| p.plan.to_string()))
             }
@@ -418,7 +420,7 @@ impl OrgMachine {
                 OrgReply::ok(state, self.policy().map(|p| p.plan.to_string()))
             }
             AdminOp::Reset { meter } => {
-                let loaded = self.loaded()?.clone();
+                let loaded = Rc::clone(self.loaded()?);
                 let mut book = book_of(&snap.rows)?;
                 book.reset(&loaded.policy, meter.as_ref(), now);
                 let mark = meter.as_ref().map_or("*", MeterId::as_str).to_owned();
@@ -441,7 +443,7 @@ impl OrgMachine {
     /// decision counts are saved.
     pub fn tick(&mut self, snap: Snapshot, now: Timestamp) -> Result<Writes, OrgError> {
         let mut writes = Writes::default();
-        if let Some(loaded) = self.cfg.clone() {
+        if let Some(loaded) = self.cfg.as_ref().map(Rc::clone) {
             if !snap.reservations.is_empty() {
                 let mut book = book_of(&snap.rows)?;
                 let mut meters = BTreeSet::new();
@@ -577,7 +579,7 @@ impl OrgMachine {
         saved: &[(String, String, u64)],
         now: Timestamp,
     ) -> Result<Step, OrgError> {
-        let loaded = self.loaded()?.clone();
+        let loaded = Rc::clone(self.loaded()?);
         let mut book = book_of(&snap.rows)?;
         let current = book.window_usage(&loaded.policy, now);
         let mut limits = Vec::new();

@@ -1,0 +1,60 @@
+// A faithful local runtime for benchmarks: one Worker bundle (as `wrangler deploy --dry-run
+// --outdir` writes it) in workerd through the Miniflare API, reached on a direct socket. No
+// wrangler dev proxy, no proxy Durable Object, no inspector: what a request costs here is what
+// the Worker costs. Durable Objects are SQLite-backed and D1 is local, persisted under the
+// spec's directory (the same layout `wrangler d1 migrations apply --persist-to` writes).
+//
+// Usage: node bench/host.mjs SPEC.json, where SPEC is
+//   { name, script, port, persist?, vars?, durableObjects?: {BINDING: "Class"},
+//     d1?: {BINDING: "database_id"}, ratelimits?: {BINDING: {simple: {limit, period}}},
+//     inspectorPort? }
+// It prints "READY <url>" once the socket answers, and runs until killed.
+import fs from "node:fs";
+import path from "node:path";
+import { convertV4MiniflareOptions, Log, LogLevel, Miniflare } from "miniflare";
+
+const spec = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+const persist = spec.persist ? path.resolve(spec.persist, "v3") : undefined;
+const durableObjects = Object.fromEntries(
+  Object.entries(spec.durableObjects ?? {}).map(([binding, className]) => [binding, { className, useSQLite: true }]),
+);
+const mf = new Miniflare(convertV4MiniflareOptions({
+  log: new Log(LogLevel[process.env.HOST_LOG_LEVEL ?? "WARN"]),
+  workers: [
+    {
+      name: spec.name,
+      // The entry module first, then every other module the bundle holds beside it, named
+      // relative to the bundle's directory as its imports name them.
+      modulesRoot: path.dirname(path.resolve(spec.script)),
+      modules: [
+        { type: "ESModule", path: path.resolve(spec.script) },
+        ...fs
+          .readdirSync(path.dirname(path.resolve(spec.script)))
+          .filter((f) => f.endsWith(".wasm"))
+          .map((f) => ({ type: "CompiledWasm", path: path.join(path.dirname(path.resolve(spec.script)), f) })),
+      ],
+      compatibilityDate: "2026-10-01",
+      bindings: spec.vars ?? {},
+      durableObjects,
+      d1Databases: spec.d1 ?? {},
+      ratelimits: spec.ratelimits,
+      unsafeDirectSockets: [{ host: "127.0.0.1", port: spec.port }],
+    },
+  ],
+  // The layout wrangler uses for --persist-to DIR (DIR/v3/<plugin>), so migrations applied with
+  // wrangler are the ones this runtime sees.
+  resourcePersistencePath: persist,
+  // No Request.cf download (there is no network here, and nothing reads it).
+  cf: false,
+  // Only for a profiling host: a benchmark host runs with no inspector.
+  ...(spec.inspectorPort ? { inspectorPort: spec.inspectorPort } : {}),
+}));
+await mf.ready;
+const url = await mf.unsafeGetDirectURL(spec.name);
+console.log(`READY ${url.href}`);
+const stop = async () => {
+  await mf.dispose().catch(() => {});
+  process.exit(0);
+};
+process.on("SIGTERM", stop);
+process.on("SIGINT", stop);
