@@ -212,13 +212,15 @@ fn origin_request(
         None => url.path().to_owned(),
     };
     let method = req.method();
-    let headers = Headers::new();
-    for (name, value) in req.headers().entries() {
-        // Tenant headers are ours alone; the key stays at the edge.
+    // One copy in the runtime, then only the names are walked: tenant headers are ours alone,
+    // and the key stays at the edge.
+    let headers = copy_headers(req.headers())?;
+    // Collected first: deleting while a header iterator runs may skip the next name.
+    let names: Vec<String> = headers.keys().collect();
+    for name in names {
         if name.starts_with("x-quota-") || name == key_header || name == "host" {
-            continue;
+            headers.delete(&name).map_err(EdgeError::platform("headers"))?;
         }
-        headers.append(&name, &value).map_err(EdgeError::platform("headers"))?;
     }
     let ts = now().secs();
     let signing = origin_signing_string(ts, org.as_str(), &admitted.plan, method.as_ref(), &path_and_query);
@@ -243,23 +245,28 @@ fn origin_request(
     Request::new_with_init(&target, &init).map_err(EdgeError::platform("origin request"))
 }
 
+/// A mutable copy of a header list, made by the runtime in one call.
+fn copy_headers(h: &Headers) -> Result<Headers, EdgeError> {
+    web_sys::Headers::new_with_headers(&h.0).map(Headers).map_err(|e| EdgeError::Internal(format!("headers: {e:?}")))
+}
+
 /// The origin's headers for the client, less `X-Usage-*` (returned as usage), plus ours.
 fn client_headers(res: &Response, admitted: &Admitted) -> Result<(Headers, Vec<(MeterId, u64)>), EdgeError> {
-    let out = Headers::new();
+    let out = copy_headers(res.headers())?;
     let mut usage = Vec::new();
-    for (name, value) in res.headers().entries() {
-        if let Some(meter) = usage_header_meter(&name) {
-            // The origin's report is trusted but still checked at the number boundary.
-            match value.trim().parse::<u64>().ok().filter(|q| *q <= MAX_SAFE_INTEGER) {
-                Some(q) => usage.push((meter, q)),
-                None => worker::console_error!(
-                    "{}",
-                    json!({"msg": "bad usage header from origin", "header": name, "value": value})
-                ),
-            }
-            continue;
+    let names: Vec<String> = out.keys().collect();
+    for name in names {
+        let Some(meter) = usage_header_meter(&name) else { continue };
+        let value = out.get(&name).map_err(EdgeError::platform("headers"))?.unwrap_or_default();
+        out.delete(&name).map_err(EdgeError::platform("headers"))?;
+        // The origin's report is trusted but still checked at the number boundary.
+        match value.trim().parse::<u64>().ok().filter(|q| *q <= MAX_SAFE_INTEGER) {
+            Some(q) => usage.push((meter, q)),
+            None => worker::console_error!(
+                "{}",
+                json!({"msg": "bad usage header from origin", "header": name, "value": value})
+            ),
         }
-        out.append(&name, &value).map_err(EdgeError::platform("headers"))?;
     }
     for (k, v) in &admitted.headers {
         out.set(k, v).map_err(EdgeError::platform("headers"))?;

@@ -148,6 +148,7 @@ impl OrgQuota {
         let out = f(m, store, now());
         if matches!(out, Err(DoError::Storage(_))) {
             *slot = None;
+            store.forget_cache();
         }
         out
     }

@@ -6,7 +6,7 @@
 //! anything and never await: every call is synchronous, so a step's reads and writes happen in
 //! one turn of the event loop.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -70,13 +70,27 @@ fn uint(n: i64) -> u64 {
 #[derive(Debug)]
 pub struct Store {
     sql: SqlStorage,
+    counters: RefCell<Cached>,
     statements: Cell<u64>,
     rows_written: Cell<u64>,
 }
 
+/// Counter rows known in memory: every row (after a full read), or those read or written so
+/// far (`None`: known to be absent).
+#[derive(Debug)]
+enum Cached {
+    All(BTreeMap<String, String>),
+    Some(BTreeMap<String, Option<String>>),
+}
+
 impl Store {
     pub fn open(sql: SqlStorage) -> StoreResult<Self> {
-        let store = Self { sql, statements: Cell::new(0), rows_written: Cell::new(0) };
+        let store = Self {
+            sql,
+            counters: RefCell::new(Cached::Some(BTreeMap::new())),
+            statements: Cell::new(0),
+            rows_written: Cell::new(0),
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -227,20 +241,7 @@ impl Store {
 
     /// What a step needs: for a proxied request, the meter's one counter row and nothing else.
     pub fn load(&self, need: &Need, now: Timestamp) -> StoreResult<Snapshot> {
-        let mut s = Snapshot::default();
-        let rows: Vec<Pair> = if need.all_counters {
-            self.all("SELECT meter AS k, state AS v FROM meter_counters", Vec::new())?
-        } else if need.meters.len() == 1 {
-            let m = need.meters.iter().map(|m| text(m.as_str())).collect();
-            self.all("SELECT meter AS k, state AS v FROM meter_counters WHERE meter = ?", m)?
-        } else if need.meters.is_empty() {
-            Vec::new()
-        } else {
-            let marks = vec!["?"; need.meters.len()].join(",");
-            let q = format!("SELECT meter AS k, state AS v FROM meter_counters WHERE meter IN ({marks})");
-            self.all(&q, need.meters.iter().map(|m| text(m.as_str())).collect())?
-        };
-        s.rows = rows.into_iter().map(|p| (p.k, p.v)).collect();
+        let mut s = Snapshot { rows: self.counter_rows(need)?, ..Snapshot::default() };
         if !need.seen.is_empty() {
             let marks = vec!["?"; need.seen.len()].join(",");
             let q = format!("SELECT id AS k, result AS v FROM idempotency WHERE id IN ({marks})");
@@ -292,6 +293,63 @@ impl Store {
         Ok(s)
     }
 
+    /// The counter rows a step needs. The DO is their single writer, so a row read or written
+    /// once is served from memory afterwards: a proxied request reads nothing. Every write goes
+    /// through `apply`, which keeps the copy current, and a failed write drops it.
+    fn counter_rows(&self, need: &Need) -> StoreResult<BTreeMap<String, String>> {
+        let mut cache = self.counters.borrow_mut();
+        if need.all_counters {
+            let rows: Vec<Pair> = self.all("SELECT meter AS k, state AS v FROM meter_counters", Vec::new())?;
+            let rows: BTreeMap<String, String> = rows.into_iter().map(|p| (p.k, p.v)).collect();
+            *cache = Cached::All(rows.clone());
+            return Ok(rows);
+        }
+        let mut out = BTreeMap::new();
+        for m in &need.meters {
+            let m = m.as_str();
+            let known = match &*cache {
+                Cached::All(rows) => Some(rows.get(m).cloned()),
+                Cached::Some(rows) => rows.get(m).cloned(),
+            };
+            let row = if let Some(row) = known {
+                row
+            } else {
+                let found: Vec<Text> =
+                    self.all("SELECT state AS v FROM meter_counters WHERE meter = ?", vec![text(m)])?;
+                let row = found.into_iter().next().map(|r| r.v);
+                if let Cached::Some(rows) = &mut *cache {
+                    rows.insert(m.to_owned(), row.clone());
+                }
+                row
+            };
+            if let Some(row) = row {
+                out.insert(m.to_owned(), row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets every cached row (after a failed write, storage is the truth again).
+    pub fn forget_cache(&self) {
+        *self.counters.borrow_mut() = Cached::Some(BTreeMap::new());
+    }
+
+    fn cache_row(&self, meter: &str, row: Option<&str>) {
+        match &mut *self.counters.borrow_mut() {
+            Cached::All(rows) => match row {
+                Some(r) => {
+                    rows.insert(meter.to_owned(), r.to_owned());
+                }
+                None => {
+                    rows.remove(meter);
+                }
+            },
+            Cached::Some(rows) => {
+                rows.insert(meter.to_owned(), row.map(str::to_owned));
+            }
+        }
+    }
+
     pub fn tallies(&self) -> StoreResult<Tallies> {
         let count = |q: &str| -> StoreResult<u64> {
             Ok(self.all::<N>(q, Vec::new())?.into_iter().next().and_then(|r| r.n).map_or(0, uint))
@@ -313,9 +371,11 @@ impl Store {
                 "INSERT INTO meter_counters (meter, state) VALUES (?, ?) ON CONFLICT(meter) DO UPDATE SET state = excluded.state",
                 vec![text(meter), text(row)],
             )?;
+            self.cache_row(meter, Some(row));
         }
         for meter in &w.drop_counters {
             self.write("DELETE FROM meter_counters WHERE meter = ?", vec![text(meter)])?;
+            self.cache_row(meter, None);
         }
         for r in &w.outbox {
             let metadata = r.metadata.as_deref().map_or(SqlStorageValue::Null, text);
