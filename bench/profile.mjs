@@ -90,6 +90,6 @@ function category(name) {
   if (name === "(garbage collector)") return "garbage collector";
   if (name === "(program)") return "V8 / runtime outside JS (program)";
   if (/\.wasm/.test(name) || name.startsWith("wasm-to-js") || name.startsWith("js-to-wasm")) return "Rust compiled to wasm";
-  if (/\[(shim|index|worker)\.js/.test(name)) return "JavaScript (the Worker's own, or wasm-bindgen glue)";
+  if (/\[(shim|index|worker|entry)\.js/.test(name)) return "JavaScript (the Worker's own, or wasm-bindgen glue)";
   return "runtime APIs (SQLite exec, fetch, Request/Response, streams, JSON, microtasks)";
 }

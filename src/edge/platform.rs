@@ -6,6 +6,7 @@
 
 use serde_json::Value;
 use wasm_bindgen::JsValue;
+use wasm_bindgen_futures::JsFuture;
 use worker::{Env, Method, Request, RequestInit};
 
 use super::error::EdgeError;
@@ -149,26 +150,40 @@ pub fn latency_restore(rows: Vec<BucketRow>) {
     LATENCY.with(|r| r.borrow_mut().restore(rows, now()));
 }
 
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    /// An org Durable Object's stub, as its RPC methods see it (`org_do::OrgQuota::rpc_call`).
+    #[wasm_bindgen(extends = js_sys::Object)]
+    type OrgStub;
+    #[wasm_bindgen(method, catch, js_name = call)]
+    fn call(this: &OrgStub, msg: &str) -> Result<js_sys::Promise, JsValue>;
+}
+
 async fn send_do(env: &Env, org: &OrgId, msg: &OrgMsg) -> Result<OrgReply, EdgeError> {
     let ns = env.durable_object("ORG_QUOTA").map_err(EdgeError::platform("ORG_QUOTA binding"))?;
     let stub = ns.get_by_name(org.as_str()).map_err(EdgeError::platform("org DO stub"))?;
     let body = serde_json::to_string(msg).map_err(|e| EdgeError::Internal(e.to_string()))?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(JsValue::from_str(&body)));
-    let req = Request::new_with_init("https://org-quota/msg", &init).map_err(EdgeError::platform("DO request"))?;
-    let res = stub.fetch_with_request(req).await.map_err(EdgeError::platform("org DO call"))?;
-    if res.status_code() != 200 {
-        return Err(EdgeError::Internal(format!("org DO answered {}", res.status_code())));
-    }
-    // One `text()` promise for the whole body: workers-rs's `Response::text` reads a streamed
-    // body chunk by chunk through a reader, a promise and a microtask per chunk.
-    let web: web_sys::Response = res.into();
-    let promise = web.text().map_err(|e| EdgeError::Internal(format!("org DO reply: {e:?}")))?;
-    let text = wasm_bindgen_futures::JsFuture::from(promise)
-        .await
-        .map_err(|e| EdgeError::Internal(format!("org DO reply: {e:?}")))?
-        .as_string()
-        .unwrap_or_default();
+    let text = if let OrgMsg::Ledger(_) = msg {
+        // Ledger messages await D1 inside the DO: they go by fetch, which may await.
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post).with_body(Some(JsValue::from_str(&body)));
+        let req = Request::new_with_init("https://org-quota/msg", &init).map_err(EdgeError::platform("DO request"))?;
+        let res = stub.fetch_with_request(req).await.map_err(EdgeError::platform("org DO call"))?;
+        if res.status_code() != 200 {
+            return Err(EdgeError::Internal(format!("org DO answered {}", res.status_code())));
+        }
+        // One `text()` promise for the whole body: workers-rs's `Response::text` reads a
+        // streamed body chunk by chunk through a reader, a promise and a microtask per chunk.
+        let web: web_sys::Response = res.into();
+        let promise = web.text().map_err(|e| EdgeError::Internal(format!("org DO reply: {e:?}")))?;
+        JsFuture::from(promise).await.map_err(|e| EdgeError::Internal(format!("org DO reply: {e:?}")))?
+    } else {
+        // Everything else by RPC: one string each way, no Request or Response.
+        let rpc: OrgStub = stub.into_rpc();
+        let promise = rpc.call(&body).map_err(|e| EdgeError::Internal(format!("org DO call: {e:?}")))?;
+        JsFuture::from(promise).await.map_err(|e| EdgeError::Internal(format!("org DO call: {e:?}")))?
+    };
+    let text = text.as_string().ok_or_else(|| EdgeError::Internal("org DO reply is not text".into()))?;
     serde_json::from_str(&text).map_err(|e| EdgeError::Internal(format!("org DO reply: {e}")))
 }
 

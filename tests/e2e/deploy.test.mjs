@@ -24,7 +24,7 @@ test("wrangler deploy --dry-run builds clean and the bundle fits the size limit"
     assert.match(log, /env\.LEDGER \(quotagate-ledger\)\s+D1 Database/);
     const files = fs.readdirSync(out);
     const wasm = files.find((f) => f.endsWith(".wasm"));
-    assert.ok(wasm && files.includes("shim.js"), files.join(", "));
+    assert.ok(wasm && files.includes("entry.js"), files.join(", "));
     const gzip = zlib.gzipSync(Buffer.concat(files.filter((f) => !f.endsWith(".map")).map((f) => fs.readFileSync(path.join(out, f)))), { level: 9 }).length;
     const wasmRaw = fs.statSync(path.join(out, wasm)).size;
     console.log(`bundle: wasm ${(wasmRaw / 1024).toFixed(0)} KiB raw, bundle ${(gzip / 1024).toFixed(0)} KiB gzip (limit ${LIMIT_GZIP / 1024} KiB); ${log.match(/Total Upload: .*/)?.[0]}`);

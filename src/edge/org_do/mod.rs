@@ -13,6 +13,7 @@ mod store;
 
 use std::cell::{Cell, OnceCell, RefCell};
 
+use wasm_bindgen::prelude::wasm_bindgen;
 use worker::{durable_object, DurableObject, Env, Request, Response, Result, State};
 
 use super::platform::{config, decision_log, now};
@@ -86,6 +87,8 @@ impl DurableObject for OrgQuota {
         }
     }
 
+    /// `/ping` for the health check, and the ledger messages, which await D1. Every other
+    /// message comes by RPC (`call`).
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         super::platform::set_clock(&self.env);
         if req.path() == "/ping" {
@@ -96,15 +99,8 @@ impl DurableObject for OrgQuota {
         let text = req.text().await?;
         let reply = match serde_json::from_str::<OrgMsg>(&text) {
             Ok(OrgMsg::Ledger(op)) => drain::ledger(self, op).await.unwrap_or_else(DoError::into_reply),
-            Ok(OrgMsg::Org { caller, op }) => self.step(|m, store, now| {
-                let snap = store.load(&m.needs_org(&op), now)?;
-                Ok(m.step_org(&caller, op, snap, now)?)
-            }),
-            Ok(OrgMsg::Admin(op)) => self.step(|m, store, now| {
-                let snap = store.load(&OrgMachine::needs_admin(&op), now)?;
-                Ok(m.step_admin(op, &snap, now)?)
-            }),
-            Err(e) => OrgReply::problem(400, problem_body(400, "bad-message", "Bad message", &e.to_string())),
+            Ok(msg) => self.handle(msg),
+            Err(e) => bad_message(&e),
         };
         self.arm().await?;
         respond(&reply)
@@ -124,7 +120,71 @@ fn respond(r: &OrgReply) -> Result<Response> {
     Response::ok(body)
 }
 
+/// The Worker's hot path: one message in, one answer out, as a JS RPC method (worker-build
+/// exposes a Durable Object's `wasm_bindgen` methods to RPC). A step is synchronous, so no
+/// Request, Response or body stream is built for it; an alarm it needs is armed without
+/// holding the answer (the output gate still waits for that write before the answer leaves).
+#[wasm_bindgen]
 impl OrgQuota {
+    #[wasm_bindgen(js_name = call)]
+    pub fn rpc_call(&self, msg: &str) -> String {
+        super::platform::set_clock(&self.env);
+        let reply = match serde_json::from_str::<OrgMsg>(msg) {
+            Ok(OrgMsg::Ledger(_)) => bad_message(&"ledger messages come by fetch"),
+            Ok(msg) => self.handle(msg),
+            Err(e) => bad_message(&e),
+        };
+        if let Some(at) = self.arm_at() {
+            let storage = self.state.storage();
+            let offset = std::time::Duration::from_millis(at.since(now()));
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Err(e) = storage.set_alarm(offset).await {
+                    worker::console_error!(
+                        r#"{{"level":"error","component":"org_do","msg":"alarm not set","error":{:?}}}"#,
+                        e.to_string()
+                    );
+                }
+            });
+        }
+        serde_json::to_string(&reply).unwrap_or_default()
+    }
+}
+
+fn bad_message(e: &dyn std::fmt::Display) -> OrgReply {
+    OrgReply::problem(400, problem_body(400, "bad-message", "Bad message", &e.to_string()))
+}
+
+impl OrgQuota {
+    /// An org or admin message: one synchronous step.
+    fn handle(&self, msg: OrgMsg) -> OrgReply {
+        match msg {
+            OrgMsg::Org { caller, op } => self.step(|m, store, now| {
+                let snap = store.load(&m.needs_org(&op), now)?;
+                Ok(m.step_org(&caller, op, snap, now)?)
+            }),
+            OrgMsg::Admin(op) => self.step(|m, store, now| {
+                let snap = store.load(&OrgMachine::needs_admin(&op), now)?;
+                Ok(m.step_admin(op, &snap, now)?)
+            }),
+            OrgMsg::Ledger(_) => bad_message(&"ledger messages are handled by the drain"),
+        }
+    }
+
+    /// The time to arm the alarm for, if the machine needs it earlier than what is armed; the
+    /// caller arms it. An instance that has not asked storage yet arms its own wake-up time: the
+    /// machine booted from storage, so that time is the earliest anything needs.
+    fn arm_at(&self) -> Option<Timestamp> {
+        let want = self.machine.borrow().as_ref().and_then(OrgMachine::wake)?;
+        let earlier = match self.armed.get() {
+            Armed::At(a) => want < a,
+            Armed::Not | Armed::Unknown => true,
+        };
+        earlier.then(|| {
+            self.armed.set(Armed::At(want));
+            want
+        })
+    }
+
     fn store(&self) -> std::result::Result<&Store, String> {
         if let Some(s) = self.store.get() {
             return Ok(s);
