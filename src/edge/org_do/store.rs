@@ -150,7 +150,8 @@ impl Store {
             // by `seq`; D1 deduplicates by event id.
             "CREATE TABLE IF NOT EXISTS ledger_outbox (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, meter TEXT NOT NULL, \
              quantity INTEGER NOT NULL, ts INTEGER NOT NULL, source TEXT NOT NULL, metadata TEXT, ready_at INTEGER NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS idempotency (id TEXT PRIMARY KEY, result TEXT NOT NULL, at INTEGER NOT NULL)",
+            // Keyed by the id alone, no rowid: recording a key writes one row.
+            "CREATE TABLE IF NOT EXISTS idempotency_keys (id TEXT PRIMARY KEY, result TEXT NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID",
             "CREATE TABLE IF NOT EXISTS alerts (id TEXT PRIMARY KEY, policy TEXT NOT NULL, window_start INTEGER NOT NULL, \
              level TEXT NOT NULL, payload TEXT NOT NULL, fired_at INTEGER NOT NULL, status TEXT NOT NULL, \
              attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL, last_error TEXT, UNIQUE (policy, window_start, level))",
@@ -159,6 +160,7 @@ impl Store {
              PRIMARY KEY (meter, outcome))",
             // Schema 1's tables, so that the upgrade below reads them whether or not they exist.
             "CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, state TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS idempotency (id TEXT PRIMARY KEY, result TEXT NOT NULL, at INTEGER NOT NULL)",
             "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, \
              meter TEXT NOT NULL, quantity INTEGER NOT NULL, ts INTEGER NOT NULL, source TEXT NOT NULL, metadata TEXT, \
              ready_at INTEGER NOT NULL)",
@@ -171,7 +173,8 @@ impl Store {
 
     /// Schema 1 → 2, in place and losing nothing queued: per-limit counters become per-meter
     /// rows; optimistic reservation rows go (their outbox rows stay queued and simply stand as
-    /// committed); the outbox moves to the index-free table with its sequence numbers.
+    /// committed); the outbox moves to the index-free table with its sequence numbers, and
+    /// idempotency records to a table without a rowid.
     fn upgrade_from_1(&self) -> StoreResult<()> {
         let old: Vec<Pair> = self.all("SELECT key AS k, state AS v FROM counters", Vec::new())?;
         let mut by_meter: BTreeMap<String, BTreeMap<String, Counter>> = BTreeMap::new();
@@ -198,7 +201,11 @@ impl Store {
              SELECT seq, event_id, meter, quantity, ts, source, metadata, ready_at FROM outbox",
             Vec::new(),
         )?;
-        for stmt in ["DROP TABLE counters", "DROP TABLE outbox"] {
+        self.write(
+            "INSERT OR IGNORE INTO idempotency_keys (id, result, at) SELECT id, result, at FROM idempotency",
+            Vec::new(),
+        )?;
+        for stmt in ["DROP TABLE counters", "DROP TABLE outbox", "DROP TABLE idempotency"] {
             self.exec(stmt, Vec::new())?;
         }
         Ok(())
@@ -244,7 +251,7 @@ impl Store {
         let mut s = Snapshot { rows: self.counter_rows(need)?, ..Snapshot::default() };
         if !need.seen.is_empty() {
             let marks = vec!["?"; need.seen.len()].join(",");
-            let q = format!("SELECT id AS k, result AS v FROM idempotency WHERE id IN ({marks})");
+            let q = format!("SELECT id AS k, result AS v FROM idempotency_keys WHERE id IN ({marks})");
             let found: Vec<Pair> = self.all(&q, need.seen.iter().map(|i| text(i)).collect())?;
             s.seen = found.into_iter().map(|p| (p.k, p.v)).collect();
         }
@@ -398,12 +405,12 @@ impl Store {
         }
         for (id, status) in &w.remember {
             self.write(
-                "INSERT INTO idempotency (id, result, at) VALUES (?, ?, ?) ON CONFLICT(id) DO NOTHING",
+                "INSERT INTO idempotency_keys (id, result, at) VALUES (?, ?, ?) ON CONFLICT(id) DO NOTHING",
                 vec![text(id), text(status), int(now.millis())?],
             )?;
         }
         for id in &w.forget {
-            self.write("DELETE FROM idempotency WHERE id = ?", vec![text(id)])?;
+            self.write("DELETE FROM idempotency_keys WHERE id = ?", vec![text(id)])?;
         }
         for a in &w.alerts {
             // The unique key is the backstop: a crossing seen again after a release fires nothing.
@@ -477,7 +484,7 @@ impl Store {
     }
 
     pub fn prune_idempotency(&self, before: Timestamp) -> StoreResult<()> {
-        self.write("DELETE FROM idempotency WHERE at < ?", vec![int(before.millis())?])
+        self.write("DELETE FROM idempotency_keys WHERE at < ?", vec![int(before.millis())?])
     }
 
     /// The outbox's sums over one window of one meter, for reconciliation.

@@ -1,0 +1,105 @@
+// The hot path's floor and its headers, end to end in workerd:
+// - the org DO's work per proxied request, read from the DO itself (`QUOTA_DEBUG_WORK=1` makes
+//   it answer with the statements it ran and SQLite's rows-written count): at most one read and
+//   two row writes under 80% of every limit, none for a refusal;
+// - the IETF RateLimit fields parsed with an RFC 9651 parser (npm `structured-headers`), and
+//   `t`, `Retry-After`, `X-RateLimit-Reset` and the problem's `reset` agreeing for every kind of
+//   period.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { parseList, parseItem } from "structured-headers";
+import { gatewayWithOrigin } from "../support/harness.mjs";
+
+const fx = gatewayWithOrigin({ QUOTA_DEBUG_WORK: "1" });
+
+async function newOrg(id, limits) {
+  await fx.api.plan(`plan-${id}`, { limits });
+  await fx.api.org(id, { plan: `plan-${id}` });
+  return (await fx.api.key(id)).key;
+}
+
+function work(r) {
+  const w = r.headers.get("x-quota-debug-work");
+  assert.ok(w, "the DO reports its work");
+  const m = /^statements=(\d+), rows-written=(\d+)$/.exec(w);
+  assert.ok(m, w);
+  return { statements: Number(m[1]), rows: Number(m[2]) };
+}
+
+test("a proxied request costs the org DO at most one read and two row writes; a refusal writes nothing", async () => {
+  const key = await newOrg("hp-floor", [
+    { meter: "requests", limit: 1000, period: "minute", mode: "hard" },
+    { meter: "requests", limit: 100000, period: "month", mode: "hard" },
+  ]);
+  const seen = [];
+  for (let i = 0; i < 30; i++) {
+    const r = await fx.api.call("GET", `/v1/things/${i}`, { key });
+    assert.equal(r.status, 200);
+    seen.push(work(r));
+  }
+  for (const w of seen) {
+    assert.ok(w.rows <= 2, `rows written ${w.rows}`);
+    assert.ok(w.statements <= 3, `statements ${w.statements}`);
+  }
+  // The meter's one counter row and one outbox row; after the first request the counter row
+  // is the DO's own (it is its single writer), so nothing is read.
+  assert.deepEqual(seen.slice(1), Array(29).fill({ statements: 2, rows: 2 }));
+  // With an Idempotency-Key, one more row: the key's record.
+  const idem = await fx.api.call("GET", "/v1/things/idem", { key, headers: { "idempotency-key": "hp-1" } });
+  assert.deepEqual(work(idem), { statements: 4, rows: 3 });
+  const replay = await fx.api.call("GET", "/v1/things/idem", { key, headers: { "idempotency-key": "hp-1" } });
+  assert.equal(replay.headers.get("idempotent-replayed"), "true");
+  assert.equal(work(replay).rows, 0, "a replay counts nothing and writes nothing");
+
+  const small = await newOrg("hp-refuse", [{ meter: "requests", limit: 2, period: "day", mode: "hard" }]);
+  for (let i = 0; i < 2; i++) assert.equal((await fx.api.call("GET", "/x", { key: small })).status, 200);
+  const refused = await fx.api.call("GET", "/x", { key: small });
+  assert.equal(refused.status, 429);
+  assert.equal(work(refused).rows, 0);
+});
+
+/** The RateLimit fields of a response, parsed as RFC 9651 lists. */
+function rateLimit(r) {
+  const items = (name) =>
+    Object.fromEntries(parseList(r.headers.get(name)).map(([value, params]) => [value, Object.fromEntries(params)]));
+  return { policy: items("ratelimit-policy"), limit: items("ratelimit") };
+}
+
+for (const [period, limits, name] of [
+  ["a GCRA window (3/minute)", [{ meter: "requests", limit: 3, period: "minute", mode: "hard" }], "requests-minute"],
+  ["a day", [{ meter: "requests", limit: 3, period: "day", mode: "hard" }], "requests-day"],
+  ["a month", [{ meter: "requests", limit: 3, period: "month", mode: "hard" }], "requests-month"],
+]) {
+  test(`RateLimit t, Retry-After, X-RateLimit-Reset and the problem's reset agree for ${period}`, async () => {
+    const key = await newOrg(`hp-${name}`, limits);
+    for (let i = 0; i < 3; i++) {
+      const ok = await fx.api.call("GET", "/x", { key });
+      assert.equal(ok.status, 200);
+      const f = rateLimit(ok);
+      assert.equal(f.policy[name].q, 3);
+      assert.equal(f.limit[name].r, 2 - i);
+      assert.equal(typeof f.limit[name].t, "number");
+    }
+    const before = Date.now();
+    const r = await fx.api.call("GET", "/x", { key });
+    const after = Date.now();
+    assert.equal(r.status, 429);
+    const f = rateLimit(r);
+    const t = f.limit[name].t;
+    assert.equal(f.limit[name].r, 0);
+    assert.ok(Number.isInteger(t) && t > 0, `t=${t}`);
+    if (name === "requests-minute") {
+      // One unit of 3/minute comes back every 20 s: that is when more quota is available.
+      assert.equal(f.policy[name].w, 60);
+      assert.ok(t <= 20, `t=${t}`);
+    }
+    const retry = parseItem(r.headers.get("retry-after"))[0];
+    assert.equal(retry, t, "Retry-After is not earlier than t, and no later");
+    const reset = Number(r.headers.get("x-ratelimit-reset"));
+    assert.ok(reset >= Math.floor(before / 1000) + t - 1 && reset <= Math.ceil(after / 1000) + t, `reset ${reset}, t ${t}`);
+    const body = r.json;
+    assert.equal(body.status, 429);
+    const bodyReset = Date.parse(body.reset) / 1000;
+    assert.ok(Math.abs(bodyReset - reset) <= 1, `${body.reset} vs ${reset}`);
+  });
+}
