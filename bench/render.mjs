@@ -10,71 +10,123 @@ const read = (f) => (fs.existsSync(f) ? JSON.parse(fs.readFileSync(f, "utf8")) :
 const x = (r) => `${r.toFixed(2)}×`;
 const ms = (v) => v.toFixed(2);
 
+const us = (v) => (v == null ? "–" : String(Math.round(v)));
+
 function perf(r) {
   const m = r.machine;
   const s = r.settings;
+  const by = Object.fromEntries(r.http.map((h) => [h.id, h]));
+  const q = (k) => r.ratios[k];
   const lines = [
     `## Performance (one run: ${m.date}, commit ${m.commit})`,
     "",
     `Machine: ${m.cpu}, ${m.cores} cores, ${m.memory_gib} GiB, ${m.kernel}. Node ${m.node}, wrangler ${m.wrangler}, workerd ${m.workerd}, ${m.rustc}, ${m.redis}, ${m.wrk}.`,
     "",
-    `Load: ${s.load}, ${s.connections} connections, ${s.warmup_s} s warm-up then ${s.duration_s} s measured, ${s.rounds} interleaved rounds; each figure is the median of the rounds. Everything (load generator, contender, origin) shares the same ${m.cores} cores on loopback.`,
+    `Runtime: ${s.runtime}. Bundle: ${r.bundle}. Load: ${s.load}, ${s.connections} connections (and 1, rows marked "1 connection"), ${s.warmup_s} s warm-up then ${s.duration_s} s measured, ${s.rounds} interleaved rounds; each figure is the median of the rounds. Everything (load generator, contender, origin) shares the same ${m.cores} cores on loopback. The whole run took ${r.elapsed_s} s.`,
     "",
-    "| contender | req/s | p50 ms | p99 ms | p99.9 ms | req/s vs (a) | req/s vs (b) | p99 vs (a) | p99 vs (b) | non-2xx |",
-    "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
   ];
-  for (const h of r.http) {
+  if (by.c1 && by.b) {
+    const t = (label, v, target, ok) => `| ${label} | ${v} | ${target} | ${ok ? "met" : "**not met**"} |`;
+    const c1b = q("c1/b");
+    const logs = q("c1/c5");
     lines.push(
-      `| ${h.name} | ${h.rps} | ${ms(h.p50_ms)} | ${ms(h.p99_ms)} | ${ms(h.p999_ms)} | ${x(h.vs_a.rps)} | ${x(h.vs_b.rps)} | ${x(h.vs_a.p99)} | ${x(h.vs_b.p99)} | ${h.non_2xx} |`,
-    );
-  }
-  const by = Object.fromEntries(r.http.map((h) => [h.id, h]));
-  lines.push("", "Per-round requests/s (spread between rounds shows the machine's noise):", "");
-  for (const h of r.http) lines.push(`- ${h.id}: ${h.rounds.map((q) => q.rps).join(", ")}`);
-  if (by.c1 && by.e) {
-    const q = [by.c1, by.c5].filter(Boolean);
-    const row = (label, k) => `| ${label} | ${q.map((h) => `${x(h[k].rps)} | ${x(h[k].p99)}`).join(" | ")} |`;
-    lines.push(
+      "### The targets (ratios from this run)",
       "",
-      "### The ratios that matter",
+      "| figure | this run | target | |",
+      "|---|--:|--:|---|",
+      t("quotagate (logs on) req/s ÷ DO counter req/s", x(c1b.rps), "≥ 0.90×", c1b.rps >= 0.9),
+      t("quotagate p99 ÷ DO counter p99", x(c1b.p99), "≤ 1.30×", c1b.p99 <= 1.3),
+      t("1 connection: quotagate p50 − DO counter p50", `${r.single_client_p50_gap_ms.toFixed(2)} ms`, "≤ 1 ms", r.single_client_p50_gap_ms <= 1),
+      t("workerd CPU per request ÷ DO counter's", x(c1b.cpu), "≤ 1.50×", c1b.cpu <= 1.5),
+      t("DECISION_LOG=all req/s ÷ DECISION_LOG=refusals req/s", x(logs.rps), "≥ 0.90×", logs.rps >= 0.9),
+      t("one policy decision, native", `${(r.criterion.decision.mean_ns / 1000).toFixed(2)} µs`, "≤ 1 µs", r.criterion.decision.mean_ns <= 1000),
+      t("wasm, gzip", `${(r.size.wasm_gzip_bytes / 1024).toFixed(0)} KiB`, "≤ 400 KiB", r.size.wasm_gzip_bytes <= 400 * 1024),
       "",
-      `| quotagate, one hot org, against | ${q.map((h) => (h.id === "c1" ? "req/s (as shipped) | p99 (as shipped)" : "req/s (DECISION_LOG=refusals) | p99 (DECISION_LOG=refusals)")).join(" | ")} |`,
-      `|---|${q.map(() => "--:|--:").join("|")}|`,
-      row("(a) pass-through Worker", "vs_a"),
-      row("(b) minimal DO counter", "vs_b"),
-      row("(e) Node + Redis limiter", "vs_e"),
     );
   }
   lines.push(
+    "### Throughput and tail",
+    "",
+    "| contender | conn | req/s | p50 ms | p99 ms | p99.9 ms | workerd µs/req | req/s ÷ (a) | req/s ÷ (b) | p99 ÷ (b) | CPU ÷ (b) | non-2xx |",
+    "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+  );
+  for (const h of r.http) {
+    const vb = q(`${h.id}/b`);
+    const va = q(`${h.id}/a`);
+    lines.push(
+      `| ${h.name} | ${h.connections} | ${h.rps} | ${ms(h.p50_ms)} | ${ms(h.p99_ms)} | ${ms(h.p999_ms)} | ${us(h.cpu_us_per_request.workerd)} | ${va ? x(va.rps) : "–"} | ${vb ? x(vb.rps) : "–"} | ${vb ? x(vb.p99) : "–"} | ${vb?.cpu ? x(vb.cpu) : "–"} | ${h.non_2xx} |`,
+    );
+  }
+  lines.push("", "Per-round req/s (the spread is the machine's noise):", "");
+  for (const h of r.http) lines.push(`- ${h.id}: ${h.rounds.map((q) => q.rps).join(", ")}`);
+  lines.push(
+    "",
+    "Every ratio is in `results.json` under `ratios[\"<contender>/<base>\"] = {rps, p99, p50, cpu}`.",
     "",
     "### Where the CPU goes (µs of CPU per request, median of rounds)",
     "",
-    "Read from /proc: utime + stime of each contender's processes over the measured seconds, divided by its requests. `node` under a Worker is wrangler's local proxy in front of workerd; `origin` is the shared origin's share.",
+    "Read from /proc: utime + stime of each contender's processes over the measured seconds, divided by its requests. `node` under a Worker is the Miniflare host (it relays the Worker's log lines), not part of the request path.",
     "",
-    "| contender | workerd | node (wrangler / server) | redis | origin |",
+    "| contender | workerd | node | redis | origin |",
     "|---|--:|--:|--:|--:|",
   );
   for (const h of r.http) {
     const c = h.cpu_us_per_request;
     lines.push(`| ${h.id} | ${c.workerd ?? "–"} | ${c.node ?? "–"} | ${c.redis ?? "–"} | ${c.origin ?? "–"} |`);
   }
-  if (r.profile && Object.keys(r.profile).length) {
-    const ids = Object.keys(r.profile);
-    const cats = [...new Set(ids.flatMap((id) => Object.keys(r.profile[id].categories)))];
+  const prof = Object.entries(r.profile ?? {}).filter(([, p]) => !p.error);
+  if (prof.length) {
+    const ids = prof.map(([id]) => id);
+    const cats = [...new Set(prof.flatMap(([, p]) => Object.keys(p.categories)))];
     lines.push(
       "",
-      "### Where the time goes inside the Worker isolate (V8 CPU profile under the same load)",
+      "### Where the time goes inside the Worker isolate (V8 CPU profile, untimed run with the inspector on)",
       "",
       `| share of the isolate's time | ${ids.map((id) => by[id]?.name ?? id).join(" | ")} |`,
       `|---|${ids.map(() => "--:").join("|")}|`,
     );
-    for (const c of cats) {
-      lines.push(`| ${c} | ${ids.map((id) => `${((r.profile[id].categories[c]?.share ?? 0) * 100).toFixed(1)}%`).join(" | ")} |`);
+    for (const c of cats) lines.push(`| ${c} | ${prof.map(([, p]) => `${((p.categories[c]?.share ?? 0) * 100).toFixed(1)}%`).join(" | ")} |`);
+    lines.push(`| req/s while profiled | ${prof.map(([, p]) => p.rps_while_profiled).join(" | ")} |`);
+    for (const [id, p] of prof) {
+      lines.push("", `Top self-time frames, ${id}: ${p.top.slice(0, 10).map((t) => `${t.name.replace(/\|/g, "/").slice(0, 70)} ${(t.share * 100).toFixed(1)}%`).join("; ")}.`);
     }
-    lines.push(`| req/s while profiled | ${ids.map((id) => r.profile[id].rps_while_profiled).join(" | ")} |`);
-    for (const id of ids) {
-      lines.push("", `Top self-time frames, ${id}: ${r.profile[id].top.slice(0, 8).map((t) => `${t.name.replace(/\|/g, "/").slice(0, 70)} ${(t.share * 100).toFixed(1)}%`).join("; ")}.`);
-    }
+  }
+  if (r.work) {
+    const w = (k) => r.work[k] ? `${r.work[k].statements.toFixed(2)} statements, ${r.work[k].rows_written.toFixed(2)} rows written (max ${r.work[k].max_rows_written})` : "not reported by this build";
+    lines.push(
+      "",
+      "### Work in the org's DO per proxied request (read from the DO: `QUOTA_DEBUG_WORK=1`)",
+      "",
+      `- one monthly limit: ${w("one_limit")} (mean of ${r.work.one_limit?.requests ?? 0} requests)`,
+      `- a minute burst limit plus a monthly quota: ${w("minute_and_month")}`,
+    );
+  }
+  if (r.sustained) {
+    const su = r.sustained;
+    lines.push(
+      "",
+      `### Sustained: one hot org for ${su.seconds} s (${s.connections} connections, DECISION_LOG=all), in ${s.slice_s} s slices`,
+      "",
+      "| t (s) | req/s | p99 ms | workerd µs/req | DO rows live | D1 rows (this org) |",
+      "|--:|--:|--:|--:|--:|--:|",
+      ...su.slices.map((x) => `| ${x.t_s} | ${x.rps} | ${ms(x.p99_ms)} | ${x.cpu_us_per_request} | ${x.do_rows_live} | ${x.d1_rows} |`),
+      "",
+      `Steady state (median of the second half): ${su.steady.rps} req/s, p99 ${ms(su.steady.p99_ms)} ms, ${su.steady.cpu_us_per_request} µs of workerd CPU per request. D1 growth: ${su.d1.rows_per_1000_requests.toFixed(0)} rows and ${su.d1.bytes_per_1000_requests} bytes per 1,000 proxied requests (${su.requests} requests, after a final flush).`,
+    );
+  }
+  if (r.wrangler_dev) {
+    const d = r.wrangler_dev;
+    lines.push(
+      "",
+      "### Under `wrangler dev` (what `make dev` users feel; one round)",
+      "",
+      "| contender | req/s | p99 ms |",
+      "|---|--:|--:|",
+      `| (b) minimal DO counter | ${d.b.rps} | ${ms(d.b.p99_ms)} |`,
+      `| (c) quotagate, one hot org | ${d.c1.rps} | ${ms(d.c1.p99_ms)} |`,
+      "",
+      `quotagate ÷ counter under wrangler dev: ${x(d.ratio_c1_b.rps)} req/s, ${x(d.ratio_c1_b.p99)} p99.`,
+    );
   }
   if (r.quotagate_counted) {
     lines.push(
@@ -87,7 +139,7 @@ function perf(r) {
   const c = r.criterion;
   lines.push(
     "",
-    "### Ledger, size, native decision cost",
+    "### Ledger, size, cold start, native decision cost",
     "",
     "| figure | value |",
     "|---|--:|",
@@ -95,6 +147,8 @@ function perf(r) {
     `| lag from commit to D1, p50 / p99 / max (${l.lag_ms.events} events) | ${l.lag_ms.p50} / ${l.lag_ms.p99} / ${l.lag_ms.max} ms |`,
     `| wasm, raw / gzip -9 | ${(z.wasm_bytes / 1024).toFixed(0)} KiB / ${(z.wasm_gzip_bytes / 1024).toFixed(0)} KiB |`,
     `| JS glue, gzip -9 | ${(z.js_gzip_bytes / 1024).toFixed(1)} KiB |`,
+    `| cold start: runtime spawned → first healthy answer | ${r.cold_start.spawn_to_healthy_ms} ms |`,
+    `| cold start: first proxied request (a new org's DO) | ${r.cold_start.first_proxied_request_ms} ms |`,
     `| one policy decision, native (criterion mean, 95% CI) | ${(c.decision.mean_ns / 1000).toFixed(2)} µs (${(c.decision.low_ns / 1000).toFixed(2)}–${(c.decision.high_ns / 1000).toFixed(2)}) |`,
     `| floor: one map lookup + increment | ${c.floor.mean_ns.toFixed(1)} ns (decision = ${c.ratio_to_floor.toFixed(0)}× floor) |`,
   );
