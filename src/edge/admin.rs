@@ -1,4 +1,5 @@
-//! The admin API under `/_quota/admin`: plans, orgs, keys and resets.
+//! The admin API under `/_quota/admin`: plans, orgs, keys, resets, flush and reconciliation,
+//! export, Stripe sync on demand, and metrics.
 //!
 //! It authenticates with `ADMIN_TOKEN` (compared in constant time), persists to D1 and pushes
 //! each org's configuration to its Durable Object. Validation is the core's (`Plan::parse`,
@@ -272,17 +273,6 @@ async fn revoke_key(env: &Env, org: &OrgId, key_id: &str) -> Handled {
     ok(200, &json!({"key_id": key_id, "org_id": org.as_str(), "revoked_at": rfc(revoked)}))
 }
 
-/// An org's effective policy from its D1 rows.
-pub(super) fn policy_of(org: &OrgRow, plan_row: &PlanRow) -> Result<Policy, EdgeError> {
-    let plan_id = PlanId::parse(&plan_row.id).map_err(|e| EdgeError::Internal(e.to_string()))?;
-    let doc: Value =
-        serde_json::from_str(&plan_row.body).map_err(|e| EdgeError::Internal(format!("stored plan: {e}")))?;
-    let plan = Plan::parse(&plan_id, &doc)?;
-    let anchor = org.billing_anchor.clone().map(Value::String);
-    let overrides: Option<Value> = serde_json::from_str(&org.overrides).ok();
-    Ok(Policy::new(&plan, &OrgTerms::parse(anchor.as_ref(), overrides.as_ref(), &plan)?))
-}
-
 /// One export row: org, plan, meter and the totals over the range.
 struct ExportRow {
     org: String,
@@ -294,7 +284,7 @@ struct ExportRow {
 /// Groups the rollups by (org, meter) and prices each group under its org's plan.
 fn export_rows(days: &[ledger::DailyRow], orgs: &[OrgRow], plans: &[PlanRow]) -> Result<Vec<ExportRow>, EdgeError> {
     let mut rows = Vec::new();
-    let mut i = 0;
+    let mut i = 0usize;
     while let Some(first) = days.get(i) {
         let group: Vec<&ledger::DailyRow> =
             days.iter().skip(i).take_while(|d| d.org_id == first.org_id && d.meter == first.meter).collect();
@@ -317,7 +307,7 @@ fn export_rows(days: &[ledger::DailyRow], orgs: &[OrgRow], plans: &[PlanRow]) ->
         let plan_row = org.and_then(|o| plans.iter().find(|p| p.id == o.plan_id));
         let (plan, totals) = match (org, plan_row) {
             (Some(o), Some(p)) => {
-                let policy = policy_of(o, p)?;
+                let policy = ledger::policy_of(o, p)?;
                 (policy.plan.to_string(), range_totals(&policy, &meter, &daily))
             }
             // An org deleted since: its usage is still exported, unpriced.
@@ -378,75 +368,6 @@ async fn export(req: &Request, env: &Env) -> Handled {
     let body = json!({"from": from.to_string(), "to": to.to_string(), "generated_at": now().rfc3339(),
                       "total_overage_cost_cents": total_cost, "rows": items});
     ok(200, &body)
-}
-
-/// The cron's work: reconcile every org (report only) and prune old raw events.
-pub async fn scheduled(env: &Env) {
-    let started = now();
-    let (mut checked, mut drifted) = (0u64, 0u64);
-    let orgs = match ledger::db(env) {
-        Ok(db) => ledger::all_orgs(&db).await.unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
-    for org in &orgs {
-        let Ok(id) = OrgId::parse(&org.id) else { continue };
-        match call_do(env, &id, &OrgMsg::Ledger(LedgerOp::Reconcile { repair: false })).await {
-            Ok(reply) if reply.status == 200 => {
-                checked = checked.saturating_add(1);
-                let drift = reply.body.get("total_drift").and_then(Value::as_u64).unwrap_or(0);
-                if let Ok(db) = ledger::db(env) {
-                    let labels = format!("org=\"{}\"", org.id);
-                    let field = |k: &str| reply.body.get(k).and_then(Value::as_u64).unwrap_or(0);
-                    for (name, value) in [
-                        ("quotagate_reconcile_drift_units", drift),
-                        ("quotagate_outbox_depth", field("outbox_pending")),
-                        ("quotagate_ledger_flush_failures", field("flush_failures")),
-                    ] {
-                        if let Err(e) = ledger::set_gauge(&db, name, &labels, value, started).await {
-                            worker::console_error!(
-                                "{}",
-                                json!({"msg": "gauge not stored", "gauge": name, "error": e.to_string()})
-                            );
-                        }
-                    }
-                    let counts = reply.body.get("decisions").and_then(Value::as_array).cloned().unwrap_or_default();
-                    for c in counts {
-                        let meter = c.get("meter").and_then(Value::as_str).unwrap_or_default();
-                        let outcome = c.get("outcome").and_then(Value::as_str).unwrap_or_default();
-                        let n = c.get("n").and_then(Value::as_u64).unwrap_or(0);
-                        let labels = format!("org=\"{}\",meter=\"{meter}\",outcome=\"{outcome}\"", org.id);
-                        if let Err(e) = ledger::set_gauge(&db, "quotagate_decisions_total", &labels, n, started).await {
-                            worker::console_error!("{}", json!({"msg": "gauge not stored", "error": e.to_string()}));
-                        }
-                    }
-                }
-                if drift > 0 {
-                    drifted = drifted.saturating_add(1);
-                    let line = json!({"msg": "reconcile drift", "org": org.id, "total_drift": drift, "limits": reply.body.get("limits")});
-                    worker::console_warn!("{line}");
-                }
-            }
-            Ok(reply) => {
-                worker::console_warn!("{}", json!({"msg": "reconcile skipped", "org": org.id, "status": reply.status}));
-            }
-            Err(e) => {
-                worker::console_error!("{}", json!({"msg": "reconcile failed", "org": org.id, "error": e.to_string()}));
-            }
-        }
-    }
-    match super::stripe::sync(env, false).await {
-        Ok(summary) => worker::console_log!("{}", json!({"msg": "stripe sync", "summary": summary})),
-        Err(e) => worker::console_error!("{}", json!({"msg": "stripe sync failed", "error": e.to_string()})),
-    }
-    let days = config(env, "RETENTION_DAYS").and_then(|d| d.parse::<u64>().ok()).unwrap_or(400);
-    let cutoff = started.saturating_sub_ms(days.saturating_mul(86_400_000));
-    let pruned = match ledger::db(env) {
-        Ok(db) => ledger::prune(&db, cutoff).await.unwrap_or(0),
-        Err(_) => 0,
-    };
-    let line = json!({"msg": "scheduled", "orgs_checked": checked, "orgs_with_drift": drifted,
-                      "events_pruned": pruned, "retention_days": days, "ms": now().since(started)});
-    worker::console_log!("{line}");
 }
 
 /// `GET /_quota/admin/metrics`: Prometheus text exposition of the gauges scheduled jobs publish.

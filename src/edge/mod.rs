@@ -7,6 +7,7 @@
 
 mod admin;
 mod auth;
+mod cron;
 mod dashboard;
 mod error;
 mod ledger;
@@ -48,12 +49,11 @@ async fn hand_over_latency(env: &Env, rows: Vec<telemetry::BucketRow>) {
     }
 }
 
-/// Cron: reconciliation (report only: drift is logged, never silently repaired) and ledger
-/// retention.
+/// Cron: reconciliation (report only), gauges, Stripe reporting and ledger retention.
 #[event(scheduled)]
 async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     platform::set_clock(&env);
-    admin::scheduled(&env).await;
+    cron::run(&env).await;
     if let Some(rows) = platform::latency_due(&env) {
         hand_over_latency(&env, rows).await;
     }

@@ -1,0 +1,269 @@
+//! The one D1 access layer: every D1 statement of the gateway lives under this module, and no
+//! other file calls `prepare`. This file holds the catalogue (plans, orgs, API keys) and the
+//! helpers; `usage` the usage ledger, `ops` gauges, latency buckets and alert deliveries, and
+//! `billing` the Stripe reporting state.
+//!
+//! Each function is one statement or one batch and translates rows to plain structs; it must
+//! never validate business rules (the core does) nor call a Durable Object.
+
+mod billing;
+mod ops;
+mod usage;
+
+pub use billing::{
+    claim_batch, due_batches, expire_batch, fail_batch, set_breaker, settle_batch, stripe_breaker, unclaimed_groups,
+    unclaimed_ids, Batch,
+};
+pub use ops::{add_latency, gauges, latency, live_metrics, record_alert_attempt, set_gauge, AlertAttempt};
+pub use usage::{daily_range, history, insert_usage, prune, record_reset, summary, window_aggregate, DailyRow};
+
+use serde::Deserialize;
+use wasm_bindgen::JsValue;
+use worker::{D1Database, Env};
+
+use super::error::EdgeError;
+use super::platform::js_int;
+use crate::policy::{OrgId, PlanId, Timestamp};
+use crate::policy::{OrgTerms, Plan, Policy};
+
+pub fn db(env: &Env) -> Result<D1Database, EdgeError> {
+    env.d1("LEDGER").map_err(EdgeError::platform("LEDGER binding"))
+}
+
+fn s(v: &str) -> JsValue {
+    JsValue::from_str(v)
+}
+
+fn opt(v: Option<&str>) -> JsValue {
+    v.map_or(JsValue::NULL, JsValue::from_str)
+}
+
+fn t(ts: Timestamp) -> Result<JsValue, EdgeError> {
+    js_int(ts.millis())
+}
+
+/// Runs one query and reads every row as `T`; `what` names the query in errors.
+async fn rows<T: for<'de> Deserialize<'de>>(
+    db: &D1Database,
+    sql: &str,
+    args: &[JsValue],
+    what: &'static str,
+) -> Result<Vec<T>, EdgeError> {
+    db.prepare(sql)
+        .bind(args)
+        .map_err(EdgeError::platform("bind"))?
+        .all()
+        .await
+        .and_then(|r| r.results())
+        .map_err(EdgeError::platform(what))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PlanRow {
+    pub id: String,
+    pub name: String,
+    pub body: String,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrgRow {
+    pub id: String,
+    pub name: Option<String>,
+    pub plan_id: String,
+    pub billing_anchor: Option<String>,
+    pub stripe_customer_id: Option<String>,
+    pub webhook_url: Option<String>,
+    pub overrides: String,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct KeyRow {
+    pub id: String,
+    pub prefix: String,
+    pub created_at: u64,
+    pub revoked_at: Option<u64>,
+}
+
+/// What the fail-open path needs to know about a key when the org's DO cannot be asked.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KeyPlanRow {
+    pub revoked_at: Option<u64>,
+    pub plan_id: String,
+    pub plan_body: String,
+}
+
+pub async fn get_plan(db: &D1Database, id: &PlanId) -> Result<Option<PlanRow>, EdgeError> {
+    db.prepare("SELECT id, name, body, created_at, updated_at FROM plans WHERE id = ?")
+        .bind(&[s(id.as_str())])
+        .map_err(EdgeError::platform("bind"))?
+        .first(None)
+        .await
+        .map_err(EdgeError::platform("plans query"))
+}
+
+/// How many plans there are: the health check's round trip (it fails if the schema is missing).
+pub async fn plan_count(db: &D1Database) -> Result<u64, EdgeError> {
+    #[derive(Deserialize)]
+    struct N {
+        n: u64,
+    }
+    let rows: Vec<N> = rows(db, "SELECT COUNT(*) AS n FROM plans", &[], "plans query").await?;
+    Ok(rows.first().map_or(0, |r| r.n))
+}
+
+pub async fn list_plans(db: &D1Database) -> Result<Vec<PlanRow>, EdgeError> {
+    rows(db, "SELECT id, name, body, created_at, updated_at FROM plans ORDER BY id", &[], "plans query").await
+}
+
+/// Inserts or replaces a plan; `true` when it was new.
+pub async fn put_plan(db: &D1Database, id: &PlanId, name: &str, body: &str, now: Timestamp) -> Result<bool, EdgeError> {
+    let existed = get_plan(db, id).await?.is_some();
+    db.prepare(
+        "INSERT INTO plans (id, name, body, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) \
+         ON CONFLICT(id) DO UPDATE SET name = excluded.name, body = excluded.body, updated_at = excluded.updated_at",
+    )
+    .bind(&[s(id.as_str()), s(name), s(body), t(now)?])
+    .map_err(EdgeError::platform("bind"))?
+    .run()
+    .await
+    .map_err(EdgeError::platform("plans upsert"))?;
+    Ok(!existed)
+}
+
+const ORG_COLUMNS: &str =
+    "id, name, plan_id, billing_anchor, stripe_customer_id, webhook_url, overrides, created_at, updated_at";
+
+pub async fn get_org(db: &D1Database, id: &OrgId) -> Result<Option<OrgRow>, EdgeError> {
+    db.prepare(format!("SELECT {ORG_COLUMNS} FROM orgs WHERE id = ?"))
+        .bind(&[s(id.as_str())])
+        .map_err(EdgeError::platform("bind"))?
+        .first(None)
+        .await
+        .map_err(EdgeError::platform("orgs query"))
+}
+
+pub async fn orgs_on_plan(db: &D1Database, plan: &PlanId) -> Result<Vec<OrgRow>, EdgeError> {
+    rows(
+        db,
+        &format!("SELECT {ORG_COLUMNS} FROM orgs WHERE plan_id = ? ORDER BY id"),
+        &[s(plan.as_str())],
+        "orgs query",
+    )
+    .await
+}
+
+pub async fn put_org(db: &D1Database, row: &OrgRow) -> Result<(), EdgeError> {
+    db.prepare(
+        "INSERT INTO orgs (id, name, plan_id, billing_anchor, stripe_customer_id, webhook_url, overrides, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+         ON CONFLICT(id) DO UPDATE SET name = excluded.name, plan_id = excluded.plan_id, \
+         billing_anchor = excluded.billing_anchor, stripe_customer_id = excluded.stripe_customer_id, \
+         webhook_url = excluded.webhook_url, overrides = excluded.overrides, updated_at = excluded.updated_at",
+    )
+    .bind(&[
+        s(&row.id),
+        opt(row.name.as_deref()),
+        s(&row.plan_id),
+        opt(row.billing_anchor.as_deref()),
+        opt(row.stripe_customer_id.as_deref()),
+        opt(row.webhook_url.as_deref()),
+        s(&row.overrides),
+        js_int(row.created_at)?,
+        js_int(row.updated_at)?,
+    ])
+    .map_err(EdgeError::platform("bind"))?
+    .run()
+    .await
+    .map_err(EdgeError::platform("orgs upsert"))?;
+    Ok(())
+}
+
+pub async fn insert_key(
+    db: &D1Database,
+    key_id: &str,
+    org: &OrgId,
+    hash: &str,
+    prefix: &str,
+    now: Timestamp,
+) -> Result<(), EdgeError> {
+    db.prepare("INSERT INTO api_keys (id, org_id, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(&[s(key_id), s(org.as_str()), s(hash), s(prefix), t(now)?])
+        .map_err(EdgeError::platform("bind"))?
+        .run()
+        .await
+        .map_err(EdgeError::platform("api_keys insert"))?;
+    Ok(())
+}
+
+pub async fn list_keys(db: &D1Database, org: &OrgId) -> Result<Vec<KeyRow>, EdgeError> {
+    rows(
+        db,
+        "SELECT id, prefix, created_at, revoked_at FROM api_keys WHERE org_id = ? ORDER BY created_at",
+        &[s(org.as_str())],
+        "api_keys query",
+    )
+    .await
+}
+
+/// Marks a key of `org` revoked; `None` when the org has no such key. Revoking twice keeps the
+/// first revocation time.
+pub async fn revoke_key(db: &D1Database, org: &OrgId, key_id: &str, now: Timestamp) -> Result<Option<u64>, EdgeError> {
+    db.prepare("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? AND org_id = ?")
+        .bind(&[t(now)?, s(key_id), s(org.as_str())])
+        .map_err(EdgeError::platform("bind"))?
+        .run()
+        .await
+        .map_err(EdgeError::platform("api_keys revoke"))?;
+    let row: Option<KeyRow> = db
+        .prepare("SELECT id, prefix, created_at, revoked_at FROM api_keys WHERE id = ? AND org_id = ?")
+        .bind(&[s(key_id), s(org.as_str())])
+        .map_err(EdgeError::platform("bind"))?
+        .first(None)
+        .await
+        .map_err(EdgeError::platform("api_keys query"))?;
+    Ok(row.and_then(|r| r.revoked_at))
+}
+
+/// The key's revocation state and its org's plan, for deciding without the DO.
+pub async fn key_plan(db: &D1Database, org: &OrgId, hash: &str) -> Result<Option<KeyPlanRow>, EdgeError> {
+    db.prepare(
+        "SELECT k.revoked_at AS revoked_at, p.id AS plan_id, p.body AS plan_body FROM api_keys k \
+         JOIN orgs o ON o.id = k.org_id JOIN plans p ON p.id = o.plan_id WHERE k.key_hash = ? AND k.org_id = ?",
+    )
+    .bind(&[s(hash), s(org.as_str())])
+    .map_err(EdgeError::platform("bind"))?
+    .first(None)
+    .await
+    .map_err(EdgeError::platform("api_keys query"))
+}
+
+/// The key is active for the org (used where the org's DO is not asked: ledger reads).
+pub async fn key_active(db: &D1Database, org: &OrgId, hash: &str) -> Result<bool, EdgeError> {
+    let row: Option<serde_json::Value> = db
+        .prepare("SELECT 1 AS ok FROM api_keys WHERE key_hash = ? AND org_id = ? AND revoked_at IS NULL")
+        .bind(&[s(hash), s(org.as_str())])
+        .map_err(EdgeError::platform("bind"))?
+        .first(None)
+        .await
+        .map_err(EdgeError::platform("api_keys query"))?;
+    Ok(row.is_some())
+}
+
+pub async fn all_orgs(db: &D1Database) -> Result<Vec<OrgRow>, EdgeError> {
+    rows(db, &format!("SELECT {ORG_COLUMNS} FROM orgs ORDER BY id"), &[], "orgs query").await
+}
+
+/// An org's effective policy from its catalogue rows.
+pub fn policy_of(org: &OrgRow, plan: &PlanRow) -> Result<Policy, EdgeError> {
+    let plan_id = PlanId::parse(&plan.id).map_err(|e| EdgeError::Internal(e.to_string()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&plan.body).map_err(|e| EdgeError::Internal(format!("stored plan: {e}")))?;
+    let plan = Plan::parse(&plan_id, &doc)?;
+    let anchor = org.billing_anchor.clone().map(serde_json::Value::String);
+    let overrides: Option<serde_json::Value> = serde_json::from_str(&org.overrides).ok();
+    Ok(Policy::new(&plan, &OrgTerms::parse(anchor.as_ref(), overrides.as_ref(), &plan)?))
+}
