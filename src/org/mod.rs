@@ -3,18 +3,18 @@
 //!
 //! `msg` is the protocol (typed messages with an explicit caller, and the reply); `machine` is
 //! the state machine that turns a message and a snapshot of storage into a reply, the writes to
-//! apply and the time it next needs to run; `rules` holds the small formulas (counter rows,
-//! alert crossings, backoff, wake-up times, reconciliation). It must never import `worker`, do
+//! apply and the time it next needs to run; `io` is the plain data it exchanges with storage;
+//! `rules` holds the small formulas (counter rows, alert crossings, backoff, wake-up times,
+//! reconciliation). It must never import `worker`, do
 //! I/O or read a clock: `now` is always an argument.
 
+pub mod io;
 pub mod machine;
 pub mod msg;
 pub mod rules;
 
-pub use machine::{
-    AlertView, Boot, FlushResult, Need, OrgError, OrgMachine, OutboxRow, ReconcileWindow, Snapshot, Step, Tallies,
-    Writes,
-};
+pub use io::{AlertView, Boot, FlushResult, Need, OutboxRow, Snapshot, Tallies, Writes};
+pub use machine::{OrgError, OrgMachine, ReconcileWindow, Step};
 pub use msg::{AdminOp, Caller, DecideKind, KeyHash, LedgerOp, OrgMsg, OrgOp, OrgReply, SettleAction, StoredConfig};
 
 #[cfg(test)]

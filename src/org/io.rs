@@ -1,0 +1,123 @@
+//! What crosses between the org machine and the Durable Object's storage: what a step needs
+//! (`Need`), what was loaded (`Snapshot`, `Boot`), what to write (`Writes`), and the rows both
+//! sides name (`OutboxRow`, `AlertView`). Plain data: no rule and no I/O lives here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::msg::{KeyHash, StoredConfig};
+use super::rules::NewAlert;
+use crate::policy::{EventId, MeterId, Reservation, Timestamp};
+
+/// One outbox row: usage on its way to the ledger. A proxied request's row is also its
+/// optimistic reservation: deleting it before it is ready is the release.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct OutboxRow {
+    pub seq: u64,
+    pub event_id: String,
+    pub meter: String,
+    pub quantity: u64,
+    pub ts: u64,
+    pub source: String,
+    pub metadata: Option<String>,
+    pub ready_at: u64,
+}
+
+/// A stored threshold alert, for the usage view.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct AlertView {
+    pub policy: String,
+    pub window_start: u64,
+    pub payload: String,
+    pub status: String,
+    pub attempts: u32,
+}
+
+/// Counts the admin state view shows, read on demand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tallies {
+    pub open_reservations: u64,
+    pub outbox_pending: u64,
+}
+
+/// What a step needs loaded from storage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(clippy::struct_excessive_bools)] // a load plan: each flag is one independent query
+pub struct Need {
+    /// Counter rows of these meters (ignored when `all_counters`).
+    pub meters: BTreeSet<MeterId>,
+    pub all_counters: bool,
+    /// Idempotency records with these ids.
+    pub seen: Vec<String>,
+    /// This provisional reservation.
+    pub reservation: Option<EventId>,
+    /// Provisional reservations that expired by now.
+    pub expired: bool,
+    /// This outbox row.
+    pub outbox_row: Option<u64>,
+    pub alerts: bool,
+    pub tallies: bool,
+}
+
+/// What the store loaded for a step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Counter rows by meter, as stored.
+    pub rows: BTreeMap<String, String>,
+    /// Idempotency records found: id → the original status.
+    pub seen: BTreeMap<String, String>,
+    pub reservations: Vec<Reservation>,
+    /// When the earliest provisional reservation left after `reservations` expires.
+    pub next_expiry: Option<Timestamp>,
+    pub outbox_row: Option<OutboxRow>,
+    pub alerts: Vec<AlertView>,
+    pub tallies: Tallies,
+}
+
+/// What the store must write, all in the step's one synchronous transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Writes {
+    pub config: Option<StoredConfig>,
+    /// Counter rows to upsert, by meter.
+    pub counters: Vec<(String, String)>,
+    /// Meters whose counter rows go (no longer in the plan).
+    pub drop_counters: Vec<String>,
+    pub outbox: Vec<OutboxRow>,
+    pub outbox_delete: Vec<u64>,
+    pub reservation_put: Vec<Reservation>,
+    pub reservation_delete: Vec<EventId>,
+    /// Idempotency records to add (id, status).
+    pub remember: Vec<(String, &'static str)>,
+    pub forget: Vec<String>,
+    pub alerts: Vec<NewAlert>,
+    pub meta: Vec<(String, String)>,
+    pub key_put: Option<(String, KeyHash)>,
+    pub key_delete: Option<String>,
+    /// Decision counts to add: (meter, outcome, n).
+    pub counts: Vec<(String, &'static str, u64)>,
+}
+
+/// What the store loads once per Durable Object instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Boot {
+    pub config: Option<StoredConfig>,
+    pub keys: Vec<(String, KeyHash)>,
+    /// Reset marks: meter (or `*`) → when.
+    pub resets: BTreeMap<String, Timestamp>,
+    /// The highest outbox sequence ever handed out: max of the outbox and meta `outbox_seq`.
+    pub max_seq: u64,
+    /// Meta `outbox_seq` alone: what storage has recorded of it.
+    pub seq_mark: u64,
+    pub outbox_ready: Option<Timestamp>,
+    pub alert_due: Option<Timestamp>,
+    pub reservation_expires: Option<Timestamp>,
+    pub flush_failures: u32,
+}
+
+/// How a flush ended, as the drain reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushResult {
+    /// D1 took what was ready; `next_ready` is when the earliest row left becomes ready.
+    Done { pending: u64, next_ready: Option<Timestamp> },
+    /// D1 refused or could not be reached; nothing left the outbox.
+    Failed,
+}

@@ -1,0 +1,467 @@
+//! `OrgMachine`: one org's rules as a deterministic state machine (the quinn-proto pattern).
+//!
+//! The Durable Object asks `needs_*` what to load for a message, loads it into a `Snapshot`,
+//! calls `step_*`, applies the returned `Writes`, arms its alarm for `wake`, and replies. The
+//! machine owns authorisation, replays, the outbox and its readiness, the optimistic
+//! reservation that *is* an outbox row, provisional reservations and their expiry, alert
+//! crossings, decision counts, flush backoff and the reconciliation arithmetic. It keeps in
+//! memory only what it is the single writer of (config, key hashes, reset marks, the outbox
+//! sequence, wake-up times, unsaved counts). This file holds the machine and its dispatch;
+//! `ops` the org operations' rules, `reconcile` the comparison with the ledger. It must never do
+//! I/O, read a clock or import `worker`; `now` is always an argument.
+
+mod ops;
+mod reconcile;
+
+pub use reconcile::ReconcileWindow;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+
+use self::ops::Cx;
+use super::io::{AlertView, Boot, FlushResult, Need, Snapshot, Tallies, Writes};
+use super::msg::{AdminOp, Caller, DecideKind, KeyHash, OrgOp, OrgReply, StoredConfig};
+use super::rules::{decode_counters, encode_counters, flush_backoff_ms, Wake, COUNTS_EVERY_MS, IDEMPOTENCY_MS};
+use crate::policy::{
+    Book, LimitStatus, MeterId, OrgId, OrgTerms, Plan, PlanError, Policy, ReservationKind, ReserveAs, Timestamp,
+    UsageError,
+};
+use crate::telemetry::{DecisionLine, Outcome};
+use crate::wire::{limit_json, problem_body, status_json, unauthorized_body, usage_error_status, usage_json};
+
+/// Why the machine could not carry out a message: its one error type, mapped to an answer by
+/// `into_reply` alone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrgError {
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("org is not configured")]
+    NotConfigured,
+    #[error("{0}")]
+    Plan(#[from] PlanError),
+    #[error("{0}")]
+    Usage(#[from] UsageError),
+    #[error("stored state does not decode: {0}")]
+    Corrupt(String),
+}
+
+impl OrgError {
+    /// The answer for this error.
+    pub fn into_reply(self) -> OrgReply {
+        let (status, kind, title, detail) = match &self {
+            Self::Unauthorized => return OrgReply::problem(401, unauthorized_body()),
+            Self::NotConfigured => (
+                404,
+                "unknown-org",
+                "Unknown org",
+                "This org has no plan; PUT /_quota/admin/orgs/{org} first.".to_owned(),
+            ),
+            Self::Plan(e) => (400, "invalid-plan", "Invalid plan", e.to_string()),
+            Self::Usage(e) => {
+                let (s, k, t) = usage_error_status(e);
+                (s, k, t, e.to_string())
+            }
+            Self::Corrupt(_) => {
+                (500, "internal", "Internal error", "The org's quota state could not be read.".to_owned())
+            }
+        };
+        OrgReply::problem(status, problem_body(status, kind, title, &detail))
+    }
+}
+
+/// A step's result: the answer, what to write, and the decision log lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub reply: OrgReply,
+    pub writes: Writes,
+    pub log: Vec<DecisionLine>,
+}
+
+#[derive(Debug, Clone)]
+struct Loaded {
+    org: OrgId,
+    policy: Policy,
+    webhook_url: Option<String>,
+}
+
+/// One org's machine.
+#[derive(Debug, Clone)]
+pub struct OrgMachine {
+    /// Shared, not cloned, by each step: the policy is read on every decision.
+    cfg: Option<Rc<Loaded>>,
+    keys: BTreeMap<String, KeyHash>,
+    resets: BTreeMap<String, Timestamp>,
+    next_seq: u64,
+    /// The highest sequence storage knows was handed out.
+    seq_saved: u64,
+    wake: Wake,
+    flush_failures: u32,
+    /// Decision counts not yet saved: (meter, outcome) → n.
+    counts: BTreeMap<(MeterId, Outcome), u64>,
+}
+
+fn parse_config(cfg: &StoredConfig) -> Result<Loaded, OrgError> {
+    let plan = Plan::parse(&cfg.plan_id, &cfg.plan)?;
+    let terms = OrgTerms::parse(cfg.billing_anchor.as_ref(), cfg.overrides.as_ref(), &plan)?;
+    Ok(Loaded { org: cfg.org.clone(), policy: Policy::new(&plan, &terms), webhook_url: cfg.webhook_url.clone() })
+}
+
+impl OrgMachine {
+    /// The machine of an instance, from what storage holds. A stored config that no longer
+    /// validates leaves the org unconfigured (its org operations answer 404) rather than failing
+    /// every message.
+    pub fn boot(b: Boot) -> Self {
+        Self {
+            cfg: b.config.as_ref().and_then(|c| parse_config(c).ok()).map(Rc::new),
+            keys: b.keys.into_iter().collect(),
+            resets: b.resets,
+            next_seq: b.max_seq.saturating_add(1),
+            seq_saved: b.seq_mark,
+            wake: Wake {
+                outbox_ready: b.outbox_ready,
+                flush_retry: None,
+                alert_due: b.alert_due,
+                reservation_expires: b.reservation_expires,
+                counts_due: None,
+            },
+            flush_failures: b.flush_failures,
+            counts: BTreeMap::new(),
+        }
+    }
+
+    /// When the alarm should next run.
+    pub fn wake(&self) -> Option<Timestamp> {
+        self.wake.next()
+    }
+
+    pub fn org(&self) -> Option<&OrgId> {
+        self.cfg.as_ref().map(|c| &c.org)
+    }
+
+    pub fn policy(&self) -> Option<&Policy> {
+        self.cfg.as_ref().map(|c| &c.policy)
+    }
+
+    pub fn webhook_url(&self) -> Option<&str> {
+        self.cfg.as_ref().and_then(|c| c.webhook_url.as_deref())
+    }
+
+    pub const fn flush_failures(&self) -> u32 {
+        self.flush_failures
+    }
+
+    fn loaded(&self) -> Result<&Rc<Loaded>, OrgError> {
+        self.cfg.as_ref().ok_or(OrgError::NotConfigured)
+    }
+
+    /// What `step` will need for an org operation.
+    pub fn needs_org(&self, op: &OrgOp) -> Need {
+        let mut need = Need::default();
+        match op {
+            OrgOp::Decide { meter, id, kind, replayable, .. } => {
+                need.meters.insert(meter.clone());
+                if *replayable && *kind == DecideKind::Proxy {
+                    need.seen.push(id.to_string());
+                }
+                // A reservation id in use is refused, not overwritten.
+                if *kind == DecideKind::Reserve {
+                    need.reservation = Some(id.clone());
+                }
+            }
+            OrgOp::Events { events, .. } => {
+                need.meters.extend(events.iter().map(|e| e.meter.clone()));
+                need.seen.extend(events.iter().map(|e| e.id.to_string()));
+            }
+            OrgOp::Usage { short } => {
+                need.all_counters = true;
+                need.alerts = !short;
+            }
+            OrgOp::Settle { id, .. } => {
+                need.reservation = Some(id.clone());
+                // The reservation's meter is known only once it is loaded: load every counter.
+                need.all_counters = true;
+            }
+            OrgOp::Release { seq, .. } => {
+                need.outbox_row = Some(*seq);
+                need.all_counters = true;
+            }
+            OrgOp::Report { id, usage } => {
+                need.meters.extend(usage.iter().map(|(m, _)| m.clone()));
+                need.seen.extend(usage.iter().map(|(m, _)| format!("{id}:{m}")));
+            }
+        }
+        need
+    }
+
+    /// What `step_admin` will need.
+    pub fn needs_admin(op: &AdminOp) -> Need {
+        match op {
+            AdminOp::Configure(_) | AdminOp::Reset { .. } => Need { all_counters: true, ..Need::default() },
+            AdminOp::State => Need { all_counters: true, tallies: true, ..Need::default() },
+            AdminOp::AddKey { .. } | AdminOp::RevokeKey { .. } => Need::default(),
+        }
+    }
+
+    /// What the alarm's `tick` needs: expired provisional reservations, if any are due.
+    pub fn needs_tick(&self, now: Timestamp) -> Need {
+        let due = self.wake.reservation_expires.is_some_and(|t| t <= now);
+        Need { expired: due, all_counters: due, ..Need::default() }
+    }
+
+    fn check_caller(&self, caller: &Caller, op: &OrgOp) -> Result<(), OrgError> {
+        if !op.allows(caller) {
+            return Err(OrgError::Unauthorized);
+        }
+        // The key is checked before anything else, so an unknown org answers like a wrong key.
+        if let Caller::Key(hash) = caller {
+            if !self.keys.values().any(|h| h == hash) {
+                return Err(OrgError::Unauthorized);
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out an org operation: synchronous, from the snapshot to the writes.
+    pub fn step_org(&mut self, caller: &Caller, op: OrgOp, snap: Snapshot, now: Timestamp) -> Result<Step, OrgError> {
+        self.check_caller(caller, &op)?;
+        let loaded = Rc::clone(self.loaded()?);
+        let mut cx = Cx::new(&loaded, snap, now)?;
+        let reply = match op {
+            OrgOp::Decide { meter, quantity, kind, id, ttl_ms, replayable } => self.decide(
+                &mut cx,
+                &meter,
+                quantity,
+                kind,
+                ReserveAs { id, kind: ReservationKind::Provisional, ttl_ms },
+                replayable,
+            )?,
+            OrgOp::Events { events, enforce } => self.events(&mut cx, &events, enforce),
+            OrgOp::Usage { short } => {
+                let statuses = cx.book.overview(&loaded.policy, now);
+                let body = if short {
+                    status_json(&loaded.org, &loaded.policy, &statuses)
+                } else {
+                    usage_json(&loaded.org, &loaded.policy, &statuses, &alerts_view(&cx.snap.alerts, &statuses), now)
+                };
+                OrgReply::ok(body, Some(loaded.policy.plan.to_string()))
+            }
+            OrgOp::Settle { id, action } => self.settle(&mut cx, &id, action)?,
+            OrgOp::Release { id, seq } => self.release(&mut cx, &id, seq)?,
+            OrgOp::Report { id, usage } => self.report(&mut cx, &id, &usage),
+        };
+        Ok(cx.finish(self, reply))
+    }
+
+    /// Carries out an admin operation.
+    pub fn step_admin(&mut self, op: AdminOp, snap: &Snapshot, now: Timestamp) -> Result<Step, OrgError> {
+        let mut writes = Writes::default();
+        let reply = match op {
+            AdminOp::AddKey { key_id, hash } => {
+                self.keys.insert(key_id.clone(), hash.clone());
+                writes.key_put = Some((key_id.clone(), hash));
+                OrgReply::ok(json!({"key_id": key_id}), None)
+            }
+            AdminOp::RevokeKey { key_id } => {
+                let removed = self.keys.remove(&key_id).is_some();
+                writes.key_delete = Some(key_id.clone());
+                OrgReply::ok(json!({"key_id": key_id, "removed": removed}), None)
+            }
+            AdminOp::Configure(cfg) => {
+                // Validated before storing: a config that does not parse never reaches storage.
+                let loaded = parse_config(&cfg)?;
+                let book = book_of(&snap.rows)?;
+                let meters: BTreeSet<&MeterId> = loaded.policy.limits.iter().map(|l| &l.meter).collect();
+                for m in snap.rows.keys() {
+                    if !meters.iter().any(|k| k.as_str() == m) {
+                        writes.drop_counters.push(m.clone());
+                    }
+                }
+                // Counters of limits the new policy keeps carry over; the others go.
+                for m in meters {
+                    let row = meter_row(&loaded.policy, &book, m);
+                    if snap.rows.get(m.as_str()) != Some(&row) {
+                        writes.counters.push((m.to_string(), row));
+                    }
+                }
+                writes.config = Some(cfg);
+                self.cfg = Some(Rc::new(loaded));
+                let state = self.state_json(&book, snap.tallies, now)?;
+                OrgReply::ok(state, self.policy().map(|p| p.plan.to_string()))
+            }
+            AdminOp::State => {
+                let book = book_of(&snap.rows)?;
+                let state = self.state_json(&book, snap.tallies, now)?;
+                OrgReply::ok(state, self.policy().map(|p| p.plan.to_string()))
+            }
+            AdminOp::Reset { meter } => {
+                let loaded = Rc::clone(self.loaded()?);
+                let mut book = book_of(&snap.rows)?;
+                book.reset(&loaded.policy, meter.as_ref(), now);
+                let mark = meter.as_ref().map_or("*", MeterId::as_str).to_owned();
+                // Reconciliation counts the ledger from the reset on, and a release of usage
+                // admitted before it gives nothing back.
+                writes.meta.push((format!("reset:{mark}"), now.millis().to_string()));
+                self.resets.insert(mark, now);
+                let meters: BTreeSet<&MeterId> = loaded.policy.limits.iter().map(|l| &l.meter).collect();
+                for m in meters.into_iter().filter(|m| meter.as_ref().is_none_or(|x| x == *m)) {
+                    writes.counters.push((m.to_string(), meter_row(&loaded.policy, &book, m)));
+                }
+                let state = self.state_json(&book, snap.tallies, now)?;
+                OrgReply::ok(state, Some(loaded.policy.plan.to_string()))
+            }
+        };
+        Ok(Step { reply, writes, log: Vec::new() })
+    }
+
+    /// The alarm's synchronous part: expired provisional reservations go back to the org, and
+    /// decision counts are saved.
+    pub fn tick(&mut self, snap: Snapshot, now: Timestamp) -> Result<Writes, OrgError> {
+        let mut writes = Writes::default();
+        if let Some(loaded) = self.cfg.as_ref().map(Rc::clone) {
+            if !snap.reservations.is_empty() {
+                let mut book = book_of(&snap.rows)?;
+                let mut meters = BTreeSet::new();
+                for r in snap.reservations {
+                    meters.insert(r.meter.clone());
+                    writes.reservation_delete.push(r.id.clone());
+                    book.reservations.insert(r.id.clone(), r);
+                }
+                // Provisional reservations are released; nothing else is ever in this table.
+                book.expire(&loaded.policy, now);
+                for m in &meters {
+                    let row = meter_row(&loaded.policy, &book, m);
+                    if snap.rows.get(m.as_str()) != Some(&row) {
+                        writes.counters.push((m.to_string(), row));
+                    }
+                }
+            }
+            if self.wake.reservation_expires.is_some_and(|t| t <= now) {
+                self.wake.reservation_expires = snap.next_expiry;
+            }
+        }
+        writes.counts = self.take_counts();
+        Ok(writes)
+    }
+
+    fn take_counts(&mut self) -> Vec<(String, &'static str, u64)> {
+        self.wake.counts_due = None;
+        std::mem::take(&mut self.counts).into_iter().map(|((m, o), n)| (m.to_string(), o.as_str(), n)).collect()
+    }
+
+    /// Counts that could not be saved (the write failed) come back for the next tick.
+    pub fn restore_counts(&mut self, counts: Vec<(String, &'static str, u64)>, now: Timestamp) {
+        for (m, o, n) in counts {
+            let (Ok(m), Some(o)) = (MeterId::parse(&m), Outcome::parse(o)) else { continue };
+            let c = self.counts.entry((m, o)).or_insert(0);
+            *c = c.saturating_add(n);
+        }
+        self.count_due(now);
+    }
+
+    fn count(&mut self, meter: &MeterId, outcome: Outcome, now: Timestamp) {
+        let c = self.counts.entry((meter.clone(), outcome)).or_insert(0);
+        *c = c.saturating_add(1);
+        self.count_due(now);
+    }
+
+    fn count_due(&mut self, now: Timestamp) {
+        if self.wake.counts_due.is_none() && !self.counts.is_empty() {
+            self.wake.counts_due = Some(now.saturating_add_ms(COUNTS_EVERY_MS));
+        }
+    }
+
+    /// Unsaved counts, for the state view and metrics: what storage holds plus these.
+    pub fn unsaved_counts(&self) -> impl Iterator<Item = (&MeterId, Outcome, u64)> {
+        self.counts.iter().map(|((m, o), n)| (m, *o, *n))
+    }
+
+    /// How a flush ended: when to run next, and the meta rows to write: the failure count when
+    /// it changed, and the highest outbox sequence handed out (so that a restarted instance,
+    /// whose outbox D1 may have emptied, never hands the same number out again).
+    pub fn after_flush(&mut self, result: FlushResult, now: Timestamp) -> Vec<(String, String)> {
+        let before = self.flush_failures;
+        let mut meta = Vec::new();
+        let high = self.next_seq.saturating_sub(1);
+        if high != self.seq_saved {
+            self.seq_saved = high;
+            meta.push(("outbox_seq".to_owned(), high.to_string()));
+        }
+        match result {
+            FlushResult::Done { pending, next_ready } => {
+                self.flush_failures = 0;
+                self.wake.flush_retry = None;
+                // Rows not yet ready (proxied requests awaiting a possible release) flush later.
+                self.wake.outbox_ready = (pending > 0).then(|| next_ready.filter(|r| *r > now).unwrap_or(now));
+            }
+            FlushResult::Failed => {
+                self.flush_failures = self.flush_failures.saturating_add(1);
+                self.wake.flush_retry = Some(now.saturating_add_ms(flush_backoff_ms(self.flush_failures)));
+            }
+        }
+        if self.flush_failures != before {
+            meta.push(("flush_failures".to_owned(), self.flush_failures.to_string()));
+        }
+        meta
+    }
+
+    /// The flush is busy: try again shortly.
+    pub fn flush_busy(&mut self, now: Timestamp) {
+        self.wake.flush_retry = Some(now.saturating_add_ms(500));
+    }
+
+    /// When alert delivery next needs to run.
+    pub fn alerts_due(&mut self, at: Option<Timestamp>) {
+        self.wake.alert_due = at;
+    }
+
+    /// Idempotency records older than this may go.
+    pub const fn idempotency_cutoff(now: Timestamp) -> Timestamp {
+        now.saturating_sub_ms(IDEMPOTENCY_MS)
+    }
+
+    fn state_json(&self, book: &Book, tallies: Tallies, now: Timestamp) -> Result<Value, OrgError> {
+        let loaded = self.loaded()?;
+        let limits: Vec<Value> = book.overview(&loaded.policy, now).iter().map(|l| limit_json(l, now)).collect();
+        Ok(json!({
+            "org_id": loaded.org.as_str(),
+            "plan": loaded.policy.plan.as_str(),
+            "on_failure": loaded.policy.on_failure.as_str(),
+            "billing_anchor": loaded.policy.billing_anchor.map(|d| d.to_string()),
+            "limits": limits,
+            "open_reservations": tallies.open_reservations,
+            "active_keys": self.keys.len(),
+            "outbox_pending": tallies.outbox_pending,
+        }))
+    }
+}
+
+/// The book of every loaded counter row.
+fn book_of(rows: &BTreeMap<String, String>) -> Result<Book, OrgError> {
+    let mut book = Book::default();
+    for (meter, row) in rows {
+        let counters = decode_counters(row).ok_or_else(|| OrgError::Corrupt(format!("counter row of {meter}")))?;
+        book.counters.extend(counters);
+    }
+    Ok(book)
+}
+
+/// A meter's counter row as the book holds it now: only the policy's current limits.
+fn meter_row(policy: &Policy, book: &Book, meter: &MeterId) -> String {
+    let keys: Vec<String> = policy.limits_for(meter).map(crate::policy::Limit::policy_name).collect();
+    encode_counters(keys.iter().filter_map(|k| book.counters.get_key_value(k)))
+}
+
+/// The alerts fired in the limits' current windows, with their delivery state.
+fn alerts_view(alerts: &[AlertView], statuses: &[LimitStatus]) -> Vec<Value> {
+    alerts
+        .iter()
+        .filter(|r| statuses.iter().any(|l| l.policy == r.policy && l.window_start.millis() == r.window_start))
+        .filter_map(|r| {
+            let mut v: Value = serde_json::from_str(&r.payload).ok()?;
+            v.as_object_mut()?.insert("delivery".into(), json!({"status": r.status, "attempts": r.attempts}));
+            Some(v)
+        })
+        .collect()
+}

@@ -1,0 +1,381 @@
+//! The org operations' rules: decide (proxied, check, reserve), usage events, settling a
+//! provisional reservation, releasing a proxied request's units, and origin-reported usage. Each
+//! works on a step's context (`Cx`) and records what to write; nothing here does I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value};
+
+use super::{book_of, meter_row, Loaded, OrgError, OrgMachine, Step};
+use crate::org::io::{OutboxRow, Snapshot, Writes};
+use crate::org::msg::{DecideKind, OrgReply, SettleAction};
+use crate::org::rules::{crossings, earliest, FLUSH_DELAY_MS};
+use crate::policy::headers::{decision_headers, refusal_problem};
+use crate::policy::{
+    Aggregation, Book, Decision, EventId, LimitStatus, MeterId, ReserveAs, Settlement, Timestamp, UsageError,
+};
+use crate::telemetry::{DecisionLine, Outcome};
+use crate::wire::{decision_json, limit_json, UsageEvent};
+
+impl OrgMachine {
+    fn next_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq = s.saturating_add(1);
+        s
+    }
+
+    fn outbox(&mut self, cx: &mut Cx<'_>, row: OutboxRow) {
+        // A row ready now still waits a moment, so that a burst goes to D1 in one batch.
+        let ready = Timestamp::from_millis(row.ready_at).max(cx.now.saturating_add_ms(FLUSH_DELAY_MS));
+        self.wake.outbox_ready = earliest(self.wake.outbox_ready, Some(ready));
+        cx.writes.outbox.push(row);
+    }
+
+    pub(super) fn decide(
+        &mut self,
+        cx: &mut Cx<'_>,
+        meter: &MeterId,
+        quantity: u64,
+        kind: DecideKind,
+        how: ReserveAs,
+        replayable: bool,
+    ) -> Result<OrgReply, OrgError> {
+        let (policy, now) = (&cx.loaded.policy, cx.now);
+        let (id, ttl_ms) = (how.id.clone(), how.ttl_ms);
+        let is_replay = kind == DecideKind::Proxy && replayable && cx.snap.seen.contains_key(id.as_str());
+        let decision = match kind {
+            DecideKind::Check => cx.book.check(policy, meter, quantity, now)?,
+            // A replayed Idempotency-Key is admitted and forwarded, but counted once only.
+            DecideKind::Proxy if is_replay => cx.book.check(policy, meter, 0, now)?,
+            // Admitted while one unit remains: see the overshoot bound in the README.
+            DecideKind::ProxyReported => cx.book.check(policy, meter, 1, now)?,
+            DecideKind::Proxy => {
+                let spec = policy.meter(meter).ok_or_else(|| UsageError::UnknownMeter(meter.clone()))?;
+                if spec.aggregation != Aggregation::Sum {
+                    return Err(
+                        UsageError::NotReservable { meter: meter.clone(), aggregation: spec.aggregation }.into()
+                    );
+                }
+                cx.book.record(policy, meter, quantity, true, now)?
+            }
+            DecideKind::Reserve => {
+                for r in &cx.snap.reservations {
+                    cx.book.reservations.insert(r.id.clone(), r.clone());
+                }
+                cx.book.reserve(policy, meter, quantity, how, now)?
+            }
+        };
+        let allowed = decision.allowed();
+        let counts = matches!(kind, DecideKind::Proxy | DecideKind::Reserve) && allowed && !is_replay;
+        let mut held = None;
+        if counts {
+            cx.persist(meter);
+            cx.alerts_for(meter, &decision.limits);
+        }
+        if kind == DecideKind::Proxy && counts {
+            let seq = self.next_seq();
+            held = Some(seq);
+            // Ready for the ledger once it can no longer be released.
+            let ready_at = now.saturating_add_ms(ttl_ms).millis();
+            let row = OutboxRow {
+                seq,
+                event_id: id.to_string(),
+                meter: meter.to_string(),
+                quantity,
+                ts: now.millis(),
+                source: "proxy".to_owned(),
+                metadata: None,
+                ready_at,
+            };
+            self.outbox(cx, row);
+            if replayable {
+                cx.writes.remember.push((id.to_string(), "accepted"));
+            }
+        }
+        if kind == DecideKind::Reserve && allowed {
+            if let Some(r) = cx.book.reservations.get(&id) {
+                self.wake.reservation_expires = earliest(self.wake.reservation_expires, Some(r.expires));
+                cx.writes.reservation_put.push(r.clone());
+            }
+        }
+        self.count(meter, if allowed { Outcome::Allowed } else { Outcome::Refused }, now);
+        let source = match kind {
+            DecideKind::Check => "check",
+            DecideKind::Reserve => "reserve",
+            DecideKind::Proxy | DecideKind::ProxyReported => "proxy",
+        };
+        // Proxied decisions are logged by the Worker, which knows the round trip's latency.
+        if matches!(kind, DecideKind::Check | DecideKind::Reserve) {
+            cx.log(
+                meter,
+                quantity,
+                if allowed { Outcome::Allowed } else { Outcome::Refused },
+                decision.status(),
+                source,
+            );
+        }
+        let mut headers: Vec<(String, String)> =
+            decision_headers(&decision).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        if is_replay {
+            headers.push(("Idempotent-Replayed".into(), "true".into()));
+        }
+        let plan = Some(policy.plan.to_string());
+        let reply = match kind {
+            DecideKind::Proxy | DecideKind::ProxyReported => {
+                match refusal_problem(&decision, policy.plan.as_str(), policy.upgrade_url.as_deref()) {
+                    Some(problem) => OrgReply { status: decision.status(), headers, body: problem, plan, held: None },
+                    // An allowed proxied request needs only the headers: no body is built.
+                    None => OrgReply { status: 200, headers, body: Value::Null, plan, held },
+                }
+            }
+            DecideKind::Reserve => {
+                let mut body = decision_json(&decision);
+                if let (Some(r), Some(obj)) = (cx.book.reservations.get(&id), body.as_object_mut()) {
+                    let view = json!({"id": r.id.as_str(), "quantity": r.quantity, "expires_at": r.expires.rfc3339()});
+                    obj.insert("reservation".into(), view);
+                }
+                OrgReply { status: 200, headers, body, plan, held: None }
+            }
+            DecideKind::Check => OrgReply { status: 200, headers, body: decision_json(&decision), plan, held: None },
+        };
+        Ok(reply)
+    }
+
+    /// Usage events: each is accepted (counted and queued for the ledger), rejected (would pass
+    /// a hard limit with `enforce`, or names an unknown meter), or a duplicate of an id seen in
+    /// the idempotency window (counted once, answered with its original result).
+    pub(super) fn events(&mut self, cx: &mut Cx<'_>, events: &[UsageEvent], enforce: bool) -> OrgReply {
+        let (policy, now) = (&cx.loaded.policy, cx.now);
+        let mut results = Vec::with_capacity(events.len());
+        let mut batch_seen: BTreeMap<&str, &'static str> = BTreeMap::new();
+        for e in events {
+            let original =
+                cx.snap.seen.get(e.id.as_str()).map(String::as_str).or_else(|| batch_seen.get(e.id.as_str()).copied());
+            if let Some(original) = original {
+                results.push(json!({"id": e.id.as_str(), "status": "duplicate", "original_status": original}));
+                continue;
+            }
+            let before = cx.book.overview(policy, now);
+            let (status, reason) = match cx.book.record(policy, &e.meter, e.quantity, enforce, now) {
+                Ok(d) if d.allowed() => ("accepted", None),
+                Ok(d) => ("rejected", Some(refusal_reason(&d))),
+                Err(err) => ("rejected", Some(err.to_string())),
+            };
+            batch_seen.insert(e.id.as_str(), status);
+            cx.writes.remember.push((e.id.to_string(), status));
+            let outcome = if status == "accepted" { Outcome::Accepted } else { Outcome::Refused };
+            self.count(&e.meter, if status == "accepted" { Outcome::Allowed } else { Outcome::Refused }, now);
+            cx.log(&e.meter, e.quantity, outcome, if status == "accepted" { 200 } else { 422 }, "events");
+            if status == "accepted" {
+                cx.persist(&e.meter);
+                let after = cx.book.overview(policy, now);
+                cx.writes.alerts.extend(crossings(&cx.loaded.org, &before, &after, now));
+                let seq = self.next_seq();
+                let row = OutboxRow {
+                    seq,
+                    event_id: e.id.to_string(),
+                    meter: e.meter.to_string(),
+                    quantity: e.quantity,
+                    ts: e.timestamp.unwrap_or(now.millis()),
+                    source: "event".to_owned(),
+                    metadata: e.metadata.as_ref().map(Value::to_string),
+                    ready_at: now.millis(),
+                };
+                self.outbox(cx, row);
+            }
+            let mut r = json!({"id": e.id.as_str(), "status": status});
+            if let (Some(reason), Some(o)) = (reason, r.as_object_mut()) {
+                o.insert("reason".into(), json!(reason));
+            }
+            results.push(r);
+        }
+        OrgReply::ok(json!({"results": results}), Some(policy.plan.to_string()))
+    }
+
+    pub(super) fn settle(&mut self, cx: &mut Cx<'_>, id: &EventId, action: SettleAction) -> Result<OrgReply, OrgError> {
+        let (policy, now) = (&cx.loaded.policy, cx.now);
+        let Some(res) = cx.snap.reservations.iter().find(|r| &r.id == id).cloned() else {
+            return Err(UsageError::UnknownReservation(id.clone()).into());
+        };
+        let meter = res.meter.clone();
+        cx.writes.reservation_delete.push(id.clone());
+        let expired = res.expires <= now;
+        cx.book.reservations.insert(id.clone(), res.clone());
+        let settled = match action {
+            // An expired reservation goes back to the org now (the alarm had not swept it yet),
+            // and answers as if it were gone: the release is written with the refusal.
+            _ if expired => {
+                cx.book.release(policy, id, now)?;
+                cx.persist(&meter);
+                return Ok(OrgError::from(UsageError::UnknownReservation(id.clone())).into_reply());
+            }
+            SettleAction::Commit { quantity } => cx.book.commit(policy, id, quantity.unwrap_or(res.quantity), now)?,
+            SettleAction::Release => cx.book.release(policy, id, now)?,
+        };
+        cx.persist(&meter);
+        let (outcome, quantity) = match settled.settlement {
+            Settlement::Committed { quantity } => ("committed", quantity),
+            Settlement::Released => ("released", 0),
+        };
+        if let Settlement::Committed { quantity } = settled.settlement {
+            let statuses: Vec<LimitStatus> =
+                cx.book.overview(policy, now).into_iter().filter(|l| l.meter == meter).collect();
+            cx.alerts_for(&meter, &statuses);
+            let seq = self.next_seq();
+            let row = OutboxRow {
+                seq,
+                event_id: id.to_string(),
+                meter: meter.to_string(),
+                quantity,
+                ts: now.millis(),
+                source: "reservation".to_owned(),
+                metadata: None,
+                ready_at: now.millis(),
+            };
+            self.outbox(cx, row);
+        }
+        let after: Vec<Value> =
+            cx.book.overview(policy, now).iter().filter(|l| l.meter == meter).map(|l| limit_json(l, now)).collect();
+        let body = json!({"id": id.as_str(), "outcome": outcome, "meter": meter.as_str(), "quantity": quantity, "limits": after});
+        Ok(OrgReply::ok(body, Some(policy.plan.to_string())))
+    }
+
+    /// Gives back a proxied request's units: its outbox row goes, exactly once.
+    pub(super) fn release(&mut self, cx: &mut Cx<'_>, id: &EventId, seq: u64) -> Result<OrgReply, OrgError> {
+        let (policy, now) = (&cx.loaded.policy, cx.now);
+        // The row must still be queued (not yet flushed) and be this request's.
+        let row = cx
+            .snap
+            .outbox_row
+            .clone()
+            .filter(|r| r.seq == seq && r.event_id == id.as_str() && r.source == "proxy")
+            .ok_or_else(|| UsageError::UnknownReservation(id.clone()))?;
+        let meter = MeterId::parse(&row.meter).map_err(|e| OrgError::Corrupt(e.to_string()))?;
+        let admitted = Timestamp::from_millis(row.ts);
+        let reset = self.resets.get(meter.as_str()).or_else(|| self.resets.get("*"));
+        // A reset after the admission already gave everything back.
+        if reset.is_none_or(|r| *r < admitted) {
+            cx.book.release_admitted(policy, &meter, row.quantity, admitted, now);
+            cx.persist(&meter);
+        }
+        cx.writes.outbox_delete.push(seq);
+        // The request was not counted, so a replay of its Idempotency-Key must count afresh.
+        cx.writes.forget.push(id.to_string());
+        let body = json!({"id": id.as_str(), "outcome": "released", "meter": meter.as_str(), "quantity": 0});
+        Ok(OrgReply::ok(body, Some(policy.plan.to_string())))
+    }
+
+    pub(super) fn report(&mut self, cx: &mut Cx<'_>, id: &EventId, usage: &[(MeterId, u64)]) -> OrgReply {
+        let (policy, now) = (&cx.loaded.policy, cx.now);
+        let mut recorded = Vec::new();
+        let mut ignored = Vec::new();
+        for (m, q) in usage {
+            // A replayed request (same Idempotency-Key) reports again: each (request, meter)
+            // counts once.
+            let event_id = format!("{id}:{m}");
+            if policy.meter(m).is_none() || cx.snap.seen.contains_key(&event_id) {
+                if policy.meter(m).is_none() {
+                    ignored.push(m.as_str().to_owned());
+                }
+                continue;
+            }
+            if recorded.iter().any(|(r, _): &(&MeterId, u64)| *r == m) {
+                continue;
+            }
+            let before = cx.book.overview(policy, now);
+            if cx.book.record(policy, m, *q, false, now).is_err() {
+                continue;
+            }
+            cx.persist(m);
+            let after = cx.book.overview(policy, now);
+            cx.writes.alerts.extend(crossings(&cx.loaded.org, &before, &after, now));
+            cx.writes.remember.push((event_id.clone(), "accepted"));
+            let seq = self.next_seq();
+            let row = OutboxRow {
+                seq,
+                event_id,
+                meter: m.to_string(),
+                quantity: *q,
+                ts: now.millis(),
+                source: "origin".to_owned(),
+                metadata: None,
+                ready_at: now.millis(),
+            };
+            self.outbox(cx, row);
+            recorded.push((m, *q));
+        }
+        let recorded: Vec<Value> = recorded.iter().map(|(m, q)| json!({"meter": m.as_str(), "quantity": q})).collect();
+        OrgReply::ok(
+            json!({"id": id.as_str(), "recorded": recorded, "ignored": ignored}),
+            Some(policy.plan.to_string()),
+        )
+    }
+}
+
+fn refusal_reason(d: &Decision) -> String {
+    d.violated().map_or_else(String::new, |l| {
+        format!("would exceed the hard limit {} ({} used of {})", l.policy, l.used, l.limit.unwrap_or(0))
+    })
+}
+
+/// One step's working context: the loaded rows as a book, and what the step writes and logs.
+pub(super) struct Cx<'a> {
+    pub(super) loaded: &'a Loaded,
+    pub(super) snap: Snapshot,
+    pub(super) book: Book,
+    pub(super) now: Timestamp,
+    pub(super) writes: Writes,
+    pub(super) log: Vec<DecisionLine>,
+    pub(super) touched: BTreeSet<MeterId>,
+}
+
+impl<'a> Cx<'a> {
+    pub(super) fn new(loaded: &'a Loaded, snap: Snapshot, now: Timestamp) -> Result<Self, OrgError> {
+        let book = book_of(&snap.rows)?;
+        Ok(Self { loaded, snap, book, now, writes: Writes::default(), log: Vec::new(), touched: BTreeSet::new() })
+    }
+
+    /// Marks a meter's counters for writing at the end of the step.
+    fn persist(&mut self, meter: &MeterId) {
+        self.touched.insert(meter.clone());
+    }
+
+    fn log(&mut self, meter: &MeterId, quantity: u64, outcome: Outcome, status: u16, source: &'static str) {
+        self.log.push(DecisionLine {
+            org: self.loaded.org.to_string(),
+            meter: meter.to_string(),
+            quantity,
+            outcome,
+            status,
+            source,
+            latency_ms: None,
+        });
+    }
+
+    /// Alerts for the one decision of this step on `meter`: the level before is computed only
+    /// when a level above ok is reached, so the common path below 80% costs nothing.
+    fn alerts_for(&mut self, meter: &MeterId, after: &[LimitStatus]) {
+        let near = after.iter().any(|l| !l.period.is_rate() && l.limit.is_some() && l.level > crate::policy::Level::Ok);
+        if !near {
+            return;
+        }
+        let Ok(before_book) = book_of(&self.snap.rows) else { return };
+        let policy = &self.loaded.policy;
+        let before: Vec<LimitStatus> =
+            before_book.overview(policy, self.now).into_iter().filter(|l| &l.meter == meter).collect();
+        self.writes.alerts.extend(crossings(&self.loaded.org, &before, after, self.now));
+    }
+
+    pub(super) fn finish(mut self, m: &mut OrgMachine, reply: OrgReply) -> Step {
+        for meter in std::mem::take(&mut self.touched) {
+            let row = meter_row(&self.loaded.policy, &self.book, &meter);
+            if self.snap.rows.get(meter.as_str()) != Some(&row) {
+                self.writes.counters.push((meter.to_string(), row));
+            }
+        }
+        if !self.writes.alerts.is_empty() {
+            m.wake.alert_due = Some(self.now);
+        }
+        Step { reply, writes: self.writes, log: self.log }
+    }
+}
