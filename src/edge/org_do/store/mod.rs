@@ -3,10 +3,11 @@
 //!
 //! It translates between rows and the org machine's `Boot`, `Snapshot` and `Writes`, and owns the
 //! number boundary into `SQLite` integers (checked, never saturated). The versioned schema and
-//! its upgrades are in `schema`. It must never decide
+//! its upgrades are in `schema`; the rows the drain reads and settles are in `queue`. It must never decide
 //! anything and never await: every call is synchronous, so a step's reads and writes happen in
 //! one turn of the event loop.
 
+mod queue;
 mod schema;
 
 use std::cell::{Cell, RefCell};
@@ -15,12 +16,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use worker::{SqlCursor, SqlStorage, SqlStorageValue};
 
-use crate::org::rules::LedgerAgg;
 use crate::org::{Boot, KeyHash, Need, OutboxRow, Snapshot, StoredConfig, Tallies, Writes};
 use crate::policy::{Reservation, Timestamp};
-
-/// Rows a flush round reads: 50 D1 statements, far under D1's 1,000 queries per invocation.
-pub const ROWS_PER_ROUND: u64 = 550;
 
 /// A storage failure: the step that met it answers 500 and its machine is rebuilt from storage.
 pub type StoreResult<T> = Result<T, worker::Error>;
@@ -373,97 +370,10 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.meter, r.outcome, uint(r.n))).collect())
     }
 
-    /// Up to `ROWS_PER_ROUND` outbox rows that are ready, oldest first.
-    pub fn ready(&self, now: Timestamp) -> StoreResult<Vec<OutboxRow>> {
-        self.all(
-            "SELECT seq, event_id, meter, quantity, ts, source, metadata, ready_at FROM ledger_outbox \
-             WHERE ready_at <= ? ORDER BY seq LIMIT ?",
-            vec![int(now.millis())?, int(ROWS_PER_ROUND)?],
-        )
-    }
-
-    /// Deletes exactly the rows D1 confirmed (new ones may have arrived meanwhile).
-    pub fn flushed(&self, rows: &[OutboxRow]) -> StoreResult<()> {
-        for chunk in rows.chunks(100) {
-            let marks = vec!["?"; chunk.len()].join(",");
-            let args = chunk.iter().map(|r| int(r.seq)).collect::<StoreResult<Vec<_>>>()?;
-            self.write(&format!("DELETE FROM ledger_outbox WHERE seq IN ({marks})"), args)?;
-        }
-        Ok(())
-    }
-
-    /// (rows left, when the earliest becomes ready).
-    pub fn pending(&self) -> StoreResult<(u64, Option<Timestamp>)> {
-        #[derive(Deserialize)]
-        struct P {
-            n: i64,
-            next: Option<i64>,
-        }
-        let p: Vec<P> = self.all("SELECT COUNT(*) AS n, MIN(ready_at) AS next FROM ledger_outbox", Vec::new())?;
-        Ok(p.into_iter().next().map_or((0, None), |p| (uint(p.n), p.next.map(|n| Timestamp::from_millis(uint(n))))))
-    }
-
-    pub fn prune_idempotency(&self, before: Timestamp) -> StoreResult<()> {
-        self.write("DELETE FROM idempotency_keys WHERE at < ?", vec![int(before.millis())?])
-    }
-
-    /// The outbox's sums over one window of one meter, for reconciliation.
-    pub fn queued(&self, meter: &str, from: u64, to: u64) -> StoreResult<LedgerAgg> {
-        let rows: Vec<LedgerAgg> = self.all(
-            "SELECT COALESCE(SUM(quantity), 0) AS total, COALESCE(MAX(quantity), 0) AS peak, \
-             (SELECT quantity FROM ledger_outbox WHERE meter = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts DESC, seq DESC LIMIT 1) AS last, \
-             MAX(ts) AS last_ts FROM ledger_outbox WHERE meter = ?1 AND ts >= ?2 AND ts < ?3",
-            vec![text(meter), int(from)?, int(to)?],
-        )?;
-        Ok(rows.into_iter().next().unwrap_or_default())
-    }
-
-    /// Alerts due for delivery.
-    pub fn due_alerts(&self, now: Timestamp) -> StoreResult<Vec<DueAlert>> {
-        self.all(
-            "SELECT id, payload, attempts FROM alerts WHERE status = 'pending' AND next_at <= ? ORDER BY next_at LIMIT 20",
-            vec![int(now.millis())?],
-        )
-    }
-
-    pub fn alert_attempted(
-        &self,
-        id: &str,
-        attempts: u32,
-        status: &str,
-        next: Timestamp,
-        error: Option<&str>,
-    ) -> StoreResult<()> {
-        self.write(
-            "UPDATE alerts SET attempts = ?, status = ?, next_at = ?, last_error = ? WHERE id = ?",
-            vec![
-                SqlStorageValue::Integer(i64::from(attempts)),
-                text(status),
-                int(next.millis())?,
-                error.map_or(SqlStorageValue::Null, text),
-                text(id),
-            ],
-        )
-    }
-
-    /// When the next pending alert is due.
-    pub fn next_alert(&self) -> StoreResult<Option<Timestamp>> {
-        let r: Vec<N> = self.all("SELECT MIN(next_at) AS n FROM alerts WHERE status = 'pending'", Vec::new())?;
-        Ok(r.into_iter().next().and_then(|r| r.n).map(|n| Timestamp::from_millis(uint(n))))
-    }
-
     /// A cheap round trip for `/_quota/healthz`.
     pub fn ping(&self) -> StoreResult<bool> {
         Ok(self.all::<N>("SELECT 1 AS n", Vec::new())?.into_iter().next().and_then(|r| r.n) == Some(1))
     }
-}
-
-/// An alert waiting for delivery.
-#[derive(Debug, Deserialize)]
-pub struct DueAlert {
-    pub id: String,
-    pub payload: String,
-    pub attempts: u32,
 }
 
 fn decode_reservation(s: &str) -> StoreResult<Reservation> {
