@@ -24,9 +24,11 @@ export function bundle(config, outdir) {
  * Starts `script` (a bundle's entry module) with these bindings; resolves once `health` answers
  * 200. `migrations` applies quotagate's D1 migrations to a fresh persistence directory first.
  * Returns { url, pid, persistTo, startedMs, stop() }; `startedMs` is spawn → first healthy answer.
+ * `persistTo` reuses a state directory (kept on stop); otherwise a fresh one is made and removed.
  */
-export async function startFaithful({ name, script, vars = {}, durableObjects, d1, ratelimits, migrations = false, health, inspectorPort }) {
-  const persistTo = tempDir("quotagate-bench-");
+export async function startFaithful({ name, script, vars = {}, durableObjects, d1, ratelimits, migrations = false, health, inspectorPort, persistTo: given }) {
+  // A given directory is the caller's (e.g. a restart on the same state) and is kept on stop.
+  const persistTo = given ?? tempDir("quotagate-bench-");
   if (migrations) migrate(persistTo);
   const port = await freePort();
   const spec = path.join(persistTo, "host.json");
@@ -78,7 +80,7 @@ export async function startFaithful({ name, script, vars = {}, durableObjects, d
         await exited;
         clearTimeout(t);
       }
-      fs.rmSync(persistTo, { recursive: true, force: true });
+      if (!given) fs.rmSync(persistTo, { recursive: true, force: true });
     },
   };
 }

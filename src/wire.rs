@@ -5,9 +5,9 @@
 //! (that is `policy`) nor touch the platform (that is `edge`).
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::policy::plan::whole_number;
+use crate::policy::json::{whole_number, FieldError, Obj};
 use crate::policy::{
     Decision, EventId, Level, LimitStatus, MeterId, OrgId, Period, PlanId, Policy, Timestamp, UsageError,
 };
@@ -28,6 +28,12 @@ pub enum InputError {
     Field { field: String, reason: String },
 }
 
+impl From<FieldError> for InputError {
+    fn from(e: FieldError) -> Self {
+        Self::Field { field: e.field, reason: e.reason }
+    }
+}
+
 fn field<T>(field: &str, reason: impl Into<String>) -> Result<T, InputError> {
     Err(InputError::Field { field: field.to_owned(), reason: reason.into() })
 }
@@ -36,46 +42,9 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, InputError> {
     serde_json::from_slice(bytes).map_err(|e| InputError::Json(e.to_string()))
 }
 
-fn object<'a>(v: &'a Value, allowed: &[&str]) -> Result<&'a Map<String, Value>, InputError> {
-    let Value::Object(o) = v else {
-        return field("(body)", "must be a JSON object");
-    };
-    if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return field(k, format!("unknown field (expected one of: {})", allowed.join(", ")));
-    }
-    Ok(o)
-}
-
 /// A quantity: a whole number from 0 to 2^53 − 1.
 pub fn parse_quantity(name: &str, v: &Value) -> Result<u64, InputError> {
     whole_number(v).map_err(|reason| InputError::Field { field: name.to_owned(), reason })
-}
-
-fn meter(o: &Map<String, Value>) -> Result<MeterId, InputError> {
-    match o.get("meter") {
-        Some(Value::String(s)) => {
-            MeterId::parse(s).map_err(|e| InputError::Field { field: "meter".into(), reason: format!("'{s}' {e}") })
-        }
-        Some(_) => field("meter", "must be a string"),
-        None => field("meter", "is required"),
-    }
-}
-
-fn opt_bool(o: &Map<String, Value>, name: &str) -> Result<bool, InputError> {
-    match o.get(name) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => field(name, "must be true or false"),
-    }
-}
-
-fn opt_string(o: &Map<String, Value>, name: &str, max: usize) -> Result<Option<String>, InputError> {
-    match o.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.len() <= max => Ok(Some(s.clone())),
-        Some(Value::String(_)) => field(name, format!("must be at most {max} characters")),
-        Some(_) => field(name, "must be a string"),
-    }
 }
 
 /// `POST /_quota/v1/check`.
@@ -89,13 +58,12 @@ pub struct CheckRequest {
 
 impl CheckRequest {
     pub fn parse(v: &Value) -> Result<Self, InputError> {
-        let o = object(v, &["meter", "quantity", "reserve", "ttl_seconds"])?;
-        let quantity = o.get("quantity").map_or(Ok(1), |q| parse_quantity("quantity", q))?;
-        let reserve = opt_bool(o, "reserve")?;
-        let ttl_secs = match o.get("ttl_seconds") {
-            None | Some(Value::Null) => DEFAULT_RESERVATION_SECS,
+        let o = Obj::new("", v, &["meter", "quantity", "reserve", "ttl_seconds"])?;
+        let quantity = o.uint_opt("quantity")?.unwrap_or(1);
+        let reserve = o.flag("reserve")?;
+        let ttl_secs = match o.uint_opt("ttl_seconds")? {
+            None => DEFAULT_RESERVATION_SECS,
             Some(t) => {
-                let t = parse_quantity("ttl_seconds", t)?;
                 if !(1..=MAX_RESERVATION_SECS).contains(&t) {
                     return field("ttl_seconds", format!("must be from 1 to {MAX_RESERVATION_SECS} (got {t})"));
                 }
@@ -105,14 +73,13 @@ impl CheckRequest {
                 t
             }
         };
-        Ok(Self { meter: meter(o)?, quantity, reserve, ttl_secs })
+        Ok(Self { meter: o.id_req("meter", MeterId::parse)?, quantity, reserve, ttl_secs })
     }
 }
 
 /// `POST /_quota/v1/reservations/{id}/commit`: the quantity used, the reserved one by default.
 pub fn parse_commit(v: &Value) -> Result<Option<u64>, InputError> {
-    let o = object(v, &["quantity"])?;
-    o.get("quantity").filter(|q| !q.is_null()).map(|q| parse_quantity("quantity", q)).transpose()
+    Ok(Obj::new("", v, &["quantity"])?.uint_opt("quantity")?)
 }
 
 /// `PUT /_quota/admin/orgs/{org}`: the org's own fields; the plan-dependent ones (anchor,
@@ -129,24 +96,19 @@ pub struct OrgUpsert {
 
 impl OrgUpsert {
     pub fn parse(v: &Value) -> Result<Self, InputError> {
-        let o = object(v, &["plan", "name", "billing_anchor", "stripe_customer_id", "webhook_url", "overrides"])?;
-        let plan = match o.get("plan") {
-            Some(Value::String(s)) => PlanId::parse(s)
-                .map_err(|e| InputError::Field { field: "plan".into(), reason: format!("'{s}' {e}") })?,
-            Some(_) => return field("plan", "must be a string"),
-            None => return field("plan", "is required"),
-        };
-        let webhook_url = opt_string(o, "webhook_url", 2048)?;
+        let o = Obj::new("", v, &["plan", "name", "billing_anchor", "stripe_customer_id", "webhook_url", "overrides"])?;
+        let plan = o.id_req("plan", PlanId::parse)?;
+        let webhook_url = o.string_max("webhook_url", 2048)?;
         if webhook_url.as_deref().is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://"))) {
             return field("webhook_url", "must be an http(s) URL");
         }
-        let stripe_customer_id = opt_string(o, "stripe_customer_id", 255)?;
+        let stripe_customer_id = o.string_max("stripe_customer_id", 255)?;
         if stripe_customer_id.as_deref().is_some_and(|c| !c.starts_with("cus_")) {
             return field("stripe_customer_id", "must be a Stripe customer id (cus_…)");
         }
         Ok(Self {
             plan,
-            name: opt_string(o, "name", 200)?,
+            name: o.string_max("name", 200)?,
             billing_anchor: o.get("billing_anchor").cloned().filter(|v| !v.is_null()),
             stripe_customer_id,
             webhook_url,
@@ -157,11 +119,7 @@ impl OrgUpsert {
 
 /// `POST /_quota/admin/orgs/{org}/reset`: `{"meter"?}`; an empty body resets every meter.
 pub fn parse_reset(v: &Value) -> Result<Option<MeterId>, InputError> {
-    let o = object(v, &["meter"])?;
-    if o.get("meter").is_none_or(Value::is_null) {
-        return Ok(None);
-    }
-    meter(o).map(Some)
+    Ok(Obj::new("", v, &["meter"])?.id("meter", MeterId::parse)?)
 }
 
 // ------------------------------------------------------------------ Worker ↔ Durable Object
@@ -193,31 +151,14 @@ pub struct EventsRequest {
 
 fn parse_event(i: usize, item: &Value, now: Timestamp) -> Result<UsageEvent, InputError> {
     let at = |f: &str| format!("events[{i}].{f}");
-    let Value::Object(e) = item else { return field(&format!("events[{i}]"), "must be an object") };
-    let allowed = ["id", "meter", "quantity", "timestamp", "metadata"];
-    if let Some(k) = e.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return field(&at(k), format!("unknown field (expected one of: {})", allowed.join(", ")));
-    }
-    let id = match e.get("id") {
-        Some(Value::String(s)) => {
-            EventId::parse(s).map_err(|err| InputError::Field { field: at("id"), reason: format!("'{s}' {err}") })?
-        }
-        Some(_) => return field(&at("id"), "must be a string"),
-        None => return field(&at("id"), "is required (it makes the event idempotent)"),
-    };
-    let meter = match e.get("meter") {
-        Some(Value::String(s)) => {
-            MeterId::parse(s).map_err(|err| InputError::Field { field: at("meter"), reason: format!("'{s}' {err}") })?
-        }
-        Some(_) => return field(&at("meter"), "must be a string"),
-        None => return field(&at("meter"), "is required"),
-    };
-    let quantity = match e.get("quantity") {
-        Some(q) => parse_quantity(&at("quantity"), q)?,
-        None => return field(&at("quantity"), "is required"),
-    };
+    let e = Obj::new(&format!("events[{i}]"), item, &["id", "meter", "quantity", "timestamp", "metadata"])?;
+    let id = e
+        .id("id", EventId::parse)?
+        .map_or_else(|| field(&at("id"), "is required (it makes the event idempotent)"), Ok)?;
+    let meter = e.id_req("meter", MeterId::parse)?;
+    let quantity = e.uint_opt("quantity")?.map_or_else(|| field(&at("quantity"), "is required"), Ok)?;
     let timestamp = match e.get("timestamp") {
-        None | Some(Value::Null) => None,
+        None => None,
         Some(Value::String(s)) => {
             let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|_| {
                 InputError::Field { field: at("timestamp"), reason: format!("'{s}' is not an RFC 3339 date-time") }
@@ -234,19 +175,19 @@ fn parse_event(i: usize, item: &Value, now: Timestamp) -> Result<UsageEvent, Inp
         Some(_) => return field(&at("timestamp"), "must be an RFC 3339 date-time string"),
     };
     let metadata = match e.get("metadata") {
-        None | Some(Value::Null) => None,
+        None => None,
         Some(m @ Value::Object(_)) if m.to_string().len() <= MAX_METADATA_BYTES => Some(m.clone()),
         Some(Value::Object(_)) => {
             return field(&at("metadata"), format!("must be at most {MAX_METADATA_BYTES} bytes of JSON"))
         }
-        Some(_) => return field(&at("metadata"), "must be a JSON object"),
+        Some(v) => return field(&at("metadata"), format!("must be an object, got {}", crate::policy::json::kind(v))),
     };
     Ok(UsageEvent { id, meter, quantity, timestamp, metadata })
 }
 
 impl EventsRequest {
     pub fn parse(v: &Value, now: Timestamp) -> Result<Self, InputError> {
-        let o = object(v, &["events", "enforce"])?;
+        let o = Obj::new("", v, &["events", "enforce"])?;
         let Some(Value::Array(items)) = o.get("events") else {
             return field("events", "is required: an array of 1 to 100 events");
         };
@@ -261,7 +202,7 @@ impl EventsRequest {
             }
             events.push(e);
         }
-        Ok(Self { events, enforce: opt_bool(o, "enforce")? })
+        Ok(Self { events, enforce: o.flag("enforce")? })
     }
 }
 
@@ -439,7 +380,7 @@ mod tests {
         );
         assert_eq!(
             err(CheckRequest::parse(&json!({"meter": "rows", "reserve": "yes"}))),
-            "reserve: must be true or false"
+            "reserve: must be true or false, got a string"
         );
         assert_eq!(
             err(CheckRequest::parse(&json!({"meter": "rows", "reserve": true, "ttl_seconds": 0}))),
@@ -449,7 +390,7 @@ mod tests {
             err(CheckRequest::parse(&json!({"meter": "rows", "ttl_seconds": 5}))),
             "ttl_seconds: only applies with \"reserve\": true"
         );
-        assert_eq!(err(CheckRequest::parse(&json!([1]))), "(body): must be a JSON object");
+        assert_eq!(err(CheckRequest::parse(&json!([1]))), "(body): must be an object, got an array");
         assert_eq!(
             err(parse_json(b"{\"meter\": ")),
             "request body is not valid JSON: EOF while parsing a value at line 1 column 10"
@@ -521,7 +462,7 @@ mod tests {
             ev(json!({"timestamp": "2026-01-01T00:00:00Z"})),
             "events[0].timestamp: '2026-01-01T00:00:00Z' is more than 35 days old"
         );
-        assert_eq!(ev(json!({"metadata": [1]})), "events[0].metadata: must be a JSON object");
+        assert_eq!(ev(json!({"metadata": [1]})), "events[0].metadata: must be an object, got an array");
         assert_eq!(
             ev(json!({"kind": "x"})),
             "events[0].kind: unknown field (expected one of: id, meter, quantity, timestamp, metadata)"

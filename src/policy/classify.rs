@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use super::ids::MeterId;
-use super::plan::whole_number;
+use super::json::{err, whole_number, FieldError, Obj};
 
 /// What a matched request costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,7 @@ impl Routes {
         let rules = items
             .iter()
             .enumerate()
-            .map(|(i, r)| parse_rule(r).map_err(|e| format!("ROUTES[{i}]: {e}")))
+            .map(|(i, r)| parse_rule(&format!("ROUTES[{i}]"), r).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?;
         Ok(Self { rules })
     }
@@ -104,25 +104,17 @@ fn matches(pattern: &[Segment], path: &str) -> bool {
     parts.next().is_none()
 }
 
-fn parse_rule(v: &Value) -> Result<Rule, String> {
-    let Value::Object(o) = v else {
-        return Err("must be an object".into());
+/// One rule, walked by the one JSON validator: its mistakes read like every other field's.
+fn parse_rule(path: &str, v: &Value) -> Result<Rule, FieldError> {
+    let o = Obj::new(path, v, &["method", "path", "meter", "cost"])?;
+    let method = match o.str_opt("method")? {
+        None => None,
+        Some(m) if !m.is_empty() && m.chars().all(|c| c.is_ascii_alphabetic()) => Some(m.to_ascii_uppercase()),
+        Some(_) => return err(o.at("method"), "must be an HTTP method name such as \"POST\""),
     };
-    if let Some(k) = o.keys().find(|k| !["method", "path", "meter", "cost"].contains(&k.as_str())) {
-        return Err(format!("{k}: unknown field (expected one of: method, path, meter, cost)"));
-    }
-    let method = match o.get("method") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(m)) if !m.is_empty() && m.chars().all(|c| c.is_ascii_alphabetic()) => {
-            Some(m.to_ascii_uppercase())
-        }
-        Some(_) => return Err("method: must be an HTTP method name such as \"POST\"".into()),
-    };
-    let Some(Value::String(path)) = o.get("path") else {
-        return Err("path: is required, e.g. \"/v1/ai/**\"".into());
-    };
+    let path = o.str_opt("path")?.map_or_else(|| err(o.at("path"), "is required, e.g. \"/v1/ai/**\""), Ok)?;
     if !path.starts_with('/') {
-        return Err("path: must start with '/'".into());
+        return err(o.at("path"), "must start with '/'");
     }
     let pattern: Vec<Segment> = segments(path)
         .map(|s| match s {
@@ -132,16 +124,15 @@ fn parse_rule(v: &Value) -> Result<Rule, String> {
         })
         .collect();
     if pattern.iter().rev().skip(1).any(|s| *s == Segment::Rest) {
-        return Err("path: '**' may only be the last segment".into());
+        return err(o.at("path"), "'**' may only be the last segment");
     }
-    let Some(Value::String(meter)) = o.get("meter") else {
-        return Err("meter: is required".into());
-    };
-    let meter = MeterId::parse(meter).map_err(|e| format!("meter: '{meter}' {e}"))?;
+    let meter = o.id_req("meter", MeterId::parse)?;
     let cost = match o.get("cost") {
         None => Cost::Fixed(1),
         Some(Value::String(s)) if s == "reported" => Cost::Reported,
-        Some(c) => Cost::Fixed(whole_number(c).map_err(|e| format!("cost: {e}, or \"reported\""))?),
+        Some(c) => Cost::Fixed(
+            whole_number(c).map_err(|e| FieldError { field: o.at("cost"), reason: format!("{e}, or \"reported\"") })?,
+        ),
     };
     Ok(Rule { method, pattern, meter, cost })
 }
@@ -197,19 +188,19 @@ mod tests {
     fn bad_rules_are_named() {
         let e = |s: &str| Routes::parse(s).unwrap_err();
         assert_eq!(e("{}"), "ROUTES must be a JSON array of rules");
-        assert_eq!(e(r#"[{"path": "/a/**/b", "meter": "m"}]"#), "ROUTES[0]: path: '**' may only be the last segment");
+        assert_eq!(e(r#"[{"path": "/a/**/b", "meter": "m"}]"#), "ROUTES[0].path: '**' may only be the last segment");
         assert_eq!(
             e(r#"[{"path": "/a", "meter": "m", "cost": -1}]"#),
-            "ROUTES[0]: cost: must not be negative (got -1), or \"reported\""
+            "ROUTES[0].cost: must not be negative (got -1), or \"reported\""
         );
-        assert_eq!(e(r#"[{"path": "a", "meter": "m"}]"#), "ROUTES[0]: path: must start with '/'");
+        assert_eq!(e(r#"[{"path": "a", "meter": "m"}]"#), "ROUTES[0].path: must start with '/'");
         assert_eq!(
             e(r#"[{"path": "/a", "meter": "M"}]"#),
-            "ROUTES[0]: meter: 'M' may contain only a-z, 0-9, '_' and '-', and must start with a letter or digit"
+            "ROUTES[0].meter: 'M' may contain only a-z, 0-9, '_' and '-', and must start with a letter or digit"
         );
         assert_eq!(
             e(r#"[{"path": "/a", "meter": "m", "x": 1}]"#),
-            "ROUTES[0]: x: unknown field (expected one of: method, path, meter, cost)"
+            "ROUTES[0].x: unknown field (expected one of: method, path, meter, cost)"
         );
         assert!(Routes::parse("").is_ok());
     }

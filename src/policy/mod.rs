@@ -11,6 +11,7 @@ pub mod decision;
 pub mod engine;
 pub mod headers;
 pub mod ids;
+pub mod json;
 pub mod keys;
 pub mod period;
 pub mod plan;

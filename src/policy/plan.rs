@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::num::{NonZeroU32, NonZeroU64};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use time::Date;
 
 use super::clock::parse_date;
 use super::ids::{MeterId, PlanId};
+use super::json::{err, kind, Obj};
+pub use super::json::{whole_number, FieldError, MAX_SAFE_INTEGER};
 use super::period::{Period, RateUnit};
 
 /// How a meter's reports combine within a period.
@@ -157,119 +159,9 @@ pub struct Plan {
     pub limits: Vec<Limit>,
 }
 
-/// A refusal of a plan or override document: the field path and the reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct PlanError {
-    pub field: String,
-    pub reason: String,
-}
-
-fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, PlanError> {
-    Err(PlanError { field: field.into(), reason: reason.into() })
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// A JSON object being validated: refuses keys it does not know, and names fields by path.
-struct Obj<'a> {
-    path: String,
-    map: &'a Map<String, Value>,
-}
-
-impl<'a> Obj<'a> {
-    fn new(path: &str, v: &'a Value, allowed: &[&str]) -> Result<Self, PlanError> {
-        let Value::Object(map) = v else {
-            let at = if path.is_empty() { "(body)" } else { path };
-            return err(at, format!("must be an object, got {}", kind(v)));
-        };
-        let obj = Self { path: path.to_owned(), map };
-        if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return err(obj.at(k), format!("unknown field (expected one of: {})", allowed.join(", ")));
-        }
-        Ok(obj)
-    }
-
-    fn at(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.path)
-        }
-    }
-
-    /// A present, non-null value.
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    fn required(&self, key: &str) -> Result<&'a Value, PlanError> {
-        self.get(key).map_or_else(|| err(self.at(key), "is required"), Ok)
-    }
-
-    fn str_opt(&self, key: &str) -> Result<Option<&'a str>, PlanError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => err(self.at(key), format!("must be a string, got {}", kind(v))),
-        }
-    }
-
-    fn str_req(&self, key: &str) -> Result<&'a str, PlanError> {
-        self.str_opt(key)?.map_or_else(|| err(self.at(key), "is required"), Ok)
-    }
-
-    fn uint_opt(&self, key: &str) -> Result<Option<u64>, PlanError> {
-        self.get(key).map(|v| whole_number(v).map_err(|r| PlanError { field: self.at(key), reason: r })).transpose()
-    }
-
-    fn choice<T: Copy>(&self, key: &str, options: &[(&str, T)]) -> Result<Option<T>, PlanError> {
-        let Some(s) = self.str_opt(key)? else {
-            return Ok(None);
-        };
-        if let Some(&(_, t)) = options.iter().find(|(name, _)| *name == s) {
-            return Ok(Some(t));
-        }
-        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-        err(self.at(key), format!("unknown {key} '{s}' (expected one of: {})", names.join(", ")))
-    }
-}
-
-/// JavaScript numbers are exact only up to here, and every count goes back out as JSON (D1, the
-/// API, headers): no count the gateway accepts may exceed it.
-pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
-
-/// A JSON whole number from 0 to 2^53 − 1.
-pub fn whole_number(v: &Value) -> Result<u64, String> {
-    match v {
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                if u > MAX_SAFE_INTEGER {
-                    return Err(format!("must be at most {MAX_SAFE_INTEGER} (got {n})"));
-                }
-                Ok(u)
-            } else if n.as_i64().is_some() {
-                Err(format!("must not be negative (got {n})"))
-            } else if n.as_f64().is_some_and(|f| f < 0.0) {
-                Err(format!("must be a whole number that is not negative (got {n})"))
-            } else if n.as_f64().is_some_and(|f| f.fract() == 0.0) {
-                Err(format!("is too large (got {n})"))
-            } else {
-                Err(format!("must be a whole number (got {n})"))
-            }
-        }
-        other => Err(format!("must be a whole number, got {}", kind(other))),
-    }
-}
+/// A refusal of a plan or override document: the field path and the reason (the one
+/// validator's error, `json::FieldError`).
+pub type PlanError = FieldError;
 
 const PERIODS: &[(&str, Period)] = &[
     ("second", Period::rate(RateUnit::Second)),
@@ -314,12 +206,12 @@ fn parse_limit(path: &str, v: &Value, meters: &BTreeMap<MeterId, MeterSpec>) -> 
         period = Period::Rate { unit, count };
     }
     let mode = o.choice("mode", &[("hard", ModeName::Hard), ("soft", ModeName::Soft)])?.unwrap_or(ModeName::Hard);
-    let limit = match o.map.get("limit") {
+    let limit = match o.raw("limit") {
         None => return err(o.at("limit"), "is required (use null for unlimited)"),
         Some(Value::Null) => None,
         Some(v) => Some(
             whole_number(v)
-                .map_err(|r| PlanError { field: o.at("limit"), reason: format!("{r}; use null for unlimited") })?,
+                .map_err(|r| FieldError { field: o.at("limit"), reason: format!("{r}; use null for unlimited") })?,
         ),
     };
     let price = o.get("overage_price").map(|pv| parse_price(&o.at("overage_price"), pv)).transpose()?;
@@ -479,7 +371,7 @@ impl OrgTerms {
         let billing_anchor = match anchor.filter(|v| !v.is_null()) {
             None => None,
             Some(Value::String(s)) => {
-                Some(parse_date(s).map_err(|r| PlanError { field: "billing_anchor".into(), reason: r })?)
+                Some(parse_date(s).map_err(|r| FieldError { field: "billing_anchor".into(), reason: r })?)
             }
             Some(v) => return err("billing_anchor", format!("must be a date string YYYY-MM-DD, got {}", kind(v))),
         };
