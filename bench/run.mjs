@@ -315,7 +315,8 @@ async function sustained(gw, api, key, seconds) {
     const r = wrk(gw.url, { keysFile, seconds: SLICE });
     const cpu1 = groupCpu(gw.pid);
     total += r.requests;
-    const state = await api.admin("GET", `/orgs/${org}`);
+    // A pooled connection idle through a whole slice may have been closed by the server: once more.
+    const state = await api.admin("GET", `/orgs/${org}`).catch(() => api.admin("GET", `/orgs/${org}`));
     const live = state.json?.state ?? {};
     const slice = {
       t_s: t + SLICE,
