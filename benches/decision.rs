@@ -39,8 +39,7 @@ fn decide(c: &mut Criterion) {
     c.bench_function("decision_reserve", |b| {
         b.iter(|| {
             n += 1;
-            let mut book = Book::default();
-            book.counters = decode_counters(black_box(&row)).unwrap();
+            let mut book = Book { counters: decode_counters(black_box(&row)).unwrap(), ..Book::default() };
             let d = book.record(&policy, &meter, 1, true, Timestamp::from_millis(t0 + 1_000 + n)).unwrap();
             let encoded = encode_counters(book.counters.iter());
             black_box((decision_headers(&d), encoded))
