@@ -16,6 +16,8 @@ export WASM_BINDGEN_BIN := $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin
 NODE_BIN := $(CURDIR)/node_modules/.bin
 # esbuild comes from npm (wrangler's own); worker-build would otherwise download it.
 export ESBUILD_BIN := $(NODE_BIN)/esbuild
+# wasm-opt likewise, from npm's binaryen (a devDependency pinned to the version worker-build expects).
+export WASM_OPT_BIN := $(NODE_BIN)/wasm-opt
 # schemathesis (PyPI), for the OpenAPI conformance run, in its own venv.
 SCHEMATHESIS_VERSION := 4.32.5
 export SCHEMATHESIS := $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)/bin/st
