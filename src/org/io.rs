@@ -22,6 +22,22 @@ pub struct OutboxRow {
     pub ready_at: u64,
 }
 
+impl OutboxRow {
+    /// Usage counted at `now`, ready for the ledger at once; `enqueue` gives it its sequence.
+    pub fn counted(event_id: String, meter: &MeterId, quantity: u64, source: &str, now: Timestamp) -> Self {
+        Self {
+            seq: 0,
+            event_id,
+            meter: meter.to_string(),
+            quantity,
+            ts: now.millis(),
+            source: source.to_owned(),
+            metadata: None,
+            ready_at: now.millis(),
+        }
+    }
+}
+
 /// A stored threshold alert, for the usage view.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct AlertView {

@@ -18,17 +18,17 @@ use crate::telemetry::{DecisionLine, Outcome};
 use crate::wire::{decision_json, limit_json, UsageEvent};
 
 impl OrgMachine {
-    fn next_seq(&mut self) -> u64 {
-        let s = self.next_seq;
-        self.next_seq = s.saturating_add(1);
-        s
-    }
-
-    fn outbox(&mut self, cx: &mut Cx<'_>, row: OutboxRow) {
-        // A row ready now still waits a moment, so that a burst goes to D1 in one batch.
+    /// Queues a row for the ledger under the next sequence number, and wakes the machine when
+    /// it is ready (a row ready now still waits a moment, so that a burst goes to D1 in one
+    /// batch). Returns the sequence number.
+    fn enqueue(&mut self, cx: &mut Cx<'_>, mut row: OutboxRow) -> u64 {
+        row.seq = self.next_seq;
+        self.next_seq = row.seq.saturating_add(1);
         let ready = Timestamp::from_millis(row.ready_at).max(cx.now.saturating_add_ms(FLUSH_DELAY_MS));
         self.wake.outbox_ready = earliest(self.wake.outbox_ready, Some(ready));
+        let seq = row.seq;
         cx.writes.outbox.push(row);
+        seq
     }
 
     pub(super) fn decide(
@@ -73,21 +73,12 @@ impl OrgMachine {
             cx.alerts_for(meter, &decision.limits);
         }
         if kind == DecideKind::Proxy && counts {
-            let seq = self.next_seq();
-            held = Some(seq);
             // Ready for the ledger once it can no longer be released.
-            let ready_at = now.saturating_add_ms(ttl_ms).millis();
             let row = OutboxRow {
-                seq,
-                event_id: id.to_string(),
-                meter: meter.to_string(),
-                quantity,
-                ts: now.millis(),
-                source: "proxy".to_owned(),
-                metadata: None,
-                ready_at,
+                ready_at: now.saturating_add_ms(ttl_ms).millis(),
+                ..OutboxRow::counted(id.to_string(), meter, quantity, "proxy", now)
             };
-            self.outbox(cx, row);
+            held = Some(self.enqueue(cx, row));
             if replayable {
                 cx.writes.remember.push((id.to_string(), "accepted"));
             }
@@ -170,18 +161,12 @@ impl OrgMachine {
                 cx.persist(&e.meter);
                 let after = cx.book.overview(policy, now);
                 cx.writes.alerts.extend(crossings(&cx.loaded.org, &before, &after, now));
-                let seq = self.next_seq();
                 let row = OutboxRow {
-                    seq,
-                    event_id: e.id.to_string(),
-                    meter: e.meter.to_string(),
-                    quantity: e.quantity,
                     ts: e.timestamp.unwrap_or(now.millis()),
-                    source: "event".to_owned(),
                     metadata: e.metadata.as_ref().map(Value::to_string),
-                    ready_at: now.millis(),
+                    ..OutboxRow::counted(e.id.to_string(), &e.meter, e.quantity, "event", now)
                 };
-                self.outbox(cx, row);
+                self.enqueue(cx, row);
             }
             let mut r = json!({"id": e.id.as_str(), "status": status});
             if let (Some(reason), Some(o)) = (reason, r.as_object_mut()) {
@@ -221,18 +206,7 @@ impl OrgMachine {
             let statuses: Vec<LimitStatus> =
                 cx.book.overview(policy, now).into_iter().filter(|l| l.meter == meter).collect();
             cx.alerts_for(&meter, &statuses);
-            let seq = self.next_seq();
-            let row = OutboxRow {
-                seq,
-                event_id: id.to_string(),
-                meter: meter.to_string(),
-                quantity,
-                ts: now.millis(),
-                source: "reservation".to_owned(),
-                metadata: None,
-                ready_at: now.millis(),
-            };
-            self.outbox(cx, row);
+            self.enqueue(cx, OutboxRow::counted(id.to_string(), &meter, quantity, "reservation", now));
         }
         let after: Vec<Value> =
             cx.book.overview(policy, now).iter().filter(|l| l.meter == meter).map(|l| limit_json(l, now)).collect();
@@ -290,18 +264,7 @@ impl OrgMachine {
             let after = cx.book.overview(policy, now);
             cx.writes.alerts.extend(crossings(&cx.loaded.org, &before, &after, now));
             cx.writes.remember.push((event_id.clone(), "accepted"));
-            let seq = self.next_seq();
-            let row = OutboxRow {
-                seq,
-                event_id,
-                meter: m.to_string(),
-                quantity: *q,
-                ts: now.millis(),
-                source: "origin".to_owned(),
-                metadata: None,
-                ready_at: now.millis(),
-            };
-            self.outbox(cx, row);
+            self.enqueue(cx, OutboxRow::counted(event_id, m, *q, "origin", now));
             recorded.push((m, *q));
         }
         let recorded: Vec<Value> = recorded.iter().map(|(m, q)| json!({"meter": m.as_str(), "quantity": q})).collect();

@@ -240,6 +240,18 @@ impl Org {
     }
 }
 
+/// `/v1/check` with reserve, as a key sends it.
+fn reserve(id: &str, q: u64, ttl_ms: u64) -> OrgOp {
+    OrgOp::Decide {
+        meter: m("requests"),
+        quantity: q,
+        kind: DecideKind::Reserve,
+        id: eid(id),
+        ttl_ms,
+        replayable: false,
+    }
+}
+
 fn month_and_minute() -> Org {
     Org::new(json!([
         {"meter": "requests", "limit": 100, "period": "minute", "mode": "hard"},
@@ -384,14 +396,7 @@ fn decision_counts_are_kept_in_memory_and_saved_by_the_tick() {
 #[test]
 fn provisional_reservations_expire_back_to_the_org_on_the_tick() {
     let mut o = month_and_minute();
-    let op = OrgOp::Decide {
-        meter: m("requests"),
-        quantity: 4,
-        kind: DecideKind::Reserve,
-        id: eid("rsv_1"),
-        ttl_ms: 5_000,
-        replayable: false,
-    };
+    let op = reserve("rsv_1", 4, 5_000);
     let r = o.org(&key(), op, at(0)).unwrap().reply;
     assert_eq!(r.body["reservation"]["id"], "rsv_1");
     assert_eq!(o.m.wake(), Some(at(5_000)));
@@ -406,14 +411,7 @@ fn provisional_reservations_expire_back_to_the_org_on_the_tick() {
 #[test]
 fn an_expired_but_unswept_reservation_cannot_be_committed() {
     let mut o = month_and_minute();
-    let op = OrgOp::Decide {
-        meter: m("requests"),
-        quantity: 4,
-        kind: DecideKind::Reserve,
-        id: eid("rsv_1"),
-        ttl_ms: 5_000,
-        replayable: false,
-    };
+    let op = reserve("rsv_1", 4, 5_000);
     o.org(&key(), op, at(0)).unwrap();
     let late = OrgOp::Settle { id: eid("rsv_1"), action: SettleAction::Commit { quantity: None } };
     assert_eq!(o.org(&key(), late, at(6_000)).unwrap().reply.status, 404);
