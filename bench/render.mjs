@@ -111,7 +111,9 @@ function perf(r) {
       "|--:|--:|--:|--:|--:|--:|",
       ...su.slices.map((x) => `| ${x.t_s} | ${x.rps} | ${ms(x.p99_ms)} | ${x.cpu_us_per_request} | ${x.do_rows_live} | ${x.d1_rows} |`),
       "",
-      `Steady state (median of the second half): ${su.steady.rps} req/s, p99 ${ms(su.steady.p99_ms)} ms, ${su.steady.cpu_us_per_request} µs of workerd CPU per request. D1 growth: ${su.d1.rows_per_1000_requests.toFixed(0)} rows and ${su.d1.bytes_per_1000_requests} bytes per 1,000 proxied requests (${su.requests} requests, after a final flush).`,
+      `Steady state (median of the second half): ${su.steady.rps} req/s, p99 ${ms(su.steady.p99_ms)} ms, ${su.steady.cpu_us_per_request} µs of workerd CPU per request.`,
+      "",
+      `D1 growth: ${su.d1.rows} ledger rows took ${(su.d1.bytes / 1e6).toFixed(1)} MB of D1 (table, indexes and rollup): ${Math.round(su.d1.bytes / Math.max(1, su.d1.rows))} bytes per row, and the ledger writes one row per proxied request, so about ${Math.round(su.d1.bytes / Math.max(1, su.d1.rows))} KB per 1,000 requests. Of the ${su.requests} requests, about ${su.slices.at(-1).do_rows_live} were still queued in the org's DO at the end (their 120 s release window had not closed, so no flush could take them).`,
     );
   }
   if (r.wrangler_dev) {
