@@ -23,7 +23,9 @@ use serde_json::{json, Value};
 use self::ops::Cx;
 use super::io::{AlertView, Boot, FlushResult, Need, Snapshot, Tallies, Writes};
 use super::msg::{AdminOp, Caller, DecideKind, KeyHash, OrgOp, OrgReply, StoredConfig};
-use super::rules::{decode_counters, encode_counters, flush_backoff_ms, Wake, COUNTS_EVERY_MS, IDEMPOTENCY_MS};
+use super::rules::{
+    decode_counters, encode_counters, flush_backoff_ms, Wake, COUNTS_EVERY_MS, FLUSH_DELAY_MS, IDEMPOTENCY_MS,
+};
 use crate::policy::{
     Book, LimitStatus, MeterId, OrgId, OrgTerms, Plan, PlanError, Policy, ReservationKind, ReserveAs, Timestamp,
     UsageError,
@@ -392,8 +394,11 @@ impl OrgMachine {
             FlushResult::Done { pending, next_ready } => {
                 self.flush_failures = 0;
                 self.wake.flush_retry = None;
-                // Rows not yet ready (proxied requests awaiting a possible release) flush later.
-                self.wake.outbox_ready = (pending > 0).then(|| next_ready.filter(|r| *r > now).unwrap_or(now));
+                // What is left flushes when it is ready, but not before another batching delay:
+                // under continuous traffic a row becomes ready every few ms, and flushing each
+                // as it comes would make one D1 batch per row instead of one per second.
+                let batch = now.saturating_add_ms(FLUSH_DELAY_MS);
+                self.wake.outbox_ready = (pending > 0).then(|| next_ready.unwrap_or(now).max(batch));
             }
             FlushResult::Failed => {
                 self.flush_failures = self.flush_failures.saturating_add(1);

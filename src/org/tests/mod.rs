@@ -488,6 +488,10 @@ fn flush_backoff_doubles_from_one_second_and_writes_only_on_change() {
     assert_eq!(o.m.after_flush(done, at(203_000)), [("flush_failures".into(), "0".into())]);
     assert!(o.m.after_flush(done, at(204_000)).is_empty(), "unchanged rows are not written");
     assert_eq!(o.m.wake(), None);
+    // Rows left over wait for the next batch, even when one is ready already.
+    let left = FlushResult::Done { pending: 3, next_ready: Some(at(204_010)) };
+    o.m.after_flush(left, at(205_000));
+    assert_eq!(o.m.wake(), Some(at(206_000)));
 }
 
 #[test]
