@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{text, Pair, Store, StoreResult};
+use super::{text, Pair, Store, StoreResult, Text};
 use crate::org::rules::encode_counters;
 use crate::policy::{Counter, Reservation, ReservationKind};
 
@@ -39,7 +39,27 @@ impl Store {
             "CREATE INDEX IF NOT EXISTS alerts_due ON alerts(status, next_at)",
             "CREATE TABLE IF NOT EXISTS decisions (meter TEXT NOT NULL, outcome TEXT NOT NULL, n INTEGER NOT NULL, \
              PRIMARY KEY (meter, outcome))",
-            // Schema 1's tables, so that the upgrade below reads them whether or not they exist.
+        ] {
+            self.exec(stmt, Vec::new())?;
+        }
+        if self.has_schema_1()? {
+            self.upgrade_from_1()?;
+        }
+        self.set_meta("schema", &SCHEMA.to_string())
+    }
+
+    /// Whether schema 1's tables are here (an object made by an earlier build). A fresh object
+    /// has none, and skips the upgrade. If the catalogue cannot be read, the upgrade runs
+    /// anyway: it is safe on empty tables.
+    fn has_schema_1(&self) -> StoreResult<bool> {
+        let found: Result<Vec<Text>, _> = self
+            .all("SELECT name AS v FROM sqlite_master WHERE type = 'table' AND name IN ('counters', 'outbox', 'idempotency')", Vec::new());
+        let Ok(found) = found else { return Ok(true) };
+        if found.is_empty() {
+            return Ok(false);
+        }
+        // The upgrade reads all three: make sure each exists, whichever the older build made.
+        for stmt in [
             "CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, state TEXT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS idempotency (id TEXT PRIMARY KEY, result TEXT NOT NULL, at INTEGER NOT NULL)",
             "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, \
@@ -48,8 +68,7 @@ impl Store {
         ] {
             self.exec(stmt, Vec::new())?;
         }
-        self.upgrade_from_1()?;
-        self.set_meta("schema", &SCHEMA.to_string())
+        Ok(true)
     }
 
     /// Schema 1 → 2, in place and losing nothing queued: per-limit counters become per-meter
