@@ -14,9 +14,6 @@ use super::decision::{Decision, Level, LimitStatus, Refusal, RefusalKind};
 use super::ids::{EventId, MeterId};
 use super::plan::{Aggregation, Cap, Limit, MeterSpec, Policy};
 
-/// The version of the persisted counter and reservation encoding.
-pub const STATE_VERSION: u8 = 1;
-
 /// The persisted state of one limit: the smallest thing that decides the next request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "lowercase")]
@@ -28,47 +25,6 @@ pub enum Counter {
     /// A fixed window starting at `start`: committed `used` and provisionally `reserved` units.
     /// For `max` and `latest` meters `used` is the peak or the last value.
     Window { start: Timestamp, used: u64, reserved: u64 },
-}
-
-#[derive(Serialize, Deserialize)]
-struct Versioned<T> {
-    v: u8,
-    #[serde(flatten)]
-    state: T,
-}
-
-/// A persisted record that does not decode: a newer version, or damage.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("stored state does not decode: {0}")]
-pub struct DecodeError(String);
-
-fn encode<T: Serialize>(state: &T) -> String {
-    serde_json::to_string(&Versioned { v: STATE_VERSION, state }).unwrap_or_default()
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, DecodeError> {
-    let v: Versioned<T> = serde_json::from_str(s).map_err(|e| DecodeError(e.to_string()))?;
-    if v.v == STATE_VERSION {
-        Ok(v.state)
-    } else {
-        Err(DecodeError(format!("version {} (this build reads {STATE_VERSION})", v.v)))
-    }
-}
-
-impl DecodeError {
-    pub fn from_serde(e: &serde_json::Error) -> Self {
-        Self(e.to_string())
-    }
-}
-
-impl Counter {
-    pub fn encode(&self) -> String {
-        encode(self)
-    }
-
-    pub fn decode(s: &str) -> Result<Self, DecodeError> {
-        decode(s)
-    }
 }
 
 /// The committed usage of one fixed window, for reconciliation.
@@ -121,16 +77,6 @@ pub struct Reservation {
     pub created: Timestamp,
     pub expires: Timestamp,
     pub holds: Vec<Hold>,
-}
-
-impl Reservation {
-    pub fn encode(&self) -> String {
-        encode(self)
-    }
-
-    pub fn decode(s: &str) -> Result<Self, DecodeError> {
-        decode(s)
-    }
 }
 
 /// How a reservation ended.

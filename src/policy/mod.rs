@@ -7,6 +7,7 @@
 pub mod billing;
 pub mod classify;
 pub mod clock;
+pub mod codec;
 pub mod decision;
 pub mod engine;
 pub mod headers;
