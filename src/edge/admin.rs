@@ -13,7 +13,7 @@ use worker::{Env, Method, Request, Response};
 use super::auth::authorize_admin;
 use super::error::{json_response, EdgeError};
 use super::ledger::{self, OrgRow, PlanRow};
-use super::platform::{call_do, config, now, param, query, random_bytes, read_json};
+use super::platform::{call_do, now, param, query, random_bytes, read_json, settings};
 use crate::org::{AdminOp, Caller, KeyHash, LedgerOp, OrgMsg, OrgOp, OrgReply, StoredConfig};
 use crate::policy::billing::{range_totals, DailyUsage, RangeTotals};
 use crate::policy::keys::{mint, KEY_RANDOM_BYTES};
@@ -239,7 +239,8 @@ async fn put_org(env: &Env, id: &OrgId, body: &Value) -> Handled {
 
 async fn create_key(env: &Env, org: &OrgId) -> Handled {
     require_org(env, org).await?;
-    let secret = config(env, "KEY_SECRET").ok_or(EdgeError::NotConfigured("KEY_SECRET"))?;
+    let cfg = settings(env);
+    let secret = cfg.key_secret.as_deref().ok_or(EdgeError::NotConfigured("KEY_SECRET"))?;
     let key = mint(org, &random_bytes::<KEY_RANDOM_BYTES>()?, secret.as_bytes());
     let t = now();
     ledger::insert_key(&ledger::db(env)?, &key.key_id, org, &key.hash, &key.prefix, t).await?;

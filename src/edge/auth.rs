@@ -7,7 +7,7 @@
 use worker::{Env, Request};
 
 use super::error::EdgeError;
-use super::platform::{config, settings};
+use super::platform::settings;
 use crate::policy::keys::{secrets_equal, verify, VerifiedKey};
 
 /// The presented key and the header it came in: `X-API-Key`, else `Authorization: Bearer`.
@@ -34,7 +34,8 @@ pub fn authenticate(req: &Request, env: &Env) -> Result<(&'static str, VerifiedK
 pub fn authorize_admin(req: &Request, env: &Env) -> Result<(), EdgeError> {
     let given = req.headers().get("Authorization").ok().flatten().unwrap_or_default();
     let token = given.strip_prefix("Bearer ").unwrap_or_default();
-    let expected = config(env, "ADMIN_TOKEN").unwrap_or_default();
+    let cfg = settings(env);
+    let expected = cfg.admin_token.as_deref().unwrap_or_default();
     if !expected.is_empty() && secrets_equal(token.as_bytes(), expected.as_bytes()) {
         Ok(())
     } else {

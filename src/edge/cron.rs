@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use worker::Env;
 
 use super::ledger;
-use super::platform::{call_do, config, now};
+use super::platform::{call_do, now, settings};
 use super::stripe;
 use crate::org::{LedgerOp, OrgMsg};
 use crate::policy::OrgId;
@@ -78,7 +78,7 @@ pub async fn run(env: &Env) {
         Ok(summary) => worker::console_log!("{}", json!({"msg": "stripe sync", "summary": summary})),
         Err(e) => worker::console_error!("{}", json!({"msg": "stripe sync failed", "error": e.to_string()})),
     }
-    let days = config(env, "RETENTION_DAYS").and_then(|d| d.parse::<u64>().ok()).unwrap_or(400);
+    let days = settings(env).retention_days;
     let cutoff = started.saturating_sub_ms(days.saturating_mul(86_400_000));
     let pruned = match ledger::db(env) {
         Ok(db) => ledger::prune(&db, cutoff).await,

@@ -10,6 +10,7 @@ use wasm_bindgen_futures::JsFuture;
 use worker::{Env, Method, Request, RequestInit};
 
 use super::error::EdgeError;
+use crate::org::rules::DEFAULT_ALERT_ATTEMPTS;
 use crate::org::{OrgMsg, OrgReply};
 use crate::policy::classify::Routes;
 use crate::policy::keys::hex;
@@ -44,6 +45,21 @@ pub struct Settings {
     /// cross a real period boundary. Zero unless set.
     pub clock_offset_ms: i64,
     pub metrics_flush_ms: u64,
+    /// The admin API's bearer token; empty or unset locks the admin API.
+    pub admin_token: Option<String>,
+    /// Raw usage events older than this many days are pruned by the cron (default 400).
+    pub retention_days: u64,
+    /// Where alerts go for orgs without a `webhook_url`.
+    pub alert_webhook_url: Option<String>,
+    /// Delivery attempts before an alert is dead: 1..20, default 8.
+    pub alert_max_attempts: u32,
+    /// Signs threshold-alert webhooks.
+    pub webhook_secret: String,
+    pub stripe_api_base: String,
+    /// Reporting to Stripe is skipped without it.
+    pub stripe_secret_key: Option<String>,
+    /// `QUOTA_DEBUG_WORK` (tests and benchmarks): the org DO reports its `SQLite` work.
+    pub debug_work: bool,
 }
 
 impl Settings {
@@ -67,6 +83,17 @@ impl Settings {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(10)
                 .saturating_mul(1000),
+            admin_token: var("ADMIN_TOKEN"),
+            retention_days: var("RETENTION_DAYS").and_then(|d| d.parse::<u64>().ok()).unwrap_or(400),
+            alert_webhook_url: var("ALERT_WEBHOOK_URL"),
+            alert_max_attempts: var("ALERT_MAX_ATTEMPTS")
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|n| (1..=20).contains(n))
+                .unwrap_or(DEFAULT_ALERT_ATTEMPTS),
+            webhook_secret: var("WEBHOOK_SECRET").unwrap_or_default(),
+            stripe_api_base: var("STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com".to_owned()),
+            stripe_secret_key: var("STRIPE_SECRET_KEY"),
+            debug_work: var("QUOTA_DEBUG_WORK").is_some(),
         }
     }
 }
@@ -105,8 +132,8 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], EdgeError> {
     Ok(buf)
 }
 
-/// A configured string (secret or var), `None` when unset or empty.
-pub fn config(env: &Env, name: &str) -> Option<String> {
+/// A configured string (secret or var), `None` when unset or empty. Read by `Settings` alone.
+fn config(env: &Env, name: &str) -> Option<String> {
     env.secret(name)
         .map(|s| s.to_string())
         .or_else(|_| env.var(name).map(|v| v.to_string()))

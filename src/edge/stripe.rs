@@ -13,7 +13,7 @@ use worker::{D1Database, Env, Fetch, Headers, Method, Request, RequestInit};
 
 use super::error::EdgeError;
 use super::ledger::{self, Batch};
-use super::platform::{config, now};
+use super::platform::{now, settings};
 use crate::policy::stripe::{backoff_ms, batch_id, breaker_after, classify, meter_event_form, Answer, MAX_AGE_SECS};
 use crate::policy::{OrgId, PlanId, Timestamp};
 
@@ -52,7 +52,7 @@ async fn claim(db: &D1Database, t: Timestamp) -> Result<u64, EdgeError> {
 
 /// Sends one meter event; (HTTP status, body) or the transport error.
 async fn send(env: &Env, b: &Batch, secret: &str) -> Result<(u16, String), String> {
-    let base = config(env, "STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com".to_owned());
+    let base = &settings(env).stripe_api_base;
     let url = format!("{}/v1/billing/meter_events", base.trim_end_matches('/'));
     let body = meter_event_form(&b.event_name, &b.stripe_customer_id, b.value, &b.id, b.hour);
     let headers = Headers::new();
@@ -76,7 +76,7 @@ async fn send(env: &Env, b: &Batch, secret: &str) -> Result<(u16, String), Strin
 pub async fn sync(env: &Env, force: bool) -> Result<Value, EdgeError> {
     let db = ledger::db(env)?;
     let t = now();
-    let Some(secret) = config(env, "STRIPE_SECRET_KEY") else {
+    let Some(secret) = settings(env).stripe_secret_key.clone() else {
         return Ok(json!({"skipped": "STRIPE_SECRET_KEY is not configured"}));
     };
     let state = ledger::stripe_breaker(&db).await?;

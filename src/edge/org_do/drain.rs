@@ -9,12 +9,11 @@ use worker::{Request, RequestInit};
 
 use super::{DoError, DoResult, OrgQuota};
 use crate::edge::ledger::{self, AlertAttempt};
-use crate::edge::platform::{config, now};
-use crate::org::rules::{alert_retry_at, AlertOutcome, DEFAULT_ALERT_ATTEMPTS};
+use crate::edge::platform::{now, settings};
+use crate::org::rules::{alert_retry_at, AlertOutcome};
 use crate::org::{FlushResult, LedgerOp, Need, OrgMachine, OrgReply, Step};
 use crate::policy::keys::webhook_signature;
 use crate::policy::{OrgId, Timestamp};
-use crate::wire::problem_body;
 
 /// A flush drains at most this many rounds of `ROWS_PER_ROUND` rows; the rest go next time.
 const ROUNDS_PER_FLUSH: usize = 4;
@@ -26,13 +25,13 @@ pub(super) async fn ledger(q: &OrgQuota, op: LedgerOp) -> DoResult<OrgReply> {
             Ok((flushed, pending)) => {
                 Ok(OrgReply::ok(serde_json::json!({"flushed": flushed, "pending": pending}), None))
             }
-            Err(DoError::Storage(e)) => {
-                let detail = format!("The ledger did not accept the batch; the events stay queued. ({e})");
-                let mut body = problem_body(503, "ledger-unavailable", "Ledger unavailable", &detail);
-                if let (Some(o), Ok(t)) = (body.as_object_mut(), q.with_machine(|_, s, _| Ok(s.tallies()?))) {
+            // The answer says how much is waiting for the ledger.
+            Err(e @ DoError::Ledger(_)) => {
+                let mut reply = e.into_reply();
+                if let (Some(o), Ok(t)) = (reply.body.as_object_mut(), q.with_machine(|_, s, _| Ok(s.tallies()?))) {
                     o.insert("pending".into(), t.outbox_pending.into());
                 }
-                Ok(OrgReply::problem(503, body))
+                Ok(reply)
             }
             Err(e) => Err(e),
         },
@@ -111,7 +110,7 @@ async fn flush(q: &OrgQuota) -> DoResult<(u64, u64)> {
 
 async fn flush_rounds(q: &OrgQuota) -> DoResult<(u64, u64, Option<Timestamp>)> {
     let org = org_of(q)?;
-    let db = ledger::db(&q.env).map_err(edge_err)?;
+    let db = ledger::db(&q.env)?;
     let mut flushed = 0u64;
     for _ in 0..ROUNDS_PER_FLUSH {
         let t = now();
@@ -119,7 +118,7 @@ async fn flush_rounds(q: &OrgQuota) -> DoResult<(u64, u64, Option<Timestamp>)> {
         if rows.is_empty() {
             break;
         }
-        ledger::insert_usage(&db, &org, &rows, t).await.map_err(edge_err)?;
+        ledger::insert_usage(&db, &org, &rows, t).await?;
         q.with_machine(|_, store, _| Ok(store.flushed(&rows)?))?;
         flushed = flushed.saturating_add(u64::try_from(rows.len()).unwrap_or(0));
     }
@@ -132,11 +131,6 @@ async fn flush_rounds(q: &OrgQuota) -> DoResult<(u64, u64, Option<Timestamp>)> {
 
 fn org_of(q: &OrgQuota) -> DoResult<OrgId> {
     q.with_machine(|m, _, _| m.org().cloned().ok_or(DoError::Org(crate::org::OrgError::NotConfigured)))
-}
-
-#[allow(clippy::needless_pass_by_value)] // used as `map_err(edge_err)`
-fn edge_err(e: crate::edge::error::EdgeError) -> DoError {
-    DoError::Storage(worker::Error::RustError(e.to_string()))
 }
 
 /// Compares counters with D1 plus the outbox; with `repair`, counters take that value. The D1
@@ -157,10 +151,10 @@ async fn reconcile_inner(q: &OrgQuota, repair: bool) -> DoResult<OrgReply> {
         let org = m.org().cloned().ok_or(crate::org::OrgError::NotConfigured)?;
         Ok((org, m.reconcile_windows(&snap, now)?))
     })?;
-    let db = ledger::db(&q.env).map_err(edge_err)?;
+    let db = ledger::db(&q.env)?;
     let mut sums = Vec::with_capacity(windows.len());
     for w in windows {
-        let agg = ledger::window_aggregate(&db, &org, w.meter.as_str(), w.from, w.to).await.map_err(edge_err)?;
+        let agg = ledger::window_aggregate(&db, &org, w.meter.as_str(), w.from, w.to).await?;
         sums.push((w, agg));
     }
     // From here on synchronous: counters and the outbox as they are now.
@@ -186,13 +180,10 @@ async fn deliver_alerts(q: &OrgQuota) -> DoResult<()> {
         Ok((org, m.webhook_url().map(str::to_owned), store.due_alerts(now)?))
     })?;
     let Some(org) = org else { return Ok(()) };
-    let target = hook.or_else(|| config(&q.env, "ALERT_WEBHOOK_URL"));
-    let max_attempts = config(&q.env, "ALERT_MAX_ATTEMPTS")
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|n| (1..=20).contains(n))
-        .unwrap_or(DEFAULT_ALERT_ATTEMPTS);
-    let secret = config(&q.env, "WEBHOOK_SECRET").unwrap_or_default();
-    let db = ledger::db(&q.env).map_err(edge_err)?;
+    let cfg = settings(&q.env);
+    let target = hook.or_else(|| cfg.alert_webhook_url.clone());
+    let (max_attempts, secret) = (cfg.alert_max_attempts, cfg.webhook_secret.as_str());
+    let db = ledger::db(&q.env)?;
     for row in due {
         let t = now();
         let Some(url) = target.as_deref() else {
@@ -217,7 +208,7 @@ async fn deliver_alerts(q: &OrgQuota) -> DoResult<()> {
             at: t,
         };
         if let Err(e) = ledger::record_alert_attempt(&db, &record).await {
-            log_error("alert attempt not recorded", &edge_err(e));
+            log_error("alert attempt not recorded", &DoError::Ledger(e));
         }
     }
     q.with_machine(|m, store, _| {

@@ -16,19 +16,22 @@ use std::cell::{Cell, OnceCell, RefCell};
 use wasm_bindgen::prelude::wasm_bindgen;
 use worker::{durable_object, DurableObject, Env, Request, Response, Result, State};
 
-use super::platform::{config, decision_log, now};
+use super::platform::{decision_log, now, settings};
 use crate::org::{OrgError, OrgMachine, OrgMsg, OrgReply, Step};
 use crate::policy::Timestamp;
 use crate::wire::problem_body;
 use store::Store;
 
-/// The DO glue's one error: the machine's refusal, or storage failing under it.
+/// The DO glue's one error: the machine's refusal, its own storage failing under it, or the
+/// ledger (D1) failing the drain.
 #[derive(Debug, thiserror::Error)]
 enum DoError {
     #[error("{0}")]
     Org(#[from] OrgError),
     #[error("storage: {0}")]
     Storage(#[from] worker::Error),
+    #[error("ledger: {0}")]
+    Ledger(#[from] super::error::EdgeError),
     #[error("the ledger is busy with a flush or a reconciliation; retry shortly")]
     Busy,
 }
@@ -44,17 +47,21 @@ impl DoError {
                 let detail = "The org's quota state could not be read or written.";
                 OrgReply::problem(500, problem_body(500, "internal", "Internal error", detail))
             }
+            // Nothing is lost: what the ledger did not take stays queued in the outbox.
+            Self::Ledger(e) => {
+                let detail = format!("The ledger did not answer; what it did not take stays queued. ({e})");
+                OrgReply::problem(503, problem_body(503, "ledger-unavailable", "Ledger unavailable", &detail))
+            }
         }
     }
 }
 
 type DoResult<T> = std::result::Result<T, DoError>;
 
-/// What this instance knows of its alarm.
+/// What this instance has armed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Armed {
-    /// Not asked yet: an alarm set by an earlier instance may stand.
-    Unknown,
+    /// Nothing yet, or the alarm fired: the machine's next wake-up time is armed.
     Not,
     At(Timestamp),
 }
@@ -70,8 +77,6 @@ pub struct OrgQuota {
     armed: Cell<Armed>,
     /// A flush or a reconciliation is awaiting D1: they must not interleave.
     ledger_busy: Cell<bool>,
-    /// `QUOTA_DEBUG_WORK` (tests and benchmarks): answers carry the statements and rows written.
-    debug_work: OnceCell<bool>,
 }
 
 impl DurableObject for OrgQuota {
@@ -81,9 +86,8 @@ impl DurableObject for OrgQuota {
             env,
             store: OnceCell::new(),
             machine: RefCell::new(None),
-            armed: Cell::new(Armed::Unknown),
+            armed: Cell::new(Armed::Not),
             ledger_busy: Cell::new(false),
-            debug_work: OnceCell::new(),
         }
     }
 
@@ -115,6 +119,10 @@ impl DurableObject for OrgQuota {
     }
 }
 
+async fn set_alarm(storage: &worker::Storage, at: Timestamp) -> Result<()> {
+    storage.set_alarm(std::time::Duration::from_millis(at.since(now()))).await
+}
+
 fn respond(r: &OrgReply) -> Result<Response> {
     let body = serde_json::to_string(r).map_err(|e| worker::Error::RustError(e.to_string()))?;
     Response::ok(body)
@@ -130,15 +138,14 @@ impl OrgQuota {
     pub fn rpc_call(&self, msg: &str) -> String {
         super::platform::set_clock(&self.env);
         let reply = match serde_json::from_str::<OrgMsg>(msg) {
-            Ok(OrgMsg::Ledger(_)) => bad_message(&"ledger messages come by fetch"),
             Ok(msg) => self.handle(msg),
             Err(e) => bad_message(&e),
         };
+        // Armed without holding the answer: the output gate still waits for the write.
         if let Some(at) = self.arm_at() {
             let storage = self.state.storage();
-            let offset = std::time::Duration::from_millis(at.since(now()));
             wasm_bindgen_futures::spawn_local(async move {
-                if let Err(e) = storage.set_alarm(offset).await {
+                if let Err(e) = set_alarm(&storage, at).await {
                     worker::console_error!(
                         r#"{{"level":"error","component":"org_do","msg":"alarm not set","error":{:?}}}"#,
                         e.to_string()
@@ -166,18 +173,19 @@ impl OrgQuota {
                 let snap = store.load(&OrgMachine::needs_admin(&op), now)?;
                 Ok(m.step_admin(op, &snap, now)?)
             }),
-            OrgMsg::Ledger(_) => bad_message(&"ledger messages are handled by the drain"),
+            // They await D1, which a synchronous RPC step cannot: `fetch` takes them.
+            OrgMsg::Ledger(_) => bad_message(&"ledger messages come by fetch"),
         }
     }
 
-    /// The time to arm the alarm for, if the machine needs it earlier than what is armed; the
-    /// caller arms it. An instance that has not asked storage yet arms its own wake-up time: the
-    /// machine booted from storage, so that time is the earliest anything needs.
+    /// The one arming decision: the machine's wake-up time, if it is earlier than what this
+    /// instance armed. A new instance arms its own: the machine booted from storage, so that
+    /// time is the earliest anything needs, and an alarm an earlier instance left is replaced.
     fn arm_at(&self) -> Option<Timestamp> {
         let want = self.machine.borrow().as_ref().and_then(OrgMachine::wake)?;
         let earlier = match self.armed.get() {
             Armed::At(a) => want < a,
-            Armed::Not | Armed::Unknown => true,
+            Armed::Not => true,
         };
         earlier.then(|| {
             self.armed.set(Armed::At(want));
@@ -220,7 +228,7 @@ impl OrgQuota {
             let mut step = f(m, store, now)?;
             store.apply(&step.writes, now)?;
             let (statements, rows) = store.take_work();
-            if *self.debug_work.get_or_init(|| config(&self.env, "QUOTA_DEBUG_WORK").is_some()) {
+            if settings(&self.env).debug_work {
                 step.reply
                     .headers
                     .push(("X-Quota-Debug-Work".into(), format!("statements={statements}, rows-written={rows}")));
@@ -241,23 +249,9 @@ impl OrgQuota {
 
     /// Arms the alarm for the machine's wake-up time when it is earlier than what is armed.
     async fn arm(&self) -> Result<()> {
-        let Some(want) = self.machine.borrow().as_ref().and_then(OrgMachine::wake) else { return Ok(()) };
-        let armed = match self.armed.get() {
-            Armed::At(t) => Some(t),
-            Armed::Not => None,
-            // Once per instance: an alarm set by an earlier instance still stands.
-            Armed::Unknown => {
-                let ms = self.state.storage().get_alarm().await?;
-                ms.map(|ms| Timestamp::from_millis(u64::try_from(ms).unwrap_or(0)))
-            }
-        };
-        if armed.is_none_or(|a| want < a) {
-            let offset = std::time::Duration::from_millis(want.since(now()));
-            self.state.storage().set_alarm(offset).await?;
-            self.armed.set(Armed::At(want));
-        } else if let Some(a) = armed {
-            self.armed.set(Armed::At(a));
+        match self.arm_at() {
+            Some(at) => set_alarm(&self.state.storage(), at).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 }
