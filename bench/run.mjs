@@ -346,7 +346,7 @@ async function sustained(gw, api, key, seconds) {
     requests: total,
     slices,
     steady: { rps: Math.round(median(tail.map((s) => s.rps))), p99_ms: median(tail.map((s) => s.p99_ms)), cpu_us_per_request: median(tail.map((s) => s.cpu_us_per_request)) },
-    d1: { rows: d1Rows, bytes: d1Bytes, rows_per_1000_requests: (d1Rows * 1000) / Math.max(1, total), bytes_per_1000_requests: Math.round((d1Bytes * 1000) / Math.max(1, total)) },
+    d1: { rows: d1Rows, bytes: d1Bytes, bytes_per_row: Math.round(d1Bytes / Math.max(1, d1Rows)) },
   };
 }
 

@@ -146,7 +146,6 @@ impl OrgMachine {
                 results.push(json!({"id": e.id.as_str(), "status": "duplicate", "original_status": original}));
                 continue;
             }
-            let before = cx.book.overview(policy, now);
             let (status, reason) = match cx.book.record(policy, &e.meter, e.quantity, enforce, now) {
                 Ok(d) if d.allowed() => ("accepted", None),
                 Ok(d) => ("rejected", Some(refusal_reason(&d))),
@@ -159,8 +158,6 @@ impl OrgMachine {
             cx.log(&e.meter, e.quantity, outcome, if status == "accepted" { 200 } else { 422 }, "events");
             if status == "accepted" {
                 cx.persist(&e.meter);
-                let after = cx.book.overview(policy, now);
-                cx.writes.alerts.extend(crossings(&cx.loaded.org, &before, &after, now));
                 let row = OutboxRow {
                     ts: e.timestamp.unwrap_or(now.millis()),
                     metadata: e.metadata.as_ref().map(Value::to_string),
@@ -174,6 +171,7 @@ impl OrgMachine {
             }
             results.push(r);
         }
+        cx.alerts_for_touched();
         OrgReply::ok(json!({"results": results}), Some(policy.plan.to_string()))
     }
 
@@ -256,17 +254,15 @@ impl OrgMachine {
             if recorded.iter().any(|(r, _): &(&MeterId, u64)| *r == m) {
                 continue;
             }
-            let before = cx.book.overview(policy, now);
             if cx.book.record(policy, m, *q, false, now).is_err() {
                 continue;
             }
             cx.persist(m);
-            let after = cx.book.overview(policy, now);
-            cx.writes.alerts.extend(crossings(&cx.loaded.org, &before, &after, now));
             cx.writes.remember.push((event_id.clone(), "accepted"));
             self.enqueue(cx, OutboxRow::counted(event_id, m, *q, "origin", now));
             recorded.push((m, *q));
         }
+        cx.alerts_for_touched();
         let recorded: Vec<Value> = recorded.iter().map(|(m, q)| json!({"meter": m.as_str(), "quantity": q})).collect();
         OrgReply::ok(
             json!({"id": id.as_str(), "recorded": recorded, "ignored": ignored}),
@@ -327,6 +323,17 @@ impl<'a> Cx<'a> {
         let before: Vec<LimitStatus> =
             before_book.overview(policy, self.now).into_iter().filter(|l| &l.meter == meter).collect();
         self.writes.alerts.extend(crossings(&self.loaded.org, &before, after, self.now));
+    }
+
+    /// Alerts for every meter this step counted on, once each, after all its usage (a batch of
+    /// events crosses a level once, however many of its events it took).
+    fn alerts_for_touched(&mut self) {
+        let touched: Vec<MeterId> = self.touched.iter().cloned().collect();
+        for meter in &touched {
+            let after: Vec<LimitStatus> =
+                self.book.overview(&self.loaded.policy, self.now).into_iter().filter(|l| &l.meter == meter).collect();
+            self.alerts_for(meter, &after);
+        }
     }
 
     pub(super) fn finish(mut self, m: &mut OrgMachine, reply: OrgReply) -> Step {

@@ -434,6 +434,21 @@ fn events_dedupe_within_a_batch_and_across_batches() {
 }
 
 #[test]
+fn a_batch_of_events_crosses_each_level_once() {
+    let mut o = Org::new(json!([{"meter": "rows", "limit": 100, "period": "month", "mode": "hard"}]));
+    let ev = |id: String| UsageEvent { id: eid(&id), meter: m("rows"), quantity: 10, timestamp: None, metadata: None };
+    let batch: Vec<UsageEvent> = (0..10).map(|i| ev(format!("b{i}"))).collect();
+    o.org(&key(), OrgOp::Events { events: batch, enforce: true }, at(0)).unwrap();
+    let levels: Vec<Level> = o.mem.alerts.keys().map(|k| k.2).collect();
+    assert_eq!(levels, [Level::Warning, Level::Critical, Level::Over]);
+    assert_eq!(o.mem.alert_writes, 3, "one attempt per level crossed in the step");
+    // Far below 80%, a batch attempts nothing.
+    let mut low = Org::new(json!([{"meter": "rows", "limit": 1000, "period": "month", "mode": "hard"}]));
+    low.org(&key(), OrgOp::Events { events: vec![ev("x".into())], enforce: true }, at(0)).unwrap();
+    assert_eq!(low.mem.alert_writes, 0);
+}
+
+#[test]
 fn after_a_restart_the_outbox_sequence_and_keys_carry_on() {
     let mut o = month_and_minute();
     let a = o.proxy("a", 1, false, at(0)).held.unwrap();
