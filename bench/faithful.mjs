@@ -5,7 +5,7 @@
 import { spawn, execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { freePort, migrate, tempDir, ROOT } from "../tests/support/gateway.mjs";
+import { freePort, migrate, tempDir, waitHealthy, ROOT } from "../tests/support/gateway.mjs";
 
 const WRANGLER = path.join(ROOT, "node_modules/.bin/wrangler");
 const ENV = { ...process.env, CI: "true", WRANGLER_SEND_METRICS: "false", NO_COLOR: "1" };
@@ -45,19 +45,8 @@ export async function startFaithful({ name, script, vars = {}, durableObjects, d
   child.stdout.on("data", keep);
   child.stderr.on("data", keep);
   const url = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`host for ${name} exited ${child.exitCode}:\n${out}`);
-    try {
-      const r = await fetch(`${url}${health}`);
-      if (r.status === 200) break;
-    } catch {}
-    if (Date.now() > deadline) {
-      process.kill(-child.pid, "SIGKILL");
-      throw new Error(`host for ${name} did not become healthy in 60 s:\n${out}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  // Polled often: the time to the first healthy answer is the cold-start figure.
+  await waitHealthy(child, `${url}${health}`, `host for ${name}`, () => out, 50);
   const startedMs = performance.now() - t0;
   return {
     url,

@@ -72,19 +72,7 @@ export async function startGateway({
   child.stdout.on("data", keepTail);
   child.stderr.on("data", keepTail);
   const url = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`wrangler dev exited ${child.exitCode}:\n${out}`);
-    try {
-      const r = await fetch(`${url}${health}`);
-      if (r.status === 200) break;
-    } catch {}
-    if (Date.now() > deadline) {
-      process.kill(-child.pid, "SIGKILL");
-      throw new Error(`gateway did not become healthy in 60 s:\n${out}`);
-    }
-    await new Promise((r) => setTimeout(r, 250));
-  }
+  await waitHealthy(child, `${url}${health}`, "wrangler dev", () => out, 250);
   const kill = (signal) => {
     try {
       process.kill(-child.pid, signal);
@@ -116,6 +104,26 @@ export async function startGateway({
       if (owned) fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Waits until `healthUrl` answers 200 from a process group started with `detached: true`;
+ * kills the group and throws with its output if it exits or is not healthy in 60 s.
+ */
+export async function waitHealthy(child, healthUrl, what, logs, everyMs) {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`${what} exited ${child.exitCode}:\n${logs()}`);
+    try {
+      const r = await fetch(healthUrl);
+      if (r.status === 200) return;
+    } catch {}
+    if (Date.now() > deadline) {
+      process.kill(-child.pid, "SIGKILL");
+      throw new Error(`${what} did not become healthy in 60 s:\n${logs()}`);
+    }
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
 }
 
 /** The local D1 ledger's SQLite file under a persistence directory. */
