@@ -130,6 +130,7 @@ fn plan_json(row: &PlanRow) -> Value {
         o.insert("name".into(), json!(row.name));
         o.insert("created_at".into(), json!(rfc(row.created_at)));
         o.insert("updated_at".into(), json!(rfc(row.updated_at)));
+        o.insert("version".into(), json!(row.version));
     }
     doc
 }
@@ -155,32 +156,40 @@ async fn put_plan(env: &Env, id: &PlanId, body: &Value) -> Handled {
         o.remove("id");
         o.remove("name");
     }
+    // No fan-out: the new version is in D1, and each org's DO adopts it by itself within
+    // PLAN_REFRESH_SECS (on its next request once its copy is that old, or from its alarm while
+    // it is busy). Three D1 queries, however many orgs are on the plan.
     let created = ledger::put_plan(&db, id, &plan.name, &doc.to_string(), now()).await?;
-    // Every org on this plan gets the new version before the answer.
-    let orgs = ledger::orgs_on_plan(&db, id).await?;
-    for org in &orgs {
-        push_config(env, org, body).await?;
-    }
     let row =
         ledger::get_plan(&db, id).await?.ok_or_else(|| EdgeError::Internal("plan vanished after upsert".into()))?;
+    let orgs = ledger::orgs_on_plan_count(&db, id).await?;
     let mut out = plan_json(&row);
     if let Some(o) = out.as_object_mut() {
-        o.insert("orgs_updated".into(), json!(orgs.len()));
+        o.insert("orgs".into(), json!(orgs));
+        o.insert("adopted_within_secs".into(), json!(settings(env).plan_refresh_ms / 1000));
     }
     ok(if created { 201 } else { 200 }, &out)
 }
 
-async fn push_config(env: &Env, org: &OrgRow, plan_doc: &Value) -> Result<OrgReply, EdgeError> {
-    let id = OrgId::parse(&org.id).map_err(|e| EdgeError::Internal(format!("stored org id '{}': {e}", org.id)))?;
-    let msg = OrgMsg::Admin(AdminOp::Configure(StoredConfig {
-        org: id.clone(),
+/// The config an org's DO runs: the org's row and its plan's current version.
+pub fn org_config(org: &OrgRow, plan: &PlanRow) -> Result<StoredConfig, EdgeError> {
+    Ok(StoredConfig {
+        org: OrgId::parse(&org.id).map_err(|e| EdgeError::Internal(format!("stored org id '{}': {e}", org.id)))?,
         plan_id: PlanId::parse(&org.plan_id).map_err(|e| EdgeError::Internal(format!("stored plan id: {e}")))?,
-        plan: plan_doc.clone(),
+        plan: serde_json::from_str(&plan.body).map_err(|e| EdgeError::Internal(format!("stored plan: {e}")))?,
         billing_anchor: org.billing_anchor.clone().map(Value::String),
         overrides: serde_json::from_str(&org.overrides).ok(),
         webhook_url: org.webhook_url.clone(),
-    }));
-    do_ok(call_do(env, &id, &msg).await?)
+        stripe_customer: org.stripe_customer_id.clone(),
+        plan_version: plan.version,
+        shard: org.shard,
+    })
+}
+
+async fn push_config(env: &Env, org: &OrgRow, plan: &PlanRow) -> Result<OrgReply, EdgeError> {
+    let cfg = org_config(org, plan)?;
+    let id = cfg.org.clone();
+    do_ok(call_do(env, &id, &OrgMsg::Admin(AdminOp::Configure(cfg))).await?)
 }
 
 fn org_json(row: &OrgRow, state: &Value) -> Value {
@@ -231,9 +240,11 @@ async fn put_org(env: &Env, id: &OrgId, body: &Value) -> Handled {
         overrides: up.overrides.unwrap_or_else(|| json!([])).to_string(),
         created_at: existing.as_ref().map_or(t, |e| e.created_at),
         updated_at: t,
+        // Set once, when the org is created: its history stays where it was written.
+        shard: existing.as_ref().map_or_else(|| id.shard(settings(env).ledger_shards), |e| e.shard),
     };
     ledger::put_org(&db, &row).await?;
-    let state = push_config(env, &row, &plan_doc).await?;
+    let state = push_config(env, &row, &plan_row).await?;
     ok(if existing.is_some() { 200 } else { 201 }, &org_json(&row, &state.body))
 }
 
@@ -334,7 +345,12 @@ async fn export(req: &Request, env: &Env) -> Handled {
         }
     };
     let db = ledger::db(env)?;
-    let days = ledger::daily_range(&db, &from.to_string(), &to.to_string()).await?;
+    // Every shard's rows, merged back into (org, meter, day) order.
+    let mut days = Vec::new();
+    for shard in ledger::all_shards(env, settings(env).ledger_shards)? {
+        days.extend(ledger::daily_range(&shard, &from.to_string(), &to.to_string()).await?);
+    }
+    days.sort_by(|a, b| (&a.org_id, &a.meter, &a.day).cmp(&(&b.org_id, &b.meter, &b.day)));
     let rows = export_rows(&days, &ledger::all_orgs(&db).await?, &ledger::list_plans(&db).await?)?;
     if csv {
         let mut out = String::from("org_id,plan,meter,quantity,events,overage,overage_cost_cents\r\n");

@@ -78,17 +78,27 @@ pub async fn run(env: &Env) {
         Ok(summary) => worker::console_log!("{}", json!({"msg": "stripe sync", "summary": summary})),
         Err(e) => worker::console_error!("{}", json!({"msg": "stripe sync failed", "error": e.to_string()})),
     }
-    let days = settings(env).retention_days;
-    let cutoff = started.saturating_sub_ms(days.saturating_mul(86_400_000));
-    let pruned = match ledger::db(env) {
-        Ok(db) => ledger::prune(&db, cutoff).await,
-        Err(e) => Err(e),
-    };
-    let pruned = pruned.unwrap_or_else(|e| {
-        worker::console_error!("{}", json!({"msg": "cron: retention failed", "error": e.to_string()}));
-        0
-    });
+    let cfg = settings(env);
+    let (days, hourly_days) = (cfg.retention_days, cfg.hourly_retention_days);
+    let daily_cutoff = started.saturating_sub_ms(days.saturating_mul(86_400_000));
+    let hourly_cutoff = started.saturating_sub_ms(hourly_days.saturating_mul(86_400_000));
+    // Tiered retention on every shard: one D1 batch each.
+    let mut pruned = 0u64;
+    match ledger::all_shards(env, cfg.ledger_shards) {
+        Ok(shards) => {
+            for db in shards {
+                match ledger::prune(&db, hourly_cutoff, daily_cutoff).await {
+                    Ok(n) => pruned = pruned.saturating_add(n),
+                    Err(e) => {
+                        worker::console_error!("{}", json!({"msg": "cron: retention failed", "error": e.to_string()}))
+                    }
+                }
+            }
+        }
+        Err(e) => worker::console_error!("{}", json!({"msg": "cron: retention failed", "error": e.to_string()})),
+    }
     let line = json!({"msg": "scheduled", "orgs_checked": checked, "orgs_with_drift": drifted,
-                      "events_pruned": pruned, "retention_days": days, "ms": now().since(started)});
+                      "rows_pruned": pruned, "retention_days": days, "hourly_retention_days": hourly_days,
+                      "ms": now().since(started)});
     worker::console_log!("{line}");
 }

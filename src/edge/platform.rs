@@ -24,9 +24,17 @@ thread_local! {
     static SETTINGS: std::cell::OnceCell<std::rc::Rc<Settings>> = const { std::cell::OnceCell::new() };
 }
 
-/// How long a proxied request's units may wait for a release before they stand as committed
-/// (and its usage event becomes ready for the ledger): `PROXY_RELEASE_WINDOW_SECS`, 1 to 3600.
+/// How long a failed origin call may still give its request's units back (the DO keeps the hold
+/// in memory only): `PROXY_RELEASE_WINDOW_SECS`, 1 to 3600. The ledger does not wait for it.
 const DEFAULT_RELEASE_WINDOW_SECS: u64 = 120;
+/// How often an org's open ledger buckets go to D1 (at most one D1 batch per org per interval):
+/// `LEDGER_FLUSH_SECS`, 1 to 300.
+const DEFAULT_LEDGER_FLUSH_SECS: u64 = 30;
+/// How old an org DO's copy of its plan may grow before it re-reads the plan's version from D1:
+/// `PLAN_REFRESH_SECS`, 1 to 3600.
+const DEFAULT_PLAN_REFRESH_SECS: u64 = 60;
+/// Hourly ledger rows are kept at least this many days (Stripe accepts usage 35 days back).
+pub const MIN_HOURLY_RETENTION_DAYS: u64 = 40;
 
 /// The deployment's variables, read and validated once per isolate: a deployment's vars never
 /// change under a running isolate, so the hot path reads none of them.
@@ -47,8 +55,15 @@ pub struct Settings {
     pub metrics_flush_ms: u64,
     /// The admin API's bearer token; empty or unset locks the admin API.
     pub admin_token: Option<String>,
-    /// Raw usage events older than this many days are pruned by the cron (default 400).
+    /// Daily ledger rows and audit rows older than this many days are pruned by the cron
+    /// (default 400).
     pub retention_days: u64,
+    /// Hourly ledger rows are pruned after this many days (`HOURLY_RETENTION_DAYS`, at least 40).
+    pub hourly_retention_days: u64,
+    pub ledger_flush_ms: u64,
+    pub plan_refresh_ms: u64,
+    /// How many ledger shards (`LEDGER`, `LEDGER_1`, …) new orgs are spread over (`LEDGER_SHARDS`).
+    pub ledger_shards: u32,
     /// Where alerts go for orgs without a `webhook_url`.
     pub alert_webhook_url: Option<String>,
     /// Delivery attempts before an alert is dead: 1..20, default 8.
@@ -85,6 +100,16 @@ impl Settings {
                 .saturating_mul(1000),
             admin_token: var("ADMIN_TOKEN"),
             retention_days: var("RETENTION_DAYS").and_then(|d| d.parse::<u64>().ok()).unwrap_or(400),
+            hourly_retention_days: var("HOURLY_RETENTION_DAYS")
+                .and_then(|d| d.parse::<u64>().ok())
+                .unwrap_or(MIN_HOURLY_RETENTION_DAYS)
+                .max(MIN_HOURLY_RETENTION_DAYS),
+            ledger_flush_ms: secs(var("LEDGER_FLUSH_SECS"), 1..=300, DEFAULT_LEDGER_FLUSH_SECS),
+            plan_refresh_ms: secs(var("PLAN_REFRESH_SECS"), 1..=3600, DEFAULT_PLAN_REFRESH_SECS),
+            ledger_shards: var("LEDGER_SHARDS")
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|n| (1..=64).contains(n))
+                .unwrap_or(1),
             alert_webhook_url: var("ALERT_WEBHOOK_URL"),
             alert_max_attempts: var("ALERT_MAX_ATTEMPTS")
                 .and_then(|v| v.parse::<u32>().ok())
@@ -96,6 +121,11 @@ impl Settings {
             debug_work: var("QUOTA_DEBUG_WORK").is_some(),
         }
     }
+}
+
+/// A number of seconds in `range` (else the default), in ms.
+fn secs(v: Option<String>, range: std::ops::RangeInclusive<u64>, default: u64) -> u64 {
+    v.and_then(|v| v.parse::<u64>().ok()).filter(|s| range.contains(s)).unwrap_or(default).saturating_mul(1000)
 }
 
 /// This isolate's settings.
@@ -149,6 +179,16 @@ pub fn js_int(n: u64) -> Result<JsValue, EdgeError> {
     // Exact: n ≤ 2^53 − 1 has an exact f64.
     #[allow(clippy::cast_precision_loss, clippy::as_conversions)]
     Ok(JsValue::from_f64(n as f64))
+}
+
+/// A signed count for JavaScript (a ledger delta may be negative), checked like `js_int`.
+pub fn js_signed(n: i64) -> Result<JsValue, EdgeError> {
+    let v = js_int(n.unsigned_abs())?;
+    if n < 0 {
+        #[allow(clippy::cast_precision_loss, clippy::as_conversions)]
+        return Ok(JsValue::from_f64(-(n.unsigned_abs() as f64)));
+    }
+    Ok(v)
 }
 
 /// Sends one message to an org's Durable Object, recording how long the call took.

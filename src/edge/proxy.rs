@@ -24,7 +24,7 @@ type Handled = Result<Response, EdgeError>;
 /// Where the request's usage stands after the decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
-    /// The org's DO decided; `held` is the outbox row a failed origin call must release.
+    /// The org's DO decided; `held` is the token a failed origin call releases its units with.
     Do { held: Option<u64> },
     /// The DO could not be asked and the plan fails open: forwarded, flagged, not counted.
     FailOpen,
@@ -182,8 +182,8 @@ impl Settler {
 
     /// Usage counts only when the origin answers 2xx: the units this request holds go back.
     fn release(&self, ctx: &Context) {
-        if let Source::Do { held: Some(seq) } = self.source {
-            self.send(ctx, OrgOp::Release { id: self.id.clone(), seq }, "release failed");
+        if let Source::Do { held: Some(held) } = self.source {
+            self.send(ctx, OrgOp::Release { id: self.id.clone(), held }, "release failed");
         }
     }
 

@@ -1,4 +1,4 @@
-//! Stripe Billing Meters reporting: claims unreported ledger usage into frozen hourly batches,
+//! Stripe Billing Meters reporting: claims unreported hourly ledger usage into frozen batches,
 //! sends them in Stripe's wire format, and settles them; a circuit breaker pauses reporting after
 //! consecutive failures.
 //!
@@ -6,46 +6,21 @@
 //! HTTP. It never deletes usage: a batch it cannot send stays pending, or becomes `expired`
 //! (reported as an error) when it falls out of Stripe's 35-day window.
 
-use std::collections::BTreeMap;
-
 use serde_json::{json, Value};
-use worker::{D1Database, Env, Fetch, Headers, Method, Request, RequestInit};
+use worker::{Env, Fetch, Headers, Method, Request, RequestInit};
 
 use super::error::EdgeError;
 use super::ledger::{self, Batch};
 use super::platform::{now, settings};
-use crate::policy::stripe::{backoff_ms, batch_id, breaker_after, classify, meter_event_form, Answer, MAX_AGE_SECS};
-use crate::policy::{OrgId, PlanId, Timestamp};
+use crate::policy::stripe::{backoff_ms, breaker_after, classify, meter_event_form, Answer, MAX_AGE_SECS};
+use crate::policy::Timestamp;
 
-/// The Stripe `event_name` of each meter of an org's policy: the meter config's, else the id.
-/// An org that no longer has a plan reports under the meter ids.
-async fn event_names(db: &D1Database, org: &str) -> Result<BTreeMap<String, String>, EdgeError> {
-    let org_id = OrgId::parse(org).map_err(|e| EdgeError::Internal(e.to_string()))?;
-    let Some(o) = ledger::get_org(db, &org_id).await? else { return Ok(BTreeMap::new()) };
-    let plan_id = PlanId::parse(&o.plan_id).map_err(|e| EdgeError::Internal(e.to_string()))?;
-    let Some(p) = ledger::get_plan(db, &plan_id).await? else { return Ok(BTreeMap::new()) };
-    let policy = ledger::policy_of(&o, &p)?;
-    Ok(policy.meters.values().map(|m| (m.id.to_string(), m.event_name.clone())).collect())
-}
-
-/// Claims unreported, unclaimed events of Stripe customers into one batch per (org, meter, hour).
-async fn claim(db: &D1Database, t: Timestamp) -> Result<u64, EdgeError> {
+/// Claims unclaimed usage of Stripe customers on every shard: the event name and customer come
+/// with each hourly row, as they were when its usage was recorded.
+async fn claim(env: &Env, t: Timestamp) -> Result<u64, EdgeError> {
     let mut claimed = 0u64;
-    // Looked up once per org per run, not once per (meter, hour) group.
-    let mut names: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for g in ledger::unclaimed_groups(db).await? {
-        let ids = ledger::unclaimed_ids(db, &g).await?;
-        if ids.is_empty() {
-            continue;
-        }
-        let hour = g.hour_idx.saturating_mul(3_600);
-        let id = batch_id(&g.org_id, &g.meter, hour, &ids);
-        if !names.contains_key(&g.org_id) {
-            names.insert(g.org_id.clone(), event_names(db, &g.org_id).await?);
-        }
-        let name = names.get(&g.org_id).and_then(|n| n.get(&g.meter)).cloned().unwrap_or_else(|| g.meter.clone());
-        ledger::claim_batch(db, &id, &g, &name, &ids, t).await?;
-        claimed = claimed.saturating_add(1);
+    for db in ledger::all_shards(env, settings(env).ledger_shards)? {
+        claimed = claimed.saturating_add(ledger::claim_hourly(&db, t).await?);
     }
     Ok(claimed)
 }
@@ -80,7 +55,7 @@ pub async fn sync(env: &Env, force: bool) -> Result<Value, EdgeError> {
         return Ok(json!({"skipped": "STRIPE_SECRET_KEY is not configured"}));
     };
     let state = ledger::stripe_breaker(&db).await?;
-    let claimed = claim(&db, t).await?;
+    let claimed = claim(env, t).await?;
     if state.open_until > t.millis() {
         let until = Timestamp::from_millis(state.open_until).rfc3339();
         return Ok(json!({"claimed": claimed, "sent": 0, "breaker": "open", "open_until": until}));

@@ -38,12 +38,10 @@ pub async fn summary(req: &Request, env: &Env) -> Handled {
     let q = query(req)?;
     let days = parse_days(param(&q, "days"))?;
     let db = ledger::db(env)?;
-    if !ledger::key_active(&db, &key.org, &key.hash).await? {
-        return Err(EdgeError::Unauthorized);
-    }
+    let shard = ledger::key_shard(&db, &key.org, &key.hash).await?.ok_or(EdgeError::Unauthorized)?;
     let t = now();
     let from = t.date() - Duration::days(i64::try_from(days).unwrap_or(365).saturating_sub(1));
-    let rows = ledger::summary(&db, &key.org, &from.to_string()).await?;
+    let rows = ledger::summary(&ledger::shard_db(env, shard)?, &key.org, &from.to_string()).await?;
     let by_type: serde_json::Map<String, Value> = rows
         .iter()
         .map(|r| {
@@ -66,7 +64,7 @@ pub async fn history(req: &Request, env: &Env) -> Handled {
         .map_err(|e| InputError::Field { field: "meter".into(), reason: format!("'{meter_raw}' {e}") })?;
     let (from, to) = parse_range(param(&q, "from"), param(&q, "to"), 366)?;
     let db = ledger::db(env)?;
-    if !ledger::key_active(&db, &key.org, &key.hash).await? {
+    if ledger::key_shard(&db, &key.org, &key.hash).await?.is_none() {
         return Err(EdgeError::Unauthorized);
     }
     // An unknown meter is an error, not an empty series.
@@ -82,7 +80,8 @@ pub async fn history(req: &Request, env: &Env) -> Handled {
             reason: format!("unknown meter '{meter}'"),
         }));
     }
-    let rows = ledger::history(&db, &key.org, meter.as_str(), &from.to_string(), &to.to_string()).await?;
+    let shard = ledger::shard_db(env, org.shard)?;
+    let rows = ledger::history(&shard, &key.org, meter.as_str(), &from.to_string(), &to.to_string()).await?;
     let mut series = Vec::new();
     let mut d = from;
     loop {

@@ -4,12 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::buckets::{Bucket, BucketKey};
 use super::msg::{KeyHash, StoredConfig};
 use super::rules::NewAlert;
 use crate::policy::{EventId, MeterId, Reservation, Timestamp};
 
-/// One outbox row: usage on its way to the ledger. A proxied request's row is also its
-/// optimistic reservation: deleting it before it is ready is the release.
+/// One outbox row: a per-event ledger row of an audit meter (`audit = 1`), or a row an earlier
+/// build queued before usage was aggregated (`audit = 0`: D1 still counts it into the buckets,
+/// exactly once by event id). A proxied request's audit row waits for its release window, and a
+/// release deletes it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct OutboxRow {
     pub seq: u64,
@@ -20,11 +23,14 @@ pub struct OutboxRow {
     pub source: String,
     pub metadata: Option<String>,
     pub ready_at: u64,
+    #[serde(default)]
+    pub audit: u8,
 }
 
 impl OutboxRow {
-    /// Usage counted at `now`, ready for the ledger at once; `enqueue` gives it its sequence.
-    pub fn counted(event_id: String, meter: &MeterId, quantity: u64, source: &str, now: Timestamp) -> Self {
+    /// An audit row of usage at `now`, ready for the ledger at once; `enqueue` gives it its
+    /// sequence.
+    pub fn audit(event_id: String, meter: &MeterId, quantity: u64, source: &str, now: Timestamp) -> Self {
         Self {
             seq: 0,
             event_id,
@@ -34,6 +40,7 @@ impl OutboxRow {
             source: source.to_owned(),
             metadata: None,
             ready_at: now.millis(),
+            audit: 1,
         }
     }
 }
@@ -52,6 +59,7 @@ pub struct AlertView {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tallies {
     pub open_reservations: u64,
+    /// Per-event audit rows (and rows of an earlier build) not yet in D1.
     pub outbox_pending: u64,
 }
 
@@ -68,8 +76,6 @@ pub struct Need {
     pub reservation: Option<EventId>,
     /// Provisional reservations that expired by now.
     pub expired: bool,
-    /// This outbox row.
-    pub outbox_row: Option<u64>,
     pub alerts: bool,
     pub tallies: bool,
 }
@@ -84,7 +90,6 @@ pub struct Snapshot {
     pub reservations: Vec<Reservation>,
     /// When the earliest provisional reservation left after `reservations` expires.
     pub next_expiry: Option<Timestamp>,
-    pub outbox_row: Option<OutboxRow>,
     pub alerts: Vec<AlertView>,
     pub tallies: Tallies,
 }
@@ -110,6 +115,12 @@ pub struct Writes {
     pub key_delete: Option<String>,
     /// Decision counts to add: (meter, outcome, n).
     pub counts: Vec<(String, &'static str, u64)>,
+    /// Open ledger buckets to store, whole.
+    pub buckets: Vec<(BucketKey, Bucket)>,
+    /// Seal every open bucket into this batch (and record the number).
+    pub seal: Option<u64>,
+    /// D1 confirmed this batch: its rows go.
+    pub sealed_done: Option<u64>,
 }
 
 /// What the store loads once per Durable Object instance.
@@ -127,6 +138,19 @@ pub struct Boot {
     pub alert_due: Option<Timestamp>,
     pub reservation_expires: Option<Timestamp>,
     pub flush_failures: u32,
+    /// Ledger buckets as stored: (batch, key, bucket); batch 0 is open.
+    pub buckets: Vec<(u64, BucketKey, Bucket)>,
+    /// The last ledger batch number handed out (meta `flush_seq`).
+    pub flush_seq: u64,
+    /// This object's ledger epoch (meta `ledger_epoch`): D1's exactly-once mark is per epoch, so
+    /// an object whose storage was lost starts over instead of being ignored.
+    pub epoch: u64,
+    /// When the stored config was adopted (meta `config_at`): a bucket never spans two plans.
+    pub config_at: Option<Timestamp>,
+    /// How often open buckets go to D1 (`LEDGER_FLUSH_SECS`), set by the Durable Object.
+    pub flush_every_ms: u64,
+    /// How old the plan may grow before D1 is asked for a newer version (`PLAN_REFRESH_SECS`).
+    pub plan_refresh_ms: u64,
 }
 
 /// How a flush ended, as the drain reports it.

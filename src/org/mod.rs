@@ -4,10 +4,12 @@
 //! `msg` is the protocol (typed messages with an explicit caller, and the reply); `machine` is
 //! the state machine that turns a message and a snapshot of storage into a reply, the writes to
 //! apply and the time it next needs to run; `io` is the plain data it exchanges with storage;
-//! `rules` holds the small formulas (counter rows, alert crossings, backoff, wake-up times,
+//! `buckets` the
+//! aggregated usage on its way to D1 and its exactly-once batches; `rules` holds the small formulas (counter rows, alert crossings, backoff, wake-up times,
 //! reconciliation). It must never import `worker`, do
 //! I/O or read a clock: `now` is always an argument.
 
+pub mod buckets;
 pub mod io;
 pub mod machine;
 pub mod msg;

@@ -67,9 +67,9 @@ pub enum OrgOp {
     Usage { short: bool },
     /// Commit or release a provisional reservation (`/v1/reservations/{id}/…`).
     Settle { id: EventId, action: SettleAction },
-    /// Give back a proxied request's units after a non-2xx or failed origin call. `seq` is the
-    /// outbox row the decision answered with; `id` must match it.
-    Release { id: EventId, seq: u64 },
+    /// Give back a proxied request's units after a non-2xx or failed origin call. `held` is the
+    /// token the decision answered with (kept in the DO's memory for the release window).
+    Release { id: EventId, held: u64 },
     /// Usage the origin reported for a proxied request, counted without enforcement.
     Report { id: EventId, usage: Vec<(MeterId, u64)> },
 }
@@ -97,6 +97,15 @@ pub struct StoredConfig {
     /// Where threshold alerts go (else the deployment's `ALERT_WEBHOOK_URL`).
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// The Stripe customer the org's usage is billed to: kept with each ledger bucket.
+    #[serde(default)]
+    pub stripe_customer: Option<String>,
+    /// The plan's version in D1 when this config was made: a newer one is adopted by itself.
+    #[serde(default)]
+    pub plan_version: u64,
+    /// The ledger shard (D1 database) that holds the org's usage.
+    #[serde(default)]
+    pub shard: u32,
 }
 
 /// Operations only the admin API sends.
@@ -167,8 +176,8 @@ pub struct OrgReply {
     pub body: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
-    /// The outbox row that holds this proxied request's units: only then may the Worker release
-    /// them (a replay holds nothing).
+    /// The token that holds this proxied request's units: only then may the Worker release them
+    /// (a replay holds nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<u64>,
 }
@@ -198,7 +207,7 @@ mod tests {
     #[test]
     fn who_may_do_what() {
         let id = EventId::parse("r1").unwrap_or_else(|e| unreachable!("{e}"));
-        let release = OrgOp::Release { id: id.clone(), seq: 1 };
+        let release = OrgOp::Release { id: id.clone(), held: 1 };
         assert!(release.allows(&Caller::Gateway));
         assert!(!release.allows(&key()), "a key cannot release a proxied request's units");
         assert!(!release.allows(&Caller::Admin));

@@ -137,9 +137,9 @@ pub fn crossings(org: &OrgId, before: &[LimitStatus], after: &[LimitStatus], now
     out
 }
 
-/// When the machine next needs its alarm: the earliest of the outbox becoming ready, an alert
-/// falling due, a provisional reservation expiring, and unsaved decision counts. A failed flush
-/// replaces the outbox's time with its retry time.
+/// When the machine next needs its alarm: the earliest of the ledger buckets or the audit outbox
+/// falling due, an alert falling due, a provisional reservation expiring, and unsaved decision
+/// counts. A failed flush replaces the ledger's times with its retry time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Wake {
     pub outbox_ready: Option<Timestamp>,
@@ -147,12 +147,14 @@ pub struct Wake {
     pub alert_due: Option<Timestamp>,
     pub reservation_expires: Option<Timestamp>,
     pub counts_due: Option<Timestamp>,
+    /// When the open ledger buckets go to D1.
+    pub ledger_due: Option<Timestamp>,
 }
 
 impl Wake {
     /// The one time to arm the alarm for, if any.
     pub fn next(&self) -> Option<Timestamp> {
-        let ledger = self.flush_retry.or(self.outbox_ready);
+        let ledger = self.flush_retry.or_else(|| earliest(self.outbox_ready, self.ledger_due));
         [ledger, self.alert_due, self.reservation_expires, self.counts_due].into_iter().flatten().min()
     }
 }
@@ -169,16 +171,41 @@ pub fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp>
 /// Sums of the ledger (or the unflushed outbox) over one window, as reconciliation reads them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 pub struct LedgerAgg {
-    pub total: u64,
+    /// Net sum: pending buckets may hold a release of usage the ledger already has.
+    pub total: i64,
     pub peak: u64,
     pub last: Option<u64>,
     pub last_ts: Option<u64>,
 }
 
+impl LedgerAgg {
+    /// Both sums together: totals add, peaks take the larger, the latest value is the later one.
+    #[must_use]
+    pub fn plus(self, other: Self) -> Self {
+        let later = match (self.last_ts, other.last_ts) {
+            (_, None) => self,
+            (None, Some(_)) => other,
+            (Some(a), Some(b)) => {
+                if b >= a {
+                    other
+                } else {
+                    self
+                }
+            }
+        };
+        Self {
+            total: self.total.saturating_add(other.total),
+            peak: self.peak.max(other.peak),
+            last: later.last,
+            last_ts: later.last_ts,
+        }
+    }
+}
+
 /// What a fixed-window counter should hold, given what D1 has and what the outbox still holds.
 pub fn expected(agg: Aggregation, ledger: &LedgerAgg, queued: &LedgerAgg) -> u64 {
     match agg {
-        Aggregation::Sum => ledger.total.saturating_add(queued.total),
+        Aggregation::Sum => u64::try_from(ledger.total.saturating_add(queued.total).max(0)).unwrap_or(0),
         Aggregation::Max => ledger.peak.max(queued.peak),
         Aggregation::Latest => match queued.last {
             Some(q) if queued.last_ts.unwrap_or(0) >= ledger.last_ts.unwrap_or(0) => q,
@@ -190,7 +217,8 @@ pub fn expected(agg: Aggregation, ledger: &LedgerAgg, queued: &LedgerAgg) -> u64
 /// The ledger's own figure for a window, as the reconcile report shows it.
 pub const fn ledger_figure(agg: Aggregation, ledger: &LedgerAgg) -> u64 {
     match (agg, ledger.last) {
-        (Aggregation::Sum, _) => ledger.total,
+        (Aggregation::Sum, _) if ledger.total < 0 => 0,
+        (Aggregation::Sum, _) => ledger.total.unsigned_abs(),
         (Aggregation::Max, _) => ledger.peak,
         (Aggregation::Latest, Some(l)) => l,
         (Aggregation::Latest, None) => 0,

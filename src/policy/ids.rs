@@ -105,6 +105,20 @@ id_type!(
     OrgId
 );
 
+impl OrgId {
+    /// The ledger shard a new org goes to among `shards`: FNV-1a of the id, so the spread is
+    /// even and the same id always lands on the same shard. Stored with the org when it is
+    /// created, so adding shards later never moves an org's history.
+    pub fn shard(&self, shards: u32) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in self.0.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h % shards.max(1)
+    }
+}
+
 /// An idempotency key or reservation id, as clients send it: 1 to 128 characters of
 /// `A-Z a-z 0-9 . _ : -`. Case-sensitive.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -170,6 +184,12 @@ mod tests {
         assert_eq!(MeterId::parse("_x"), Err(IdError::BadChar));
         assert_eq!(MeterId::parse("a b"), Err(IdError::BadChar));
         assert_eq!(OrgId::parse(&"a".repeat(65)), Err(IdError::TooLong { max: 64 }));
+        // Shards: stable, in range, and spread over both of two.
+        let ids: Vec<OrgId> =
+            (0..100).map(|i| OrgId::parse(&format!("org-{i}")).unwrap_or_else(|e| unreachable!("{e}"))).collect();
+        let on_one = ids.iter().filter(|o| o.shard(2) == 1).count();
+        assert!((30..=70).contains(&on_one), "{on_one} of 100 on shard 1");
+        assert!(ids.iter().all(|o| o.shard(1) == 0 && o.shard(2) == o.shard(2)));
         assert!(OrgId::parse(&"a".repeat(64)).is_ok());
     }
 

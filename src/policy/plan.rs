@@ -45,6 +45,9 @@ pub struct MeterSpec {
     pub aggregation: Aggregation,
     /// Stripe Billing Meter `event_name`; the meter id unless the config names another.
     pub event_name: String,
+    /// Also keep one ledger row per usage event (with its metadata), for an audit trail. Off by
+    /// default: the ledger aggregates usage into hourly and daily buckets.
+    pub audit: bool,
 }
 
 impl MeterSpec {
@@ -52,7 +55,7 @@ impl MeterSpec {
     /// (`requests` is counted in requests).
     pub fn implicit(id: MeterId) -> Self {
         let unit = if id.as_str() == "requests" { "requests" } else { "units" };
-        Self { unit: unit.to_owned(), aggregation: Aggregation::Sum, event_name: id.to_string(), id }
+        Self { unit: unit.to_owned(), aggregation: Aggregation::Sum, event_name: id.to_string(), audit: false, id }
     }
 }
 
@@ -334,7 +337,7 @@ fn parse_meters(v: &Value) -> Result<BTreeMap<MeterId, MeterSpec>, PlanError> {
     };
     let mut out = BTreeMap::new();
     for (i, item) in items.iter().enumerate() {
-        let o = Obj::new(&format!("meters[{i}]"), item, &["id", "unit", "aggregation", "event_name"])?;
+        let o = Obj::new(&format!("meters[{i}]"), item, &["id", "unit", "aggregation", "event_name", "audit"])?;
         let id_s = o.str_req("id")?;
         let id = MeterId::parse(id_s).map_or_else(|e| err(o.at("id"), format!("'{id_s}' {e}")), Ok)?;
         let aggregation = o
@@ -348,10 +351,11 @@ fn parse_meters(v: &Value) -> Result<BTreeMap<MeterId, MeterSpec>, PlanError> {
         if event_name.is_empty() || event_name.len() > 100 {
             return err(o.at("event_name"), "must be 1 to 100 characters");
         }
+        let audit = o.flag("audit")?;
         if out.contains_key(&id) {
             return err(o.at("id"), format!("duplicate meter '{id}'"));
         }
-        out.insert(id.clone(), MeterSpec { id, unit, aggregation, event_name });
+        out.insert(id.clone(), MeterSpec { id, unit, aggregation, event_name, audit });
     }
     Ok(out)
 }

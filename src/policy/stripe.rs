@@ -5,24 +5,11 @@
 
 use std::fmt::Write as _;
 
-use sha2::{Digest, Sha256};
-
-use super::keys::hex;
-
 /// Stripe accepts meter events at most 35 days old.
 pub const MAX_AGE_SECS: u64 = 35 * 86_400;
 /// Consecutive failures that open the breaker, and how long it stays open.
 pub const BREAKER_FAILURES: u32 = 5;
 pub const BREAKER_OPEN_MS: u64 = 15 * 60 * 1000;
-
-/// The deterministic id of a batch (and its Stripe `identifier`): the org, meter and hour, and a
-/// digest of exactly the events claimed into it. The same claim always yields the same id.
-pub fn batch_id(org: &str, meter: &str, hour_secs: u64, event_ids: &[String]) -> String {
-    let mut ids: Vec<&str> = event_ids.iter().map(String::as_str).collect();
-    ids.sort_unstable();
-    let digest = Sha256::digest(ids.join("\n").as_bytes());
-    format!("qg_{org}_{meter}_{hour_secs}_{}", hex(digest.get(..8).unwrap_or(&[])))
-}
 
 /// `application/x-www-form-urlencoded` per the HTML spec (what Stripe's API takes).
 fn form_escape(s: &str) -> String {
@@ -95,14 +82,6 @@ pub fn breaker_after(failures: u32, open_until: u64, failed: bool, now_ms: u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn batch_ids_are_deterministic_and_content_addressed() {
-        let a = batch_id("acme", "requests", 3600, &["e2".into(), "e1".into()]);
-        assert_eq!(a, batch_id("acme", "requests", 3600, &["e1".into(), "e2".into()]), "order does not matter");
-        assert_ne!(a, batch_id("acme", "requests", 3600, &["e1".into(), "e2".into(), "e3".into()]));
-        assert!(a.starts_with("qg_acme_requests_3600_") && a.len() == "qg_acme_requests_3600_".len() + 16);
-    }
 
     #[test]
     fn wire_format_is_form_encoded() {

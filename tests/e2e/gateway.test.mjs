@@ -37,7 +37,7 @@ before(async () => {
   origin = createOrigin();
   const port = await origin.listen();
   gw = await startGateway({
-    vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}`, ROUTES },
+    vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}`, ROUTES, PLAN_REFRESH_SECS: "1" },
   });
   api = client(gw.url);
   await api.plan("free", FREE);
@@ -253,17 +253,22 @@ test("admin: plans and orgs validate with field-named 400s; unknown resources ar
   assert.equal((await api.call("GET", "/_quota/admin/plans", { token: "wrong" })).status, 401);
 });
 
-test("admin: overrides and plan updates reach the org's DO; reset zeroes a meter", async () => {
+test("admin: overrides and plan updates reach the org's DO without a fan-out; reset zeroes a meter", async () => {
   await api.plan("two", { limits: [{ meter: "requests", limit: 2, period: "day" }] });
   await api.org("org-ov", { plan: "two", overrides: [{ meter: "requests", limit: 3, period: "day" }] });
   const { key } = await api.key("org-ov");
   const codes = [];
   for (let i = 0; i < 4; i++) codes.push((await api.call("GET", "/x", { key })).status);
   assert.deepEqual(codes, [200, 200, 200, 429]);
-  // Raising the plan's other limit pushes the new plan to the DO before the PUT answers.
+  // A plan change is written to D1 only; the org's DO adopts the new version by itself on its
+  // first request once its copy is PLAN_REFRESH_SECS (1 s here) old.
   const up = await api.admin("PUT", "/plans/two", { limits: [{ meter: "requests", limit: 2, period: "day" }, { meter: "requests", limit: 100, period: "month" }] });
-  assert.equal(up.json.orgs_updated, 1);
-  assert.equal((await api.state("org-ov")).limits.length, 2);
+  assert.deepEqual([up.json.orgs, up.json.version, up.json.adopted_within_secs], [1, 2, 1]);
+  assert.equal((await api.state("org-ov")).plan_version, 1, "nothing was pushed");
+  await new Promise((r) => setTimeout(r, 1_100));
+  assert.equal((await api.call("GET", "/x", { key })).status, 429, "decided on the new plan, still over today's limit");
+  const state = await api.state("org-ov");
+  assert.deepEqual([state.limits.length, state.plan_version], [2, 2]);
   const reset = await api.admin("POST", "/orgs/org-ov/reset", { meter: "requests" });
   assert.equal(reset.status, 200);
   assert.equal(reset.json.limits.every((l) => l.used === 0), true);

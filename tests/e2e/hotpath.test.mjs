@@ -41,7 +41,8 @@ test("a proxied request costs the org DO at most one read and two row writes; a 
     assert.ok(w.rows <= 2, `rows written ${w.rows}`);
     assert.ok(w.statements <= 3, `statements ${w.statements}`);
   }
-  // The meter's one counter row and one outbox row; after the first request the counter row
+  // The meter's one counter row and its open ledger bucket (the same row, rewritten: nothing
+  // grows per request); after the first request the counter row
   // is the DO's own (it is its single writer), so nothing is read.
   assert.deepEqual(seen.slice(1), Array(29).fill({ statements: 2, rows: 2 }));
   // With an Idempotency-Key, one more row: the key's record.

@@ -1,5 +1,6 @@
-// The usage ledger end to end: every committed unit reaches D1 exactly once, through D1
-// failures, replays and reconciliation. D1 is read directly from its SQLite file to check.
+// The usage ledger end to end: every committed unit reaches D1 exactly once, aggregated into
+// hourly and daily buckets, through D1 failures, replays, releases and reconciliation. D1 is
+// read directly from its SQLite file to check.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startGateway, ledgerQuery, lockLedger } from "../support/gateway.mjs";
@@ -18,7 +19,9 @@ async function newOrg(plan = "metered") {
 
 const ledger = (sql, ...p) => ledgerQuery(gw.persistTo, sql, ...p);
 async function ledgerTotal(org, meter) {
-  const [r] = await ledger("SELECT COUNT(*) AS n, COALESCE(SUM(quantity), 0) AS q FROM usage_events WHERE org_id = ? AND meter = ?", org, meter);
+  const [r] = await ledger("SELECT COALESCE(SUM(events), 0) AS n, COALESCE(SUM(quantity), 0) AS q FROM usage_hourly WHERE org_id = ? AND meter = ?", org, meter);
+  const [d] = await ledger("SELECT COALESCE(SUM(events), 0) AS n, COALESCE(SUM(quantity), 0) AS q FROM usage_daily WHERE org_id = ? AND meter = ?", org, meter);
+  assert.deepEqual([d.n, d.q], [r.n, r.q], "the daily tier agrees with the hourly tier");
   return { events: r.n, quantity: r.q };
 }
 async function drain(org) {
@@ -35,11 +38,12 @@ before(async () => {
   origin = createOrigin();
   const port = await origin.listen();
   gw = await startGateway({
-    vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}`, ROUTES, PROXY_RELEASE_WINDOW_SECS: "1" },
+    vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}`, ROUTES },
   });
   api = client(gw.url);
   await api.plan("metered", {
-    meters: [{ id: "storage_bytes", unit: "bytes", aggregation: "latest" }, { id: "seats", aggregation: "max" }],
+    // `rows` keeps per-event audit rows too; the others are aggregated only.
+    meters: [{ id: "storage_bytes", unit: "bytes", aggregation: "latest" }, { id: "seats", aggregation: "max" }, { id: "rows", audit: true }],
     limits: [
       { meter: "requests", limit: 1000, period: "month" },
       { meter: "rows", limit: 100, period: "day", mode: "hard" },
@@ -80,15 +84,21 @@ test("usage events are idempotent: accepted, duplicate, rejected; each reaches t
   const flushed = await drain(o.id);
   assert.equal(flushed.pending, 0);
   assert.deepEqual(await ledgerTotal(o.id, "rows"), { events: 3, quantity: 110 });
-  const [ev1] = await ledger("SELECT source, metadata, day FROM usage_events WHERE org_id = ? AND event_id = 'ev-1'", o.id);
-  assert.deepEqual([ev1.source, JSON.parse(ev1.metadata).job, ev1.day], ["event", "import-7", new Date().toISOString().slice(0, 10)]);
+  // The audit meter's per-event rows, with metadata; they are not counted a second time.
+  const [ev1] = await ledger("SELECT source, metadata, day, rolled FROM usage_events WHERE org_id = ? AND event_id = 'ev-1'", o.id);
+  assert.deepEqual([ev1.source, JSON.parse(ev1.metadata).job, ev1.day, ev1.rolled], ["event", "import-7", new Date().toISOString().slice(0, 10), 0]);
+  const [audit] = await ledger("SELECT COUNT(*) AS n FROM usage_events WHERE org_id = ?", o.id);
+  assert.equal(audit.n, 3);
+  // ev-2 happened an hour ago: its own hourly bucket.
+  const [hours] = await ledger("SELECT COUNT(*) AS n FROM usage_hourly WHERE org_id = ? AND meter = 'rows'", o.id);
+  assert.equal(hours.n, 2);
   // A replay after the flush is still a duplicate, and the ledger still holds it once.
   assert.equal((await post({ events: [{ id: "ev-2", meter: "rows", quantity: 50 }] })).json.results[0].status, "duplicate");
   await drain(o.id);
   assert.deepEqual(await ledgerTotal(o.id, "rows"), { events: 3, quantity: 110 });
 });
 
-test("proxied requests reach the ledger once their release window closes; released ones never", async () => {
+test("proxied requests reach the ledger at once, aggregated; released ones never; nothing per request is stored", async () => {
   const o = await newOrg();
   for (let i = 0; i < 3; i++) assert.equal((await api.call("GET", "/ok", { key: o.key })).status, 200);
   assert.equal((await api.call("GET", "/fail?status=500", { key: o.key })).status, 500);
@@ -99,13 +109,26 @@ test("proxied requests reach the ledger once their release window closes; releas
     assert.equal(r.status, 200);
   }
   await eventually(async () => (await api.used(o.id, "requests-month")) === 3);
-  await new Promise((r) => setTimeout(r, 1_200)); // the release window (1 s) closes
+  // No release window in front of the ledger: a forced flush right away takes everything.
   await drain(o.id);
   assert.deepEqual(await ledgerTotal(o.id, "requests"), { events: 3, quantity: 3 });
   assert.deepEqual(await ledgerTotal(o.id, "ai_tokens"), { events: 2, quantity: 290 });
   assert.equal(await api.used(o.id, "ai_tokens-month"), 290, "the counter agrees with the ledger");
-  const sources = await ledger("SELECT DISTINCT source FROM usage_events WHERE org_id = ? ORDER BY source", o.id);
-  assert.deepEqual(sources.map((s) => s.source), ["origin", "proxy"]);
+  const [rows] = await ledger("SELECT COUNT(*) AS n FROM usage_events WHERE org_id = ?", o.id);
+  assert.equal(rows.n, 0, "no per-event rows for meters without audit");
+  const [buckets] = await ledger("SELECT COUNT(*) AS n FROM usage_hourly WHERE org_id = ?", o.id);
+  assert.equal(buckets.n, 2, "one bucket per meter and hour");
+  const state = await api.state(o.id);
+  assert.deepEqual([state.open_reservations, state.outbox_pending, state.ledger_pending], [0, 0, 0]);
+  // A release after its usage was flushed is a negative delta: the ledger nets out.
+  const slow = api.call("GET", "/slow?delay=1500&status=503", { key: o.key });
+  await eventually(async () => (await api.used(o.id, "requests-month")) === 4);
+  await drain(o.id);
+  assert.deepEqual(await ledgerTotal(o.id, "requests"), { events: 4, quantity: 4 });
+  assert.equal((await slow).status, 503);
+  await eventually(async () => (await api.used(o.id, "requests-month")) === 3);
+  await drain(o.id);
+  assert.deepEqual(await ledgerTotal(o.id, "requests"), { events: 3, quantity: 3 });
 });
 
 test("a storm of 500 replays of the same idempotency keys counts each key once", async () => {
@@ -132,7 +155,6 @@ test("a storm of 500 replays of the same idempotency keys counts each key once",
   assert.equal(proxied.filter(([, rep]) => rep === "true").length, 490, "and flagged as replays");
   assert.equal(await api.used(o.id, "ai_tokens-month"), 70);
   assert.equal(await api.used(o.id, "requests-month"), 10);
-  await new Promise((r) => setTimeout(r, 1_200));
   await drain(o.id);
   assert.deepEqual(await ledgerTotal(o.id, "ai_tokens"), { events: 10, quantity: 70 });
   assert.deepEqual(await ledgerTotal(o.id, "requests"), { events: 10, quantity: 10 });
@@ -166,9 +188,9 @@ test("D1 failing for a while: events stay queued, then arrive exactly once; flus
   const done = await drain(o.id);
   const secs = (Date.now() - t0) / 1000;
   const total = await ledgerTotal(o.id, "ai_tokens");
-  const [dups] = await ledger("SELECT COUNT(*) - COUNT(DISTINCT event_id) AS d FROM usage_events WHERE org_id = ?", o.id);
-  console.log(`d1-fault: acknowledged=${acknowledged} in_ledger=${total.events} duplicates=${dups.d} drain=${secs.toFixed(2)}s (~${Math.round(2000 / secs)} events/s incl. retries)`);
-  assert.deepEqual([acknowledged, total.events, total.quantity, dups.d, done.pending], [2000, 2000, 2000, 0, 0]);
+  const [marks] = await ledger("SELECT COUNT(*) AS n FROM ledger_marks WHERE org_id = ?", o.id);
+  console.log(`d1-fault: acknowledged=${acknowledged} in_ledger=${total.events} drain=${secs.toFixed(2)}s`);
+  assert.deepEqual([acknowledged, total.events, total.quantity, done.pending, marks.n], [2000, 2000, 2000, 0, 1]);
   const [roll] = await ledger("SELECT SUM(quantity) AS q, SUM(events) AS e FROM usage_daily WHERE org_id = ? AND meter = 'ai_tokens'", o.id);
   assert.deepEqual([roll.q, roll.e], [2000, 2000], "the rollup counted each event once");
 });
@@ -232,18 +254,18 @@ test("reconciliation: zero drift after a clean run; injected drift is reported a
   await api.call("POST", "/_quota/v1/events", { key: o.key, body: { events: [
     { id: "r1", meter: "ai_tokens", quantity: 30 }, { id: "r2", meter: "ai_tokens", quantity: 12 }, { id: "r3", meter: "rows", quantity: 9 },
   ] } });
-  // Some still in the outbox, some in the ledger: both count.
+  // Some flushed, some still in the DO's buckets: reconciliation flushes first, then compares.
   await drain(o.id);
   await api.call("POST", "/_quota/v1/events", { key: o.key, body: { events: [{ id: "r4", meter: "ai_tokens", quantity: 8 }] } });
   const clean = await api.admin("GET", `/orgs/${o.id}/reconcile`);
   assert.equal(clean.status, 200);
   assert.equal(clean.json.total_drift, 0, JSON.stringify(clean.json.limits));
   const ai = clean.json.limits.find((l) => l.policy === "ai_tokens-month");
-  assert.deepEqual([ai.counter, ai.ledger, ai.outbox, ai.drift], [50, 42, 8, 0]);
+  assert.deepEqual([ai.counter, ai.ledger, ai.drift], [50, 50, 0]);
   await drain(o.id);
-  // Inject drift: the ledger loses an event behind the gateway's back.
+  // Inject drift: the ledger loses 12 units behind the gateway's back.
   const lock = await lockLedger(gw.persistTo);
-  lock.exec(`DELETE FROM usage_events WHERE org_id = '${o.id}' AND event_id = 'r2'`);
+  lock.exec(`UPDATE usage_hourly SET quantity = quantity - 12 WHERE org_id = '${o.id}' AND meter = 'ai_tokens'`);
   lock.release();
   const drifted = await api.admin("GET", `/orgs/${o.id}/reconcile`);
   const d = drifted.json.limits.find((l) => l.policy === "ai_tokens-month");
@@ -270,8 +292,8 @@ test("the billing export matches the ledger, in JSON and RFC 4180 CSV", async ()
   const r = await api.admin("GET", `/export?from=${today}&to=${today}&format=json`);
   assert.equal(r.status, 200);
   const rows = await ledger(
-    "SELECT org_id, meter, SUM(quantity) AS q, COUNT(*) AS n FROM usage_events WHERE day = ? AND org_id IN (?, ?) GROUP BY org_id, meter ORDER BY org_id, meter",
-    today, a.id, b.id,
+    "SELECT org_id, meter, SUM(quantity) AS q, SUM(events) AS n FROM usage_hourly WHERE start >= ? AND org_id IN (?, ?) GROUP BY org_id, meter ORDER BY org_id, meter",
+    Date.parse(`${today}T00:00:00Z`), a.id, b.id,
   );
   const exported = r.json.rows.filter((x) => [a.id, b.id].includes(x.org_id)).map((x) => [x.org_id, x.meter, x.quantity, x.events]);
   assert.deepEqual(exported, rows.map((x) => [x.org_id, x.meter, x.q, x.n]), "export totals equal the ledger's");

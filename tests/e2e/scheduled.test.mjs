@@ -1,6 +1,6 @@
 // The scheduled handler (cron), triggered through wrangler's local endpoint: reconciliation
-// reports drift in a log line, and retention prunes raw events that are rolled up and (for
-// Stripe customers) reported, while rollups stay.
+// reports drift in a log line, and tiered retention keeps hourly rows at least 40 days and daily
+// and audit rows RETENTION_DAYS.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startGateway, ledgerQuery, lockLedger } from "../support/gateway.mjs";
@@ -8,8 +8,8 @@ import { client, eventually, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../s
 
 let gw, api;
 before(async () => {
-  // RETENTION_DAYS=0: every raw event is old enough to prune.
-  gw = await startGateway({ vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: "http://127.0.0.1:9", RETENTION_DAYS: "0" } });
+  // RETENTION_DAYS=100; hourly rows keep their floor of 40 days.
+  gw = await startGateway({ vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: "http://127.0.0.1:9", RETENTION_DAYS: "100", HOURLY_RETENTION_DAYS: "1" } });
   api = client(gw.url);
   await api.plan("basic", { limits: [{ meter: "rows", limit: 1000, period: "month" }] });
 });
@@ -17,7 +17,7 @@ after(async () => {
   await gw?.stop();
 });
 
-test("cron: drift is logged, and retention prunes only rolled-up, reported raw events", async () => {
+test("cron: drift is logged, and tiered retention prunes hourly rows after 40 days and daily rows after RETENTION_DAYS", async () => {
   await api.org("org-plain", { plan: "basic" });
   await api.org("org-stripe", { plan: "basic", stripe_customer_id: "cus_test123" });
   for (const org of ["org-plain", "org-stripe"]) {
@@ -25,9 +25,18 @@ test("cron: drift is logged, and retention prunes only rolled-up, reported raw e
     await api.call("POST", "/_quota/v1/events", { key, body: { events: [{ id: "a", meter: "rows", quantity: 4 }, { id: "b", meter: "rows", quantity: 6 }] } });
     await api.admin("POST", `/orgs/${org}/flush`);
   }
-  // Drift for org-plain: the ledger loses an event behind the gateway's back.
+  // Drift for org-plain: the ledger loses 4 units behind the gateway's back.
   const lock = await lockLedger(gw.persistTo);
-  lock.exec("DELETE FROM usage_events WHERE org_id = 'org-plain' AND event_id = 'a'");
+  lock.exec("UPDATE usage_hourly SET quantity = quantity - 4 WHERE org_id = 'org-plain'");
+  // Old rows of another org, each side of each tier's limit.
+  const day = 86_400_000;
+  const hourly = (age) => `INSERT INTO usage_hourly (org_id, meter, start, event_name, quantity, events) VALUES ('org-old', 'rows', ${Math.floor((Date.now() - age) / 3_600_000) * 3_600_000}, 'rows', 1, 1)`;
+  const daily = (age) => `INSERT INTO usage_daily (org_id, meter, day, quantity, events) VALUES ('org-old', 'rows', '${new Date(Date.now() - age).toISOString().slice(0, 10)}', 1, 1)`;
+  lock.exec(hourly(39 * day));
+  lock.exec(hourly(41 * day));
+  lock.exec(daily(99 * day));
+  lock.exec(daily(101 * day));
+  lock.exec(`INSERT INTO usage_events (org_id, event_id, meter, quantity, ts, day, source, recorded_at, rolled) VALUES ('org-old', 'x', 'rows', 1, ${Date.now() - 101 * day}, '2000-01-01', 'event', 0, 0)`);
   lock.release();
   const r = await fetch(`${gw.url}/cdn-cgi/local/scheduled`);
   assert.equal(r.status, 200);
@@ -37,8 +46,8 @@ test("cron: drift is logged, and retention prunes only rolled-up, reported raw e
   const line = logs.split("\n").find((l) => l.includes('"msg":"scheduled"'));
   const summary = JSON.parse(line.slice(line.indexOf("{"), line.lastIndexOf("}") + 1));
   assert.deepEqual(
-    [summary.orgs_checked, summary.orgs_with_drift, summary.events_pruned, summary.retention_days],
-    [2, 1, 1, 0],
+    [summary.orgs_checked, summary.orgs_with_drift, summary.rows_pruned, summary.retention_days, summary.hourly_retention_days],
+    [2, 1, 3, 100, 40],
     line,
   );
   // The drift is also a metric.
@@ -56,8 +65,8 @@ test("cron: drift is logged, and retention prunes only rolled-up, reported raw e
   assert.match(m.text, /^quotagate_decisions_total\{org="org-plain",meter="rows",outcome="allowed"\} 2$/m);
   assert.match(gw.logs(), /"msg":"decision".*"outcome":"accepted".*"source":"events"/);
   assert.equal((await api.call("GET", "/_quota/admin/metrics")).status, 401);
-  const raw = await ledgerQuery(gw.persistTo, "SELECT org_id, COUNT(*) AS n FROM usage_events GROUP BY org_id ORDER BY org_id");
-  assert.deepEqual(raw.map((x) => [x.org_id, x.n]), [["org-stripe", 2]], "unreported Stripe usage is kept; the rest is pruned");
-  const rolled = await ledgerQuery(gw.persistTo, "SELECT org_id, SUM(quantity) AS q FROM usage_daily GROUP BY org_id ORDER BY org_id");
-  assert.deepEqual(rolled.map((x) => [x.org_id, x.q]), [["org-plain", 10], ["org-stripe", 10]], "rollups are kept");
+  const count = async (t) => (await ledgerQuery(gw.persistTo, `SELECT COUNT(*) AS n FROM ${t} WHERE org_id = 'org-old'`))[0].n;
+  assert.deepEqual([await count("usage_hourly"), await count("usage_daily"), await count("usage_events")], [1, 1, 0], "each tier keeps its own window");
+  const rolled = await ledgerQuery(gw.persistTo, "SELECT org_id, SUM(quantity) AS q FROM usage_daily WHERE org_id != 'org-old' GROUP BY org_id ORDER BY org_id");
+  assert.deepEqual(rolled.map((x) => [x.org_id, x.q]), [["org-plain", 10], ["org-stripe", 10]], "recent rows are kept");
 });

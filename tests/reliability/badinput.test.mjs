@@ -19,7 +19,7 @@ async function snapshot(orgs) {
     const s = await fx.api.state(org);
     state[org] = { limits: s.limits.map((l) => [l.policy, l.used]), reservations: s.reservations ?? null };
   }
-  state.ledger = (await ledgerQuery(fx.gw.persistTo, "SELECT COUNT(*) AS n, COALESCE(SUM(quantity), 0) AS q FROM usage_events"))[0];
+  state.ledger = (await ledgerQuery(fx.gw.persistTo, "SELECT COALESCE(SUM(events), 0) AS n, COALESCE(SUM(quantity), 0) AS q FROM usage_hourly"))[0];
   state.keys = (await ledgerQuery(fx.gw.persistTo, "SELECT COUNT(*) AS n, COUNT(revoked_at) AS r FROM api_keys"))[0];
   state.orgs = await ledgerQuery(fx.gw.persistTo, "SELECT * FROM orgs ORDER BY id");
   state.plans = await ledgerQuery(fx.gw.persistTo, "SELECT * FROM plans ORDER BY id");

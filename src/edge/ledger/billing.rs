@@ -13,17 +13,6 @@ use crate::edge::error::EdgeError;
 use crate::edge::platform::js_int;
 use crate::policy::Timestamp;
 
-const HOUR_MS: u64 = 3_600_000;
-
-/// Unreported, unclaimed usage of one (org, meter, hour) of a Stripe customer.
-#[derive(Debug, Deserialize)]
-pub struct Group {
-    pub org_id: String,
-    pub customer: String,
-    pub meter: String,
-    pub hour_idx: u64,
-}
-
 /// A frozen batch waiting to be sent.
 #[derive(Debug, Deserialize)]
 pub struct Batch {
@@ -39,11 +28,6 @@ pub struct Batch {
 pub struct BreakerRow {
     pub failures: u32,
     pub open_until: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct IdRow {
-    event_id: String,
 }
 
 async fn run(db: &D1Database, sql: &str, args: &[JsValue], what: &'static str) -> Result<(), EdgeError> {
@@ -67,66 +51,36 @@ pub async fn set_breaker(db: &D1Database, failures: u32, open_until: u64) -> Res
     .await
 }
 
-/// Up to 100 (org, meter, hour) groups with unreported, unclaimed usage of Stripe customers.
-pub async fn unclaimed_groups(db: &D1Database) -> Result<Vec<Group>, EdgeError> {
-    rows(
-        db,
-        "SELECT e.org_id AS org_id, o.stripe_customer_id AS customer, e.meter AS meter, e.ts / 3600000 AS hour_idx \
-         FROM usage_events e JOIN orgs o ON o.id = e.org_id \
-         WHERE o.stripe_customer_id IS NOT NULL AND e.stripe_reported_at IS NULL AND e.stripe_batch IS NULL \
-         GROUP BY e.org_id, e.meter, hour_idx ORDER BY hour_idx LIMIT 100",
-        &[],
-        "stripe groups",
-    )
-    .await
-}
+/// Hourly rows claimed per run and shard.
+const CLAIMS_PER_RUN: u64 = 200;
 
-/// The ids of a group's unclaimed events (at most 5,000, in id order).
-pub async fn unclaimed_ids(db: &D1Database, g: &Group) -> Result<Vec<String>, EdgeError> {
-    let from = g.hour_idx.saturating_mul(HOUR_MS);
-    let ids: Vec<IdRow> = rows(
-        db,
-        "SELECT event_id FROM usage_events WHERE org_id = ? AND meter = ? AND ts >= ? AND ts < ? \
-         AND stripe_reported_at IS NULL AND stripe_batch IS NULL ORDER BY event_id LIMIT 5000",
-        &[s(&g.org_id), s(&g.meter), js_int(from)?, js_int(from.saturating_add(HOUR_MS))?],
-        "stripe ids",
-    )
-    .await?;
-    Ok(ids.into_iter().map(|r| r.event_id).collect())
-}
-
-/// One D1 batch, one transaction: claims the events for batch `id`, then freezes the batch from
-/// what was claimed (an existing batch of that id is kept as it is).
-pub async fn claim_batch(
-    db: &D1Database,
-    id: &str,
-    g: &Group,
-    event_name: &str,
-    ids: &[String],
-    now: Timestamp,
-) -> Result<(), EdgeError> {
-    let mut stmts = Vec::new();
-    for chunk in ids.chunks(90) {
-        let marks = vec!["?"; chunk.len()].join(",");
-        let mut args = vec![s(id), s(&g.org_id)];
-        args.extend(chunk.iter().map(|e| s(e)));
-        let sql = format!(
-            "UPDATE usage_events SET stripe_batch = ? WHERE org_id = ? AND stripe_batch IS NULL AND event_id IN ({marks})"
-        );
-        stmts.push(db.prepare(sql).bind(&args).map_err(EdgeError::platform("bind"))?);
-    }
-    let hour = g.hour_idx.saturating_mul(HOUR_MS) / 1000;
-    stmts.push(
-        db.prepare(
+/// Claims unclaimed usage of Stripe customers from one shard's hourly rows into frozen batches,
+/// in one D1 batch (one transaction): each batch takes what its row gained since the last claim,
+/// and its id names the row and that starting point (`qg_<org>_<meter>_<start s>_<claimed>`), so
+/// the same claim always has the same id and a retry can never bill twice. Returns how many.
+pub async fn claim_hourly(db: &D1Database, now: Timestamp) -> Result<u64, EdgeError> {
+    const PICK: &str = "SELECT org_id, meter, start FROM usage_hourly \
+        WHERE customer IS NOT NULL AND quantity > stripe_claimed ORDER BY start LIMIT ?2";
+    let stmts = vec![
+        db.prepare(format!(
             "INSERT INTO stripe_batches (id, org_id, stripe_customer_id, event_name, meter, hour, value, events, status, created_at) \
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, SUM(quantity), COUNT(*), 'pending', ?7 FROM usage_events \
-             WHERE stripe_batch = ?1 HAVING COUNT(*) > 0 ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&[s(id), s(&g.org_id), s(&g.customer), s(event_name), s(&g.meter), js_int(hour)?, t(now)?])
+             SELECT 'qg_' || org_id || '_' || meter || '_' || (start / 1000) || '_' || stripe_claimed, org_id, customer, \
+             event_name, meter, (start / 3600000) * 3600, quantity - stripe_claimed, events, 'pending', ?1 FROM usage_hourly \
+             WHERE (org_id, meter, start) IN ({PICK}) ON CONFLICT (id) DO NOTHING"
+        ))
+        .bind(&[t(now)?, js_int(CLAIMS_PER_RUN)?])
         .map_err(EdgeError::platform("bind"))?,
-    );
-    db.batch(stmts).await.map_err(EdgeError::platform("stripe claim"))?;
-    Ok(())
+        db.prepare(format!("UPDATE usage_hourly SET stripe_claimed = quantity WHERE (org_id, meter, start) IN ({PICK})"))
+            .bind(&[t(now)?, js_int(CLAIMS_PER_RUN)?])
+            .map_err(EdgeError::platform("bind"))?,
+    ];
+    let results = db.batch(stmts).await.map_err(EdgeError::platform("stripe claim"))?;
+    Ok(results
+        .first()
+        .and_then(|r| r.meta().ok().flatten())
+        .and_then(|m| m.changes)
+        .and_then(|c| u64::try_from(c).ok())
+        .unwrap_or(0))
 }
 
 /// Pending batches due now (every pending one when `force`), oldest first, at most 100.

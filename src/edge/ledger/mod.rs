@@ -11,11 +11,12 @@ mod ops;
 mod usage;
 
 pub use billing::{
-    claim_batch, due_batches, expire_batch, fail_batch, set_breaker, settle_batch, stripe_breaker, unclaimed_groups,
-    unclaimed_ids, Batch,
+    claim_hourly, due_batches, expire_batch, fail_batch, set_breaker, settle_batch, stripe_breaker, Batch,
 };
 pub use ops::{add_latency, gauges, latency, live_metrics, record_alert_attempt, set_gauge, AlertAttempt};
-pub use usage::{daily_range, history, insert_usage, prune, record_reset, summary, window_aggregate, DailyRow};
+pub use usage::{
+    apply_buckets, daily_range, history, insert_usage, prune, record_reset, summary, window_aggregate, DailyRow,
+};
 
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
@@ -26,8 +27,22 @@ use super::platform::js_int;
 use crate::policy::{OrgId, PlanId, Timestamp};
 use crate::policy::{OrgTerms, Plan, Policy};
 
+/// The catalogue's database (plans, orgs, keys, Stripe batches, gauges): also ledger shard 0.
 pub fn db(env: &Env) -> Result<D1Database, EdgeError> {
     env.d1("LEDGER").map_err(EdgeError::platform("LEDGER binding"))
+}
+
+/// The database of ledger shard `n`: `LEDGER` for 0, `LEDGER_<n>` otherwise.
+pub fn shard_db(env: &Env, n: u32) -> Result<D1Database, EdgeError> {
+    if n == 0 {
+        return db(env);
+    }
+    env.d1(&format!("LEDGER_{n}")).map_err(EdgeError::platform("LEDGER_<n> binding"))
+}
+
+/// Every ledger shard, for the readers that span orgs (export, Stripe, retention).
+pub fn all_shards(env: &Env, shards: u32) -> Result<Vec<D1Database>, EdgeError> {
+    (0..shards.max(1)).map(|n| shard_db(env, n)).collect()
 }
 
 fn s(v: &str) -> JsValue {
@@ -65,6 +80,8 @@ pub struct PlanRow {
     pub body: String,
     pub created_at: u64,
     pub updated_at: u64,
+    /// Raised by every PUT; org DOs adopt a newer one by themselves.
+    pub version: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +95,9 @@ pub struct OrgRow {
     pub overrides: String,
     pub created_at: u64,
     pub updated_at: u64,
+    /// The ledger shard that holds its usage: set when the org is created, never moved.
+    #[serde(default)]
+    pub shard: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,7 +117,7 @@ pub struct KeyPlanRow {
 }
 
 pub async fn get_plan(db: &D1Database, id: &PlanId) -> Result<Option<PlanRow>, EdgeError> {
-    db.prepare("SELECT id, name, body, created_at, updated_at FROM plans WHERE id = ?")
+    db.prepare("SELECT id, name, body, created_at, updated_at, version FROM plans WHERE id = ?")
         .bind(&[s(id.as_str())])
         .map_err(EdgeError::platform("bind"))?
         .first(None)
@@ -116,15 +136,37 @@ pub async fn plan_count(db: &D1Database) -> Result<u64, EdgeError> {
 }
 
 pub async fn list_plans(db: &D1Database) -> Result<Vec<PlanRow>, EdgeError> {
-    rows(db, "SELECT id, name, body, created_at, updated_at FROM plans ORDER BY id", &[], "plans query").await
+    rows(db, "SELECT id, name, body, created_at, updated_at, version FROM plans ORDER BY id", &[], "plans query").await
 }
 
-/// Inserts or replaces a plan; `true` when it was new.
+/// A plan's version and body, if it is newer than `than`: what an org DO reads to adopt it.
+pub async fn newer_plan(db: &D1Database, id: &PlanId, than: u64) -> Result<Option<PlanRow>, EdgeError> {
+    db.prepare("SELECT id, name, body, created_at, updated_at, version FROM plans WHERE id = ? AND version > ?")
+        .bind(&[s(id.as_str()), js_int(than)?])
+        .map_err(EdgeError::platform("bind"))?
+        .first(None)
+        .await
+        .map_err(EdgeError::platform("plans query"))
+}
+
+/// How many orgs are on a plan (one query, whatever the count).
+pub async fn orgs_on_plan_count(db: &D1Database, plan: &PlanId) -> Result<u64, EdgeError> {
+    #[derive(Deserialize)]
+    struct N {
+        n: u64,
+    }
+    let r: Vec<N> =
+        rows(db, "SELECT COUNT(*) AS n FROM orgs WHERE plan_id = ?", &[s(plan.as_str())], "orgs query").await?;
+    Ok(r.first().map_or(0, |r| r.n))
+}
+
+/// Inserts or replaces a plan, raising its version; `true` when it was new.
 pub async fn put_plan(db: &D1Database, id: &PlanId, name: &str, body: &str, now: Timestamp) -> Result<bool, EdgeError> {
     let existed = get_plan(db, id).await?.is_some();
     db.prepare(
         "INSERT INTO plans (id, name, body, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) \
-         ON CONFLICT(id) DO UPDATE SET name = excluded.name, body = excluded.body, updated_at = excluded.updated_at",
+         ON CONFLICT(id) DO UPDATE SET name = excluded.name, body = excluded.body, updated_at = excluded.updated_at, \
+         version = plans.version + 1",
     )
     .bind(&[s(id.as_str()), s(name), s(body), t(now)?])
     .map_err(EdgeError::platform("bind"))?
@@ -135,7 +177,7 @@ pub async fn put_plan(db: &D1Database, id: &PlanId, name: &str, body: &str, now:
 }
 
 const ORG_COLUMNS: &str =
-    "id, name, plan_id, billing_anchor, stripe_customer_id, webhook_url, overrides, created_at, updated_at";
+    "id, name, plan_id, billing_anchor, stripe_customer_id, webhook_url, overrides, created_at, updated_at, shard";
 
 pub async fn get_org(db: &D1Database, id: &OrgId) -> Result<Option<OrgRow>, EdgeError> {
     db.prepare(format!("SELECT {ORG_COLUMNS} FROM orgs WHERE id = ?"))
@@ -146,20 +188,10 @@ pub async fn get_org(db: &D1Database, id: &OrgId) -> Result<Option<OrgRow>, Edge
         .map_err(EdgeError::platform("orgs query"))
 }
 
-pub async fn orgs_on_plan(db: &D1Database, plan: &PlanId) -> Result<Vec<OrgRow>, EdgeError> {
-    rows(
-        db,
-        &format!("SELECT {ORG_COLUMNS} FROM orgs WHERE plan_id = ? ORDER BY id"),
-        &[s(plan.as_str())],
-        "orgs query",
-    )
-    .await
-}
-
 pub async fn put_org(db: &D1Database, row: &OrgRow) -> Result<(), EdgeError> {
     db.prepare(
-        "INSERT INTO orgs (id, name, plan_id, billing_anchor, stripe_customer_id, webhook_url, overrides, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+        "INSERT INTO orgs (id, name, plan_id, billing_anchor, stripe_customer_id, webhook_url, overrides, created_at, updated_at, shard) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
          ON CONFLICT(id) DO UPDATE SET name = excluded.name, plan_id = excluded.plan_id, \
          billing_anchor = excluded.billing_anchor, stripe_customer_id = excluded.stripe_customer_id, \
          webhook_url = excluded.webhook_url, overrides = excluded.overrides, updated_at = excluded.updated_at",
@@ -174,6 +206,7 @@ pub async fn put_org(db: &D1Database, row: &OrgRow) -> Result<(), EdgeError> {
         s(&row.overrides),
         js_int(row.created_at)?,
         js_int(row.updated_at)?,
+        JsValue::from(row.shard),
     ])
     .map_err(EdgeError::platform("bind"))?
     .run()
@@ -241,16 +274,24 @@ pub async fn key_plan(db: &D1Database, org: &OrgId, hash: &str) -> Result<Option
     .map_err(EdgeError::platform("api_keys query"))
 }
 
-/// The key is active for the org (used where the org's DO is not asked: ledger reads).
-pub async fn key_active(db: &D1Database, org: &OrgId, hash: &str) -> Result<bool, EdgeError> {
-    let row: Option<serde_json::Value> = db
-        .prepare("SELECT 1 AS ok FROM api_keys WHERE key_hash = ? AND org_id = ? AND revoked_at IS NULL")
+/// The org's ledger shard if the key is active for it (used where the org's DO is not asked:
+/// ledger reads); `None` for a revoked or unknown key.
+pub async fn key_shard(db: &D1Database, org: &OrgId, hash: &str) -> Result<Option<u32>, EdgeError> {
+    #[derive(Deserialize)]
+    struct Shard {
+        shard: u32,
+    }
+    let row: Option<Shard> = db
+        .prepare(
+            "SELECT o.shard AS shard FROM api_keys k JOIN orgs o ON o.id = k.org_id \
+             WHERE k.key_hash = ? AND k.org_id = ? AND k.revoked_at IS NULL",
+        )
         .bind(&[s(hash), s(org.as_str())])
         .map_err(EdgeError::platform("bind"))?
         .first(None)
         .await
         .map_err(EdgeError::platform("api_keys query"))?;
-    Ok(row.is_some())
+    Ok(row.map(|r| r.shard))
 }
 
 pub async fn all_orgs(db: &D1Database) -> Result<Vec<OrgRow>, EdgeError> {

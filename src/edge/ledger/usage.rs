@@ -1,15 +1,18 @@
-//! The usage ledger in D1: rows from the org Durable Objects' outboxes (exactly once by event
-//! id), the org-facing summary and history, the export's daily range, reset marks, retention, and
-//! the sums reconciliation compares counters with.
+//! The usage ledger in D1: the org Durable Objects' bucket batches (exactly once per org by the
+//! flush mark), per-event audit rows (exactly once by event id), the org-facing summary and
+//! history, the export's daily range, reset marks, tiered retention, and the sums reconciliation
+//! compares counters with. These tables live in each org's ledger shard.
 //!
 //! Each function is one statement or one batch; it must never decide usage.
 
 use serde::Deserialize;
+use wasm_bindgen::JsValue;
 use worker::D1Database;
 
 use super::{opt, rows, s, t};
 use crate::edge::error::EdgeError;
-use crate::edge::platform::js_int;
+use crate::edge::platform::{js_int, js_signed};
+use crate::org::buckets::Sealed;
 use crate::policy::{OrgId, Timestamp};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,30 +89,34 @@ pub async fn record_reset(db: &D1Database, org: &OrgId, meter: Option<&str>, at:
     Ok(())
 }
 
-/// Deletes raw events older than `before` that are rolled up (always, by the trigger) and,
-/// where the org reports to Stripe, already reported. Returns how many went.
-pub async fn prune(db: &D1Database, before: Timestamp) -> Result<u64, EdgeError> {
-    let res = db
-        .prepare(
-            "DELETE FROM usage_events WHERE ts < ? AND (stripe_reported_at IS NOT NULL OR org_id NOT IN \
-             (SELECT id FROM orgs WHERE stripe_customer_id IS NOT NULL))",
-        )
-        .bind(&[t(before)?])
-        .map_err(EdgeError::platform("bind"))?
-        .run()
-        .await
-        .map_err(EdgeError::platform("usage_events prune"))?;
-    Ok(res.meta().ok().flatten().and_then(|m| m.changes).and_then(|c| u64::try_from(c).ok()).unwrap_or(0))
+/// Tiered retention, one D1 batch: hourly rows before `hourly_before`, daily rows and audit rows
+/// before `daily_before`. Returns how many rows went.
+pub async fn prune(db: &D1Database, hourly_before: Timestamp, daily_before: Timestamp) -> Result<u64, EdgeError> {
+    let day = daily_before.date().to_string();
+    let stmts = vec![
+        db.prepare("DELETE FROM usage_hourly WHERE start < ?").bind(&[t(hourly_before)?]),
+        db.prepare("DELETE FROM usage_daily WHERE day < ?").bind(&[s(&day)]),
+        db.prepare("DELETE FROM usage_events WHERE ts < ?").bind(&[t(daily_before)?]),
+    ]
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(EdgeError::platform("bind"))?;
+    let results = db.batch(stmts).await.map_err(EdgeError::platform("ledger prune"))?;
+    Ok(results
+        .iter()
+        .filter_map(|r| r.meta().ok().flatten().and_then(|m| m.changes).and_then(|c| u64::try_from(c).ok()))
+        .sum())
 }
 
 // ------------------------------------------------------------------ from the org Durable Object
 
-/// Rows per INSERT: 9 bound parameters each, under D1's 100 per statement.
-const ROWS_PER_INSERT: usize = 11;
+/// Rows per INSERT: 10 bound parameters each, under D1's 100 per statement.
+const ROWS_PER_INSERT: usize = 9;
 
 /// Inserts outbox rows into `usage_events` as one batch: `ON CONFLICT DO NOTHING` on (org,
-/// event id), so a batch D1 took but whose answer was lost counts once when it is sent again
-/// (the rollup trigger counts only rows really inserted).
+/// event id), so a batch D1 took but whose answer was lost counts once when it is sent again.
+/// Audit rows are not counted again (their usage came in the buckets); rows an earlier build
+/// queued are (`rolled`: the trigger counts only rows really inserted).
 pub async fn insert_usage(
     db: &D1Database,
     org: &OrgId,
@@ -118,12 +125,12 @@ pub async fn insert_usage(
 ) -> Result<(), EdgeError> {
     let mut stmts = Vec::new();
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
         let sql = format!(
-            "INSERT INTO usage_events (org_id, event_id, meter, quantity, ts, day, source, metadata, recorded_at) \
+            "INSERT INTO usage_events (org_id, event_id, meter, quantity, ts, day, source, metadata, recorded_at, rolled) \
              VALUES {values} ON CONFLICT (org_id, event_id) DO NOTHING"
         );
-        let mut args = Vec::with_capacity(chunk.len().saturating_mul(9));
+        let mut args = Vec::with_capacity(chunk.len().saturating_mul(10));
         for r in chunk {
             args.extend([
                 s(org.as_str()),
@@ -135,6 +142,7 @@ pub async fn insert_usage(
                 s(&r.source),
                 opt(r.metadata.as_deref()),
                 t(recorded)?,
+                JsValue::from(u8::from(r.audit == 0)),
             ]);
         }
         stmts.push(db.prepare(sql).bind(&args).map_err(EdgeError::platform("bind"))?);
@@ -146,7 +154,103 @@ pub async fn insert_usage(
     Ok(())
 }
 
-/// The ledger's sum, peak and latest value of one meter over `[from, to)` ms.
+/// Hourly rows per INSERT (11 parameters each, plus 4 shared) and daily rows (9 each).
+const HOURLY_PER_INSERT: usize = 8;
+const DAILY_PER_INSERT: usize = 10;
+
+/// Applies one sealed bucket batch of `org` as one D1 batch (one transaction), exactly once: each
+/// statement applies only while the org's mark is below `seq` in this `epoch`, and the last one
+/// raises the mark. Sent again after D1 committed, it changes nothing.
+pub async fn apply_buckets(
+    db: &D1Database,
+    org: &OrgId,
+    epoch: u64,
+    sealed: &Sealed,
+    at: Timestamp,
+) -> Result<(), EdgeError> {
+    const GUARD: &str = "WHERE NOT EXISTS (SELECT 1 FROM ledger_marks WHERE org_id = ?1 AND epoch = ?2 AND seq >= ?3)";
+    const MERGE: &str = "quantity = quantity + excluded.quantity, events = events + excluded.events, \
+        max_value = MAX(max_value, excluded.max_value), \
+        last_value = CASE WHEN excluded.last_ts >= last_ts THEN excluded.last_value ELSE last_value END, \
+        last_ts = MAX(last_ts, excluded.last_ts), \
+        first_ts = CASE WHEN first_ts = 0 THEN excluded.first_ts WHEN excluded.first_ts = 0 THEN first_ts \
+        ELSE MIN(first_ts, excluded.first_ts) END";
+    let head = || -> Result<Vec<JsValue>, EdgeError> { Ok(vec![s(org.as_str()), js_int(epoch)?, js_int(sealed.seq)?]) };
+    let mut stmts = Vec::new();
+    for chunk in sealed.buckets.chunks(HOURLY_PER_INSERT) {
+        let mut args = head()?;
+        let mut values = Vec::with_capacity(chunk.len());
+        for (k, b) in chunk {
+            let n = args.len();
+            values.push(format!("({})", (1..=11).map(|i| format!("?{}", n + i)).collect::<Vec<_>>().join(", ")));
+            args.extend([
+                s(&k.meter),
+                js_int(k.start)?,
+                s(&b.terms.plan),
+                s(&b.terms.event_name),
+                opt(b.terms.customer.as_deref()),
+                js_signed(b.quantity)?,
+                js_signed(b.events)?,
+                js_int(b.max_value)?,
+                js_int(b.last_value)?,
+                js_int(b.last_ts)?,
+                js_int(b.first_ts)?,
+            ]);
+        }
+        let sql = format!(
+            "INSERT INTO usage_hourly (org_id, meter, start, plan_id, event_name, customer, quantity, events, max_value, \
+             last_value, last_ts, first_ts) SELECT ?1, column1, column2, column3, column4, column5, column6, column7, \
+             column8, column9, column10, column11 FROM (VALUES {}) {GUARD} \
+             ON CONFLICT (org_id, meter, start) DO UPDATE SET {MERGE}",
+            values.join(", ")
+        );
+        stmts.push(db.prepare(sql).bind(&args).map_err(EdgeError::platform("bind"))?);
+    }
+    for chunk in sealed.buckets.chunks(DAILY_PER_INSERT) {
+        let mut args = head()?;
+        let mut values = Vec::with_capacity(chunk.len());
+        for (k, b) in chunk {
+            let n = args.len();
+            values.push(format!("({})", (1..=9).map(|i| format!("?{}", n + i)).collect::<Vec<_>>().join(", ")));
+            args.extend([
+                s(&k.meter),
+                s(&Timestamp::from_millis(k.start).date().to_string()),
+                s(&b.terms.plan),
+                js_signed(b.quantity)?,
+                js_signed(b.events)?,
+                js_int(b.max_value)?,
+                js_int(b.last_value)?,
+                js_int(b.last_ts)?,
+                js_int(b.first_ts)?,
+            ]);
+        }
+        let sql = format!(
+            "INSERT INTO usage_daily (org_id, meter, day, plan_id, quantity, events, max_value, last_value, last_ts, \
+             first_ts) SELECT ?1, column1, column2, column3, column4, column5, column6, column7, column8, column9 \
+             FROM (VALUES {}) {GUARD} ON CONFLICT (org_id, meter, day) DO UPDATE SET plan_id = excluded.plan_id, {MERGE}",
+            values.join(", ")
+        );
+        stmts.push(db.prepare(sql).bind(&args).map_err(EdgeError::platform("bind"))?);
+    }
+    let mut args = head()?;
+    args.push(t(at)?);
+    stmts.push(
+        db.prepare(
+            "INSERT INTO ledger_marks (org_id, epoch, seq, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (org_id) DO UPDATE \
+             SET epoch = excluded.epoch, seq = excluded.seq, at = excluded.at \
+             WHERE NOT (ledger_marks.epoch = excluded.epoch AND ledger_marks.seq >= excluded.seq)",
+        )
+        .bind(&args)
+        .map_err(EdgeError::platform("bind"))?,
+    );
+    let results = db.batch(stmts).await.map_err(EdgeError::platform("bucket flush"))?;
+    if let Some(bad) = results.iter().find(|r| !r.success()) {
+        return Err(EdgeError::Internal(format!("bucket flush: {}", bad.error().unwrap_or_default())));
+    }
+    Ok(())
+}
+
+/// The ledger's sum, peak and latest value of one meter over buckets starting in `[from, to)` ms.
 pub async fn window_aggregate(
     db: &D1Database,
     org: &OrgId,
@@ -156,10 +260,10 @@ pub async fn window_aggregate(
 ) -> Result<crate::org::rules::LedgerAgg, EdgeError> {
     let row = db
         .prepare(
-            "SELECT COALESCE(SUM(quantity), 0) AS total, COALESCE(MAX(quantity), 0) AS peak, \
-             (SELECT quantity FROM usage_events WHERE org_id = ?1 AND meter = ?2 AND ts >= ?3 AND ts < ?4 \
-              ORDER BY ts DESC, event_id DESC LIMIT 1) AS last, MAX(ts) AS last_ts \
-             FROM usage_events WHERE org_id = ?1 AND meter = ?2 AND ts >= ?3 AND ts < ?4",
+            "SELECT COALESCE(SUM(quantity), 0) AS total, COALESCE(MAX(max_value), 0) AS peak, \
+             (SELECT last_value FROM usage_hourly WHERE org_id = ?1 AND meter = ?2 AND start >= ?3 AND start < ?4 \
+              AND last_ts > 0 ORDER BY last_ts DESC LIMIT 1) AS last, NULLIF(MAX(last_ts), 0) AS last_ts \
+             FROM usage_hourly WHERE org_id = ?1 AND meter = ?2 AND start >= ?3 AND start < ?4",
         )
         .bind(&[s(org.as_str()), s(meter), js_int(from)?, js_int(to)?])
         .map_err(EdgeError::platform("bind"))?

@@ -22,14 +22,15 @@ const ROUNDS_PER_FLUSH: usize = 4;
 pub(super) async fn ledger(q: &OrgQuota, op: LedgerOp) -> DoResult<OrgReply> {
     match op {
         LedgerOp::Flush => match flush(q).await {
-            Ok((flushed, pending)) => {
+            Ok((flushed, _)) => {
+                let pending = pending(q)?;
                 Ok(OrgReply::ok(serde_json::json!({"flushed": flushed, "pending": pending}), None))
             }
             // The answer says how much is waiting for the ledger.
             Err(e @ DoError::Ledger(_)) => {
                 let mut reply = e.into_reply();
-                if let (Some(o), Ok(t)) = (reply.body.as_object_mut(), q.with_machine(|_, s, _| Ok(s.tallies()?))) {
-                    o.insert("pending".into(), t.outbox_pending.into());
+                if let (Some(o), Ok(p)) = (reply.body.as_object_mut(), pending(q)) {
+                    o.insert("pending".into(), p.into());
                 }
                 Ok(reply)
             }
@@ -37,6 +38,45 @@ pub(super) async fn ledger(q: &OrgQuota, op: LedgerOp) -> DoResult<OrgReply> {
         },
         LedgerOp::Reconcile { repair } => reconcile(q, repair).await,
     }
+}
+
+/// Looks the org's plan up in D1 when this instance's copy is `within` ms old (default: the
+/// refresh period), and adopts a newer version through the machine's `Configure`. A D1 failure
+/// keeps the current plan and asks again one period later; it never fails the caller.
+pub(super) async fn refresh_plan(q: &OrgQuota, within: Option<u64>) {
+    let Ok(Some((plan, version))) = q.with_machine(|m, _, now| Ok(m.plan_check(now, within))) else { return };
+    let found = match ledger::db(&q.env) {
+        Ok(db) => ledger::newer_plan(&db, &plan, version).await,
+        Err(e) => Err(e),
+    };
+    let adopted = q.with_machine(|m, store, now| {
+        m.plan_checked(now);
+        let Ok(Some(row)) = &found else { return Ok(None) };
+        let doc: serde_json::Value = serde_json::from_str(&row.body).unwrap_or(serde_json::Value::Null);
+        let Some(cfg) = m.config_with_plan(doc, row.version) else { return Ok(None) };
+        let op = crate::org::AdminOp::Configure(cfg);
+        let snap = store.load(&OrgMachine::needs_admin(&op), now)?;
+        let step = m.step_admin(op, &snap, now)?;
+        store.apply(&step.writes, now)?;
+        Ok(Some(row.version))
+    });
+    match (found, adopted) {
+        (Err(e), _) => log_error("plan lookup failed", &DoError::Ledger(e)),
+        (_, Err(e)) => log_error("newer plan not adopted", &e),
+        (_, Ok(Some(v))) => worker::console_log!(
+            r#"{{"level":"info","component":"org_do","msg":"plan version adopted","plan":{:?},"version":{v}}}"#,
+            plan.as_str()
+        ),
+        _ => {}
+    }
+}
+
+/// Usage events not yet in D1: net events in the buckets, plus queued rows.
+fn pending(q: &OrgQuota) -> DoResult<u64> {
+    q.with_machine(|m, s, _| {
+        let buckets = u64::try_from(m.ledger_pending()).unwrap_or(0);
+        Ok(buckets.saturating_add(s.tallies()?.outbox_pending))
+    })
 }
 
 /// The alarm: the machine's tick (expired reservations, decision counts), alert delivery, then
@@ -54,6 +94,9 @@ pub(super) async fn alarm(q: &OrgQuota) {
     if let Err(e) = ticked {
         log_error("tick failed", &e);
     }
+    // A busy org refreshes its plan here, ahead of time, so its requests never wait for D1.
+    let half = settings(&q.env).plan_refresh_ms / 2;
+    refresh_plan(q, Some(half)).await;
     if let Err(e) = deliver_alerts(q).await {
         log_error("alert delivery failed", &e);
         let _ = q.with_machine(|m, _, now| {
@@ -77,13 +120,14 @@ fn log_error(what: &str, e: &DoError) {
     worker::console_error!(r#"{{"level":"error","component":"org_do","msg":"{what}","error":{:?}}}"#, e.to_string());
 }
 
-/// Drains ready outbox rows to D1, then deletes exactly the rows D1 confirmed. Returns
-/// (flushed, still pending).
+/// Sends the org's usage to D1: the bucket batch (sealed from every open bucket; one left in
+/// flight by a failed flush goes first), then ready audit rows. Returns (usage events flushed,
+/// audit rows still pending).
 async fn flush(q: &OrgQuota) -> DoResult<(u64, u64)> {
     if q.ledger_busy.replace(true) {
         return Err(DoError::Busy);
     }
-    let r = flush_rounds(q).await;
+    let r = flush_all(q).await;
     q.ledger_busy.set(false);
     let result = match &r {
         Ok((_, pending, next_ready)) => FlushResult::Done { pending: *pending, next_ready: *next_ready },
@@ -108,10 +152,24 @@ async fn flush(q: &OrgQuota) -> DoResult<(u64, u64)> {
     r.map(|(flushed, pending, _)| (flushed, pending))
 }
 
-async fn flush_rounds(q: &OrgQuota) -> DoResult<(u64, u64, Option<Timestamp>)> {
+async fn flush_all(q: &OrgQuota) -> DoResult<(u64, u64, Option<Timestamp>)> {
     let org = org_of(q)?;
-    let db = ledger::db(&q.env)?;
+    let (shard, epoch) = q.with_machine(|m, _, _| Ok((m.shard(), m.epoch())))?;
+    let db = ledger::shard_db(&q.env, shard)?;
     let mut flushed = 0u64;
+    // At most two batches: one a failed flush left in flight, then everything open now.
+    for _ in 0..2 {
+        let sealed = q.with_machine(|m, store, now| {
+            if let Some(w) = m.seal_ledger() {
+                store.apply(&w, now)?;
+            }
+            Ok(m.sealed().cloned())
+        })?;
+        let Some(sealed) = sealed else { break };
+        ledger::apply_buckets(&db, &org, epoch, &sealed, now()).await?;
+        q.with_machine(|m, store, now| Ok(store.apply(&m.ledger_confirmed(sealed.seq), now)?))?;
+        flushed = flushed.saturating_add(u64::try_from(sealed.events()).unwrap_or(0));
+    }
     for _ in 0..ROUNDS_PER_FLUSH {
         let t = now();
         let rows = q.with_machine(|_, store, _| Ok(store.ready(t)?))?;
@@ -120,7 +178,9 @@ async fn flush_rounds(q: &OrgQuota) -> DoResult<(u64, u64, Option<Timestamp>)> {
         }
         ledger::insert_usage(&db, &org, &rows, t).await?;
         q.with_machine(|_, store, _| Ok(store.flushed(&rows)?))?;
-        flushed = flushed.saturating_add(u64::try_from(rows.len()).unwrap_or(0));
+        // Audit rows' usage came in the buckets; an earlier build's rows are usage of their own.
+        let legacy = rows.iter().filter(|r| r.audit == 0).count();
+        flushed = flushed.saturating_add(u64::try_from(legacy).unwrap_or(0));
     }
     q.with_machine(|_, store, now| {
         store.prune_idempotency(OrgMachine::idempotency_cutoff(now))?;
@@ -133,9 +193,11 @@ fn org_of(q: &OrgQuota) -> DoResult<OrgId> {
     q.with_machine(|m, _, _| m.org().cloned().ok_or(DoError::Org(crate::org::OrgError::NotConfigured)))
 }
 
-/// Compares counters with D1 plus the outbox; with `repair`, counters take that value. The D1
-/// reads happen first; the comparison re-reads the counters afterwards, synchronously.
+/// Compares counters with D1 plus what is still pending; with `repair`, counters take that
+/// value. It flushes first (so no batch is in flight), then reads D1, then compares with the
+/// counters and the buckets as they are afterwards, synchronously.
 async fn reconcile(q: &OrgQuota, repair: bool) -> DoResult<OrgReply> {
+    flush(q).await?;
     if q.ledger_busy.replace(true) {
         return Err(DoError::Busy);
     }
@@ -146,12 +208,12 @@ async fn reconcile(q: &OrgQuota, repair: bool) -> DoResult<OrgReply> {
 
 async fn reconcile_inner(q: &OrgQuota, repair: bool) -> DoResult<OrgReply> {
     let all = Need { all_counters: true, ..Need::default() };
-    let (org, windows) = q.with_machine(|m, store, now| {
+    let (org, shard, windows) = q.with_machine(|m, store, now| {
         let snap = store.load(&all, now)?;
         let org = m.org().cloned().ok_or(crate::org::OrgError::NotConfigured)?;
-        Ok((org, m.reconcile_windows(&snap, now)?))
+        Ok((org, m.shard(), m.reconcile_windows(&snap, now)?))
     })?;
-    let db = ledger::db(&q.env)?;
+    let db = ledger::shard_db(&q.env, shard)?;
     let mut sums = Vec::with_capacity(windows.len());
     for w in windows {
         let agg = ledger::window_aggregate(&db, &org, w.meter.as_str(), w.from, w.to).await?;
@@ -162,7 +224,8 @@ async fn reconcile_inner(q: &OrgQuota, repair: bool) -> DoResult<OrgReply> {
         let snap = store.load(&all, now)?;
         let mut compared = Vec::with_capacity(sums.len());
         for (w, agg) in sums {
-            let queued = store.queued(w.meter.as_str(), w.from, w.to)?;
+            let queued =
+                store.queued(w.meter.as_str(), w.from, w.to)?.plus(m.pending_usage(w.meter.as_str(), w.from, w.to));
             compared.push((w, agg, queued));
         }
         let step = m.reconcile(&compared, &snap, repair, store.tallies()?, &store.counts()?, now)?;

@@ -99,6 +99,18 @@ impl DurableObject for OrgQuota {
             let ok = self.store().map_err(worker::Error::RustError)?.ping()?;
             return Response::from_json(&serde_json::json!({"ok": ok, "storage": "sqlite"}));
         }
+        // An org message whose plan copy was too old for `call`: the plan is looked up in D1
+        // first (and adopted if newer), then the message is stepped as usual.
+        if req.path() == "/refresh" {
+            let text = req.text().await?;
+            drain::refresh_plan(self, None).await;
+            let reply = match serde_json::from_str::<OrgMsg>(&text) {
+                Ok(msg) => self.handle(msg),
+                Err(e) => bad_message(&e),
+            };
+            self.arm().await?;
+            return Response::ok(serde_json::to_string(&reply).unwrap_or_default());
+        }
         // Reading the message is the only await before any state is touched.
         let text = req.text().await?;
         let reply = match serde_json::from_str::<OrgMsg>(&text) {
@@ -138,6 +150,9 @@ impl OrgQuota {
     pub fn rpc_call(&self, msg: &str) -> String {
         super::platform::set_clock(&self.env);
         let reply = match serde_json::from_str::<OrgMsg>(msg) {
+            // The plan copy is older than PLAN_REFRESH_SECS: D1 must be asked first, which a
+            // synchronous call cannot; the entry module sends the message to `/refresh`.
+            Ok(OrgMsg::Org { .. }) if self.plan_stale() => return REFRESH.to_owned(),
             Ok(msg) => self.handle(msg),
             Err(e) => bad_message(&e),
         };
@@ -157,11 +172,19 @@ impl OrgQuota {
     }
 }
 
+/// What `call` answers when the message must go through `/refresh` (see worker/entry.mjs).
+const REFRESH: &str = "refresh";
+
 fn bad_message(e: &dyn std::fmt::Display) -> OrgReply {
     OrgReply::problem(400, problem_body(400, "bad-message", "Bad message", &e.to_string()))
 }
 
 impl OrgQuota {
+    /// Whether the machine's plan copy is too old to decide with before asking D1.
+    fn plan_stale(&self) -> bool {
+        self.with_machine(|m, _, now| Ok(m.plan_check(now, None).is_some())).unwrap_or(false)
+    }
+
     /// An org or admin message: one synchronous step.
     fn handle(&self, msg: OrgMsg) -> OrgReply {
         match msg {
@@ -197,7 +220,7 @@ impl OrgQuota {
         if let Some(s) = self.store.get() {
             return Ok(s);
         }
-        let s = Store::open(self.state.storage().sql()).map_err(|e| e.to_string())?;
+        let s = Store::open(self.state.storage().sql(), now()).map_err(|e| e.to_string())?;
         Ok(self.store.get_or_init(|| s))
     }
 
@@ -208,7 +231,11 @@ impl OrgQuota {
         let store = self.store().map_err(|e| DoError::Storage(worker::Error::RustError(e)))?;
         let mut slot = self.machine.borrow_mut();
         if slot.is_none() {
-            *slot = Some(OrgMachine::boot(store.boot()?));
+            let mut boot = store.boot()?;
+            let cfg = settings(&self.env);
+            boot.flush_every_ms = cfg.ledger_flush_ms;
+            boot.plan_refresh_ms = cfg.plan_refresh_ms;
+            *slot = Some(OrgMachine::boot(boot));
         }
         let Some(m) = slot.as_mut() else {
             return Err(DoError::Storage(worker::Error::RustError("no machine".into())));

@@ -20,7 +20,8 @@ use std::rc::Rc;
 
 use serde_json::{json, Value};
 
-use self::ops::Cx;
+use self::ops::{Cx, Held};
+use super::buckets::{BucketKey, Buckets, Sealed, Terms};
 use super::io::{AlertView, Boot, FlushResult, Need, Snapshot, Tallies, Writes};
 use super::msg::{AdminOp, Caller, DecideKind, KeyHash, OrgOp, OrgReply, StoredConfig};
 use super::rules::{
@@ -86,6 +87,11 @@ struct Loaded {
     org: OrgId,
     policy: Policy,
     webhook_url: Option<String>,
+    customer: Option<String>,
+    plan_version: u64,
+    shard: u32,
+    /// As stored: a newer plan version is adopted by re-running it with the new plan.
+    config: StoredConfig,
 }
 
 /// One org's machine.
@@ -102,12 +108,33 @@ pub struct OrgMachine {
     flush_failures: u32,
     /// Decision counts not yet saved: (meter, outcome) → n.
     counts: BTreeMap<(MeterId, Outcome), u64>,
+    /// Usage on its way to D1, aggregated (also in storage: the machine is its single writer).
+    ledger: Buckets,
+    epoch: u64,
+    config_at: Option<Timestamp>,
+    flush_every_ms: u64,
+    last_flush: Option<Timestamp>,
+    /// Proxied requests whose units a failed origin call may still give back, by token, in
+    /// token order (which is admission order). Memory only: nothing per request is stored.
+    held: BTreeMap<u64, Held>,
+    next_token: u64,
+    /// When this instance last learned its plan's current version from D1.
+    plan_checked: Option<Timestamp>,
+    plan_refresh_ms: u64,
 }
 
 fn parse_config(cfg: &StoredConfig) -> Result<Loaded, OrgError> {
     let plan = Plan::parse(&cfg.plan_id, &cfg.plan)?;
     let terms = OrgTerms::parse(cfg.billing_anchor.as_ref(), cfg.overrides.as_ref(), &plan)?;
-    Ok(Loaded { org: cfg.org.clone(), policy: Policy::new(&plan, &terms), webhook_url: cfg.webhook_url.clone() })
+    Ok(Loaded {
+        org: cfg.org.clone(),
+        policy: Policy::new(&plan, &terms),
+        webhook_url: cfg.webhook_url.clone(),
+        customer: cfg.stripe_customer.clone(),
+        plan_version: cfg.plan_version,
+        shard: cfg.shard,
+        config: cfg.clone(),
+    })
 }
 
 impl OrgMachine {
@@ -115,6 +142,9 @@ impl OrgMachine {
     /// validates leaves the org unconfigured (its org operations answer 404) rather than failing
     /// every message.
     pub fn boot(b: Boot) -> Self {
+        let ledger = Buckets::from_rows(b.buckets, b.flush_seq);
+        // Whatever a previous instance left unflushed goes at the first alarm.
+        let ledger_due = (ledger.pending() > 0).then_some(Timestamp::from_millis(0));
         Self {
             cfg: b.config.as_ref().and_then(|c| parse_config(c).ok()).map(Rc::new),
             keys: b.keys.into_iter().collect(),
@@ -127,10 +157,122 @@ impl OrgMachine {
                 alert_due: b.alert_due,
                 reservation_expires: b.reservation_expires,
                 counts_due: None,
+                ledger_due,
             },
             flush_failures: b.flush_failures,
             counts: BTreeMap::new(),
+            ledger,
+            epoch: b.epoch,
+            config_at: b.config_at,
+            flush_every_ms: b.flush_every_ms.max(1_000),
+            last_flush: None,
+            held: BTreeMap::new(),
+            next_token: 1,
+            plan_checked: None,
+            plan_refresh_ms: b.plan_refresh_ms.max(1_000),
         }
+    }
+
+    /// The plan to look up in D1 (id and the version this org runs) when this instance's
+    /// knowledge of it is `within` ms old or older; `None` when it is fresh (or there is no
+    /// config). The bound on a plan change reaching an org is `PLAN_REFRESH_SECS`.
+    pub fn plan_check(&self, now: Timestamp, within: Option<u64>) -> Option<(crate::policy::PlanId, u64)> {
+        let within = within.unwrap_or(self.plan_refresh_ms);
+        let cfg = self.cfg.as_ref()?;
+        let stale = self.plan_checked.is_none_or(|t| now.since(t) >= within);
+        stale.then(|| (cfg.config.plan_id.clone(), cfg.plan_version))
+    }
+
+    /// D1 said the plan is current (or could not say: it is asked again one period later).
+    pub fn plan_checked(&mut self, now: Timestamp) {
+        self.plan_checked = Some(now);
+    }
+
+    /// The org's config with a newer version of its plan, to `Configure` with.
+    pub fn config_with_plan(&self, plan: Value, version: u64) -> Option<StoredConfig> {
+        let cfg = self.cfg.as_ref()?;
+        Some(StoredConfig { plan, plan_version: version, ..cfg.config.clone() })
+    }
+
+    /// The ledger shard of this org.
+    pub fn shard(&self) -> u32 {
+        self.cfg.as_ref().map_or(0, |c| c.shard)
+    }
+
+    /// The plan version this org runs.
+    pub fn plan_version(&self) -> Option<(&crate::policy::PlanId, u64)> {
+        self.cfg.as_ref().map(|c| (&c.policy.plan, c.plan_version))
+    }
+
+    pub const fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The bucket `ts`'s usage of `meter` goes to: its hour, cut at a reset or a plan change.
+    fn bucket_key(&self, meter: &MeterId, ts: u64) -> BucketKey {
+        let marks = [self.resets.get(meter.as_str()), self.resets.get("*"), self.config_at.as_ref()];
+        BucketKey::at(meter.as_str(), ts, marks.into_iter().flatten().map(|t| t.millis()))
+    }
+
+    fn terms(loaded: &Loaded, meter: &MeterId) -> Terms {
+        Terms {
+            plan: loaded.policy.plan.to_string(),
+            event_name: loaded.policy.meter(meter).map_or_else(|| meter.to_string(), |m| m.event_name.clone()),
+            customer: loaded.customer.clone(),
+        }
+    }
+
+    /// Counts admitted usage into its bucket; the ledger flush is due one interval after the
+    /// last one (and at least a moment after the first usage, so that a burst goes together).
+    fn count_usage(&mut self, cx: &mut Cx<'_>, meter: &MeterId, quantity: u64, ts: u64) -> BucketKey {
+        let key = self.bucket_key(meter, ts);
+        self.ledger.add(key.clone(), &Self::terms(cx.loaded, meter), quantity, ts);
+        cx.buckets.insert(key.clone());
+        self.ledger_due(cx.now);
+        key
+    }
+
+    fn take_back_usage(&mut self, cx: &mut Cx<'_>, key: BucketKey, quantity: u64) {
+        let meter = MeterId::parse(&key.meter).ok();
+        let terms = meter.as_ref().map(|m| Self::terms(cx.loaded, m)).unwrap_or_default();
+        self.ledger.take_back(key.clone(), &terms, quantity);
+        cx.buckets.insert(key);
+        self.ledger_due(cx.now);
+    }
+
+    fn ledger_due(&mut self, now: Timestamp) {
+        if self.wake.ledger_due.is_none() {
+            let soon = now.saturating_add_ms(FLUSH_DELAY_MS);
+            let next = self.last_flush.map_or(soon, |t| t.saturating_add_ms(self.flush_every_ms).max(soon));
+            self.wake.ledger_due = Some(next);
+        }
+    }
+
+    /// The flush's first step: seals the open buckets into the next batch unless one is already
+    /// in flight. Returns what to write (the seal), if anything changed.
+    pub fn seal_ledger(&mut self) -> Option<Writes> {
+        self.ledger.seal().map(|seq| Writes { seal: Some(seq), ..Writes::default() })
+    }
+
+    /// The batch to send to D1, if any.
+    pub const fn sealed(&self) -> Option<&Sealed> {
+        self.ledger.sealed()
+    }
+
+    /// D1 applied batch `seq` (or had already): its rows go.
+    pub fn ledger_confirmed(&mut self, seq: u64) -> Writes {
+        let done = self.ledger.confirm(seq);
+        Writes { sealed_done: done.then_some(seq), ..Writes::default() }
+    }
+
+    /// The aggregated usage not yet in D1, for reconciliation.
+    pub fn pending_usage(&self, meter: &str, from: u64, to: u64) -> super::rules::LedgerAgg {
+        self.ledger.agg(meter, from, to)
+    }
+
+    /// Usage events not yet in D1 (net of releases).
+    pub fn ledger_pending(&self) -> i64 {
+        self.ledger.pending_events()
     }
 
     /// When the alarm should next run.
@@ -185,9 +327,10 @@ impl OrgMachine {
                 // The reservation's meter is known only once it is loaded: load every counter.
                 need.all_counters = true;
             }
-            OrgOp::Release { seq, .. } => {
-                need.outbox_row = Some(*seq);
-                need.all_counters = true;
+            OrgOp::Release { held, .. } => {
+                if let Some(h) = self.held.get(held) {
+                    need.meters.insert(h.meter.clone());
+                }
             }
             OrgOp::Report { id, usage } => {
                 need.meters.extend(usage.iter().map(|(m, _)| m.clone()));
@@ -250,7 +393,7 @@ impl OrgMachine {
                 OrgReply::ok(body, Some(loaded.policy.plan.to_string()))
             }
             OrgOp::Settle { id, action } => self.settle(&mut cx, &id, action)?,
-            OrgOp::Release { id, seq } => self.release(&mut cx, &id, seq)?,
+            OrgOp::Release { id, held } => self.release(&mut cx, &id, held)?,
             OrgOp::Report { id, usage } => self.report(&mut cx, &id, &usage),
         };
         Ok(cx.finish(self, reply))
@@ -288,6 +431,10 @@ impl OrgMachine {
                     }
                 }
                 writes.config = Some(cfg);
+                // Usage from now on goes to new buckets, which carry the new plan.
+                writes.meta.push(("config_at".to_owned(), now.millis().to_string()));
+                self.config_at = Some(now);
+                self.plan_checked = Some(now);
                 self.cfg = Some(Rc::new(loaded));
                 let state = self.state_json(&book, snap.tallies, now)?;
                 OrgReply::ok(state, self.policy().map(|p| p.plan.to_string()))
@@ -394,6 +541,10 @@ impl OrgMachine {
             FlushResult::Done { pending, next_ready } => {
                 self.flush_failures = 0;
                 self.wake.flush_retry = None;
+                self.last_flush = Some(now);
+                // Usage that came during the flush goes one interval later: at most one D1
+                // batch per org per interval.
+                self.wake.ledger_due = (self.ledger.pending() > 0).then(|| now.saturating_add_ms(self.flush_every_ms));
                 // What is left flushes when it is ready, but not before another batching delay:
                 // under continuous traffic a row becomes ready every few ms, and flushing each
                 // as it comes would make one D1 batch per row instead of one per second.
@@ -438,6 +589,9 @@ impl OrgMachine {
             "open_reservations": tallies.open_reservations,
             "active_keys": self.keys.len(),
             "outbox_pending": tallies.outbox_pending,
+            "ledger_pending": self.ledger.pending_events(),
+            "plan_version": loaded.plan_version,
+            "ledger_shard": loaded.shard,
         }))
     }
 }

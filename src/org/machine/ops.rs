@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Value};
 
 use super::{book_of, meter_row, Loaded, OrgError, OrgMachine, Step};
+use crate::org::buckets::BucketKey;
 use crate::org::io::{OutboxRow, Snapshot, Writes};
 use crate::org::msg::{DecideKind, OrgReply, SettleAction};
 use crate::org::rules::{crossings, earliest, FLUSH_DELAY_MS};
@@ -17,7 +18,45 @@ use crate::policy::{
 use crate::telemetry::{DecisionLine, Outcome};
 use crate::wire::{decision_json, limit_json, UsageEvent};
 
+/// A proxied request's units, held in memory until its release window passes: what a failed
+/// origin call gives back, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(in crate::org) struct Held {
+    /// The request's id: a token is only a number, so a release must name its request too.
+    pub(super) id: EventId,
+    pub(super) meter: MeterId,
+    pub(super) quantity: u64,
+    pub(super) bucket: BucketKey,
+    pub(super) admitted: Timestamp,
+    pub(super) until: Timestamp,
+    /// The audit row it queued, if the meter keeps one.
+    pub(super) audit_seq: Option<u64>,
+}
+
 impl OrgMachine {
+    /// Holds a proxied request's units for its release window; returns the token. Holds past
+    /// their window are dropped first (tokens grow with time, so they are at the front).
+    fn hold(&mut self, h: Held, now: Timestamp) -> u64 {
+        while let Some(entry) = self.held.first_entry() {
+            if entry.get().until > now {
+                break;
+            }
+            entry.remove();
+        }
+        let token = self.next_token;
+        self.next_token = token.saturating_add(1);
+        self.held.insert(token, h);
+        token
+    }
+
+    /// Counts usage into its ledger bucket, and queues its audit row when the meter keeps them.
+    /// Returns the bucket and the audit row's sequence.
+    fn record_usage(&mut self, cx: &mut Cx<'_>, meter: &MeterId, row: OutboxRow) -> (BucketKey, Option<u64>) {
+        let key = self.count_usage(cx, meter, row.quantity, row.ts);
+        let audit = cx.loaded.policy.meter(meter).is_some_and(|m| m.audit);
+        (key, audit.then(|| self.enqueue(cx, row)))
+    }
+
     /// Queues a row for the ledger under the next sequence number, and wakes the machine when
     /// it is ready (a row ready now still waits a moment, so that a burst goes to D1 in one
     /// batch). Returns the sequence number.
@@ -73,12 +112,15 @@ impl OrgMachine {
             cx.alerts_for(meter, &decision.limits);
         }
         if kind == DecideKind::Proxy && counts {
-            // Ready for the ledger once it can no longer be released.
+            // An audit row waits until it can no longer be released.
             let row = OutboxRow {
                 ready_at: now.saturating_add_ms(ttl_ms).millis(),
-                ..OutboxRow::counted(id.to_string(), meter, quantity, "proxy", now)
+                ..OutboxRow::audit(id.to_string(), meter, quantity, "proxy", now)
             };
-            held = Some(self.enqueue(cx, row));
+            let (bucket, audit_seq) = self.record_usage(cx, meter, row);
+            let until = now.saturating_add_ms(ttl_ms);
+            let h = Held { id: id.clone(), meter: meter.clone(), quantity, bucket, admitted: now, until, audit_seq };
+            held = Some(self.hold(h, now));
             if replayable {
                 cx.writes.remember.push((id.to_string(), "accepted"));
             }
@@ -161,9 +203,9 @@ impl OrgMachine {
                 let row = OutboxRow {
                     ts: e.timestamp.unwrap_or(now.millis()),
                     metadata: e.metadata.as_ref().map(Value::to_string),
-                    ..OutboxRow::counted(e.id.to_string(), &e.meter, e.quantity, "event", now)
+                    ..OutboxRow::audit(e.id.to_string(), &e.meter, e.quantity, "event", now)
                 };
-                self.enqueue(cx, row);
+                self.record_usage(cx, &e.meter, row);
             }
             let mut r = json!({"id": e.id.as_str(), "status": status});
             if let (Some(reason), Some(o)) = (reason, r.as_object_mut()) {
@@ -204,7 +246,7 @@ impl OrgMachine {
             let statuses: Vec<LimitStatus> =
                 cx.book.overview(policy, now).into_iter().filter(|l| l.meter == meter).collect();
             cx.alerts_for(&meter, &statuses);
-            self.enqueue(cx, OutboxRow::counted(id.to_string(), &meter, quantity, "reservation", now));
+            self.record_usage(cx, &meter, OutboxRow::audit(id.to_string(), &meter, quantity, "reservation", now));
         }
         let after: Vec<Value> =
             cx.book.overview(policy, now).iter().filter(|l| l.meter == meter).map(|l| limit_json(l, now)).collect();
@@ -212,25 +254,31 @@ impl OrgMachine {
         Ok(OrgReply::ok(body, Some(policy.plan.to_string())))
     }
 
-    /// Gives back a proxied request's units: its outbox row goes, exactly once.
-    pub(super) fn release(&mut self, cx: &mut Cx<'_>, id: &EventId, seq: u64) -> Result<OrgReply, OrgError> {
-        let (policy, now) = (&cx.loaded.policy, cx.now);
-        // The row must still be queued (not yet flushed) and be this request's.
-        let row = cx
-            .snap
-            .outbox_row
-            .clone()
-            .filter(|r| r.seq == seq && r.event_id == id.as_str() && r.source == "proxy")
-            .ok_or_else(|| UsageError::UnknownReservation(id.clone()))?;
-        let meter = MeterId::parse(&row.meter).map_err(|e| OrgError::Corrupt(e.to_string()))?;
-        let admitted = Timestamp::from_millis(row.ts);
-        let reset = self.resets.get(meter.as_str()).or_else(|| self.resets.get("*"));
-        // A reset after the admission already gave everything back.
-        if reset.is_none_or(|r| *r < admitted) {
-            cx.book.release_admitted(policy, &meter, row.quantity, admitted, now);
-            cx.persist(&meter);
+    /// Gives back a proxied request's units, exactly once: the counter and the ledger bucket
+    /// (a negative delta if the bucket already went to D1), and its audit row if still queued.
+    /// A token this instance does not hold (released already, past its window, or issued before
+    /// a restart) gives nothing back: the request stays counted.
+    pub(super) fn release(&mut self, cx: &mut Cx<'_>, id: &EventId, token: u64) -> Result<OrgReply, OrgError> {
+        let now = cx.now;
+        let unknown = || UsageError::UnknownReservation(id.clone());
+        // Another request's token (a number an earlier instance also handed out) releases nothing.
+        if self.held.get(&token).is_none_or(|h| &h.id != id) {
+            return Err(unknown().into());
         }
-        cx.writes.outbox_delete.push(seq);
+        let h = self.held.remove(&token).filter(|h| h.until > now).ok_or_else(unknown)?;
+        let policy = &cx.loaded.policy;
+        let reset = self.resets.get(h.meter.as_str()).or_else(|| self.resets.get("*"));
+        // A reset after the admission already gave the counter everything back.
+        if reset.is_none_or(|r| *r < h.admitted) {
+            cx.book.release_admitted(policy, &h.meter, h.quantity, h.admitted, now);
+            cx.persist(&h.meter);
+        }
+        // The ledger bills what the origin served: the units leave it whatever the counters did.
+        self.take_back_usage(cx, h.bucket, h.quantity);
+        if let Some(seq) = h.audit_seq {
+            cx.writes.outbox_delete.push(seq);
+        }
+        let meter = h.meter;
         // The request was not counted, so a replay of its Idempotency-Key must count afresh.
         cx.writes.forget.push(id.to_string());
         let body = json!({"id": id.as_str(), "outcome": "released", "meter": meter.as_str(), "quantity": 0});
@@ -259,7 +307,7 @@ impl OrgMachine {
             }
             cx.persist(m);
             cx.writes.remember.push((event_id.clone(), "accepted"));
-            self.enqueue(cx, OutboxRow::counted(event_id, m, *q, "origin", now));
+            self.record_usage(cx, m, OutboxRow::audit(event_id, m, *q, "origin", now));
             recorded.push((m, *q));
         }
         cx.alerts_for_touched();
@@ -286,12 +334,23 @@ pub(super) struct Cx<'a> {
     pub(super) writes: Writes,
     pub(super) log: Vec<DecisionLine>,
     pub(super) touched: BTreeSet<MeterId>,
+    /// Ledger buckets this step changed: each is stored once, whole, at the end.
+    pub(super) buckets: BTreeSet<BucketKey>,
 }
 
 impl<'a> Cx<'a> {
     pub(super) fn new(loaded: &'a Loaded, snap: Snapshot, now: Timestamp) -> Result<Self, OrgError> {
         let book = book_of(&snap.rows)?;
-        Ok(Self { loaded, snap, book, now, writes: Writes::default(), log: Vec::new(), touched: BTreeSet::new() })
+        Ok(Self {
+            loaded,
+            snap,
+            book,
+            now,
+            writes: Writes::default(),
+            log: Vec::new(),
+            touched: BTreeSet::new(),
+            buckets: BTreeSet::new(),
+        })
     }
 
     /// Marks a meter's counters for writing at the end of the step.
@@ -341,6 +400,11 @@ impl<'a> Cx<'a> {
             let row = meter_row(&self.loaded.policy, &self.book, &meter);
             if self.snap.rows.get(meter.as_str()) != Some(&row) {
                 self.writes.counters.push((meter.to_string(), row));
+            }
+        }
+        for key in std::mem::take(&mut self.buckets) {
+            if let Some(row) = m.ledger.open_row(&key) {
+                self.writes.buckets.push(row);
             }
         }
         if !self.writes.alerts.is_empty() {

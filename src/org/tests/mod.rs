@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use super::buckets::{self, Bucket, BucketKey};
 use super::rules::{self, decode_counters, encode_counters, flush_backoff_ms, LedgerAgg, Wake};
 use super::*;
 use crate::policy::{Aggregation, Counter, EventId, Level, MeterId, OrgId, PlanId, Reservation, Timestamp, UsageError};
@@ -55,6 +56,11 @@ struct Mem {
     keys: BTreeMap<String, KeyHash>,
     counts: BTreeMap<(String, String), u64>,
     rows_written: u64,
+    /// Ledger buckets by (batch, key); batch 0 is open.
+    buckets: BTreeMap<(u64, BucketKey), Bucket>,
+    /// D1 as the flush sees it: net quantity per bucket, and the org's exactly-once mark.
+    d1: BTreeMap<BucketKey, i64>,
+    d1_mark: u64,
 }
 
 impl Mem {
@@ -76,9 +82,6 @@ impl Mem {
         if need.expired {
             s.reservations.extend(self.reservations.values().filter(|r| r.expires <= now).cloned());
             s.next_expiry = self.reservations.values().filter(|r| r.expires > now).map(|r| r.expires).min();
-        }
-        if let Some(seq) = need.outbox_row {
-            s.outbox_row = self.outbox.get(&seq).cloned();
         }
         s.tallies =
             Tallies { open_reservations: self.reservations.len() as u64, outbox_pending: self.outbox.len() as u64 };
@@ -136,6 +139,45 @@ impl Mem {
         for (meter, o, n) in &w.counts {
             *self.counts.entry((meter.clone(), (*o).to_owned())).or_insert(0) += n;
         }
+        for (k, b) in &w.buckets {
+            self.buckets.insert((0, k.clone()), b.clone());
+            self.rows_written += 1;
+        }
+        if let Some(seq) = w.seal {
+            assert!(self.buckets.keys().all(|(batch, _)| *batch == 0), "a second batch sealed while one is in flight");
+            let open = std::mem::take(&mut self.buckets);
+            self.buckets = open.into_iter().map(|((_, k), b)| ((seq, k), b)).collect();
+            self.meta.insert("flush_seq".into(), seq.to_string());
+        }
+        if let Some(seq) = w.sealed_done {
+            self.buckets.retain(|(batch, _), _| *batch != seq);
+        }
+    }
+
+    /// D1's side of a flush: applies the batch only while the mark is below it, and raises the
+    /// mark in the same transaction. Returns whether it applied.
+    fn d1_apply(&mut self, sealed: &buckets::Sealed) -> bool {
+        if self.d1_mark >= sealed.seq {
+            return false;
+        }
+        for (k, b) in &sealed.buckets {
+            *self.d1.entry(k.clone()).or_insert(0) += b.quantity;
+        }
+        self.d1_mark = sealed.seq;
+        true
+    }
+
+    /// Net units of `meter` in D1 and still in the DO's buckets (a sealed batch D1 already
+    /// applied counts once).
+    fn ledgered(&self, meter: &str) -> i64 {
+        let d1: i64 = self.d1.iter().filter(|(k, _)| k.meter == meter).map(|(_, q)| q).sum();
+        let pending: i64 = self
+            .buckets
+            .iter()
+            .filter(|((batch, k), _)| k.meter == meter && (*batch == 0 || *batch > self.d1_mark))
+            .map(|(_, b)| b.quantity)
+            .sum();
+        d1 + pending
     }
 
     fn boot(&self) -> OrgMachine {
@@ -162,12 +204,18 @@ impl Mem {
             alert_due: None,
             reservation_expires: self.reservations.values().map(|r| r.expires).min(),
             flush_failures: 0,
+            buckets: self.buckets.iter().map(|((batch, k), b)| (*batch, k.clone(), b.clone())).collect(),
+            flush_seq: self.meta.get("flush_seq").map_or(0, |v| v.parse().unwrap()),
+            epoch: 1,
+            config_at: self.meta.get("config_at").map(|v| Timestamp::from_millis(v.parse().unwrap())),
+            flush_every_ms: 30_000,
+            plan_refresh_ms: 60_000,
         })
     }
 
-    /// Total units of `meter` queued for the ledger.
+    /// Total units of `meter` counted for the ledger and not given back.
     fn queued(&self, meter: &str) -> u64 {
-        self.outbox.values().filter(|r| r.meter == meter).map(|r| r.quantity).sum()
+        u64::try_from(self.ledgered(meter)).unwrap()
     }
 }
 
@@ -185,6 +233,9 @@ fn plan(limits: Value) -> StoredConfig {
         billing_anchor: None,
         overrides: None,
         webhook_url: None,
+        stripe_customer: None,
+        plan_version: 1,
+        shard: 0,
     }
 }
 
@@ -238,6 +289,36 @@ impl Org {
     fn restart(&mut self) {
         self.m = self.mem.boot();
     }
+
+    /// The drain's ledger flush, as the DO runs it: seal, send, confirm. `lose` drops D1's
+    /// answer after it applied; `fail` has D1 refuse. Returns whether D1 applied a batch.
+    fn flush(&mut self, lose: bool, fail: bool, now: Timestamp) -> bool {
+        if let Some(w) = self.m.seal_ledger() {
+            self.mem.apply(&w);
+        }
+        let Some(sealed) = self.m.sealed().cloned() else {
+            let meta = self.m.after_flush(FlushResult::Done { pending: 0, next_ready: None }, now);
+            self.mem.apply(&Writes { meta, ..Writes::default() });
+            return false;
+        };
+        if fail {
+            let meta = self.m.after_flush(FlushResult::Failed, now);
+            self.mem.apply(&Writes { meta, ..Writes::default() });
+            return false;
+        }
+        let applied = self.mem.d1_apply(&sealed);
+        if lose {
+            // The answer was lost: the batch stays sealed and is sent again later.
+            let meta = self.m.after_flush(FlushResult::Failed, now);
+            self.mem.apply(&Writes { meta, ..Writes::default() });
+            return applied;
+        }
+        let w = self.m.ledger_confirmed(sealed.seq);
+        self.mem.apply(&w);
+        let meta = self.m.after_flush(FlushResult::Done { pending: 0, next_ready: None }, now);
+        self.mem.apply(&Writes { meta, ..Writes::default() });
+        applied
+    }
 }
 
 /// `/v1/check` with reserve, as a key sends it.
@@ -260,19 +341,42 @@ fn month_and_minute() -> Org {
 }
 
 #[test]
-fn a_proxied_request_writes_one_counter_row_and_one_outbox_row() {
+fn a_proxied_request_writes_one_counter_row_and_one_bucket_row_and_nothing_grows() {
     let mut o = month_and_minute();
     let before = o.mem.rows_written;
     let r = o.proxy("req_1", 1, false, at(1_000));
     assert_eq!(r.status, 200);
     assert_eq!(r.body, Value::Null, "an allowed proxied decision carries headers only");
     assert_eq!(o.mem.rows_written - before, 2);
-    let seq = r.held.unwrap();
-    assert_eq!(o.mem.outbox[&seq].ready_at, at(1_000).millis() + 120_000);
-    assert!(o.mem.reservations.is_empty(), "the outbox row is the reservation");
+    assert!(r.held.is_some());
+    assert!(o.mem.outbox.is_empty() && o.mem.reservations.is_empty(), "nothing per request is stored");
     // One row holds both of the meter's limits.
     let row = decode_counters(&o.mem.counters["requests"]).unwrap();
     assert_eq!(row.len(), 2);
+    // More requests in the same hour rewrite the same two rows.
+    for i in 0..5 {
+        o.proxy(&format!("req_{}", i + 2), 1, false, at(2_000 + i));
+    }
+    assert_eq!(o.mem.buckets.len(), 1);
+    let b = o.mem.buckets.values().next().unwrap();
+    assert_eq!((b.quantity, b.events), (6, 6));
+    assert_eq!(o.mem.rows_written - before, 12);
+}
+
+#[test]
+fn an_audit_meter_also_keeps_one_row_per_event() {
+    let mut o = Org::new(json!([{"meter": "requests", "limit": 10, "period": "month", "mode": "hard"}]));
+    let mut cfg = plan(json!([{"meter": "requests", "limit": 10, "period": "month", "mode": "hard"}]));
+    cfg.plan["meters"] = json!([{"id": "requests", "audit": true}]);
+    o.admin(AdminOp::Configure(cfg), at(0));
+    let r = o.proxy("req_1", 2, false, at(1_000));
+    assert_eq!(o.mem.outbox.len(), 1);
+    let row = o.mem.outbox.values().next().unwrap().clone();
+    assert_eq!((row.audit, row.ready_at), (1, at(1_000).millis() + 120_000), "it waits for its release window");
+    // A release takes back the bucket's units and the audit row.
+    o.org(&Caller::Gateway, OrgOp::Release { id: eid("req_1"), held: r.held.unwrap() }, at(2_000)).unwrap();
+    assert!(o.mem.outbox.is_empty());
+    assert_eq!(o.mem.queued("requests"), 0);
 }
 
 #[test]
@@ -282,33 +386,123 @@ fn unknown_and_wrong_callers_are_refused_before_anything_else() {
     let op = OrgOp::Usage { short: true };
     assert_eq!(o.org(&stranger, op.clone(), at(0)).unwrap_err(), OrgError::Unauthorized);
     assert_eq!(o.org(&Caller::Gateway, op, at(0)).unwrap_err(), OrgError::Unauthorized);
-    let rel = OrgOp::Release { id: eid("x"), seq: 1 };
+    let rel = OrgOp::Release { id: eid("x"), held: 1 };
     assert_eq!(o.org(&key(), rel, at(0)).unwrap_err(), OrgError::Unauthorized);
     o.admin(AdminOp::RevokeKey { key_id: "k1".into() }, at(0));
     assert_eq!(o.org(&key(), OrgOp::Usage { short: true }, at(0)).unwrap_err(), OrgError::Unauthorized);
 }
 
 #[test]
-fn a_release_gives_units_back_once_and_drops_the_ledger_row() {
+fn a_release_gives_units_back_once_from_the_counter_and_the_ledger() {
     let mut o = month_and_minute();
     let r = o.proxy("req_1", 3, false, at(0));
-    let seq = r.held.unwrap();
+    let held = r.held.unwrap();
     assert_eq!(o.used("requests-month", at(1)), 3);
-    let rel = OrgOp::Release { id: eid("req_1"), seq };
+    let rel = OrgOp::Release { id: eid("req_1"), held };
     assert_eq!(o.org(&Caller::Gateway, rel.clone(), at(10)).unwrap().reply.status, 200);
     assert_eq!(o.used("requests-month", at(11)), 0);
     assert_eq!(o.used("requests-minute", at(11)), 0);
-    assert!(o.mem.outbox.is_empty());
+    assert_eq!(o.mem.queued("requests"), 0);
     // A second release finds nothing to give back.
     assert_eq!(
         o.org(&Caller::Gateway, rel, at(12)).unwrap_err(),
         OrgError::Usage(UsageError::UnknownReservation(eid("req_1")))
     );
-    // A release naming another request's row gives nothing back either.
+    // Past its window, or after a restart, a token holds nothing: the request stays counted.
     let r2 = o.proxy("req_2", 1, false, at(20));
-    let wrong = OrgOp::Release { id: eid("req_1"), seq: r2.held.unwrap() };
-    assert!(o.org(&Caller::Gateway, wrong, at(21)).is_err());
-    assert_eq!(o.used("requests-month", at(22)), 1);
+    let late = OrgOp::Release { id: eid("req_2"), held: r2.held.unwrap() };
+    assert!(o.org(&Caller::Gateway, late, at(20 + 120_000)).is_err());
+    let r3 = o.proxy("req_3", 1, false, at(130_000));
+    o.restart();
+    assert!(o.org(&Caller::Gateway, OrgOp::Release { id: eid("req_3"), held: r3.held.unwrap() }, at(130_001)).is_err());
+    assert_eq!(o.used("requests-month", at(130_002)), 2);
+    assert_eq!(o.mem.queued("requests"), 2);
+}
+
+#[test]
+fn a_release_after_the_flush_is_a_negative_delta_and_the_ledger_nets_out() {
+    let mut o = month_and_minute();
+    let r = o.proxy("req_1", 3, false, at(0));
+    o.proxy("req_2", 2, false, at(1));
+    assert!(o.flush(false, false, at(2)));
+    assert_eq!(o.mem.d1.values().sum::<i64>(), 5);
+    o.org(&Caller::Gateway, OrgOp::Release { id: eid("req_1"), held: r.held.unwrap() }, at(3)).unwrap();
+    let open: Vec<&Bucket> = o.mem.buckets.values().collect();
+    assert_eq!((open[0].quantity, open[0].events), (-3, -1));
+    assert!(o.flush(false, false, at(30_003)));
+    assert_eq!(o.mem.d1.values().sum::<i64>(), 2);
+    assert_eq!(o.used("requests-month", at(30_004)), 2);
+}
+
+#[test]
+fn a_forced_flush_drains_everything_at_once_and_a_resent_batch_counts_once() {
+    let mut o = month_and_minute();
+    for i in 0..8 {
+        o.proxy(&format!("r{i}"), 1, false, at(i));
+    }
+    // D1 applied it but the answer was lost: the batch stays sealed, and new usage waits.
+    assert!(o.flush(true, false, at(10)));
+    o.proxy("late", 1, false, at(11));
+    o.restart();
+    // Sent again: D1's mark says it has it, so it applies nothing, and the batch leaves.
+    assert!(!o.flush(false, false, at(12)));
+    assert_eq!(o.mem.d1.values().sum::<i64>(), 8);
+    // The next flush takes what came meanwhile: everything is in D1, nothing pending.
+    assert!(o.flush(false, false, at(13)));
+    assert_eq!(o.mem.d1.values().sum::<i64>(), 9);
+    assert!(o.mem.buckets.is_empty());
+    assert_eq!(o.m.ledger_pending(), 0);
+}
+
+#[test]
+fn a_reset_or_a_plan_change_inside_an_hour_starts_a_new_bucket() {
+    let mut o = month_and_minute();
+    o.proxy("a", 1, false, at(0));
+    o.admin(AdminOp::Reset { meter: None }, at(10));
+    o.proxy("b", 1, false, at(20));
+    o.admin(
+        AdminOp::Configure(plan(json!([{"meter": "requests", "limit": 50, "period": "month", "mode": "hard"}]))),
+        at(30),
+    );
+    o.proxy("c", 1, false, at(40));
+    let starts: Vec<u64> = o.mem.buckets.keys().map(|(_, k)| k.start).collect();
+    assert_eq!(starts, [T0, T0 + 10, T0 + 30]);
+}
+
+#[test]
+fn a_plan_is_looked_up_again_once_it_is_older_than_the_refresh_period() {
+    let mut o = month_and_minute();
+    assert_eq!(o.m.plan_check(at(59_999), None), None, "configured at 0: fresh for a minute");
+    let (plan, version) = o.m.plan_check(at(60_000), None).unwrap();
+    assert_eq!((plan.as_str(), version), ("p", 1));
+    o.m.plan_checked(at(60_000));
+    assert_eq!(o.m.plan_check(at(61_000), None), None);
+    // A newer version is adopted through Configure, keeping the org's own terms and counters.
+    o.proxy("a", 2, false, at(61_000));
+    let cfg = o
+        .m
+        .config_with_plan(json!({"limits": [{"meter": "requests", "limit": 5, "period": "month", "mode": "hard"}]}), 2)
+        .unwrap();
+    o.admin(AdminOp::Configure(cfg), at(62_000));
+    let state = o.admin(AdminOp::State, at(62_001));
+    assert_eq!(state.body["plan_version"], 2);
+    assert_eq!(o.used("requests-month", at(62_002)), 2);
+    assert_eq!(o.m.plan_check(at(62_003), None), None);
+    // After a restart the instance does not know how fresh its copy is: it asks.
+    o.restart();
+    assert!(o.m.plan_check(at(62_004), None).is_some());
+}
+
+#[test]
+fn the_ledger_flushes_one_interval_after_the_last_flush() {
+    let mut o = month_and_minute();
+    o.proxy("a", 1, false, at(0));
+    o.tick(at(rules::COUNTS_EVERY_MS));
+    assert_eq!(o.m.wake(), Some(at(1_000)), "the first usage after a quiet spell goes after a moment");
+    o.flush(false, false, at(1_000));
+    o.proxy("b", 1, false, at(1_500));
+    o.tick(at(rules::COUNTS_EVERY_MS + 2_000));
+    assert_eq!(o.m.wake(), Some(at(31_000)), "then once per interval");
 }
 
 #[test]
@@ -318,14 +512,14 @@ fn a_release_after_a_month_rollover_or_a_reset_keeps_the_new_window_untouched() 
     let nov_end = Timestamp::from_millis(1_796_083_199_000); // 2026-11-30T23:59:59Z
     let r = o.proxy("req_1", 2, false, nov_end);
     o.proxy("req_2", 1, false, nov_end.saturating_add_ms(2_000));
-    let rel = OrgOp::Release { id: eid("req_1"), seq: r.held.unwrap() };
+    let rel = OrgOp::Release { id: eid("req_1"), held: r.held.unwrap() };
     o.org(&Caller::Gateway, rel, nov_end.saturating_add_ms(3_000)).unwrap();
     assert_eq!(o.used("requests-month", nov_end.saturating_add_ms(4_000)), 1, "December keeps its own usage");
     // A reset after the admission already gave everything back.
     let r3 = o.proxy("req_3", 4, false, at(0));
     o.admin(AdminOp::Reset { meter: None }, at(10));
     o.proxy("req_4", 1, false, at(20));
-    o.org(&Caller::Gateway, OrgOp::Release { id: eid("req_3"), seq: r3.held.unwrap() }, at(30)).unwrap();
+    o.org(&Caller::Gateway, OrgOp::Release { id: eid("req_3"), held: r3.held.unwrap() }, at(30)).unwrap();
     assert_eq!(o.used("requests-month", at(40)), 1);
 }
 
@@ -339,9 +533,9 @@ fn a_replayed_idempotency_key_counts_once_and_a_release_does_not_undo_the_origin
     assert!(replay.held.is_none(), "a replay holds nothing the Worker could release");
     assert!(replay.headers.iter().any(|(k, v)| k == "Idempotent-Replayed" && v == "true"));
     assert_eq!(o.used("requests-month", at(6)), 1);
-    assert_eq!(o.mem.outbox.len(), 1);
+    assert_eq!(o.mem.queued("requests"), 1);
     // After the original is released (its origin failed), a replay counts afresh.
-    o.org(&Caller::Gateway, OrgOp::Release { id: eid("idem-1"), seq: first.held.unwrap() }, at(7)).unwrap();
+    o.org(&Caller::Gateway, OrgOp::Release { id: eid("idem-1"), held: first.held.unwrap() }, at(7)).unwrap();
     let again = o.proxy("idem-1", 1, true, at(8));
     assert!(again.held.is_some());
     assert_eq!(o.used("requests-month", at(9)), 1);
@@ -387,10 +581,12 @@ fn decision_counts_are_kept_in_memory_and_saved_by_the_tick() {
     o.proxy("a", 1, false, at(0));
     o.proxy("b", 1, false, at(1));
     assert!(o.mem.counts.is_empty());
-    assert_eq!(o.m.wake(), Some(at(rules::COUNTS_EVERY_MS)), "the counts need the alarm before the outbox does");
+    assert_eq!(o.m.wake(), Some(at(1_000)), "the ledger flush comes first");
+    o.flush(false, false, at(1_000));
+    assert_eq!(o.m.wake(), Some(at(rules::COUNTS_EVERY_MS)), "then the counts");
     o.tick(at(rules::COUNTS_EVERY_MS));
     assert_eq!(o.mem.counts[&("requests".to_owned(), "allowed".to_owned())], 2);
-    assert_eq!(o.m.wake(), Some(at(120_000)), "then the outbox is next");
+    assert_eq!(o.m.wake(), None);
 }
 
 #[test]
@@ -449,13 +645,15 @@ fn a_batch_of_events_crosses_each_level_once() {
 }
 
 #[test]
-fn after_a_restart_the_outbox_sequence_and_keys_carry_on() {
+fn after_a_restart_the_batch_sequence_and_keys_carry_on() {
     let mut o = month_and_minute();
-    let a = o.proxy("a", 1, false, at(0)).held.unwrap();
+    o.proxy("a", 1, false, at(0));
+    o.flush(false, false, at(1));
     o.restart();
-    let b = o.proxy("b", 1, false, at(1)).held.unwrap();
-    assert!(b > a);
-    assert_eq!(o.used("requests-month", at(2)), 2);
+    o.proxy("b", 1, false, at(2));
+    let seq = o.m.seal_ledger().and_then(|w| w.seal).unwrap();
+    assert_eq!(seq, 2, "a batch number is never handed out twice");
+    assert_eq!(o.used("requests-month", at(3)), 2);
 }
 
 #[test]
@@ -492,8 +690,9 @@ fn flush_backoff_doubles_from_one_second_and_writes_only_on_change() {
     assert_eq!(flush_backoff_ms(40), rules::MAX_FLUSH_BACKOFF_MS);
     let mut o = month_and_minute();
     o.proxy("a", 1, false, at(0));
+    o.flush(false, false, at(1_000));
     let meta = o.m.after_flush(FlushResult::Failed, at(200_000));
-    assert_eq!(meta, [("outbox_seq".into(), "1".into()), ("flush_failures".into(), "1".into())]);
+    assert_eq!(meta, [("flush_failures".into(), "1".into())]);
     assert_eq!(o.m.wake(), Some(at(10_000)), "the counts are still due first");
     o.tick(at(10_000));
     assert_eq!(o.m.wake(), Some(at(201_000)));
@@ -560,6 +759,7 @@ fn the_wake_is_the_earliest_need_and_a_retry_replaces_the_outbox_time() {
         alert_due: None,
         reservation_expires: Some(at(70)),
         counts_due: None,
+        ledger_due: Some(at(40)),
     };
     assert_eq!(w.next(), Some(at(70)));
     assert_eq!(Wake { reservation_expires: None, ..w }.next(), Some(at(90)));

@@ -1,5 +1,6 @@
 //! Property tests of the org machine: any interleaving of proxied requests, releases, origin
-//! reports, provisional reservations, ticks, restarts and flushes against an oracle.
+//! reports, provisional reservations, ticks, restarts and ledger flushes (including D1 failing
+//! and D1 applying a batch whose answer is lost) against an oracle.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::{at, eid, key, m, Org};
 use crate::org::rules::{decode_counters, encode_counters};
-use crate::org::{Caller, DecideKind, FlushResult, OrgOp, SettleAction, Writes};
+use crate::org::{Caller, DecideKind, OrgOp, SettleAction};
 use crate::policy::{Counter, Timestamp};
 
 #[derive(Debug, Clone)]
@@ -20,7 +21,7 @@ enum Act {
     Settle { id: u8, commit: bool },
     Tick,
     Restart,
-    Flush,
+    Flush { lose: bool, fail: bool },
     Wait { ms: u32 },
 }
 
@@ -33,7 +34,7 @@ fn act() -> impl Strategy<Value = Act> {
         1 => (0u8..6, any::<bool>()).prop_map(|(id, commit)| Act::Settle { id, commit }),
         1 => Just(Act::Tick),
         1 => Just(Act::Restart),
-        1 => Just(Act::Flush),
+        2 => (any::<bool>(), prop::bool::weighted(0.2)).prop_map(|(lose, fail)| Act::Flush { lose, fail }),
         2 => (0u32..200_000).prop_map(|ms| Act::Wait { ms }),
     ]
 }
@@ -45,10 +46,10 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
         {"meter": "ai_tokens", "limit": 1000, "period": "month", "mode": "soft"}
     ]));
     let mut now = at(0);
-    // What the oracle says: proxied requests held (id → seq), units the ledger must get.
-    let mut held: BTreeMap<u8, (u64, u64)> = BTreeMap::new();
+    // What the oracle says: proxied requests held (id → (token, name, quantity, instance)).
+    let mut held: BTreeMap<u8, (u64, String, u64, u32)> = BTreeMap::new();
     let mut counted_ids: BTreeMap<String, u64> = BTreeMap::new();
-    let mut ledger: BTreeMap<u64, (String, u64)> = BTreeMap::new(); // seq → (event id, quantity), flushed
+    let mut instance = 0u32;
     let mut releases = 0u64;
     for a in acts {
         now = now.saturating_add_ms(1);
@@ -56,27 +57,19 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
             Act::Proxy { id, q, replayable } => {
                 let name = if replayable { format!("idem-{id}") } else { format!("req-{id}-{}", now.millis()) };
                 let r = o.proxy(&name, u64::from(q), replayable, now);
-                if let Some(seq) = r.held {
+                if let Some(token) = r.held {
                     prop_assert!(!counted_ids.contains_key(&name) || !replayable, "a replay was counted twice");
-                    counted_ids.insert(name, u64::from(q));
-                    held.insert(id, (seq, u64::from(q)));
+                    counted_ids.insert(name.clone(), u64::from(q));
+                    held.insert(id, (token, name, u64::from(q), instance));
                 }
             }
             Act::Release { id } => {
-                if let Some((seq, _)) = held.remove(&id) {
-                    let row = o.mem.outbox.get(&seq).cloned();
-                    let res = o.org(
-                        &Caller::Gateway,
-                        OrgOp::Release {
-                            id: eid(&row.as_ref().map_or_else(|| "gone".to_owned(), |r| r.event_id.clone())),
-                            seq,
-                        },
-                        now,
-                    );
-                    if let Some(row) = row {
-                        prop_assert!(res.is_ok());
+                if let Some((token, name, _, from)) = held.remove(&id) {
+                    let res = o.org(&Caller::Gateway, OrgOp::Release { id: eid(&name), held: token }, now);
+                    if res.is_ok() {
+                        prop_assert_eq!(from, instance, "a token of an earlier instance released units");
                         releases += 1;
-                        counted_ids.remove(&row.event_id);
+                        counted_ids.remove(&name);
                     }
                 }
             }
@@ -109,23 +102,12 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
                 o.tick(now);
                 releases += 1;
             }
-            Act::Restart => o.restart(),
-            Act::Flush => {
-                // The drain: ready rows leave the outbox into the ledger, exactly once.
-                let ready: Vec<u64> =
-                    o.mem.outbox.values().filter(|r| r.ready_at <= now.millis()).map(|r| r.seq).collect();
-                for s in ready {
-                    let r = o.mem.outbox.remove(&s).unwrap();
-                    prop_assert!(
-                        ledger.insert(s, (r.event_id.clone(), r.quantity)).is_none(),
-                        "an outbox row left twice"
-                    );
-                    held.retain(|_, (seq, _)| *seq != s);
-                }
-                let pending = o.mem.outbox.len() as u64;
-                let next_ready = o.mem.outbox.values().map(|r| Timestamp::from_millis(r.ready_at)).min();
-                let meta = o.m.after_flush(FlushResult::Done { pending, next_ready }, now);
-                o.mem.apply(&Writes { meta, ..Writes::default() });
+            Act::Restart => {
+                o.restart();
+                instance += 1;
+            }
+            Act::Flush { lose, fail } => {
+                o.flush(lose, fail, now);
             }
             Act::Wait { ms } => now = now.saturating_add_ms(u64::from(ms)),
         }
@@ -143,15 +125,23 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
             prop_assert!(used * 100 >= pct * limit, "an alert fired below its level");
         }
     }
-    // The month counter (same month throughout) equals what the ledger and the outbox hold for
-    // proxied and committed requests: released units came back exactly once.
+    // The month counter (same month throughout) equals what D1 and the DO's buckets hold for
+    // proxied and committed requests: released units came back exactly once, and a batch D1
+    // applied whose answer was lost did not count twice.
     let state_month = o.used("requests-month", now);
     let open_reserved: u64 = o.mem.reservations.values().filter(|r| r.expires > now).map(|r| r.quantity).sum();
-    let proxied_queued: u64 = o.mem.outbox.values().filter(|r| r.meter == "requests").map(|r| r.quantity).sum();
-    let flushed: u64 = ledger.values().filter(|(k, _)| !k.contains(':')).map(|(_, q)| q).sum();
     let expired_unswept: u64 = o.mem.reservations.values().filter(|r| r.expires <= now).map(|r| r.quantity).sum();
-    prop_assert_eq!(state_month, proxied_queued + flushed + open_reserved + expired_unswept);
+    prop_assert_eq!(state_month, o.mem.queued("requests") + open_reserved + expired_unswept);
     prop_assert!(state_month <= 40, "the hard cap held");
+    // Draining (D1 reachable again) leaves everything in D1 exactly once and nothing pending.
+    let before = o.mem.ledgered("requests") + o.mem.ledgered("ai_tokens");
+    for i in 0..3 {
+        o.flush(false, false, now.saturating_add_ms(i));
+    }
+    prop_assert!(o.mem.buckets.is_empty(), "a forced flush drains everything");
+    let d1: i64 = o.mem.d1.values().sum();
+    prop_assert_eq!(d1, before);
+    prop_assert!(o.mem.d1.values().all(|q| *q >= 0), "no bucket nets below zero");
     Ok(())
 }
 

@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use worker::{SqlCursor, SqlStorage, SqlStorageValue};
 
-use crate::org::{Boot, KeyHash, Need, OutboxRow, Snapshot, StoredConfig, Tallies, Writes};
+use crate::org::buckets::{Bucket, BucketKey, Terms};
+use crate::org::{Boot, KeyHash, Need, Snapshot, StoredConfig, Tallies, Writes};
 use crate::policy::{Reservation, Timestamp};
 
 /// A storage failure: the step that met it answers 500 and its machine is rebuilt from storage.
@@ -79,14 +80,14 @@ enum Cached {
 }
 
 impl Store {
-    pub fn open(sql: SqlStorage) -> StoreResult<Self> {
+    pub fn open(sql: SqlStorage, now: Timestamp) -> StoreResult<Self> {
         let store = Self {
             sql,
             counters: RefCell::new(Cached::Some(BTreeMap::new())),
             statements: Cell::new(0),
             rows_written: Cell::new(0),
         };
-        store.migrate()?;
+        store.migrate(now)?;
         Ok(store)
     }
 
@@ -149,6 +150,12 @@ impl Store {
             Ok(self.all::<N>(q, Vec::new())?.into_iter().next().and_then(|r| r.n).map(uint))
         };
         let seq_mark = self.meta("outbox_seq")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let num = |k: &str| -> StoreResult<Option<u64>> { Ok(self.meta(k)?.and_then(|v| v.parse::<u64>().ok())) };
+        let buckets: Vec<BucketRow> = self.all(
+            "SELECT batch, meter, start, quantity, events, max_value, last_value, last_ts, first_ts, plan, event_name, \
+             customer FROM ledger_buckets",
+            Vec::new(),
+        )?;
         Ok(Boot {
             config,
             keys,
@@ -160,6 +167,12 @@ impl Store {
                 .map(Timestamp::from_millis),
             reservation_expires: one("SELECT MIN(expires) AS n FROM reservations")?.map(Timestamp::from_millis),
             flush_failures: self.meta("flush_failures")?.and_then(|v| v.parse().ok()).unwrap_or(0),
+            buckets: buckets.into_iter().map(BucketRow::into_parts).collect(),
+            flush_seq: num("flush_seq")?.unwrap_or(0),
+            epoch: num("ledger_epoch")?.unwrap_or(0),
+            config_at: num("config_at")?.map(Timestamp::from_millis),
+            flush_every_ms: 0,
+            plan_refresh_ms: 0,
         })
     }
 
@@ -195,15 +208,6 @@ impl Store {
             if ids.len() == 64 {
                 s.next_expiry = Some(now);
             }
-        }
-        if let Some(seq) = need.outbox_row {
-            s.outbox_row = self
-                .all::<OutboxRow>(
-                    "SELECT seq, event_id, meter, quantity, ts, source, metadata, ready_at FROM ledger_outbox WHERE seq = ?",
-                    vec![int(seq)?],
-                )?
-                .into_iter()
-                .next();
         }
         if need.alerts {
             s.alerts = self.all(
@@ -304,9 +308,35 @@ impl Store {
         for r in &w.outbox {
             let metadata = r.metadata.as_deref().map_or(SqlStorageValue::Null, text);
             self.write(
-                "INSERT INTO ledger_outbox (seq, event_id, meter, quantity, ts, source, metadata, ready_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                vec![int(r.seq)?, text(&r.event_id), text(&r.meter), int(r.quantity)?, int(r.ts)?, text(&r.source), metadata, int(r.ready_at)?],
+                "INSERT INTO ledger_outbox (seq, event_id, meter, quantity, ts, source, metadata, ready_at, audit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                vec![int(r.seq)?, text(&r.event_id), text(&r.meter), int(r.quantity)?, int(r.ts)?, text(&r.source), metadata, int(r.ready_at)?, int(u64::from(r.audit))?],
             )?;
+        }
+        for (k, b) in &w.buckets {
+            self.write(
+                "INSERT OR REPLACE INTO ledger_buckets (batch, meter, start, quantity, events, max_value, last_value, last_ts, \
+                 first_ts, plan, event_name, customer) VALUES (0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    text(&k.meter),
+                    int(k.start)?,
+                    SqlStorageValue::try_from_i64(b.quantity)?,
+                    SqlStorageValue::try_from_i64(b.events)?,
+                    int(b.max_value)?,
+                    int(b.last_value)?,
+                    int(b.last_ts)?,
+                    int(b.first_ts)?,
+                    text(&b.terms.plan),
+                    text(&b.terms.event_name),
+                    b.terms.customer.as_deref().map_or(SqlStorageValue::Null, text),
+                ],
+            )?;
+        }
+        if let Some(seq) = w.seal {
+            self.write("UPDATE ledger_buckets SET batch = ? WHERE batch = 0", vec![int(seq)?])?;
+            self.set_meta("flush_seq", &seq.to_string())?;
+        }
+        if let Some(seq) = w.sealed_done {
+            self.write("DELETE FROM ledger_buckets WHERE batch = ?", vec![int(seq)?])?;
         }
         for seq in &w.outbox_delete {
             self.write("DELETE FROM ledger_outbox WHERE seq = ?", vec![int(*seq)?])?;
@@ -373,6 +403,38 @@ impl Store {
     /// A cheap round trip for `/_quota/healthz`.
     pub fn ping(&self) -> StoreResult<bool> {
         Ok(self.all::<N>("SELECT 1 AS n", Vec::new())?.into_iter().next().and_then(|r| r.n) == Some(1))
+    }
+}
+
+/// A stored ledger bucket.
+#[derive(Deserialize)]
+struct BucketRow {
+    batch: i64,
+    meter: String,
+    start: i64,
+    quantity: i64,
+    events: i64,
+    max_value: i64,
+    last_value: i64,
+    last_ts: i64,
+    first_ts: i64,
+    plan: String,
+    event_name: String,
+    customer: Option<String>,
+}
+
+impl BucketRow {
+    fn into_parts(self) -> (u64, BucketKey, Bucket) {
+        let bucket = Bucket {
+            quantity: self.quantity,
+            events: self.events,
+            max_value: uint(self.max_value),
+            last_value: uint(self.last_value),
+            last_ts: uint(self.last_ts),
+            first_ts: uint(self.first_ts),
+            terms: Terms { plan: self.plan, event_name: self.event_name, customer: self.customer },
+        };
+        (uint(self.batch), BucketKey { meter: self.meter, start: uint(self.start) }, bucket)
     }
 }
 

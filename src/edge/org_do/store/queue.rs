@@ -25,7 +25,7 @@ impl Store {
     /// Up to `ROWS_PER_ROUND` outbox rows that are ready, oldest first.
     pub fn ready(&self, now: Timestamp) -> StoreResult<Vec<OutboxRow>> {
         self.all(
-            "SELECT seq, event_id, meter, quantity, ts, source, metadata, ready_at FROM ledger_outbox \
+            "SELECT seq, event_id, meter, quantity, ts, source, metadata, ready_at, audit FROM ledger_outbox \
              WHERE ready_at <= ? ORDER BY seq LIMIT ?",
             vec![int(now.millis())?, int(ROWS_PER_ROUND)?],
         )
@@ -56,12 +56,13 @@ impl Store {
         self.write("DELETE FROM idempotency_keys WHERE at < ?", vec![int(before.millis())?])
     }
 
-    /// The outbox's sums over one window of one meter, for reconciliation.
+    /// The sums of an earlier build's queued rows (counted usage, not audit rows) over one
+    /// window of one meter, for reconciliation.
     pub fn queued(&self, meter: &str, from: u64, to: u64) -> StoreResult<LedgerAgg> {
         let rows: Vec<LedgerAgg> = self.all(
             "SELECT COALESCE(SUM(quantity), 0) AS total, COALESCE(MAX(quantity), 0) AS peak, \
-             (SELECT quantity FROM ledger_outbox WHERE meter = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts DESC, seq DESC LIMIT 1) AS last, \
-             MAX(ts) AS last_ts FROM ledger_outbox WHERE meter = ?1 AND ts >= ?2 AND ts < ?3",
+             (SELECT quantity FROM ledger_outbox WHERE audit = 0 AND meter = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts DESC, seq DESC LIMIT 1) AS last, \
+             MAX(ts) AS last_ts FROM ledger_outbox WHERE audit = 0 AND meter = ?1 AND ts >= ?2 AND ts < ?3",
             vec![text(meter), int(from)?, int(to)?],
         )?;
         Ok(rows.into_iter().next().unwrap_or_default())

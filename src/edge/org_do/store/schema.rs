@@ -6,15 +6,17 @@ use std::collections::BTreeMap;
 
 use super::{text, Pair, Store, StoreResult, Text};
 use crate::org::rules::encode_counters;
-use crate::policy::{Counter, Reservation, ReservationKind};
+use crate::policy::{Counter, Reservation, ReservationKind, Timestamp};
 
 /// The schema this build writes. 1 was one JSON counter row per limit, optimistic reservations
 /// as rows, and an outbox with two secondary indexes; 2 is one integer row per meter, the
-/// outbox row as the reservation, and no secondary index on the hot path's tables.
-const SCHEMA: u32 = 2;
+/// outbox row as the reservation, and no secondary index on the hot path's tables; 3 adds the
+/// aggregated ledger buckets, and the outbox keeps only per-event audit rows (and rows an
+/// earlier build queued, which D1 still counts, exactly once by event id).
+const SCHEMA: u32 = 3;
 
 impl Store {
-    pub(super) fn migrate(&self) -> StoreResult<()> {
+    pub(super) fn migrate(&self, now: Timestamp) -> StoreResult<()> {
         self.exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)", Vec::new())?;
         let version = self.meta("schema")?.and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
         if version >= SCHEMA {
@@ -30,7 +32,8 @@ impl Store {
             // `seq` is the rowid and the only key: an insert writes one row. Releases find a row
             // by `seq`; D1 deduplicates by event id.
             "CREATE TABLE IF NOT EXISTS ledger_outbox (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, meter TEXT NOT NULL, \
-             quantity INTEGER NOT NULL, ts INTEGER NOT NULL, source TEXT NOT NULL, metadata TEXT, ready_at INTEGER NOT NULL)",
+             quantity INTEGER NOT NULL, ts INTEGER NOT NULL, source TEXT NOT NULL, metadata TEXT, ready_at INTEGER NOT NULL, \
+             audit INTEGER NOT NULL DEFAULT 0)",
             // Keyed by the id alone, no rowid: recording a key writes one row.
             "CREATE TABLE IF NOT EXISTS idempotency_keys (id TEXT PRIMARY KEY, result TEXT NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID",
             "CREATE TABLE IF NOT EXISTS alerts (id TEXT PRIMARY KEY, policy TEXT NOT NULL, window_start INTEGER NOT NULL, \
@@ -39,11 +42,25 @@ impl Store {
             "CREATE INDEX IF NOT EXISTS alerts_due ON alerts(status, next_at)",
             "CREATE TABLE IF NOT EXISTS decisions (meter TEXT NOT NULL, outcome TEXT NOT NULL, n INTEGER NOT NULL, \
              PRIMARY KEY (meter, outcome))",
+            // One row per (batch, meter, segment): batch 0 is open, any other is the batch in
+            // flight to D1. Admitted usage rewrites its open row; nothing here grows per request.
+            "CREATE TABLE IF NOT EXISTS ledger_buckets (batch INTEGER NOT NULL, meter TEXT NOT NULL, start INTEGER NOT NULL, \
+             quantity INTEGER NOT NULL, events INTEGER NOT NULL, max_value INTEGER NOT NULL, last_value INTEGER NOT NULL, \
+             last_ts INTEGER NOT NULL, first_ts INTEGER NOT NULL, plan TEXT NOT NULL, event_name TEXT NOT NULL, customer TEXT, \
+             PRIMARY KEY (batch, meter, start)) WITHOUT ROWID",
         ] {
             self.exec(stmt, Vec::new())?;
         }
         if self.has_schema_1()? {
             self.upgrade_from_1()?;
+        }
+        // Rows an earlier build queued are counted usage (audit 0); this build's are audit rows.
+        // (A column that is missing fails the probe: the table is schema 2's.)
+        if self.exec("SELECT audit FROM ledger_outbox LIMIT 0", Vec::new()).is_err() {
+            self.exec("ALTER TABLE ledger_outbox ADD COLUMN audit INTEGER NOT NULL DEFAULT 0", Vec::new())?;
+        }
+        if self.meta("ledger_epoch")?.is_none() {
+            self.set_meta("ledger_epoch", &now.millis().to_string())?;
         }
         self.set_meta("schema", &SCHEMA.to_string())
     }
