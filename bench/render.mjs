@@ -110,13 +110,13 @@ function perf(r) {
       "",
       `### Sustained: one hot org for ${su.seconds} s (${s.connections} connections, DECISION_LOG=all), in ${s.slice_s} s slices`,
       "",
-      "| t (s) | req/s | p99 ms | workerd µs/req | DO rows live | D1 rows (this org) |",
-      "|--:|--:|--:|--:|--:|--:|",
-      ...su.slices.map((x) => `| ${x.t_s} | ${x.rps} | ${ms(x.p99_ms)} | ${x.cpu_us_per_request} | ${x.do_rows_live} | ${x.d1_rows} |`),
+      "| t (s) | req/s | p99 ms | workerd µs/req | DO rows per request, live | usage pending in the DO | D1 rows (this org) | D1 batches |",
+      "|--:|--:|--:|--:|--:|--:|--:|--:|",
+      ...su.slices.map((x) => `| ${x.t_s} | ${x.rps} | ${ms(x.p99_ms)} | ${x.cpu_us_per_request} | ${x.do_rows_live} | ${x.ledger_pending ?? "–"} | ${x.d1_rows} | ${x.d1_batches ?? "–"} |`),
       "",
       `Steady state (median of the second half): ${su.steady.rps} req/s, p99 ${ms(su.steady.p99_ms)} ms, ${su.steady.cpu_us_per_request} µs of workerd CPU per request.`,
       "",
-      `D1 growth: ${su.d1.rows} ledger rows took ${(su.d1.bytes / 1e6).toFixed(1)} MB of D1 (table, indexes and rollup): ${Math.round(su.d1.bytes / Math.max(1, su.d1.rows))} bytes per row, and the ledger writes one row per proxied request, so about ${Math.round(su.d1.bytes / Math.max(1, su.d1.rows))} KB per 1,000 requests. Of the ${su.requests} requests, about ${su.slices.at(-1).do_rows_live} were still queued in the org's DO at the end (their 120 s release window had not closed, so no flush could take them).`,
+      `D1 growth: ${su.requests} proxied requests became ${su.d1.rows} ledger rows (hourly and daily buckets) in ${su.d1.batches ?? "?"} D1 batches, and the D1 file grew by ${su.d1.bytes} bytes (SQLite grows in whole pages, so a few rows show as a page or none): about ${su.d1.bytes_per_million_requests ?? "?"} bytes per million requests. The ledger grows with orgs, meters and hours, not with requests.`,
     );
   }
   if (r.wrangler_dev) {

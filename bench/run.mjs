@@ -306,7 +306,12 @@ async function sustained(gw, api, key, seconds) {
   const slices = [];
   const org = "bench-hot";
   const d1 = ledgerFile(gw.persistTo);
-  const rows = async () => (await ledgerQuery(gw.persistTo, "SELECT COUNT(*) AS n FROM usage_events WHERE org_id = ?", org))[0].n;
+  // Ledger rows of this org in D1: hourly and daily buckets, and per-event rows (none unless a
+  // meter keeps an audit trail).
+  const rows = async () => (await ledgerQuery(gw.persistTo,
+    "SELECT (SELECT COUNT(*) FROM usage_hourly WHERE org_id = ?1) + (SELECT COUNT(*) FROM usage_daily WHERE org_id = ?1) + (SELECT COUNT(*) FROM usage_events WHERE org_id = ?1) AS n", org))[0].n;
+  const flushes = async () => (await ledgerQuery(gw.persistTo, "SELECT COALESCE(MAX(seq), 0) AS n FROM ledger_marks WHERE org_id = ?", org))[0].n;
+  const flushes0 = await flushes();
   const d1Rows0 = await rows();
   const d1Bytes0 = fileBytes(d1);
   let total = 0;
@@ -324,14 +329,15 @@ async function sustained(gw, api, key, seconds) {
       p99_ms: r.p99_ms,
       cpu_us_per_request: Math.round((((cpu1.workerd ?? 0) - (cpu0.workerd ?? 0)) * 1000) / Math.max(1, r.requests)),
       do_rows_live: (live.outbox_pending ?? 0) + (live.open_reservations ?? 0),
+      ledger_pending: live.ledger_pending ?? 0,
       d1_rows: (await rows()) - d1Rows0,
+      d1_batches: (await flushes()) - flushes0,
       non_2xx: r.non_2xx,
     };
     slices.push(slice);
-    log(`sustained ${slice.t_s}s: ${slice.rps} req/s p99 ${slice.p99_ms.toFixed(1)} ms cpu ${slice.cpu_us_per_request} µs DO rows ${slice.do_rows_live} D1 rows ${slice.d1_rows}`);
+    log(`sustained ${slice.t_s}s: ${slice.rps} req/s p99 ${slice.p99_ms.toFixed(1)} ms cpu ${slice.cpu_us_per_request} µs DO rows ${slice.do_rows_live} pending ${slice.ledger_pending} D1 rows ${slice.d1_rows} batches ${slice.d1_batches}`);
   }
-  // Drain what is ready. Rows still inside their release window stay queued in the DO, so D1's
-  // growth is reported per ledger row, not per request.
+  // Drain everything (no release window holds usage back), then measure D1's growth.
   await sleep(1500);
   for (let i = 0; i < 50; i++) {
     const f = await api.admin("POST", `/orgs/${org}/flush`);
@@ -346,7 +352,8 @@ async function sustained(gw, api, key, seconds) {
     requests: total,
     slices,
     steady: { rps: Math.round(median(tail.map((s) => s.rps))), p99_ms: median(tail.map((s) => s.p99_ms)), cpu_us_per_request: median(tail.map((s) => s.cpu_us_per_request)) },
-    d1: { rows: d1Rows, bytes: d1Bytes, bytes_per_row: Math.round(d1Bytes / Math.max(1, d1Rows)) },
+    d1: { rows: d1Rows, bytes: d1Bytes, bytes_per_row: Math.round(d1Bytes / Math.max(1, d1Rows)), batches: (await flushes()) - flushes0,
+          bytes_per_million_requests: Math.round((d1Bytes / Math.max(1, total)) * 1e6) },
   };
 }
 

@@ -68,17 +68,23 @@ schemas = {
             "upgrade_url": {"type": "string", "format": "uri"},
             "meters": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
                 "id": ID, "unit": {"type": "string"}, "aggregation": {"enum": ["sum", "max", "latest"]},
-                "event_name": {"type": "string"}}}},
+                "event_name": {"type": "string"},
+                # Also keep one ledger row per usage event, with its metadata (an audit trail).
+                "audit": {"type": "boolean"}}}},
             "limits": {"type": "array", "items": ref("Limit"), "maxItems": 64},
         },
     },
     # A stored plan is the document as accepted plus its row's fields (so no additionalProperties: false).
     "StoredPlan": {
         "type": "object",
-        "required": ["id", "name", "limits", "created_at", "updated_at"],
+        "required": ["id", "name", "limits", "created_at", "updated_at", "version"],
         "properties": {"id": ID, "name": {"type": "string"}, "limits": {"type": "array", "items": ref("Limit")},
                        "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
-                       "orgs_updated": {"type": "integer"}},
+                       # Raised by every PUT; each org's DO adopts a newer one within PLAN_REFRESH_SECS.
+                       "version": {"type": "integer", "minimum": 1},
+                       # PUT only: orgs on the plan (none is called), and the adoption bound.
+                       "orgs": {"type": "integer", "minimum": 0},
+                       "adopted_within_secs": {"type": "integer", "minimum": 1}},
     },
     "LimitStatus": {
         "type": "object",

@@ -90,7 +90,7 @@ pub async fn run(env: &Env) {
                 match ledger::prune(&db, hourly_cutoff, daily_cutoff).await {
                     Ok(n) => pruned = pruned.saturating_add(n),
                     Err(e) => {
-                        worker::console_error!("{}", json!({"msg": "cron: retention failed", "error": e.to_string()}))
+                        worker::console_error!("{}", json!({"msg": "cron: retention failed", "error": e.to_string()}));
                     }
                 }
             }

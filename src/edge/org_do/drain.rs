@@ -104,6 +104,9 @@ pub(super) async fn alarm(q: &OrgQuota) {
             Ok(())
         });
     }
+    if !q.with_machine(|m, _, now| Ok(m.flush_due(now))).unwrap_or(true) {
+        return;
+    }
     match flush(q).await {
         Ok(_) | Err(DoError::Org(_)) => {}
         Err(DoError::Busy) => {

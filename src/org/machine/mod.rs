@@ -562,6 +562,13 @@ impl OrgMachine {
         meta
     }
 
+    /// Whether the ledger flush is due now (the alarm also runs for alerts, expiries and counts,
+    /// and must not flush early then: at most one D1 batch per org per interval).
+    pub fn flush_due(&self, now: Timestamp) -> bool {
+        let w = &self.wake;
+        w.flush_retry.or_else(|| super::rules::earliest(w.outbox_ready, w.ledger_due)).is_some_and(|t| t <= now)
+    }
+
     /// The flush is busy: try again shortly.
     pub fn flush_busy(&mut self, now: Timestamp) {
         self.wake.flush_retry = Some(now.saturating_add_ms(500));

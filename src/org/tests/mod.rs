@@ -499,9 +499,11 @@ fn the_ledger_flushes_one_interval_after_the_last_flush() {
     o.proxy("a", 1, false, at(0));
     o.tick(at(rules::COUNTS_EVERY_MS));
     assert_eq!(o.m.wake(), Some(at(1_000)), "the first usage after a quiet spell goes after a moment");
+    assert!(!o.m.flush_due(at(999)) && o.m.flush_due(at(1_000)));
     o.flush(false, false, at(1_000));
     o.proxy("b", 1, false, at(1_500));
     o.tick(at(rules::COUNTS_EVERY_MS + 2_000));
+    assert!(!o.m.flush_due(at(rules::COUNTS_EVERY_MS + 2_000)), "an alarm for the counts does not flush");
     assert_eq!(o.m.wake(), Some(at(31_000)), "then once per interval");
 }
 
