@@ -58,6 +58,9 @@ impl Store {
         // (A column that is missing fails the probe: the table is schema 2's.)
         if self.exec("SELECT audit FROM ledger_outbox LIMIT 0", Vec::new()).is_err() {
             self.exec("ALTER TABLE ledger_outbox ADD COLUMN audit INTEGER NOT NULL DEFAULT 0", Vec::new())?;
+            // Their release window held them back so that a release could delete them; this
+            // build keeps releases in memory, so nothing can release them any more: they go now.
+            self.write("UPDATE ledger_outbox SET ready_at = 0", Vec::new())?;
         }
         if self.meta("ledger_epoch")?.is_none() {
             self.set_meta("ledger_epoch", &now.millis().to_string())?;
