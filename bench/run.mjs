@@ -185,7 +185,8 @@ function keyFile(name, keys) {
   return f;
 }
 
-// ---- the ledger: flush throughput with a queued outbox, and commit → D1 lag
+// ---- the ledger: one drain of usage queued while D1 was down, and the flush lag under steady
+// traffic with the default LEDGER_FLUSH_SECS
 async function ledgerFigures(start) {
   log("ledger: fresh gateway");
   const gw = await start();
@@ -196,7 +197,7 @@ async function ledgerFigures(start) {
       await api.org(org, { plan: "bench-ledger" });
       return (await api.key(org)).key;
     };
-    // Throughput: 5,000 events queue in the outbox while D1 is locked, then one drain.
+    // 5,000 events are counted into the DO's buckets while D1 is locked, then one drain.
     const drainKey = await keyOf("bench-drain");
     const queued = 5000;
     const lock = await lockLedger(gw.persistTo);
@@ -221,27 +222,35 @@ async function ledgerFigures(start) {
       await sleep(20);
     }
     const drainMs = performance.now() - t0;
-    const [landed] = await ledgerQuery(gw.persistTo, "SELECT COUNT(*) AS n FROM usage_events WHERE org_id = 'bench-drain'");
+    const [landed] = await ledgerQuery(gw.persistTo, "SELECT COALESCE(SUM(events), 0) AS n, COUNT(*) AS rows FROM usage_hourly WHERE org_id = 'bench-drain'");
     if (pending !== 0 || landed.n !== queued) throw new Error(`drain: pending=${pending} landed=${landed.n}`);
-    // Lag: 200 events in 40 posts, 100 ms apart; `ts` is the DO's commit time and `recorded_at`
-    // the time the flush wrote the row (same clock), so the lag is exact to the millisecond.
+    // Lag: one event every 100 ms for 20 s; D1 is polled every 100 ms, and an event's lag is
+    // the first poll that shows it minus the time it was acknowledged.
     const lagKey = await keyOf("bench-lag");
-    for (let b = 0; b < 40; b++) {
-      const events = Array.from({ length: 5 }, (_, i) => ({ id: `l-${b}-${i}`, meter: "rows", quantity: 1 }));
-      const r = await api.call("POST", "/_quota/v1/events", { key: lagKey, body: { events } });
+    const acked = [];
+    const seen = [];
+    let sending = true;
+    const poll = (async () => {
+      for (let i = 0; i < 600 && (sending || seen.at(-1)?.[1] < acked.length); i++) {
+        const [row] = await ledgerQuery(gw.persistTo, "SELECT COALESCE(SUM(quantity), 0) AS q FROM usage_hourly WHERE org_id = 'bench-lag'");
+        seen.push([Date.now(), row.q]);
+        await sleep(100);
+      }
+    })();
+    for (let b = 0; b < 200; b++) {
+      const r = await api.call("POST", "/_quota/v1/events", { key: lagKey, body: { events: [{ id: `l-${b}`, meter: "rows", quantity: 1 }] } });
       if (r.status !== 200) throw new Error(`events: ${r.status} ${r.text}`);
+      acked.push(Date.now());
       await sleep(100);
     }
-    let lags = [];
-    for (let i = 0; i < 100 && lags.length < 200; i++) {
-      await sleep(200);
-      lags = (await ledgerQuery(gw.persistTo, "SELECT recorded_at - ts AS lag FROM usage_events WHERE org_id = 'bench-lag'")).map((r) => r.lag);
-    }
+    sending = false;
+    await poll;
+    const lags = acked.map((t, i) => seen.find(([, q]) => q >= i + 1)?.[0] - t).filter((x) => Number.isFinite(x));
     if (lags.length !== 200) throw new Error(`lag: only ${lags.length} of 200 events reached D1`);
     lags.sort((a, b) => a - b);
     const pct = (p) => lags[Math.min(lags.length - 1, Math.ceil((p / 100) * lags.length) - 1)];
     return {
-      flush: { events: queued, ms: Math.round(drainMs), events_per_s: Math.round(queued / (drainMs / 1000)) },
+      flush: { events: queued, ms: Math.round(drainMs), events_per_s: Math.round(queued / (drainMs / 1000)), d1_rows: landed.rows },
       lag_ms: { events: lags.length, p50: pct(50), p99: pct(99), max: lags.at(-1) },
     };
   } finally {

@@ -18,6 +18,20 @@ def ok(schema, status="200", ctype="application/json", desc="OK"):
     return {status: {"description": desc, "content": {ctype: {"schema": schema}}}, "default": PROBLEM}
 
 
+def limited(responses, allowance):
+    """An org-key endpoint under the usage API's own per-org limit: a 429 like any other limit."""
+    return {**responses, "429": {
+        "description": f"The usage API's own per-org limit ({allowance}) is spent: same RateLimit "
+                       "fields, Retry-After and problem body as any limit",
+        "headers": {"RateLimit": {"schema": {"type": "string"}}, "RateLimit-Policy": {"schema": {"type": "string"}},
+                    "Retry-After": {"schema": {"type": "integer"}}},
+        "content": {"application/problem+json": {"schema": {"type": "object"}}}}}
+
+
+CALLS = "USAGE_API_CALLS_PER_MINUTE, default 6000 a minute, policy usage_api_calls-minute"
+READS = "USAGE_API_READS_PER_MINUTE, default 10 a minute, policy usage_api_reads-minute"
+
+
 def body(schema):
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
@@ -70,7 +84,9 @@ schemas = {
                 "id": ID, "unit": {"type": "string"}, "aggregation": {"enum": ["sum", "max", "latest"]},
                 "event_name": {"type": "string"},
                 # Also keep one ledger row per usage event, with its metadata (an audit trail).
-                "audit": {"type": "boolean"}}}},
+                "audit": {"type": "boolean"},
+                # A composite meter: the sum of these meters (usage is recorded on them).
+                "sum_of": {"type": "array", "minItems": 2, "items": ID}}}},
             "limits": {"type": "array", "items": ref("Limit"), "maxItems": 64},
         },
     },
@@ -88,12 +104,16 @@ schemas = {
     },
     "LimitStatus": {
         "type": "object",
-        "required": ["meter", "policy", "period", "mode", "limit", "used", "remaining", "level", "reset_at"],
+        "required": ["meter", "policy", "period", "mode", "limit", "used", "remaining", "level", "within_limit", "reset_at"],
         "properties": {
             "meter": {"type": "string"}, "policy": {"type": "string"}, "period": {"type": "string"},
             "mode": {"enum": ["hard", "soft", "unlimited"]}, "limit": {"type": ["integer", "null"]},
             "used": {"type": "integer"}, "remaining": {"type": ["integer", "null"]},
             "percentage": {"type": ["integer", "null"]}, "level": {"enum": ["ok", "warning", "critical", "over"]},
+            # used <= limit (always true without a cap): the simplest thing a client checks.
+            "within_limit": {"type": "boolean"},
+            # A composite meter's usage by part, in the same window.
+            "breakdown": {"type": "object", "additionalProperties": {"type": "integer"}},
             "window_start": {"type": "string"}, "reset_at": {"type": ["string", "null"]},
             "reset_in_seconds": {"type": ["integer", "null"]}, "overage": {"type": "integer"},
             "overage_cost_cents": {"type": "integer"}, "unit": {"type": "string"},
@@ -140,7 +160,7 @@ paths = {
         "requestBody": body({"type": "object", "required": ["meter"], "additionalProperties": False, "properties": {
             "meter": ID, "quantity": INT, "reserve": {"type": "boolean"},
             "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 86400}}}),
-        "responses": ok(ref("Decision"))}},
+        "responses": limited(ok(ref("Decision")), CALLS)}},
     "/_quota/v1/reservations/{id}/commit": {"post": {
         "summary": "Commit a reservation with the quantity used", "security": ORG,
         "parameters": [path_param("id", r"^[A-Za-z0-9._:-]{1,128}$")],
@@ -159,27 +179,27 @@ paths = {
                 "properties": {"id": EVENT_ID, "meter": ID, "quantity": INT,
                                "timestamp": {"type": "string", "format": "date-time"},
                                "metadata": {"type": "object"}}}}}}),
-        "responses": ok({"type": "object", "required": ["results"], "properties": {"results": {"type": "array", "items": {
+        "responses": limited(ok({"type": "object", "required": ["results"], "properties": {"results": {"type": "array", "items": {
             "type": "object", "required": ["id", "status"],
-            "properties": {"status": {"enum": ["accepted", "duplicate", "rejected"]}}}}}})}},
-    "/_quota/v1/usage": {"get": {"summary": "Live usage overview", "security": ORG, "responses": ok(ref("Usage"))}},
-    "/_quota/v1/usage/status": {"get": {"summary": "Usage status in short", "security": ORG, "responses": ok({
+            "properties": {"status": {"enum": ["accepted", "duplicate", "rejected"]}}}}}}), CALLS)}},
+    "/_quota/v1/usage": {"get": {"summary": "Live usage overview", "security": ORG, "responses": limited(ok(ref("Usage")), CALLS)}},
+    "/_quota/v1/usage/status": {"get": {"summary": "Usage status in short", "security": ORG, "responses": limited(ok({
         "type": "object", "required": ["org_id", "plan", "status", "message"],
-        "properties": {"status": {"enum": ["ok", "approaching_limit", "over_limit"]}}})}},
+        "properties": {"status": {"enum": ["ok", "approaching_limit", "over_limit"]}}}), CALLS)}},
     "/_quota/v1/usage/summary": {"get": {
         "summary": "Per-meter totals from the ledger", "security": ORG,
         "parameters": [query("days", {"type": "integer", "minimum": 1, "maximum": 365})],
-        "responses": ok({"type": "object", "required": ["org_id", "period_days", "total_events", "generated_at", "summary_by_type"]})}},
+        "responses": limited(ok({"type": "object", "required": ["org_id", "period_days", "total_events", "generated_at", "summary_by_type"]}), READS)}},
     "/_quota/v1/usage/history": {"get": {
         "summary": "Daily series of one meter from the ledger", "security": ORG,
         "parameters": [query("meter", ID, True), query("from", DATE, True), query("to", DATE, True)],
-        "responses": ok({"type": "object", "required": ["org_id", "meter", "days"]})}},
+        "responses": limited(ok({"type": "object", "required": ["org_id", "meter", "days"]}), READS)}},
     "/_quota/admin/plans": {"get": {"summary": "All plans", "security": ADMIN, "responses": ok({
         "type": "object", "required": ["plans"], "properties": {"plans": {"type": "array", "items": ref("StoredPlan")}}})}},
     "/_quota/admin/plans/{plan_id}": {
         "parameters": [path_param("plan_id")],
         "get": {"summary": "One plan", "security": ADMIN, "responses": ok(ref("StoredPlan"))},
-        "put": {"summary": "Create or replace a plan; pushed to every org on it", "security": ADMIN,
+        "put": {"summary": "Create or replace a plan (its version rises); every org on it adopts it within PLAN_REFRESH_SECS", "security": ADMIN,
                 "requestBody": body(ref("Plan")),
                 "responses": {**ok(ref("StoredPlan")), "201": {"description": "Created", "content": {"application/json": {"schema": ref("StoredPlan")}}}}}},
     "/_quota/admin/orgs/{org_id}": {

@@ -160,10 +160,12 @@ fn parse_event(i: usize, item: &Value, now: Timestamp) -> Result<UsageEvent, Inp
     let timestamp = match e.get("timestamp") {
         None => None,
         Some(Value::String(s)) => {
-            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|_| {
-                InputError::Field { field: at("timestamp"), reason: format!("'{s}' is not an RFC 3339 date-time") }
-            })?;
-            let ms = u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+            let ms = Timestamp::parse_rfc3339(s)
+                .ok_or_else(|| InputError::Field {
+                    field: at("timestamp"),
+                    reason: format!("'{s}' is not an RFC 3339 date-time"),
+                })?
+                .millis();
             if ms > now.millis().saturating_add(MAX_EVENT_SKEW_MS) {
                 return field(&at("timestamp"), format!("'{s}' is in the future"));
             }
@@ -251,6 +253,7 @@ pub fn usage_error_status(e: &UsageError) -> (u16, &'static str, &'static str) {
         UsageError::NotReservable { .. } => (400, "not-reservable", "Meter cannot be reserved"),
         UsageError::DuplicateReservation(_) => (409, "duplicate-reservation", "Reservation exists"),
         UsageError::UnknownReservation(_) => (404, "unknown-reservation", "No such reservation"),
+        UsageError::Composite { .. } => (400, "composite-meter", "Record usage on the parts"),
     }
 }
 
@@ -277,6 +280,8 @@ pub fn limit_json(l: &LimitStatus, now: Timestamp) -> Value {
         "remaining": l.remaining,
         "percentage": l.percentage(),
         "level": l.level.as_str(),
+        // The simplest thing a client checks: at or under the limit (always, without a cap).
+        "within_limit": l.limit.is_none_or(|n| l.used <= n),
         "window_start": l.window_start.rfc3339(),
         "reset_at": l.reset.map(Timestamp::rfc3339),
         "reset_in_seconds": l.reset_secs(now),
@@ -293,8 +298,20 @@ pub fn usage_json(org: &OrgId, policy: &Policy, statuses: &[LimitStatus], alerts
         .map(|l| {
             let mut v = limit_json(l, now);
             if let Some(o) = v.as_object_mut() {
-                let unit = policy.meter(&l.meter).map_or("units", |m| m.unit.as_str());
-                o.insert("unit".into(), json!(unit));
+                let spec = policy.meter(&l.meter);
+                o.insert("unit".into(), json!(spec.map_or("units", |m| m.unit.as_str())));
+                // A composite shows what each part used in the same window.
+                if let Some(parts) = spec.map(|m| &m.parts).filter(|p| !p.is_empty()) {
+                    let breakdown: serde_json::Map<String, Value> = parts
+                        .iter()
+                        .map(|p| {
+                            let used =
+                                statuses.iter().find(|x| &x.meter == p && x.period == l.period).map_or(0, |x| x.used);
+                            (p.to_string(), json!(used))
+                        })
+                        .collect();
+                    o.insert("breakdown".into(), Value::Object(breakdown));
+                }
             }
             v
         })

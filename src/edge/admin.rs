@@ -390,8 +390,20 @@ async fn export(req: &Request, env: &Env) -> Handled {
 /// `GET /_quota/admin/metrics`: Prometheus text exposition of the gauges scheduled jobs publish.
 async fn metrics(env: &Env) -> Handled {
     let db = ledger::db(env)?;
-    let rows = ledger::gauges(&db).await?;
+    // Each org's DO publishes its gauges to its own shard.
+    let mut rows = Vec::new();
+    let mut repairs = Vec::new();
+    for shard in ledger::all_shards(env, settings(env).ledger_shards)? {
+        rows.extend(ledger::gauges(&shard).await?);
+        repairs.extend(ledger::repair_counts(&shard).await?);
+    }
+    rows.sort_by(|a, b| (&a.name, &a.labels).cmp(&(&b.name, &b.labels)));
     let mut out = ledger::live_metrics(&db, now()).await?;
+    out.push_str("# HELP quotagate_reconcile_repairs_total Counters an org repaired by itself (drift within RECONCILE_AUTOFIX_PCT).\n# TYPE quotagate_reconcile_repairs_total counter\n");
+    repairs.sort();
+    for (org, n) in &repairs {
+        let _ = writeln!(out, "quotagate_reconcile_repairs_total{{org=\"{org}\"}} {n}");
+    }
     out.push_str(&crate::telemetry::render(&ledger::latency(&db).await?));
     let mut last = "";
     for r in &rows {
@@ -400,13 +412,9 @@ async fn metrics(env: &Env) -> Handled {
                 "quotagate_reconcile_drift_units" => {
                     "Units by which an org's counters differ from the ledger at the last reconciliation."
                 }
-                "quotagate_decisions_total" => "Decisions by org, meter and outcome, as of the last cron run.",
-                "quotagate_outbox_depth" => {
-                    "Usage events in an org's outbox not yet in the ledger, at the last cron run."
-                }
-                "quotagate_ledger_flush_failures" => {
-                    "Consecutive failed ledger flushes of an org, at the last cron run."
-                }
+                "quotagate_decisions_total" => "Decisions by org, meter and outcome, as of the org's last report.",
+                "quotagate_outbox_depth" => "Usage events of an org not yet in the ledger, at its last report.",
+                "quotagate_ledger_flush_failures" => "Consecutive failed ledger flushes of an org, at its last report.",
                 _ => "Published by a scheduled job.",
             };
             let _ = write!(out, "# HELP {} {help}\n# TYPE {} gauge\n", r.name, r.name);

@@ -33,6 +33,9 @@ const DEFAULT_LEDGER_FLUSH_SECS: u64 = 30;
 /// How old an org DO's copy of its plan may grow before it re-reads the plan's version from D1:
 /// `PLAN_REFRESH_SECS`, 1 to 3600.
 const DEFAULT_PLAN_REFRESH_SECS: u64 = 60;
+/// How often an active org reconciles its counters with the ledger and publishes its gauges:
+/// `ORG_REPORT_SECS`, 1 to 86400.
+const DEFAULT_ORG_REPORT_SECS: u64 = 300;
 /// Hourly ledger rows are kept at least this many days (Stripe accepts usage 35 days back).
 pub const MIN_HOURLY_RETENTION_DAYS: u64 = 40;
 
@@ -62,6 +65,15 @@ pub struct Settings {
     pub hourly_retention_days: u64,
     pub ledger_flush_ms: u64,
     pub plan_refresh_ms: u64,
+    /// How often an active org's DO reconciles and publishes its gauges (`ORG_REPORT_SECS`).
+    pub report_every_ms: u64,
+    /// The usage API's own limits per org and minute (`USAGE_API_READS_PER_MINUTE`, default 10;
+    /// `USAGE_API_CALLS_PER_MINUTE`, default 6000; 0 turns one off).
+    pub api_reads_per_minute: u64,
+    pub api_calls_per_minute: u64,
+    /// An org's own report repairs drift of at most this percent of what the ledger expects
+    /// (`RECONCILE_AUTOFIX_PCT`, default 5; 0 repairs nothing by itself).
+    pub reconcile_autofix_pct: u64,
     /// How many ledger shards (`LEDGER`, `LEDGER_1`, …) new orgs are spread over (`LEDGER_SHARDS`).
     pub ledger_shards: u32,
     /// Where alerts go for orgs without a `webhook_url`.
@@ -106,6 +118,15 @@ impl Settings {
                 .max(MIN_HOURLY_RETENTION_DAYS),
             ledger_flush_ms: secs(var("LEDGER_FLUSH_SECS"), 1..=300, DEFAULT_LEDGER_FLUSH_SECS),
             plan_refresh_ms: secs(var("PLAN_REFRESH_SECS"), 1..=3600, DEFAULT_PLAN_REFRESH_SECS),
+            report_every_ms: secs(var("ORG_REPORT_SECS"), 1..=86_400, DEFAULT_ORG_REPORT_SECS),
+            api_reads_per_minute: var("USAGE_API_READS_PER_MINUTE").and_then(|v| v.parse::<u64>().ok()).unwrap_or(10),
+            api_calls_per_minute: var("USAGE_API_CALLS_PER_MINUTE")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(6_000),
+            reconcile_autofix_pct: var("RECONCILE_AUTOFIX_PCT")
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|p| *p <= 100)
+                .unwrap_or(5),
             ledger_shards: var("LEDGER_SHARDS")
                 .and_then(|v| v.parse::<u32>().ok())
                 .filter(|n| (1..=64).contains(n))

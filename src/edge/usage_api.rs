@@ -33,10 +33,24 @@ pub async fn live(req: &Request, env: &Env, short: bool) -> Handled {
     reply_response(&reply).map_err(EdgeError::platform("response"))
 }
 
+/// Passes the usage API's own limit for ledger reads (one DO call) before D1 is read; the
+/// refusal (429 with `RateLimit` fields) is the answer when the minute's allowance is spent.
+async fn gate(env: &Env, key: &crate::policy::keys::VerifiedKey) -> Result<Option<Response>, EdgeError> {
+    let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash.clone())), op: OrgOp::Gate };
+    let reply = call_do(env, &key.org, &msg).await?;
+    if reply.status == 200 {
+        return Ok(None);
+    }
+    Ok(Some(reply_response(&reply).map_err(EdgeError::platform("response"))?))
+}
+
 pub async fn summary(req: &Request, env: &Env) -> Handled {
     let (_, key) = authenticate(req, env)?;
     let q = query(req)?;
     let days = parse_days(param(&q, "days"))?;
+    if let Some(refused) = gate(env, &key).await? {
+        return Ok(refused);
+    }
     let db = ledger::db(env)?;
     let shard = ledger::key_shard(&db, &key.org, &key.hash).await?.ok_or(EdgeError::Unauthorized)?;
     let t = now();
@@ -63,6 +77,9 @@ pub async fn history(req: &Request, env: &Env) -> Handled {
     let meter = MeterId::parse(meter_raw)
         .map_err(|e| InputError::Field { field: "meter".into(), reason: format!("'{meter_raw}' {e}") })?;
     let (from, to) = parse_range(param(&q, "from"), param(&q, "to"), 366)?;
+    if let Some(refused) = gate(env, &key).await? {
+        return Ok(refused);
+    }
     let db = ledger::db(env)?;
     if ledger::key_shard(&db, &key.org, &key.hash).await?.is_none() {
         return Err(EdgeError::Unauthorized);

@@ -151,6 +151,11 @@ pub struct Boot {
     pub flush_every_ms: u64,
     /// How old the plan may grow before D1 is asked for a newer version (`PLAN_REFRESH_SECS`).
     pub plan_refresh_ms: u64,
+    /// How often an active org reconciles and reports its status (`ORG_REPORT_SECS`).
+    pub report_every_ms: u64,
+    /// The usage API's own limits per org and minute: ledger reads, and other calls (0: none).
+    pub api_reads_per_minute: u64,
+    pub api_calls_per_minute: u64,
 }
 
 /// How a flush ended, as the drain reports it.

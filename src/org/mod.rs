@@ -16,8 +16,10 @@ pub mod msg;
 pub mod rules;
 
 pub use io::{AlertView, Boot, FlushResult, Need, OutboxRow, Snapshot, Tallies, Writes};
-pub use machine::{OrgError, OrgMachine, ReconcileWindow, Step};
-pub use msg::{AdminOp, Caller, DecideKind, KeyHash, LedgerOp, OrgMsg, OrgOp, OrgReply, SettleAction, StoredConfig};
+pub use machine::{OrgError, OrgMachine, ReconcileWindow, Repair, Step};
+pub use msg::{
+    AdminOp, ApiClass, Caller, DecideKind, KeyHash, LedgerOp, OrgMsg, OrgOp, OrgReply, SettleAction, StoredConfig,
+};
 
 #[cfg(test)]
 mod tests;

@@ -72,6 +72,18 @@ pub enum OrgOp {
     Release { id: EventId, held: u64 },
     /// Usage the origin reported for a proxied request, counted without enforcement.
     Report { id: EventId, usage: Vec<(MeterId, u64)> },
+    /// A ledger read (`/v1/usage/summary`, `/v1/usage/history`) asks to pass the usage API's own
+    /// limit before the Worker reads D1.
+    Gate,
+}
+
+/// Which of the usage API's own limits a key's call spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiClass {
+    /// Summary and history: each is a D1 read.
+    LedgerRead,
+    /// `/v1/check`, `/v1/events`, `/v1/usage` and `/v1/usage/status`: each is a DO call.
+    Call,
 }
 
 impl OrgOp {
@@ -79,10 +91,24 @@ impl OrgOp {
     pub const fn allows(&self, caller: &Caller) -> bool {
         matches!(
             (self, caller),
-            (Self::Decide { .. } | Self::Events { .. } | Self::Settle { .. }, Caller::Key(_))
+            (Self::Decide { .. } | Self::Events { .. } | Self::Settle { .. } | Self::Gate, Caller::Key(_))
                 | (Self::Usage { .. }, Caller::Key(_) | Caller::Admin)
                 | (Self::Release { .. } | Self::Report { .. }, Caller::Gateway)
         )
+    }
+}
+
+impl OrgOp {
+    /// The usage API limit this operation spends, if any: proxied requests spend none (their
+    /// plan's limits are what they spend).
+    pub const fn api_class(&self) -> Option<ApiClass> {
+        match self {
+            Self::Decide { kind: DecideKind::Check | DecideKind::Reserve, .. }
+            | Self::Events { .. }
+            | Self::Usage { .. } => Some(ApiClass::Call),
+            Self::Gate => Some(ApiClass::LedgerRead),
+            _ => None,
+        }
     }
 }
 
@@ -150,6 +176,7 @@ impl OrgMsg {
                 OrgOp::Settle { .. } => "settle",
                 OrgOp::Release { .. } => "release",
                 OrgOp::Report { .. } => "report",
+                OrgOp::Gate => "gate",
             },
             Self::Admin(op) => match op {
                 AdminOp::Configure(_) => "configure",

@@ -149,13 +149,15 @@ pub struct Wake {
     pub counts_due: Option<Timestamp>,
     /// When the open ledger buckets go to D1.
     pub ledger_due: Option<Timestamp>,
+    /// When the org next reports its status (drift, depths, counts) to its ledger shard.
+    pub report_due: Option<Timestamp>,
 }
 
 impl Wake {
     /// The one time to arm the alarm for, if any.
     pub fn next(&self) -> Option<Timestamp> {
         let ledger = self.flush_retry.or_else(|| earliest(self.outbox_ready, self.ledger_due));
-        [ledger, self.alert_due, self.reservation_expires, self.counts_due].into_iter().flatten().min()
+        [ledger, self.alert_due, self.reservation_expires, self.counts_due, self.report_due].into_iter().flatten().min()
     }
 }
 

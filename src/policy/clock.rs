@@ -77,6 +77,13 @@ impl Timestamp {
     pub fn rfc3339(self) -> String {
         self.to_datetime().format(&Rfc3339).unwrap_or_default()
     }
+
+    /// An RFC 3339 date-time, in ms (an instant before the epoch clamps to it); `None` if it
+    /// does not parse.
+    pub fn parse_rfc3339(s: &str) -> Option<Self> {
+        let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+        Some(Self(u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)))
+    }
 }
 
 impl fmt::Display for Timestamp {

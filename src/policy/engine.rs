@@ -104,6 +104,8 @@ pub enum UsageError {
     DuplicateReservation(EventId),
     #[error("no open reservation '{0}' (already committed, released or expired)")]
     UnknownReservation(EventId),
+    #[error("meter '{meter}' is the sum of {parts}: record usage on those meters")]
+    Composite { meter: MeterId, parts: String },
 }
 
 /// The counters and open reservations a caller loaded for one org.
@@ -249,6 +251,16 @@ impl Book {
         policy.meter(meter).ok_or_else(|| UsageError::UnknownMeter(meter.clone()))
     }
 
+    /// A meter usage can be recorded on: a composite is recorded through its parts.
+    fn recordable<'p>(policy: &'p Policy, meter: &MeterId) -> Result<&'p MeterSpec, UsageError> {
+        let spec = Self::meter_spec(policy, meter)?;
+        if spec.parts.is_empty() {
+            return Ok(spec);
+        }
+        let parts = spec.parts.iter().map(MeterId::as_str).collect::<Vec<_>>().join(", ");
+        Err(UsageError::Composite { meter: meter.clone(), parts })
+    }
+
     /// Evaluates `q` units on `meter`; admits and applies them unless a hard limit refuses (and
     /// `enforce` is set). Returns the decision and the holds it made.
     fn decide(
@@ -260,7 +272,8 @@ impl Book {
         apply: Apply,
         now: Timestamp,
     ) -> (Decision, Vec<Hold>) {
-        let limits: Vec<&Limit> = policy.limits_for(&spec.id).collect();
+        // The meter's own limits and those of every composite it is part of: one atomic decision.
+        let limits: Vec<&Limit> = policy.enforced_for(&spec.id).collect();
         let counters: Vec<Counter> =
             limits.iter().map(|l| current(l, self.counters.get(&l.policy_name()), policy, now)).collect();
 
@@ -346,7 +359,7 @@ impl Book {
         enforce: bool,
         now: Timestamp,
     ) -> Result<Decision, UsageError> {
-        let spec = Self::meter_spec(policy, meter)?;
+        let spec = Self::recordable(policy, meter)?;
         Ok(self.decide(policy, spec, q, enforce, Apply::Use, now).0)
     }
 
@@ -360,7 +373,7 @@ impl Book {
         now: Timestamp,
     ) -> Result<Decision, UsageError> {
         let ReserveAs { id, kind, ttl_ms } = how;
-        let spec = Self::meter_spec(policy, meter)?;
+        let spec = Self::recordable(policy, meter)?;
         if spec.aggregation != Aggregation::Sum {
             return Err(UsageError::NotReservable { meter: meter.clone(), aggregation: spec.aggregation });
         }
@@ -474,7 +487,7 @@ impl Book {
         admitted_at: Timestamp,
         now: Timestamp,
     ) {
-        for limit in policy.limits_for(meter) {
+        for limit in policy.enforced_for(meter) {
             let key = limit.policy_name();
             let next = match current(limit, self.counters.get(&key), policy, now) {
                 // An unlimited rate window never filled (see `admit`).

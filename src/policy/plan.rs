@@ -48,6 +48,9 @@ pub struct MeterSpec {
     /// Also keep one ledger row per usage event (with its metadata), for an audit trail. Off by
     /// default: the ledger aggregates usage into hourly and daily buckets.
     pub audit: bool,
+    /// A composite meter is the sum of these (`sum_of`): usage is recorded on the parts, and a
+    /// limit on the composite is enforced on their sum in the same step. Empty for a plain meter.
+    pub parts: Vec<MeterId>,
 }
 
 impl MeterSpec {
@@ -55,7 +58,14 @@ impl MeterSpec {
     /// (`requests` is counted in requests).
     pub fn implicit(id: MeterId) -> Self {
         let unit = if id.as_str() == "requests" { "requests" } else { "units" };
-        Self { unit: unit.to_owned(), aggregation: Aggregation::Sum, event_name: id.to_string(), audit: false, id }
+        Self {
+            unit: unit.to_owned(),
+            aggregation: Aggregation::Sum,
+            event_name: id.to_string(),
+            audit: false,
+            parts: Vec::new(),
+            id,
+        }
     }
 }
 
@@ -327,6 +337,7 @@ impl Plan {
         for l in &limits {
             meters.entry(l.meter.clone()).or_insert_with(|| MeterSpec::implicit(l.meter.clone()));
         }
+        check_composites(&meters, o.get("meters"))?;
         Ok(Self { id: path_id.clone(), name, on_failure, upgrade_url, meters, limits })
     }
 }
@@ -337,7 +348,8 @@ fn parse_meters(v: &Value) -> Result<BTreeMap<MeterId, MeterSpec>, PlanError> {
     };
     let mut out = BTreeMap::new();
     for (i, item) in items.iter().enumerate() {
-        let o = Obj::new(&format!("meters[{i}]"), item, &["id", "unit", "aggregation", "event_name", "audit"])?;
+        let o =
+            Obj::new(&format!("meters[{i}]"), item, &["id", "unit", "aggregation", "event_name", "audit", "sum_of"])?;
         let id_s = o.str_req("id")?;
         let id = MeterId::parse(id_s).map_or_else(|e| err(o.at("id"), format!("'{id_s}' {e}")), Ok)?;
         let aggregation = o
@@ -352,12 +364,96 @@ fn parse_meters(v: &Value) -> Result<BTreeMap<MeterId, MeterSpec>, PlanError> {
             return err(o.at("event_name"), "must be 1 to 100 characters");
         }
         let audit = o.flag("audit")?;
+        let parts = match o.get("sum_of") {
+            None => Vec::new(),
+            Some(v) => parse_parts(&o.at("sum_of"), v)?,
+        };
+        if !parts.is_empty() && aggregation != Aggregation::Sum {
+            return err(o.at("aggregation"), "a composite meter ('sum_of') is a sum: its aggregation must be sum");
+        }
         if out.contains_key(&id) {
             return err(o.at("id"), format!("duplicate meter '{id}'"));
         }
-        out.insert(id.clone(), MeterSpec { id, unit, aggregation, event_name, audit });
+        out.insert(id.clone(), MeterSpec { id, unit, aggregation, event_name, audit, parts });
     }
     Ok(out)
+}
+
+/// The meters a composite sums: at least two distinct ids.
+fn parse_parts(at: &str, v: &Value) -> Result<Vec<MeterId>, PlanError> {
+    let Value::Array(items) = v else {
+        return err(at, format!("must be an array of meter ids, got {}", kind(v)));
+    };
+    if items.len() < 2 {
+        return err(at, "must list at least two meters");
+    }
+    let mut out: Vec<MeterId> = Vec::with_capacity(items.len());
+    for (j, item) in items.iter().enumerate() {
+        let here = format!("{at}[{j}]");
+        let Value::String(raw) = item else {
+            return err(here, format!("must be a meter id, got {}", kind(item)));
+        };
+        let id = MeterId::parse(raw).map_or_else(|e| err(&here, format!("'{raw}' {e}")), Ok)?;
+        if out.contains(&id) {
+            return err(here, format!("'{id}' is listed twice"));
+        }
+        out.push(id);
+    }
+    Ok(out)
+}
+
+/// Checks every composite against the plan's whole set of meters: each part exists, is a sum,
+/// is not the composite itself, and no chain of composites leads back to where it started.
+fn check_composites(meters: &BTreeMap<MeterId, MeterSpec>, raw: Option<&Value>) -> Result<(), PlanError> {
+    // Where each meter was declared, to name the field as the client wrote it.
+    let index = |id: &MeterId| {
+        raw.and_then(Value::as_array)
+            .and_then(|items| items.iter().position(|m| m.get("id").and_then(Value::as_str) == Some(id.as_str())))
+    };
+    for spec in meters.values().filter(|m| !m.parts.is_empty()) {
+        let i = index(&spec.id).unwrap_or(0);
+        let at = |j: usize| format!("meters[{i}].sum_of[{j}]");
+        for (j, part) in spec.parts.iter().enumerate() {
+            if part == &spec.id {
+                return err(at(j), format!("'{part}': a composite meter cannot include itself"));
+            }
+            let Some(p) = meters.get(part) else {
+                return err(at(j), format!("unknown meter '{part}' (declare it in meters, or give it a limit)"));
+            };
+            if p.aggregation != Aggregation::Sum {
+                return err(at(j), format!("'{part}' aggregates by {}; a composite sums sum meters", p.aggregation));
+            }
+            // Depth-first through nested composites, looking for the way back.
+            let mut path = vec![spec.id.clone(), part.clone()];
+            if let Some(cycle) = cycle_from(meters, &spec.id, &mut path) {
+                return err(
+                    at(j),
+                    format!("'{part}' leads back to '{}': composites cannot form a cycle ({cycle})", spec.id),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cycle_from(meters: &BTreeMap<MeterId, MeterSpec>, start: &MeterId, path: &mut Vec<MeterId>) -> Option<String> {
+    let last = path.last()?.clone();
+    for next in meters.get(&last).map(|m| m.parts.clone()).unwrap_or_default() {
+        if &next == start {
+            path.push(next);
+            return Some(path.iter().map(MeterId::as_str).collect::<Vec<_>>().join(" → "));
+        }
+        // Bounded: a plan has at most a few dozen meters, and a path never repeats a meter.
+        if path.contains(&next) {
+            continue;
+        }
+        path.push(next);
+        if let Some(c) = cycle_from(meters, start, path) {
+            return Some(c);
+        }
+        path.pop();
+    }
+    None
 }
 
 /// An org's own settings that shape its policy.
@@ -397,6 +493,8 @@ pub struct Policy {
     pub meters: BTreeMap<MeterId, MeterSpec>,
     /// Sorted by (meter, period), unique on that pair.
     pub limits: Vec<Limit>,
+    /// Meter → the composites it is part of (nested ones included).
+    pub rollup: BTreeMap<MeterId, Vec<MeterId>>,
 }
 
 impl Policy {
@@ -408,10 +506,44 @@ impl Policy {
                 None => limits.push(o.clone()),
             }
         }
-        limits.sort_by(|a, b| (&a.meter, a.period).cmp(&(&b.meter, b.period)));
         let mut meters = plan.meters.clone();
         for l in &limits {
             meters.entry(l.meter.clone()).or_insert_with(|| MeterSpec::implicit(l.meter.clone()));
+        }
+        // Each part of a composite with a limit gets an unlimited limit of the same period (if it
+        // has none), so that the composite's breakdown by part is counted in the same window.
+        let mut implicit = Vec::new();
+        for l in &limits {
+            for part in meters.get(&l.meter).map(|m| m.parts.as_slice()).unwrap_or_default() {
+                let known = |x: &Limit| &x.meter == part && x.period == l.period;
+                if !limits.iter().any(known) && !implicit.iter().any(known) {
+                    implicit.push(Limit {
+                        meter: part.clone(),
+                        period: l.period,
+                        cap: Cap::Unlimited,
+                        on_exceed: OnExceed::Retry,
+                    });
+                }
+            }
+        }
+        limits.extend(implicit);
+        limits.sort_by(|a, b| (&a.meter, a.period).cmp(&(&b.meter, b.period)));
+        // Composites containing each meter, nested ones included (acyclic: the plan checked).
+        let mut rollup: BTreeMap<MeterId, Vec<MeterId>> = BTreeMap::new();
+        for c in meters.values().filter(|m| !m.parts.is_empty()) {
+            let mut stack = c.parts.clone();
+            let mut seen = Vec::new();
+            while let Some(p) = stack.pop() {
+                if seen.contains(&p) {
+                    continue;
+                }
+                rollup.entry(p.clone()).or_default().push(c.id.clone());
+                stack.extend(meters.get(&p).map(|m| m.parts.clone()).unwrap_or_default());
+                seen.push(p);
+            }
+        }
+        for list in rollup.values_mut() {
+            list.sort();
         }
         Self {
             plan: plan.id.clone(),
@@ -420,6 +552,7 @@ impl Policy {
             billing_anchor: terms.billing_anchor,
             meters,
             limits,
+            rollup,
         }
     }
 
@@ -432,6 +565,7 @@ impl Policy {
             billing_anchor: None,
             meters: BTreeMap::new(),
             limits: Vec::new(),
+            rollup: BTreeMap::new(),
         }
     }
 
@@ -441,6 +575,17 @@ impl Policy {
 
     pub fn limits_for<'a>(&'a self, meter: &'a MeterId) -> impl Iterator<Item = &'a Limit> + 'a {
         self.limits.iter().filter(move |l| &l.meter == meter)
+    }
+
+    /// The composites `meter` is part of, nested ones included.
+    pub fn composites_of(&self, meter: &MeterId) -> &[MeterId] {
+        self.rollup.get(meter).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every limit usage of `meter` spends: its own, and those of each composite it is part of.
+    pub fn enforced_for<'a>(&'a self, meter: &'a MeterId) -> impl Iterator<Item = &'a Limit> + 'a {
+        let composites = self.composites_of(meter);
+        self.limits.iter().filter(move |l| &l.meter == meter || composites.contains(&l.meter))
     }
 }
 

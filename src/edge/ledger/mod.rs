@@ -13,9 +13,10 @@ mod usage;
 pub use billing::{
     claim_hourly, due_batches, expire_batch, fail_batch, set_breaker, settle_batch, stripe_breaker, Batch,
 };
-pub use ops::{add_latency, gauges, latency, live_metrics, record_alert_attempt, set_gauge, AlertAttempt};
+pub use ops::{add_latency, gauges, latency, live_metrics, record_alert_attempt, set_gauges, AlertAttempt};
 pub use usage::{
-    apply_buckets, daily_range, history, insert_usage, prune, record_reset, summary, window_aggregate, DailyRow,
+    apply_buckets, daily_range, history, insert_usage, prune, record_repairs, record_reset, repair_counts, summary,
+    window_aggregate, DailyRow, Repaired,
 };
 
 use serde::Deserialize;

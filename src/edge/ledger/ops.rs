@@ -23,16 +23,20 @@ pub struct GaugeRow {
 }
 
 /// Publishes a gauge for the metrics endpoint.
-pub async fn set_gauge(db: &D1Database, name: &str, labels: &str, value: u64, at: Timestamp) -> Result<(), EdgeError> {
-    db.prepare(
-        "INSERT INTO metric_gauges (name, labels, value, updated_at) VALUES (?, ?, ?, ?) \
-         ON CONFLICT (name, labels) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-    )
-    .bind(&[s(name), s(labels), js_int(value)?, t(at)?])
-    .map_err(EdgeError::platform("bind"))?
-    .run()
-    .await
-    .map_err(EdgeError::platform("metric_gauges upsert"))?;
+/// Several gauges in one D1 batch (an org's status report to its shard).
+pub async fn set_gauges(db: &D1Database, gauges: &[(String, String, u64)], at: Timestamp) -> Result<(), EdgeError> {
+    let mut stmts = Vec::with_capacity(gauges.len());
+    for (name, labels, value) in gauges {
+        stmts.push(
+            db.prepare(
+                "INSERT INTO metric_gauges (name, labels, value, updated_at) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (name, labels) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .bind(&[s(name), s(labels), js_int(*value)?, t(at)?])
+            .map_err(EdgeError::platform("bind"))?,
+        );
+    }
+    db.batch(stmts).await.map_err(EdgeError::platform("metric_gauges upsert"))?;
     Ok(())
 }
 

@@ -79,6 +79,48 @@ pub async fn daily_range(db: &D1Database, from: &str, to: &str) -> Result<Vec<Da
     .await
 }
 
+/// A counter an org's own report repaired (small drift).
+#[derive(Debug, Clone)]
+pub struct Repaired {
+    pub policy: String,
+    pub window_start: Timestamp,
+    pub counter: u64,
+    pub expected: u64,
+}
+
+/// Records an org's repairs, one D1 batch.
+pub async fn record_repairs(db: &D1Database, org: &str, repairs: &[Repaired], at: Timestamp) -> Result<(), EdgeError> {
+    let mut stmts = Vec::with_capacity(repairs.len());
+    for r in repairs {
+        stmts.push(
+            db.prepare(
+                "INSERT OR IGNORE INTO reconcile_repairs (org_id, at, policy, window_start, counter, expected) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&[s(org), t(at)?, s(&r.policy), t(r.window_start)?, js_int(r.counter)?, js_int(r.expected)?])
+            .map_err(EdgeError::platform("bind"))?,
+        );
+    }
+    db.batch(stmts).await.map_err(EdgeError::platform("reconcile_repairs insert"))?;
+    Ok(())
+}
+
+/// Repairs per org, for the metrics.
+pub async fn repair_counts(db: &D1Database) -> Result<Vec<(String, u64)>, EdgeError> {
+    #[derive(Deserialize)]
+    struct R {
+        org_id: String,
+        n: u64,
+    }
+    let r: Vec<R> = rows(
+        db,
+        "SELECT org_id, COUNT(*) AS n FROM reconcile_repairs GROUP BY org_id ORDER BY org_id",
+        &[],
+        "reconcile_repairs query",
+    )
+    .await?;
+    Ok(r.into_iter().map(|r| (r.org_id, r.n)).collect())
+}
+
 pub async fn record_reset(db: &D1Database, org: &OrgId, meter: Option<&str>, at: Timestamp) -> Result<(), EdgeError> {
     db.prepare("INSERT OR IGNORE INTO counter_resets (org_id, meter, at) VALUES (?, ?, ?)")
         .bind(&[s(org.as_str()), opt(meter), t(at)?])

@@ -11,7 +11,7 @@ use super::{DoError, DoResult, OrgQuota};
 use crate::edge::ledger::{self, AlertAttempt};
 use crate::edge::platform::{now, settings};
 use crate::org::rules::{alert_retry_at, AlertOutcome};
-use crate::org::{FlushResult, LedgerOp, Need, OrgMachine, OrgReply, Step};
+use crate::org::{FlushResult, LedgerOp, Need, OrgMachine, OrgReply, Repair, Step};
 use crate::policy::keys::webhook_signature;
 use crate::policy::{OrgId, Timestamp};
 
@@ -36,7 +36,7 @@ pub(super) async fn ledger(q: &OrgQuota, op: LedgerOp) -> DoResult<OrgReply> {
             }
             Err(e) => Err(e),
         },
-        LedgerOp::Reconcile { repair } => reconcile(q, repair).await,
+        LedgerOp::Reconcile { repair } => reconcile(q, if repair { Repair::All } else { Repair::Nothing }).await,
     }
 }
 
@@ -104,18 +104,121 @@ pub(super) async fn alarm(q: &OrgQuota) {
             Ok(())
         });
     }
-    if !q.with_machine(|m, _, now| Ok(m.flush_due(now))).unwrap_or(true) {
-        return;
-    }
-    match flush(q).await {
-        Ok(_) | Err(DoError::Org(_)) => {}
-        Err(DoError::Busy) => {
-            let _ = q.with_machine(|m, _, now| {
-                m.flush_busy(now);
-                Ok(())
-            });
+    if q.with_machine(|m, _, now| Ok(m.flush_due(now))).unwrap_or(true) {
+        match flush(q).await {
+            Ok(_) | Err(DoError::Org(_)) => {}
+            Err(DoError::Busy) => {
+                let _ = q.with_machine(|m, _, now| {
+                    m.flush_busy(now);
+                    Ok(())
+                });
+            }
+            Err(e) => log_error("ledger flush failed", &e),
         }
-        Err(e) => log_error("ledger flush failed", &e),
+    }
+    if q.with_machine(|m, _, now| Ok(m.report_due(now))).unwrap_or(false) {
+        report(q).await;
+    }
+}
+
+/// The org's own status report, instead of a cron visiting every org: it reconciles, repairs
+/// drift of at most `RECONCILE_AUTOFIX_PCT` (recorded in D1 and logged), raises an alert for
+/// larger drift (a signed webhook to `ALERT_WEBHOOK_URL`, a log line, the drift gauge) and
+/// repairs nothing then, and publishes its gauges to its ledger shard in one D1 batch. A failure
+/// is logged; the next usage schedules another report.
+async fn report(q: &OrgQuota) {
+    let cfg = settings(&q.env);
+    let reply = reconcile(q, Repair::Small { pct: cfg.reconcile_autofix_pct }).await;
+    let _ = q.with_machine(|m, _, now| {
+        m.reported(now);
+        Ok(())
+    });
+    let reply = match reply {
+        Ok(r) if r.status == 200 => r,
+        Ok(r) => {
+            return log_error(
+                "report skipped",
+                &DoError::Org(crate::org::OrgError::Corrupt(format!("status {}", r.status))),
+            )
+        }
+        Err(e) => return log_error("report failed", &e),
+    };
+    let body = &reply.body;
+    let org = body.get("org_id").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+    let field = |k: &str| body.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let drift = field("total_drift");
+    let shard = q.with_machine(|m, _, _| Ok(m.shard())).unwrap_or(0);
+    let db = ledger::shard_db(&q.env, shard);
+    let t = now();
+    if drift > 0 {
+        let line = serde_json::json!({"msg": "reconcile drift", "org": org, "total_drift": drift,
+            "repaired_units": field("repaired_units"), "limits": body.get("limits")});
+        worker::console_warn!("{line}");
+    }
+    // Small drift was repaired: record each repair.
+    let repaired: Vec<ledger::Repaired> = body
+        .get("limits")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|l| l.get("repaired").and_then(serde_json::Value::as_bool) == Some(true))
+        .filter_map(|l| {
+            let n = |k: &str| l.get(k).and_then(serde_json::Value::as_u64);
+            let start = l.get("window_start").and_then(serde_json::Value::as_str)?;
+            Some(ledger::Repaired {
+                policy: l.get("policy")?.as_str()?.to_owned(),
+                window_start: Timestamp::parse_rfc3339(start)?,
+                counter: n("counter")?,
+                expected: n("expected")?,
+            })
+        })
+        .collect();
+    if !repaired.is_empty() {
+        let stored = match &db {
+            Ok(db) => ledger::record_repairs(db, &org, &repaired, t).await,
+            Err(e) => Err(crate::edge::error::EdgeError::Internal(e.to_string())),
+        };
+        if let Err(e) = stored {
+            log_error("repair not recorded", &DoError::Ledger(e));
+        }
+    }
+    // Large drift means something is broken: alert the operator, repair nothing.
+    if body.get("large_drift").and_then(serde_json::Value::as_bool) == Some(true) {
+        let id = format!("drift_{org}_{}", t.millis());
+        let payload =
+            serde_json::json!({"id": id, "type": "quota.reconcile_drift", "org_id": org, "total_drift": drift,
+            "threshold_pct": cfg.reconcile_autofix_pct, "limits": body.get("limits"), "timestamp": t.rfc3339()})
+            .to_string();
+        let (code, error) = match cfg.alert_webhook_url.as_deref() {
+            Some(url) => post_webhook(url, &id, &payload, cfg.webhook_secret.as_bytes(), t).await,
+            None => (None, Some("ALERT_WEBHOOK_URL is not set".to_owned())),
+        };
+        let line = serde_json::json!({"msg": "reconcile drift over threshold", "org": org, "total_drift": drift,
+            "threshold_pct": cfg.reconcile_autofix_pct, "alert_status": code, "alert_error": error});
+        worker::console_error!("{line}");
+    }
+    let labels = format!("org=\"{org}\"");
+    let pending = field("outbox_pending").saturating_add(field("ledger_pending"));
+    let mut gauges = vec![
+        ("quotagate_reconcile_drift_units".to_owned(), labels.clone(), drift),
+        ("quotagate_outbox_depth".to_owned(), labels.clone(), pending),
+        ("quotagate_ledger_flush_failures".to_owned(), labels, field("flush_failures")),
+    ];
+    for c in body.get("decisions").and_then(serde_json::Value::as_array).into_iter().flatten() {
+        let get = |k: &str| c.get(k).and_then(serde_json::Value::as_str).unwrap_or_default();
+        let labels = format!("org=\"{org}\",meter=\"{}\",outcome=\"{}\"", get("meter"), get("outcome"));
+        gauges.push((
+            "quotagate_decisions_total".to_owned(),
+            labels,
+            c.get("n").and_then(serde_json::Value::as_u64).unwrap_or(0),
+        ));
+    }
+    let stored = match &db {
+        Ok(db) => ledger::set_gauges(db, &gauges, t).await,
+        Err(e) => Err(crate::edge::error::EdgeError::Internal(e.to_string())),
+    };
+    if let Err(e) = stored {
+        log_error("gauges not stored", &DoError::Ledger(e));
     }
 }
 
@@ -199,7 +302,7 @@ fn org_of(q: &OrgQuota) -> DoResult<OrgId> {
 /// Compares counters with D1 plus what is still pending; with `repair`, counters take that
 /// value. It flushes first (so no batch is in flight), then reads D1, then compares with the
 /// counters and the buckets as they are afterwards, synchronously.
-async fn reconcile(q: &OrgQuota, repair: bool) -> DoResult<OrgReply> {
+async fn reconcile(q: &OrgQuota, repair: Repair) -> DoResult<OrgReply> {
     flush(q).await?;
     if q.ledger_busy.replace(true) {
         return Err(DoError::Busy);
@@ -209,7 +312,7 @@ async fn reconcile(q: &OrgQuota, repair: bool) -> DoResult<OrgReply> {
     r
 }
 
-async fn reconcile_inner(q: &OrgQuota, repair: bool) -> DoResult<OrgReply> {
+async fn reconcile_inner(q: &OrgQuota, repair: Repair) -> DoResult<OrgReply> {
     let all = Need { all_counters: true, ..Need::default() };
     let (org, shard, windows) = q.with_machine(|m, store, now| {
         let snap = store.load(&all, now)?;

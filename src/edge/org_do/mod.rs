@@ -235,6 +235,9 @@ impl OrgQuota {
             let cfg = settings(&self.env);
             boot.flush_every_ms = cfg.ledger_flush_ms;
             boot.plan_refresh_ms = cfg.plan_refresh_ms;
+            boot.report_every_ms = cfg.report_every_ms;
+            boot.api_reads_per_minute = cfg.api_reads_per_minute;
+            boot.api_calls_per_minute = cfg.api_calls_per_minute;
             *slot = Some(OrgMachine::boot(boot));
         }
         let Some(m) = slot.as_mut() else {

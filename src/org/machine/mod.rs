@@ -10,10 +10,11 @@
 //! `ops` the org operations' rules, `reconcile` the comparison with the ledger. It must never do
 //! I/O, read a clock or import `worker`; `now` is always an argument.
 
+mod api;
 mod ops;
 mod reconcile;
 
-pub use reconcile::ReconcileWindow;
+pub use reconcile::{ReconcileWindow, Repair};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -121,6 +122,10 @@ pub struct OrgMachine {
     /// When this instance last learned its plan's current version from D1.
     plan_checked: Option<Timestamp>,
     plan_refresh_ms: u64,
+    report_every_ms: u64,
+    last_report: Option<Timestamp>,
+    /// The usage API's own per-org limit (memory only).
+    api: Option<api::ApiLimiter>,
 }
 
 fn parse_config(cfg: &StoredConfig) -> Result<Loaded, OrgError> {
@@ -158,6 +163,7 @@ impl OrgMachine {
                 reservation_expires: b.reservation_expires,
                 counts_due: None,
                 ledger_due,
+                report_due: None,
             },
             flush_failures: b.flush_failures,
             counts: BTreeMap::new(),
@@ -170,6 +176,30 @@ impl OrgMachine {
             next_token: 1,
             plan_checked: None,
             plan_refresh_ms: b.plan_refresh_ms.max(1_000),
+            report_every_ms: b.report_every_ms.max(1_000),
+            last_report: None,
+            api: api::ApiLimiter::new(b.api_reads_per_minute, b.api_calls_per_minute),
+        }
+    }
+
+    /// Whether the org's status report (reconciliation, depths, counts) is due: it reports one
+    /// interval after the usage that follows its last report, and not again until more usage
+    /// comes, so an idle org costs nothing and the cron never visits orgs.
+    pub fn report_due(&self, now: Timestamp) -> bool {
+        self.wake.report_due.is_some_and(|t| t <= now)
+    }
+
+    /// The report went out (or failed: it is tried again with the next usage).
+    pub fn reported(&mut self, now: Timestamp) {
+        self.last_report = Some(now);
+        self.wake.report_due = None;
+    }
+
+    fn report_after_usage(&mut self, now: Timestamp) {
+        if self.wake.report_due.is_none() {
+            let every = self.report_every_ms;
+            let from = self.last_report.filter(|t| now.since(*t) < every).unwrap_or(now);
+            self.wake.report_due = Some(from.saturating_add_ms(every));
         }
     }
 
@@ -222,14 +252,23 @@ impl OrgMachine {
         }
     }
 
-    /// Counts admitted usage into its bucket; the ledger flush is due one interval after the
+    /// Counts admitted usage into its bucket, and into the bucket of every composite the meter
+    /// is part of (so the ledger knows both); the ledger flush is due one interval after the
     /// last one (and at least a moment after the first usage, so that a burst goes together).
-    fn count_usage(&mut self, cx: &mut Cx<'_>, meter: &MeterId, quantity: u64, ts: u64) -> BucketKey {
-        let key = self.bucket_key(meter, ts);
-        self.ledger.add(key.clone(), &Self::terms(cx.loaded, meter), quantity, ts);
-        cx.buckets.insert(key.clone());
+    /// Returns the buckets, the meter's first.
+    fn count_usage(&mut self, cx: &mut Cx<'_>, meter: &MeterId, quantity: u64, ts: u64) -> Vec<BucketKey> {
+        let loaded = cx.loaded;
+        let meters = std::iter::once(meter).chain(loaded.policy.composites_of(meter));
+        let mut keys = Vec::with_capacity(1);
+        for m in meters {
+            let key = self.bucket_key(m, ts);
+            self.ledger.add(key.clone(), &Self::terms(loaded, m), quantity, ts);
+            cx.buckets.insert(key.clone());
+            keys.push(key);
+        }
         self.ledger_due(cx.now);
-        key
+        self.report_after_usage(cx.now);
+        keys
     }
 
     fn take_back_usage(&mut self, cx: &mut Cx<'_>, key: BucketKey, quantity: u64) {
@@ -300,8 +339,19 @@ impl OrgMachine {
         self.cfg.as_ref().ok_or(OrgError::NotConfigured)
     }
 
-    /// What `step` will need for an org operation.
+    /// What `step` will need for an org operation: the counter rows of the meters it names and
+    /// of every composite they are part of.
     pub fn needs_org(&self, op: &OrgOp) -> Need {
+        let mut need = self.needs_org_own(op);
+        if let Some(policy) = self.policy() {
+            let composites: Vec<MeterId> =
+                need.meters.iter().flat_map(|m| policy.composites_of(m).iter().cloned()).collect();
+            need.meters.extend(composites);
+        }
+        need
+    }
+
+    fn needs_org_own(&self, op: &OrgOp) -> Need {
         let mut need = Need::default();
         match op {
             OrgOp::Decide { meter, id, kind, replayable, .. } => {
@@ -336,6 +386,7 @@ impl OrgMachine {
                 need.meters.extend(usage.iter().map(|(m, _)| m.clone()));
                 need.seen.extend(usage.iter().map(|(m, _)| format!("{id}:{m}")));
             }
+            OrgOp::Gate => {}
         }
         need
     }
@@ -372,6 +423,12 @@ impl OrgMachine {
     pub fn step_org(&mut self, caller: &Caller, op: OrgOp, snap: Snapshot, now: Timestamp) -> Result<Step, OrgError> {
         self.check_caller(caller, &op)?;
         let loaded = Rc::clone(self.loaded()?);
+        // The usage API's own limit, after the key is known good and before any work.
+        if let (Some(class), Some(api)) = (op.api_class(), self.api.as_mut()) {
+            if let Some(refused) = api.admit(class, loaded.policy.plan.as_str(), now) {
+                return Ok(Step { reply: refused, writes: Writes::default(), log: Vec::new() });
+            }
+        }
         let mut cx = Cx::new(&loaded, snap, now)?;
         let reply = match op {
             OrgOp::Decide { meter, quantity, kind, id, ttl_ms, replayable } => self.decide(
@@ -395,6 +452,7 @@ impl OrgMachine {
             OrgOp::Settle { id, action } => self.settle(&mut cx, &id, action)?,
             OrgOp::Release { id, held } => self.release(&mut cx, &id, held)?,
             OrgOp::Report { id, usage } => self.report(&mut cx, &id, &usage),
+            OrgOp::Gate => OrgReply::ok(json!({"allowed": true}), Some(loaded.policy.plan.to_string())),
         };
         Ok(cx.finish(self, reply))
     }

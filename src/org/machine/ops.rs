@@ -26,7 +26,8 @@ pub(in crate::org) struct Held {
     pub(super) id: EventId,
     pub(super) meter: MeterId,
     pub(super) quantity: u64,
-    pub(super) bucket: BucketKey,
+    /// Its ledger buckets: the meter's, then any composite's it is part of.
+    pub(super) buckets: Vec<BucketKey>,
     pub(super) admitted: Timestamp,
     pub(super) until: Timestamp,
     /// The audit row it queued, if the meter keeps one.
@@ -51,7 +52,7 @@ impl OrgMachine {
 
     /// Counts usage into its ledger bucket, and queues its audit row when the meter keeps them.
     /// Returns the bucket and the audit row's sequence.
-    fn record_usage(&mut self, cx: &mut Cx<'_>, meter: &MeterId, row: OutboxRow) -> (BucketKey, Option<u64>) {
+    fn record_usage(&mut self, cx: &mut Cx<'_>, meter: &MeterId, row: OutboxRow) -> (Vec<BucketKey>, Option<u64>) {
         let key = self.count_usage(cx, meter, row.quantity, row.ts);
         let audit = cx.loaded.policy.meter(meter).is_some_and(|m| m.audit);
         (key, audit.then(|| self.enqueue(cx, row)))
@@ -109,7 +110,7 @@ impl OrgMachine {
         let mut held = None;
         if counts {
             cx.persist(meter);
-            cx.alerts_for(meter, &decision.limits);
+            cx.alerts_for(&decision.limits);
         }
         if kind == DecideKind::Proxy && counts {
             // An audit row waits until it can no longer be released.
@@ -117,9 +118,9 @@ impl OrgMachine {
                 ready_at: now.saturating_add_ms(ttl_ms).millis(),
                 ..OutboxRow::audit(id.to_string(), meter, quantity, "proxy", now)
             };
-            let (bucket, audit_seq) = self.record_usage(cx, meter, row);
+            let (buckets, audit_seq) = self.record_usage(cx, meter, row);
             let until = now.saturating_add_ms(ttl_ms);
-            let h = Held { id: id.clone(), meter: meter.clone(), quantity, bucket, admitted: now, until, audit_seq };
+            let h = Held { id: id.clone(), meter: meter.clone(), quantity, buckets, admitted: now, until, audit_seq };
             held = Some(self.hold(h, now));
             if replayable {
                 cx.writes.remember.push((id.to_string(), "accepted"));
@@ -243,9 +244,14 @@ impl OrgMachine {
             Settlement::Released => ("released", 0),
         };
         if let Settlement::Committed { quantity } = settled.settlement {
-            let statuses: Vec<LimitStatus> =
-                cx.book.overview(policy, now).into_iter().filter(|l| l.meter == meter).collect();
-            cx.alerts_for(&meter, &statuses);
+            let composites = policy.composites_of(&meter);
+            let statuses: Vec<LimitStatus> = cx
+                .book
+                .overview(policy, now)
+                .into_iter()
+                .filter(|l| l.meter == meter || composites.contains(&l.meter))
+                .collect();
+            cx.alerts_for(&statuses);
             self.record_usage(cx, &meter, OutboxRow::audit(id.to_string(), &meter, quantity, "reservation", now));
         }
         let after: Vec<Value> =
@@ -274,7 +280,9 @@ impl OrgMachine {
             cx.persist(&h.meter);
         }
         // The ledger bills what the origin served: the units leave it whatever the counters did.
-        self.take_back_usage(cx, h.bucket, h.quantity);
+        for bucket in h.buckets {
+            self.take_back_usage(cx, bucket, h.quantity);
+        }
         if let Some(seq) = h.audit_seq {
             cx.writes.outbox_delete.push(seq);
         }
@@ -353,9 +361,13 @@ impl<'a> Cx<'a> {
         })
     }
 
-    /// Marks a meter's counters for writing at the end of the step.
+    /// Marks a meter's counters for writing at the end of the step, and those of every composite
+    /// it is part of (its usage spent their limits too).
     fn persist(&mut self, meter: &MeterId) {
         self.touched.insert(meter.clone());
+        for c in self.loaded.policy.composites_of(meter) {
+            self.touched.insert(c.clone());
+        }
     }
 
     fn log(&mut self, meter: &MeterId, quantity: u64, outcome: Outcome, status: u16, source: &'static str) {
@@ -372,15 +384,19 @@ impl<'a> Cx<'a> {
 
     /// Alerts for the one decision of this step on `meter`: the level before is computed only
     /// when a level above ok is reached, so the common path below 80% costs nothing.
-    fn alerts_for(&mut self, meter: &MeterId, after: &[LimitStatus]) {
+    fn alerts_for(&mut self, after: &[LimitStatus]) {
         let near = after.iter().any(|l| !l.period.is_rate() && l.limit.is_some() && l.level > crate::policy::Level::Ok);
         if !near {
             return;
         }
         let Ok(before_book) = book_of(&self.snap.rows) else { return };
         let policy = &self.loaded.policy;
-        let before: Vec<LimitStatus> =
-            before_book.overview(policy, self.now).into_iter().filter(|l| &l.meter == meter).collect();
+        // The same limits as `after`: the meter's own and its composites'.
+        let before: Vec<LimitStatus> = before_book
+            .overview(policy, self.now)
+            .into_iter()
+            .filter(|l| after.iter().any(|a| a.policy == l.policy))
+            .collect();
         self.writes.alerts.extend(crossings(&self.loaded.org, &before, after, self.now));
     }
 
@@ -391,7 +407,9 @@ impl<'a> Cx<'a> {
         for meter in &touched {
             let after: Vec<LimitStatus> =
                 self.book.overview(&self.loaded.policy, self.now).into_iter().filter(|l| &l.meter == meter).collect();
-            self.alerts_for(meter, &after);
+            if !after.is_empty() {
+                self.alerts_for(&after);
+            }
         }
     }
 

@@ -13,6 +13,37 @@ use crate::org::msg::OrgReply;
 use crate::org::rules::{expected, ledger_figure, LedgerAgg};
 use crate::policy::{Aggregation, MeterId, Timestamp};
 
+/// What reconciliation may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// Report only (the admin's GET).
+    Nothing,
+    /// Every drifted counter takes the ledger's value (the admin's POST).
+    All,
+    /// Only drift of at most `pct` percent of what the ledger expects (the org's own report,
+    /// `RECONCILE_AUTOFIX_PCT`): larger drift means something is broken, and is only reported.
+    Small { pct: u64 },
+}
+
+impl Repair {
+    /// Whether a window whose counter drifted by `drift` from `want` is repaired, and whether
+    /// the drift is large (over the auto-repair threshold).
+    pub fn decide(self, drift: i128, want: u64) -> (bool, bool) {
+        if drift == 0 {
+            return (false, false);
+        }
+        match self {
+            Self::Nothing => (false, false),
+            Self::All => (true, false),
+            Self::Small { pct } => {
+                let small =
+                    drift.unsigned_abs().saturating_mul(100) <= u128::from(pct).saturating_mul(u128::from(want));
+                (small, !small)
+            }
+        }
+    }
+}
+
 /// One fixed window, as reconciliation compares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconcileWindow {
@@ -49,13 +80,14 @@ impl OrgMachine {
             .collect())
     }
 
-    /// Compares each window's counter with the ledger plus the outbox; with `repair`, the
-    /// counter takes that value (the ledger is the truth for committed usage).
+    /// Compares each window's counter with the ledger plus what is pending; a window `repair`
+    /// allows takes that value (the ledger is the truth for committed usage). The answer says,
+    /// per window, whether it was repaired and whether its drift is over the threshold.
     pub fn reconcile(
         &mut self,
         windows: &[(ReconcileWindow, LedgerAgg, LedgerAgg)],
         snap: &Snapshot,
-        repair: bool,
+        repair: Repair,
         tallies: Tallies,
         saved: &[(String, String, u64)],
         now: Timestamp,
@@ -65,6 +97,7 @@ impl OrgMachine {
         let current = book.window_usage(&loaded.policy, now);
         let mut limits = Vec::new();
         let mut total_drift: u128 = 0;
+        let (mut repaired_units, mut large) = (0u128, false);
         let mut touched = BTreeSet::new();
         for (w, ledger, queued) in windows {
             // A window that rolled over during the D1 reads is compared next time.
@@ -72,15 +105,18 @@ impl OrgMachine {
             let want = expected(w.aggregation, ledger, queued);
             let drift = i128::from(now_w.used) - i128::from(want);
             total_drift = total_drift.saturating_add(drift.unsigned_abs());
-            if repair && drift != 0 {
+            let (fix, too_large) = repair.decide(drift, want);
+            large |= too_large;
+            if fix {
                 book.repair(&loaded.policy, &w.key, want, now);
                 touched.insert(w.meter.clone());
+                repaired_units = repaired_units.saturating_add(drift.unsigned_abs());
             }
             limits.push(json!({
                 "policy": w.key, "meter": w.meter.as_str(), "window_start": w.start.rfc3339(),
                 "window_end": (w.to != u64::MAX >> 11).then(|| Timestamp::from_millis(w.to).rfc3339()),
                 "counter": now_w.used, "ledger": ledger_figure(w.aggregation, ledger), "outbox": queued.total,
-                "expected": want, "drift": i64::try_from(drift).unwrap_or(i64::MAX), "repaired": repair && drift != 0,
+                "expected": want, "drift": i64::try_from(drift).unwrap_or(i64::MAX), "repaired": fix, "large": too_large,
             }));
         }
         let mut writes = Writes::default();
@@ -100,9 +136,11 @@ impl OrgMachine {
         let decisions: Vec<Value> =
             all.into_iter().map(|((m, o), n)| json!({"meter": m, "outcome": o, "n": n})).collect();
         let body = json!({
-            "org_id": loaded.org.as_str(), "checked_at": now.rfc3339(), "repair": repair,
+            "org_id": loaded.org.as_str(), "checked_at": now.rfc3339(), "repair": repair != Repair::Nothing,
             "total_drift": u64::try_from(total_drift).unwrap_or(u64::MAX), "limits": limits,
-            "outbox_pending": tallies.outbox_pending, "flush_failures": self.flush_failures,
+            "repaired_units": u64::try_from(repaired_units).unwrap_or(u64::MAX), "large_drift": large,
+            "outbox_pending": tallies.outbox_pending, "ledger_pending": self.ledger_pending().max(0),
+            "flush_failures": self.flush_failures,
             "decisions": decisions,
         });
         Ok(Step { reply: OrgReply::ok(body, Some(loaded.policy.plan.to_string())), writes, log: Vec::new() })

@@ -61,6 +61,8 @@ struct Mem {
     /// D1 as the flush sees it: net quantity per bucket, and the org's exactly-once mark.
     d1: BTreeMap<BucketKey, i64>,
     d1_mark: u64,
+    /// The usage API's limits the machine boots with (reads, calls per minute; 0 = off).
+    api: (u64, u64),
 }
 
 impl Mem {
@@ -210,6 +212,9 @@ impl Mem {
             config_at: self.meta.get("config_at").map(|v| Timestamp::from_millis(v.parse().unwrap())),
             flush_every_ms: 30_000,
             plan_refresh_ms: 60_000,
+            report_every_ms: 300_000,
+            api_reads_per_minute: self.api.0,
+            api_calls_per_minute: self.api.1,
         })
     }
 
@@ -494,6 +499,75 @@ fn a_plan_is_looked_up_again_once_it_is_older_than_the_refresh_period() {
 }
 
 #[test]
+fn an_active_org_reports_once_per_interval_and_an_idle_one_never() {
+    let mut o = month_and_minute();
+    assert!(!o.m.report_due(at(1_000_000)), "no usage, no report");
+    o.proxy("a", 1, false, at(0));
+    assert!(!o.m.report_due(at(299_999)) && o.m.report_due(at(300_000)));
+    o.m.reported(at(300_000));
+    o.proxy("b", 1, false, at(310_000));
+    assert!(!o.m.report_due(at(599_999)) && o.m.report_due(at(600_000)), "one interval after the last report");
+    o.m.reported(at(600_000));
+    o.proxy("c", 1, false, at(2_000_000));
+    assert!(
+        o.m.report_due(at(2_300_000)) && !o.m.report_due(at(2_299_999)),
+        "after a quiet spell, one interval after the usage"
+    );
+}
+
+#[test]
+fn a_composite_is_counted_in_the_parts_step_and_its_bucket_is_written_beside_theirs() {
+    let mut o = Org::new(json!([]));
+    let mut cfg = plan(json!([{"meter": "tokens", "limit": 10, "period": "month", "mode": "hard"}]));
+    cfg.plan["meters"] = json!([{"id": "tin"}, {"id": "tout"}, {"id": "tokens", "sum_of": ["tin", "tout"]}]);
+    o.admin(AdminOp::Configure(cfg), at(0));
+    let ev = |id: &str, meter: &str, q: u64| UsageEvent {
+        id: eid(id),
+        meter: m(meter),
+        quantity: q,
+        timestamp: None,
+        metadata: None,
+    };
+    let r = o
+        .org(&key(), OrgOp::Events { events: vec![ev("a", "tin", 6), ev("b", "tout", 3)], enforce: true }, at(1))
+        .unwrap();
+    assert_eq!(r.reply.body["results"][1]["status"], "accepted");
+    assert!(o.mem.counters.contains_key("tokens"), "the composite's row is written in the parts' step");
+    let over = o.org(&key(), OrgOp::Events { events: vec![ev("c", "tout", 2)], enforce: true }, at(2)).unwrap();
+    assert_eq!(over.reply.body["results"][0]["status"], "rejected");
+    // After a restart (rows reloaded, not cached), the sum still holds.
+    o.restart();
+    let again = o.org(&key(), OrgOp::Events { events: vec![ev("d", "tin", 2)], enforce: true }, at(3)).unwrap();
+    assert_eq!(again.reply.body["results"][0]["status"], "rejected");
+    assert_eq!(o.used("tokens-month", at(4)), 9);
+    assert_eq!((o.mem.queued("tin"), o.mem.queued("tout"), o.mem.queued("tokens")), (6, 3, 9), "the ledger gets both");
+}
+
+#[test]
+fn the_usage_api_has_its_own_limit_and_proxied_requests_do_not_spend_it() {
+    let mut o = month_and_minute();
+    o.mem.api = (2, 3);
+    o.restart();
+    let gate = || OrgOp::Gate;
+    assert_eq!(o.org(&key(), gate(), at(0)).unwrap().reply.status, 200);
+    assert_eq!(o.org(&key(), gate(), at(1)).unwrap().reply.status, 200);
+    let refused = o.org(&key(), gate(), at(2)).unwrap().reply;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.body["violated-policies"], json!(["usage_api_reads-minute"]));
+    assert!(refused.headers.iter().any(|(k, v)| k == "RateLimit" && v.starts_with("\"usage_api_reads-minute\";r=0")));
+    for i in 0..3 {
+        assert_eq!(o.org(&key(), OrgOp::Usage { short: true }, at(10 + i)).unwrap().reply.status, 200);
+    }
+    assert_eq!(o.org(&key(), OrgOp::Usage { short: true }, at(20)).unwrap().reply.status, 429);
+    assert_eq!(o.proxy("p", 1, false, at(21)).status, 200, "proxied requests spend their plan's limits only");
+    // A wrong key is refused before the limit is consulted.
+    let stranger = Caller::Key(KeyHash("cd".repeat(32)));
+    assert_eq!(o.org(&stranger, gate(), at(22)).unwrap_err(), OrgError::Unauthorized);
+    // Refusals write nothing.
+    assert!(o.org(&key(), gate(), at(23)).unwrap().writes == Writes::default());
+}
+
+#[test]
 fn the_ledger_flushes_one_interval_after_the_last_flush() {
     let mut o = month_and_minute();
     o.proxy("a", 1, false, at(0));
@@ -588,6 +662,8 @@ fn decision_counts_are_kept_in_memory_and_saved_by_the_tick() {
     assert_eq!(o.m.wake(), Some(at(rules::COUNTS_EVERY_MS)), "then the counts");
     o.tick(at(rules::COUNTS_EVERY_MS));
     assert_eq!(o.mem.counts[&("requests".to_owned(), "allowed".to_owned())], 2);
+    assert_eq!(o.m.wake(), Some(at(300_000)), "then the org's own report, one interval after its usage");
+    o.m.reported(at(300_000));
     assert_eq!(o.m.wake(), None);
 }
 
@@ -703,6 +779,8 @@ fn flush_backoff_doubles_from_one_second_and_writes_only_on_change() {
     let done = FlushResult::Done { pending: 0, next_ready: None };
     assert_eq!(o.m.after_flush(done, at(203_000)), [("flush_failures".into(), "0".into())]);
     assert!(o.m.after_flush(done, at(204_000)).is_empty(), "unchanged rows are not written");
+    assert_eq!(o.m.wake(), Some(at(300_000)), "only the report is left");
+    o.m.reported(at(300_000));
     assert_eq!(o.m.wake(), None);
     // Rows left over wait for the next batch, even when one is ready already.
     let left = FlushResult::Done { pending: 3, next_ready: Some(at(204_010)) };
@@ -733,10 +811,44 @@ fn reconcile_repairs_drift_to_the_ledger() {
         .into_iter()
         .map(|w| (w, LedgerAgg { total: 1, ..LedgerAgg::default() }, LedgerAgg::default()))
         .collect();
-    let step = o.m.reconcile(&agg, &snap, true, Tallies::default(), &[], at(2)).unwrap();
+    let step = o.m.reconcile(&agg, &snap, Repair::All, Tallies::default(), &[], at(2)).unwrap();
     assert_eq!(step.reply.body["total_drift"], 2);
     o.mem.apply(&step.writes);
     assert_eq!(o.used("requests-month", at(3)), 1);
+}
+
+#[test]
+fn auto_repair_takes_small_drift_and_only_reports_large_drift() {
+    // 5%: 5 of 100 is repaired, 6 of 100 is not; any drift from nothing expected is large.
+    let small = Repair::Small { pct: 5 };
+    assert_eq!(small.decide(5, 100), (true, false));
+    assert_eq!(small.decide(-5, 100), (true, false));
+    assert_eq!(small.decide(6, 100), (false, true));
+    assert_eq!(small.decide(1, 0), (false, true));
+    assert_eq!(small.decide(0, 0), (false, false));
+    assert_eq!(Repair::Small { pct: 0 }.decide(1, 1_000_000), (false, true), "0 turns auto-repair off");
+    assert_eq!(Repair::Nothing.decide(9, 10), (false, false));
+    let mut o = Org::new(json!([{"meter": "requests", "limit": 1000, "period": "month", "mode": "hard"}]));
+    o.proxy("a", 100, false, at(0));
+    let snap = o.mem.load(&Need { all_counters: true, ..Need::default() }, at(1));
+    let windows = o.m.reconcile_windows(&snap, at(1)).unwrap();
+    let run = |o: &mut Org, ledger: i64| {
+        let snap = o.mem.load(&Need { all_counters: true, ..Need::default() }, at(2));
+        let agg: Vec<_> = windows
+            .iter()
+            .cloned()
+            .map(|w| (w, LedgerAgg { total: ledger, ..LedgerAgg::default() }, LedgerAgg::default()))
+            .collect();
+        let step = o.m.reconcile(&agg, &snap, small, Tallies::default(), &[], at(2)).unwrap();
+        o.mem.apply(&step.writes);
+        step.reply.body
+    };
+    let large = run(&mut o, 90);
+    assert_eq!((large["large_drift"].as_bool(), large["repaired_units"].as_u64()), (Some(true), Some(0)));
+    assert_eq!(o.used("requests-month", at(3)), 100, "large drift is only reported");
+    let fixed = run(&mut o, 97);
+    assert_eq!((fixed["large_drift"].as_bool(), fixed["repaired_units"].as_u64()), (Some(false), Some(3)));
+    assert_eq!(o.used("requests-month", at(3)), 97);
 }
 
 #[test]
@@ -762,6 +874,7 @@ fn the_wake_is_the_earliest_need_and_a_retry_replaces_the_outbox_time() {
         reservation_expires: Some(at(70)),
         counts_due: None,
         ledger_due: Some(at(40)),
+        report_due: None,
     };
     assert_eq!(w.next(), Some(at(70)));
     assert_eq!(Wake { reservation_expires: None, ..w }.next(), Some(at(90)));

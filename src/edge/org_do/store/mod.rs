@@ -173,6 +173,9 @@ impl Store {
             config_at: num("config_at")?.map(Timestamp::from_millis),
             flush_every_ms: 0,
             plan_refresh_ms: 0,
+            report_every_ms: 0,
+            api_reads_per_minute: 0,
+            api_calls_per_minute: 0,
         })
     }
 
