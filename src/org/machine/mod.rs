@@ -423,8 +423,9 @@ impl OrgMachine {
     pub fn step_org(&mut self, caller: &Caller, op: OrgOp, snap: Snapshot, now: Timestamp) -> Result<Step, OrgError> {
         self.check_caller(caller, &op)?;
         let loaded = Rc::clone(self.loaded()?);
-        // The usage API's own limit, after the key is known good and before any work.
-        if let (Some(class), Some(api)) = (op.api_class(), self.api.as_mut()) {
+        // The usage API's own limit, for keys (not the admin API), after the key is known good
+        // and before any work.
+        if let (Caller::Key(_), Some(class), Some(api)) = (caller, op.api_class(), self.api.as_mut()) {
             if let Some(refused) = api.admit(class, loaded.policy.plan.as_str(), now) {
                 return Ok(Step { reply: refused, writes: Writes::default(), log: Vec::new() });
             }

@@ -310,7 +310,9 @@ impl OrgMachine {
             if recorded.iter().any(|(r, _): &(&MeterId, u64)| *r == m) {
                 continue;
             }
+            // A composite is recorded through its parts: a report naming one is ignored, visibly.
             if cx.book.record(policy, m, *q, false, now).is_err() {
+                ignored.push(m.as_str().to_owned());
                 continue;
             }
             cx.persist(m);

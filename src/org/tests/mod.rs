@@ -559,6 +559,11 @@ fn the_usage_api_has_its_own_limit_and_proxied_requests_do_not_spend_it() {
         assert_eq!(o.org(&key(), OrgOp::Usage { short: true }, at(10 + i)).unwrap().reply.status, 200);
     }
     assert_eq!(o.org(&key(), OrgOp::Usage { short: true }, at(20)).unwrap().reply.status, 429);
+    assert_eq!(
+        o.org(&Caller::Admin, OrgOp::Usage { short: true }, at(20)).unwrap().reply.status,
+        200,
+        "the admin API is not limited"
+    );
     assert_eq!(o.proxy("p", 1, false, at(21)).status, 200, "proxied requests spend their plan's limits only");
     // A wrong key is refused before the limit is consulted.
     let stranger = Caller::Key(KeyHash("cd".repeat(32)));
