@@ -116,7 +116,7 @@ function perf(r) {
       "",
       `Steady state (median of the second half): ${su.steady.rps} req/s, p99 ${ms(su.steady.p99_ms)} ms, ${su.steady.cpu_us_per_request} µs of workerd CPU per request.`,
       "",
-      `D1 growth: ${su.requests} proxied requests became ${su.d1.rows} ledger rows (hourly and daily buckets) in ${su.d1.batches ?? "?"} D1 batches, and the D1 file grew by ${su.d1.bytes} bytes (SQLite grows in whole pages, so a few rows show as a page or none): about ${su.d1.bytes_per_million_requests ?? "?"} bytes per million requests. The ledger grows with orgs, meters and hours, not with requests.`,
+      `D1 growth: ${su.requests} proxied requests of one org added ${su.d1.rows} ledger row(s) (a new hour's bucket, if the run crossed an hour) in ${su.d1.batches ?? "?"} D1 batches: ${su.d1.bytes} bytes of D1 (rows × each table's bytes per row from SQLite's dbstat), about ${su.d1.bytes_per_million_requests ?? "?"} bytes per million requests. All of this org's ledger rows together take ${su.d1.org_bytes ?? "?"} bytes (${JSON.stringify(su.d1.org_rows ?? {})}). The ledger grows with orgs, meters and hours, not with requests.`,
     );
   }
   if (r.wrangler_dev) {

@@ -15,7 +15,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import zlib from "node:zlib";
-import { startGateway, freePort, ledgerFile, ledgerQuery, lockLedger, ROOT } from "../tests/support/gateway.mjs";
+import { startGateway, freePort, ledgerQuery, lockLedger, ROOT } from "../tests/support/gateway.mjs";
 import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../tests/support/client.mjs";
 import { bundle, startFaithful, QUOTAGATE_D1 } from "./faithful.mjs";
 import { render } from "./render.mjs";
@@ -301,12 +301,25 @@ async function workPerRequest(url, key, n = 200) {
   return { requests: n, statements: mean(0), rows_written: mean(1), max_rows_written: Math.max(...seen.map((x) => x[1])) };
 }
 
-function fileBytes(f) {
-  try {
-    return fs.statSync(f).size + (fs.existsSync(`${f}-wal`) ? fs.statSync(`${f}-wal`).size : 0);
-  } catch {
-    return 0;
+/**
+ * The D1 bytes an org's ledger rows take: its rows in each ledger table times that table's
+ * bytes per row (SQLite's dbstat: pages, with their free space, over cells, the table's
+ * indexes included). The file's own size moves in whole pages and with the WAL, so it cannot
+ * show a few rows.
+ */
+async function ledgerBytes(persistTo, org) {
+  const tables = { usage_hourly: [], usage_daily: ["sqlite_autoindex_usage_daily_1"], usage_events: ["usage_events_org_meter_ts", "usage_events_unreported", "usage_events_stripe_batch", "sqlite_autoindex_usage_events_1"], ledger_marks: [] };
+  let bytes = 0;
+  const rows = {};
+  for (const [t, indexes] of Object.entries(tables)) {
+    const [{ n }] = await ledgerQuery(persistTo, `SELECT COUNT(*) AS n FROM ${t} WHERE org_id = ?`, org);
+    const [all] = await ledgerQuery(persistTo, `SELECT COUNT(*) AS n FROM ${t}`);
+    const names = [t, ...indexes].map((x) => `'${x}'`).join(", ");
+    const [{ pg }] = await ledgerQuery(persistTo, `SELECT COALESCE(SUM(pgsize), 0) AS pg FROM dbstat WHERE name IN (${names})`);
+    rows[t] = n;
+    bytes += all.n ? (n * pg) / all.n : 0;
   }
+  return { bytes: Math.round(bytes), rows };
 }
 
 /** One hot org under continuous load for `seconds`, measured in `SLICE`-second slices. */
@@ -314,7 +327,6 @@ async function sustained(gw, api, key, seconds) {
   const keysFile = keyFile("sustain", [key]);
   const slices = [];
   const org = "bench-hot";
-  const d1 = ledgerFile(gw.persistTo);
   // Ledger rows of this org in D1: hourly and daily buckets, and per-event rows (none unless a
   // meter keeps an audit trail).
   const rows = async () => (await ledgerQuery(gw.persistTo,
@@ -322,7 +334,7 @@ async function sustained(gw, api, key, seconds) {
   const flushes = async () => (await ledgerQuery(gw.persistTo, "SELECT COALESCE(MAX(seq), 0) AS n FROM ledger_marks WHERE org_id = ?", org))[0].n;
   const flushes0 = await flushes();
   const d1Rows0 = await rows();
-  const d1Bytes0 = fileBytes(d1);
+  const d1Bytes0 = (await ledgerBytes(gw.persistTo, org)).bytes;
   let total = 0;
   for (let t = 0; t < seconds; t += SLICE) {
     const cpu0 = groupCpu(gw.pid);
@@ -354,14 +366,15 @@ async function sustained(gw, api, key, seconds) {
     await sleep(200);
   }
   const d1Rows = (await rows()) - d1Rows0;
-  const d1Bytes = fileBytes(d1) - d1Bytes0;
+  const after = await ledgerBytes(gw.persistTo, org);
+  const d1Bytes = after.bytes - d1Bytes0;
   const tail = slices.slice(Math.floor(slices.length / 2));
   return {
     seconds,
     requests: total,
     slices,
     steady: { rps: Math.round(median(tail.map((s) => s.rps))), p99_ms: median(tail.map((s) => s.p99_ms)), cpu_us_per_request: median(tail.map((s) => s.cpu_us_per_request)) },
-    d1: { rows: d1Rows, bytes: d1Bytes, bytes_per_row: Math.round(d1Bytes / Math.max(1, d1Rows)), batches: (await flushes()) - flushes0,
+    d1: { rows: d1Rows, bytes: d1Bytes, org_rows: after.rows, org_bytes: after.bytes, batches: (await flushes()) - flushes0,
           bytes_per_million_requests: Math.round((d1Bytes / Math.max(1, total)) * 1e6) },
   };
 }

@@ -149,7 +149,7 @@ pub enum AdminOp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LedgerOp {
-    /// Drain the outbox to D1 now.
+    /// Send all pending usage (buckets and audit rows) to D1 now.
     Flush,
     /// Compare counters with the ledger; `repair` sets them to the ledger's truth.
     Reconcile { repair: bool },
@@ -192,7 +192,7 @@ impl OrgMsg {
 }
 
 /// The Durable Object's answer: an HTTP answer the Worker can pass on as it is, plus what the
-/// proxy needs (the plan, and the outbox row holding a proxied request's units).
+/// proxy needs (the plan, and the token of the hold on a proxied request's units).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrgReply {
     pub status: u16,

@@ -204,7 +204,7 @@ impl LedgerAgg {
     }
 }
 
-/// What a fixed-window counter should hold, given what D1 has and what the outbox still holds.
+/// What a fixed-window counter should hold, given what D1 has and what is still pending.
 pub fn expected(agg: Aggregation, ledger: &LedgerAgg, queued: &LedgerAgg) -> u64 {
     match agg {
         Aggregation::Sum => u64::try_from(ledger.total.saturating_add(queued.total).max(0)).unwrap_or(0),

@@ -474,11 +474,11 @@ impl Book {
         Ok(Settled { reservation: r, settlement })
     }
 
-    /// Gives back `q` units that a proxied request was admitted with at `admitted_at` (an
-    /// optimistic reservation whose only record is its outbox row): each rate window's backlog
-    /// shrinks by `q`, and each fixed window gives them back only if it is still the window they
-    /// were counted in. The caller guarantees it runs at most once per admission (it deletes
-    /// the outbox row in the same step) and skips it when a reset came after `admitted_at`.
+    /// Gives back `q` units that a proxied request was admitted with at `admitted_at` (on its
+    /// meter and every composite it is part of): each rate window's backlog shrinks by `q`, and
+    /// each fixed window gives them back only if it is still the window they were counted in.
+    /// The caller guarantees it runs at most once per admission (it drops the request's hold in
+    /// the same step) and skips it when a reset came after `admitted_at`.
     pub fn release_admitted(
         &mut self,
         policy: &Policy,

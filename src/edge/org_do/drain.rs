@@ -1,5 +1,6 @@
-//! The I/O that leaves the org Durable Object: outbox rows to the D1 ledger, threshold alerts to
-//! their webhook, and the ledger sums reconciliation compares with.
+//! The I/O that leaves the org Durable Object: bucket batches and audit rows to the org's D1
+//! ledger shard, the plan's version from D1, threshold alerts to their webhook, the ledger sums
+//! reconciliation compares with, and the org's own report (repairs, drift alerts, gauges).
 //!
 //! Each driver reads what it sends synchronously, awaits the platform, then writes the outcome
 //! synchronously; it never holds decided state across an await, and the rules it follows

@@ -1,11 +1,12 @@
 //! `OrgQuota`: the Durable Object that is the single writer of one org's counters and the
-//! at-least-once source of its usage ledger. It is glue around `crate::org::OrgMachine`.
+//! source of its usage ledger (bucket batches D1 applies exactly once). It is glue around `crate::org::OrgMachine`.
 //!
 //! Every message is decode → load what the step needs (`Store::load`) → step the machine →
 //! apply its writes (`Store::apply`) → arm the alarm for the machine's wake-up time → reply.
 //! Everything from the load to the apply is synchronous, so the output gate and `SQLite`'s
-//! implicit transaction make it atomic; the only awaits are the alarm and the ledger I/O in
-//! `drain`, which never holds decided state across an await. It owns no rule of its own, never
+//! implicit transaction make it atomic; the only awaits are the alarm and the D1 I/O in `drain`
+//! (the ledger flush, the org's report, and a stale plan's lookup, which comes before a step,
+//! never inside one), which never holds decided state across an await. It owns no rule of its own, never
 //! answers from memory alone, never calls the origin, and never panics.
 
 mod drain;
@@ -47,7 +48,7 @@ impl DoError {
                 let detail = "The org's quota state could not be read or written.";
                 OrgReply::problem(500, problem_body(500, "internal", "Internal error", detail))
             }
-            // Nothing is lost: what the ledger did not take stays queued in the outbox.
+            // Nothing is lost: what the ledger did not take stays pending in the DO.
             Self::Ledger(e) => {
                 let detail = format!("The ledger did not answer; what it did not take stays queued. ({e})");
                 OrgReply::problem(503, problem_body(503, "ledger-unavailable", "Ledger unavailable", &detail))

@@ -2,12 +2,14 @@
 //!
 //! The Durable Object asks `needs_*` what to load for a message, loads it into a `Snapshot`,
 //! calls `step_*`, applies the returned `Writes`, arms its alarm for `wake`, and replies. The
-//! machine owns authorisation, replays, the outbox and its readiness, the optimistic
-//! reservation that *is* an outbox row, provisional reservations and their expiry, alert
-//! crossings, decision counts, flush backoff and the reconciliation arithmetic. It keeps in
-//! memory only what it is the single writer of (config, key hashes, reset marks, the outbox
-//! sequence, wake-up times, unsaved counts). This file holds the machine and its dispatch;
-//! `ops` the org operations' rules, `reconcile` the comparison with the ledger. It must never do
+//! machine owns authorisation, replays, the ledger buckets and their sealed batches, audit rows,
+//! the in-memory holds a failed origin call releases, provisional reservations and their expiry,
+//! alert crossings, decision counts, flush timing and backoff, plan refresh and report times,
+//! the usage API's own limit and the reconciliation arithmetic. It keeps in memory only what it
+//! is the single writer of (config, key hashes, reset marks, buckets, sequence numbers, wake-up
+//! times, unsaved counts), plus the holds and the API allowance, which are memory only by
+//! design. This file holds the machine and its dispatch; `ops` the org operations' rules,
+//! `reconcile` the comparison with the ledger, `api` the usage API's limit. It must never do
 //! I/O, read a clock or import `worker`; `now` is always an argument.
 
 mod api;

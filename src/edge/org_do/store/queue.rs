@@ -1,6 +1,7 @@
-//! The rows the drain works through: ready outbox rows and their removal once D1 has them,
-//! what is still pending, idempotency retention, the outbox's sums for reconciliation, and
-//! alerts due for delivery. Synchronous, like every statement of the store.
+//! The rows the drain works through: ready audit rows (and an earlier build's queued rows) and
+//! their removal once D1 has them, what is still pending, idempotency retention, the queued
+//! rows' sums for reconciliation, and alerts due for delivery. Synchronous, like every statement
+//! of the store.
 
 use serde::Deserialize;
 
