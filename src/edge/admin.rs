@@ -393,12 +393,15 @@ async fn metrics(env: &Env) -> Handled {
     // Each org's DO publishes its gauges to its own shard.
     let mut rows = Vec::new();
     let mut repairs = Vec::new();
+    let mut backlog = (0u64, 0u64);
     for shard in ledger::all_shards(env, settings(env).ledger_shards)? {
         rows.extend(ledger::gauges(&shard).await?);
         repairs.extend(ledger::repair_counts(&shard).await?);
+        let (pending, expired) = ledger::stripe_backlog(&shard).await?;
+        backlog = (backlog.0.saturating_add(pending), backlog.1.saturating_add(expired));
     }
     rows.sort_by(|a, b| (&a.name, &a.labels).cmp(&(&b.name, &b.labels)));
-    let mut out = ledger::live_metrics(&db, now()).await?;
+    let mut out = ledger::live_metrics(&db, now(), backlog).await?;
     out.push_str("# HELP quotagate_reconcile_repairs_total Counters an org repaired by itself (drift within RECONCILE_AUTOFIX_PCT).\n# TYPE quotagate_reconcile_repairs_total counter\n");
     repairs.sort();
     for (org, n) in &repairs {

@@ -15,16 +15,6 @@ use super::platform::{now, settings};
 use crate::policy::stripe::{backoff_ms, breaker_after, classify, meter_event_form, Answer, MAX_AGE_SECS};
 use crate::policy::Timestamp;
 
-/// Claims unclaimed usage of Stripe customers on every shard: the event name and customer come
-/// with each hourly row, as they were when its usage was recorded.
-async fn claim(env: &Env, t: Timestamp) -> Result<u64, EdgeError> {
-    let mut claimed = 0u64;
-    for db in ledger::all_shards(env, settings(env).ledger_shards)? {
-        claimed = claimed.saturating_add(ledger::claim_hourly(&db, t).await?);
-    }
-    Ok(claimed)
-}
-
 /// Sends one meter event; (HTTP status, body) or the transport error.
 async fn send(env: &Env, b: &Batch, secret: &str) -> Result<(u16, String), String> {
     let base = &settings(env).stripe_api_base;
@@ -46,7 +36,9 @@ async fn send(env: &Env, b: &Batch, secret: &str) -> Result<(u16, String), Strin
     Ok((status, res.text().await.unwrap_or_default()))
 }
 
-/// One reporting run: claim, then send due batches (all pending ones when `force`). Returns a
+/// One reporting run, shard by shard: claim, then send due batches (all pending ones when
+/// `force`). Each shard keeps the batches claimed from its own hourly rows (a claim and its mark
+/// are one transaction there); the breaker is the catalogue's, shared by every shard. Returns a
 /// summary; a configuration gap or an open breaker is a summary too, not an error.
 pub async fn sync(env: &Env, force: bool) -> Result<Value, EdgeError> {
     let db = ledger::db(env)?;
@@ -55,57 +47,63 @@ pub async fn sync(env: &Env, force: bool) -> Result<Value, EdgeError> {
         return Ok(json!({"skipped": "STRIPE_SECRET_KEY is not configured"}));
     };
     let state = ledger::stripe_breaker(&db).await?;
-    let claimed = claim(env, t).await?;
+    let shards = ledger::all_shards(env, settings(env).ledger_shards)?;
+    let mut claimed = 0u64;
+    for shard in &shards {
+        claimed = claimed.saturating_add(ledger::claim_hourly(shard, t).await?);
+    }
     if state.open_until > t.millis() {
         let until = Timestamp::from_millis(state.open_until).rfc3339();
         return Ok(json!({"claimed": claimed, "sent": 0, "breaker": "open", "open_until": until}));
     }
-    let due: Vec<Batch> = ledger::due_batches(&db, t, force).await?;
     let (mut failures, mut open_until) = (state.failures, state.open_until);
     let (mut sent, mut delivered, mut failed, mut expired) = (0u64, 0u64, 0u64, 0u64);
-    for b in &due {
-        if t.secs().saturating_sub(b.hour) > MAX_AGE_SECS {
-            let why = "older than Stripe's 35-day window for meter events: not reportable";
-            ledger::expire_batch(&db, &b.id, why).await?;
-            worker::console_error!(
-                "{}",
-                json!({"msg": "stripe batch expired", "batch": b.id, "value": b.value, "error": why})
-            );
-            expired = expired.saturating_add(1);
-            continue;
-        }
-        sent = sent.saturating_add(1);
-        let outcome = send(env, b, &secret).await;
-        let answer = match &outcome {
-            Ok((status, body)) => classify(*status, body),
-            Err(_) => Answer::Failed,
-        };
-        let attempts = b.attempts.saturating_add(1);
-        if answer == Answer::Delivered {
-            delivered = delivered.saturating_add(1);
-            ledger::settle_batch(&db, &b.id, attempts, t).await?;
-        } else {
-            failed = failed.saturating_add(1);
-            let why = match &outcome {
-                Ok((status, body)) => {
-                    format!("Stripe answered {status}: {}", body.chars().take(300).collect::<String>())
-                }
-                Err(e) => format!("no answer: {e}"),
+    'shards: for shard in &shards {
+        let due: Vec<Batch> = ledger::due_batches(shard, t, force).await?;
+        for b in &due {
+            if t.secs().saturating_sub(b.hour) > MAX_AGE_SECS {
+                let why = "older than Stripe's 35-day window for meter events: not reportable";
+                ledger::expire_batch(shard, &b.id, why).await?;
+                worker::console_error!(
+                    "{}",
+                    json!({"msg": "stripe batch expired", "batch": b.id, "value": b.value, "error": why})
+                );
+                expired = expired.saturating_add(1);
+                continue;
+            }
+            sent = sent.saturating_add(1);
+            let outcome = send(env, b, &secret).await;
+            let answer = match &outcome {
+                Ok((status, body)) => classify(*status, body),
+                Err(_) => Answer::Failed,
             };
-            let next = t.saturating_add_ms(backoff_ms(attempts));
-            ledger::fail_batch(&db, &b.id, attempts, next, &why).await?;
-            worker::console_warn!(
-                "{}",
-                json!({"msg": "stripe report failed", "batch": b.id, "attempts": attempts, "error": why})
-            );
-        }
-        (failures, open_until) = breaker_after(failures, open_until, answer == Answer::Failed, t.millis());
-        if open_until > t.millis() {
-            worker::console_error!(
-                "{}",
-                json!({"msg": "stripe breaker open", "until": Timestamp::from_millis(open_until).rfc3339()})
-            );
-            break;
+            let attempts = b.attempts.saturating_add(1);
+            if answer == Answer::Delivered {
+                delivered = delivered.saturating_add(1);
+                ledger::settle_batch(shard, &b.id, attempts, t).await?;
+            } else {
+                failed = failed.saturating_add(1);
+                let why = match &outcome {
+                    Ok((status, body)) => {
+                        format!("Stripe answered {status}: {}", body.chars().take(300).collect::<String>())
+                    }
+                    Err(e) => format!("no answer: {e}"),
+                };
+                let next = t.saturating_add_ms(backoff_ms(attempts));
+                ledger::fail_batch(shard, &b.id, attempts, next, &why).await?;
+                worker::console_warn!(
+                    "{}",
+                    json!({"msg": "stripe report failed", "batch": b.id, "attempts": attempts, "error": why})
+                );
+            }
+            (failures, open_until) = breaker_after(failures, open_until, answer == Answer::Failed, t.millis());
+            if open_until > t.millis() {
+                worker::console_error!(
+                    "{}",
+                    json!({"msg": "stripe breaker open", "until": Timestamp::from_millis(open_until).rfc3339()})
+                );
+                break 'shards;
+            }
         }
     }
     ledger::set_breaker(&db, failures, open_until).await?;

@@ -9,11 +9,13 @@ import path from "node:path";
 import { execFileSync } from "node:child_process";
 import { startGateway, tempDir, ROOT } from "../support/gateway.mjs";
 import { createOrigin } from "../support/origin.mjs";
+import { createStripe } from "../support/stripe.mjs";
 import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
 
 const CONFIG = path.join(ROOT, ".scale.wrangler.toml");
 const REFRESH_SECS = 2;
-let gw, api, dir, origin;
+const STRIPE_KEY = "sk_test_scale";
+let gw, api, dir, origin, stripe;
 
 /** Every D1 database file under the persistence directory (one per shard). */
 async function databases() {
@@ -53,26 +55,30 @@ migrations_dir = "migrations"
   }
   origin = createOrigin();
   const port = await origin.listen();
+  stripe = createStripe(STRIPE_KEY);
+  const stripePort = await stripe.listen();
   gw = await startGateway({
     config: CONFIG,
     persistTo: dir,
     migrateFirst: false,
-    vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}`, LEDGER_SHARDS: "2", PLAN_REFRESH_SECS: String(REFRESH_SECS) },
+    vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}`, LEDGER_SHARDS: "2", PLAN_REFRESH_SECS: String(REFRESH_SECS),
+      STRIPE_SECRET_KEY: STRIPE_KEY, STRIPE_API_BASE: `http://127.0.0.1:${stripePort}` },
   });
   api = client(gw.url);
 });
 after(async () => {
   await gw?.stop();
   await origin?.close();
+  await stripe?.close();
   fs.rmSync(CONFIG, { force: true });
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test("two ledger shards: orgs spread over both, each org's usage in its own shard, readers see all", async () => {
+test("two ledger shards: orgs spread over both, each org's usage in its own shard, readers and Stripe see all", async () => {
   await api.plan("sharded", { limits: [{ meter: "rows", limit: 1000, period: "month" }] });
   const orgs = Array.from({ length: 8 }, (_, i) => `sh-${i}`);
   for (const [i, id] of orgs.entries()) {
-    await api.org(id, { plan: "sharded" });
+    await api.org(id, { plan: "sharded", stripe_customer_id: `cus_${id}` });
     const { key } = await api.key(id);
     const r = await api.call("POST", "/_quota/v1/events", { key, body: { events: [{ id: "e1", meter: "rows", quantity: i + 1 }] } });
     assert.equal(r.status, 200);
@@ -94,6 +100,14 @@ test("two ledger shards: orgs spread over both, each org's usage in its own shar
   const exp = await api.admin("GET", `/export?from=${today}&to=${today}`);
   const exported = exp.json.rows.filter((r) => r.org_id.startsWith("sh-")).map((r) => [r.org_id, r.quantity]);
   assert.deepEqual(exported, orgs.map((id, i) => [id, i + 1]), "the export visits every shard");
+  // Stripe reporting claims and sends on every shard, and marks each ledger row it reported.
+  const sync = await api.admin("POST", "/stripe/sync");
+  assert.deepEqual([sync.json.claimed, sync.json.delivered, sync.json.failed], [8, 8, 0], sync.text);
+  assert.deepEqual(stripe.billed(), Object.fromEntries(orgs.map((id, i) => [`cus_${id}/rows`, i + 1])));
+  const unreported = (await query("SELECT COUNT(*) AS n FROM usage_hourly WHERE stripe_reported_at IS NULL AND org_id LIKE 'sh-%'")).map((r) => r[0].n);
+  assert.deepEqual(unreported, [0, 0], "every hourly row in both shards carries stripe_reported_at");
+  const metrics = (await api.call("GET", "/_quota/admin/metrics", { token: ADMIN_TOKEN })).text;
+  assert.match(metrics, /^quotagate_stripe_pending_batches 0$/m);
 });
 
 test("a plan change for 1,000 orgs: no fan-out, flat PUT, every org converges, a failed one too", async () => {

@@ -63,9 +63,9 @@ pub async fn claim_hourly(db: &D1Database, now: Timestamp) -> Result<u64, EdgeEr
         WHERE customer IS NOT NULL AND quantity > stripe_claimed ORDER BY start LIMIT ?2";
     let stmts = vec![
         db.prepare(format!(
-            "INSERT INTO stripe_batches (id, org_id, stripe_customer_id, event_name, meter, hour, value, events, status, created_at) \
+            "INSERT INTO stripe_batches (id, org_id, stripe_customer_id, event_name, meter, hour, value, events, status, created_at, bucket_start) \
              SELECT 'qg_' || org_id || '_' || meter || '_' || (start / 1000) || '_' || stripe_claimed, org_id, customer, \
-             event_name, meter, (start / 3600000) * 3600, quantity - stripe_claimed, events, 'pending', ?1 FROM usage_hourly \
+             event_name, meter, (start / 3600000) * 3600, quantity - stripe_claimed, events, 'pending', ?1, start FROM usage_hourly \
              WHERE (org_id, meter, start) IN ({PICK}) ON CONFLICT (id) DO NOTHING"
         ))
         .bind(&[t(now)?, js_int(CLAIMS_PER_RUN)?])
@@ -81,6 +81,23 @@ pub async fn claim_hourly(db: &D1Database, now: Timestamp) -> Result<u64, EdgeEr
         .and_then(|m| m.changes)
         .and_then(|c| u64::try_from(c).ok())
         .unwrap_or(0))
+}
+
+/// Batches waiting to be sent, and batches past Stripe's window, on one shard.
+pub async fn stripe_backlog(db: &D1Database) -> Result<(u64, u64), EdgeError> {
+    #[derive(Deserialize)]
+    struct B {
+        pending: u64,
+        expired: u64,
+    }
+    let r: Vec<B> = rows(
+        db,
+        "SELECT COALESCE(SUM(status = 'pending'), 0) AS pending, COALESCE(SUM(status = 'expired'), 0) AS expired FROM stripe_batches",
+        &[],
+        "stripe batches",
+    )
+    .await?;
+    Ok(r.first().map_or((0, 0), |b| (b.pending, b.expired)))
 }
 
 /// Pending batches due now (every pending one when `force`), oldest first, at most 100.
@@ -114,6 +131,12 @@ pub async fn settle_batch(db: &D1Database, id: &str, attempts: u32, at: Timestam
         db.prepare("UPDATE usage_events SET stripe_reported_at = ? WHERE stripe_batch = ?")
             .bind(&[t(at)?, s(id)])
             .map_err(EdgeError::platform("bind"))?,
+        db.prepare(
+            "UPDATE usage_hourly SET stripe_reported_at = ?1 WHERE (org_id, meter, start) IN \
+             (SELECT org_id, meter, bucket_start FROM stripe_batches WHERE id = ?2)",
+        )
+        .bind(&[t(at)?, s(id)])
+        .map_err(EdgeError::platform("bind"))?,
     ];
     db.batch(stmts).await.map_err(EdgeError::platform("stripe settle"))?;
     Ok(())

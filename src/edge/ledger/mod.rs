@@ -11,7 +11,8 @@ mod ops;
 mod usage;
 
 pub use billing::{
-    claim_hourly, due_batches, expire_batch, fail_batch, set_breaker, settle_batch, stripe_breaker, Batch,
+    claim_hourly, due_batches, expire_batch, fail_batch, set_breaker, settle_batch, stripe_backlog, stripe_breaker,
+    Batch,
 };
 pub use ops::{add_latency, gauges, latency, live_metrics, record_alert_attempt, set_gauges, AlertAttempt};
 pub use usage::{

@@ -58,13 +58,13 @@ struct OutcomeRow {
     n: i64,
 }
 
-/// Metrics read live from D1: the Stripe breaker and backlog, and alert deliveries by outcome.
-pub async fn live_metrics(db: &D1Database, at: Timestamp) -> Result<String, EdgeError> {
+/// Metrics read live from D1: the Stripe breaker, the Stripe backlog (pending and expired
+/// batches, summed over the shards by the caller), and alert deliveries by outcome.
+pub async fn live_metrics(db: &D1Database, at: Timestamp, backlog: (u64, u64)) -> Result<String, EdgeError> {
     let live: Option<LiveRow> = db
         .prepare(
             "SELECT CASE WHEN open_until > ? THEN 1 ELSE 0 END AS breaker_open, failures, \
-             (SELECT COUNT(*) FROM stripe_batches WHERE status = 'pending') AS pending, \
-             (SELECT COUNT(*) FROM stripe_batches WHERE status = 'expired') AS expired FROM stripe_state WHERE id = 1",
+             0 AS pending, 0 AS expired FROM stripe_state WHERE id = 1",
         )
         .bind(&[t(at)?])
         .map_err(EdgeError::platform("bind"))?
@@ -78,7 +78,9 @@ pub async fn live_metrics(db: &D1Database, at: Timestamp) -> Result<String, Edge
         "alert_deliveries query",
     )
     .await?;
-    let l = live.unwrap_or(LiveRow { breaker_open: 0, failures: 0, pending: 0, expired: 0 });
+    let mut l = live.unwrap_or(LiveRow { breaker_open: 0, failures: 0, pending: 0, expired: 0 });
+    (l.pending, l.expired) =
+        (i64::try_from(backlog.0).unwrap_or(i64::MAX), i64::try_from(backlog.1).unwrap_or(i64::MAX));
     let mut out = format!(
         "# HELP quotagate_stripe_breaker_open 1 while Stripe reporting is paused after consecutive failures.\n\
          # TYPE quotagate_stripe_breaker_open gauge\nquotagate_stripe_breaker_open {}\n\
