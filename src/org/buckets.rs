@@ -121,18 +121,26 @@ impl Buckets {
         out
     }
 
-    /// Counts `quantity` at `ts` into `key`'s bucket; returns the bucket to store.
-    pub fn add(&mut self, key: BucketKey, terms: &Terms, quantity: u64, ts: u64) -> (BucketKey, Bucket) {
-        let b = self.open.entry(key.clone()).or_insert_with(|| Bucket { terms: terms.clone(), ..Bucket::default() });
-        b.add(quantity, ts);
-        (key, b.clone())
+    /// Applies `f` to `key`'s open bucket. A new bucket takes `terms()`, called only then: the
+    /// hot path clones neither the key nor the terms for a bucket that exists.
+    fn update(&mut self, key: &BucketKey, terms: impl FnOnce() -> Terms, f: impl FnOnce(&mut Bucket)) {
+        if let Some(b) = self.open.get_mut(key) {
+            f(b);
+            return;
+        }
+        let mut b = Bucket { terms: terms(), ..Bucket::default() };
+        f(&mut b);
+        self.open.insert(key.clone(), b);
+    }
+
+    /// Counts `quantity` at `ts` into `key`'s bucket.
+    pub fn add(&mut self, key: &BucketKey, terms: impl FnOnce() -> Terms, quantity: u64, ts: u64) {
+        self.update(key, terms, |b| b.add(quantity, ts));
     }
 
     /// Takes `quantity` back from `key`'s bucket (negative if that usage was already sealed).
-    pub fn take_back(&mut self, key: BucketKey, terms: &Terms, quantity: u64) -> (BucketKey, Bucket) {
-        let b = self.open.entry(key.clone()).or_insert_with(|| Bucket { terms: terms.clone(), ..Bucket::default() });
-        b.take_back(quantity);
-        (key, b.clone())
+    pub fn take_back(&mut self, key: &BucketKey, terms: impl FnOnce() -> Terms, quantity: u64) {
+        self.update(key, terms, |b| b.take_back(quantity));
     }
 
     /// Seals every open bucket into the next batch, unless a batch is already in flight or
@@ -230,10 +238,10 @@ mod tests {
     #[test]
     fn sealing_moves_every_open_bucket_into_one_batch_at_a_time() {
         let mut b = Buckets::default();
-        b.add(BucketKey::at("m", 5, []), &terms(), 3, 5);
-        b.add(BucketKey::at("m", 6, []), &terms(), 4, 6);
+        b.add(&BucketKey::at("m", 5, []), terms, 3, 5);
+        b.add(&BucketKey::at("m", 6, []), terms, 4, 6);
         assert_eq!(b.seal(), Some(1));
-        b.add(BucketKey::at("m", 7, []), &terms(), 1, 7);
+        b.add(&BucketKey::at("m", 7, []), terms, 1, 7);
         assert_eq!(b.seal(), None, "one batch in flight");
         assert!(!b.confirm(2));
         assert!(b.confirm(1));
@@ -247,9 +255,10 @@ mod tests {
     fn a_release_after_the_seal_is_a_negative_delta() {
         let mut b = Buckets::default();
         let k = BucketKey::at("m", 5, []);
-        b.add(k.clone(), &terms(), 3, 5);
+        b.add(&k, terms, 3, 5);
         b.seal();
-        let (_, row) = b.take_back(k.clone(), &terms(), 3);
+        b.take_back(&k, terms, 3);
+        let (_, row) = b.open_row(&k).unwrap_or_else(|| unreachable!());
         assert_eq!((row.quantity, row.events), (-3, -1));
         let agg = b.agg("m", 0, HOUR_MS);
         assert_eq!(agg.total, 0);
@@ -262,9 +271,9 @@ mod tests {
     #[test]
     fn rows_round_trip_through_storage() {
         let mut b = Buckets::default();
-        b.add(BucketKey::at("m", 5, []), &terms(), 3, 5);
+        b.add(&BucketKey::at("m", 5, []), terms, 3, 5);
         b.seal();
-        b.add(BucketKey::at("n", 6, []), &terms(), 2, 6);
+        b.add(&BucketKey::at("n", 6, []), terms, 2, 6);
         let mut rows = Vec::new();
         for (k, v) in &b.open {
             rows.push((0, k.clone(), v.clone()));

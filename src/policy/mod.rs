@@ -8,6 +8,7 @@ pub mod billing;
 pub mod classify;
 pub mod clock;
 pub mod codec;
+pub mod composite;
 pub mod decision;
 pub mod engine;
 pub mod headers;

@@ -75,12 +75,7 @@ pub async fn claim_hourly(db: &D1Database, now: Timestamp) -> Result<u64, EdgeEr
             .map_err(EdgeError::platform("bind"))?,
     ];
     let results = db.batch(stmts).await.map_err(EdgeError::platform("stripe claim"))?;
-    Ok(results
-        .first()
-        .and_then(|r| r.meta().ok().flatten())
-        .and_then(|m| m.changes)
-        .and_then(|c| u64::try_from(c).ok())
-        .unwrap_or(0))
+    Ok(results.first().map_or(0, super::changes))
 }
 
 /// Batches waiting to be sent, and batches past Stripe's window, on one shard.

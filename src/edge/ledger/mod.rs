@@ -59,6 +59,11 @@ fn t(ts: Timestamp) -> Result<JsValue, EdgeError> {
     js_int(ts.millis())
 }
 
+/// The rows one statement of a batch changed (0 when D1 does not say).
+fn changes(r: &worker::D1Result) -> u64 {
+    r.meta().ok().flatten().and_then(|m| m.changes).and_then(|c| u64::try_from(c).ok()).unwrap_or(0)
+}
+
 /// Runs one query and reads every row as `T`; `what` names the query in errors.
 async fn rows<T: for<'de> Deserialize<'de>>(
     db: &D1Database,

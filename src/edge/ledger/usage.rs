@@ -12,7 +12,7 @@ use worker::D1Database;
 use super::{opt, rows, s, t};
 use crate::edge::error::EdgeError;
 use crate::edge::platform::{js_int, js_signed};
-use crate::org::buckets::Sealed;
+use crate::org::buckets::{Bucket, BucketKey, Sealed};
 use crate::policy::{OrgId, Timestamp};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,10 +144,7 @@ pub async fn prune(db: &D1Database, hourly_before: Timestamp, daily_before: Time
     .collect::<Result<Vec<_>, _>>()
     .map_err(EdgeError::platform("bind"))?;
     let results = db.batch(stmts).await.map_err(EdgeError::platform("ledger prune"))?;
-    Ok(results
-        .iter()
-        .filter_map(|r| r.meta().ok().flatten().and_then(|m| m.changes).and_then(|c| u64::try_from(c).ok()))
-        .sum())
+    Ok(results.iter().map(super::changes).sum())
 }
 
 // ------------------------------------------------------------------ from the org Durable Object
@@ -196,6 +193,25 @@ pub async fn insert_usage(
     Ok(())
 }
 
+/// A `VALUES` list of numbered parameters for `rows`, after the shared `head` parameters, and
+/// every argument in order: one row's arguments come from `row`.
+fn values_rows(
+    head: Vec<JsValue>,
+    rows: &[(BucketKey, Bucket)],
+    row: impl Fn(&BucketKey, &Bucket) -> Result<Vec<JsValue>, EdgeError>,
+) -> Result<(String, Vec<JsValue>), EdgeError> {
+    let mut args = head;
+    let mut values = Vec::with_capacity(rows.len());
+    for (k, b) in rows {
+        let first = args.len().saturating_add(1);
+        let these = row(k, b)?;
+        let marks: Vec<String> = (first..first.saturating_add(these.len())).map(|i| format!("?{i}")).collect();
+        values.push(format!("({})", marks.join(", ")));
+        args.extend(these);
+    }
+    Ok((values.join(", "), args))
+}
+
 /// Hourly rows per INSERT (11 parameters each, plus 4 shared) and daily rows (9 each).
 const HOURLY_PER_INSERT: usize = 8;
 const DAILY_PER_INSERT: usize = 10;
@@ -218,59 +234,51 @@ pub async fn apply_buckets(
         first_ts = CASE WHEN first_ts = 0 THEN excluded.first_ts WHEN excluded.first_ts = 0 THEN first_ts \
         ELSE MIN(first_ts, excluded.first_ts) END";
     let head = || -> Result<Vec<JsValue>, EdgeError> { Ok(vec![s(org.as_str()), js_int(epoch)?, js_int(sealed.seq)?]) };
+    let hourly = |k: &BucketKey, b: &Bucket| -> Result<Vec<JsValue>, EdgeError> {
+        Ok(vec![
+            s(&k.meter),
+            js_int(k.start)?,
+            s(&b.terms.plan),
+            s(&b.terms.event_name),
+            opt(b.terms.customer.as_deref()),
+            js_signed(b.quantity)?,
+            js_signed(b.events)?,
+            js_int(b.max_value)?,
+            js_int(b.last_value)?,
+            js_int(b.last_ts)?,
+            js_int(b.first_ts)?,
+        ])
+    };
+    let daily = |k: &BucketKey, b: &Bucket| -> Result<Vec<JsValue>, EdgeError> {
+        Ok(vec![
+            s(&k.meter),
+            s(&Timestamp::from_millis(k.start).date().to_string()),
+            s(&b.terms.plan),
+            js_signed(b.quantity)?,
+            js_signed(b.events)?,
+            js_int(b.max_value)?,
+            js_int(b.last_value)?,
+            js_int(b.last_ts)?,
+            js_int(b.first_ts)?,
+        ])
+    };
     let mut stmts = Vec::new();
     for chunk in sealed.buckets.chunks(HOURLY_PER_INSERT) {
-        let mut args = head()?;
-        let mut values = Vec::with_capacity(chunk.len());
-        for (k, b) in chunk {
-            let n = args.len();
-            values.push(format!("({})", (1..=11).map(|i| format!("?{}", n + i)).collect::<Vec<_>>().join(", ")));
-            args.extend([
-                s(&k.meter),
-                js_int(k.start)?,
-                s(&b.terms.plan),
-                s(&b.terms.event_name),
-                opt(b.terms.customer.as_deref()),
-                js_signed(b.quantity)?,
-                js_signed(b.events)?,
-                js_int(b.max_value)?,
-                js_int(b.last_value)?,
-                js_int(b.last_ts)?,
-                js_int(b.first_ts)?,
-            ]);
-        }
+        let (values, args) = values_rows(head()?, chunk, hourly)?;
         let sql = format!(
             "INSERT INTO usage_hourly (org_id, meter, start, plan_id, event_name, customer, quantity, events, max_value, \
              last_value, last_ts, first_ts) SELECT ?1, column1, column2, column3, column4, column5, column6, column7, \
-             column8, column9, column10, column11 FROM (VALUES {}) {GUARD} \
-             ON CONFLICT (org_id, meter, start) DO UPDATE SET {MERGE}",
-            values.join(", ")
+             column8, column9, column10, column11 FROM (VALUES {values}) {GUARD} \
+             ON CONFLICT (org_id, meter, start) DO UPDATE SET {MERGE}"
         );
         stmts.push(db.prepare(sql).bind(&args).map_err(EdgeError::platform("bind"))?);
     }
     for chunk in sealed.buckets.chunks(DAILY_PER_INSERT) {
-        let mut args = head()?;
-        let mut values = Vec::with_capacity(chunk.len());
-        for (k, b) in chunk {
-            let n = args.len();
-            values.push(format!("({})", (1..=9).map(|i| format!("?{}", n + i)).collect::<Vec<_>>().join(", ")));
-            args.extend([
-                s(&k.meter),
-                s(&Timestamp::from_millis(k.start).date().to_string()),
-                s(&b.terms.plan),
-                js_signed(b.quantity)?,
-                js_signed(b.events)?,
-                js_int(b.max_value)?,
-                js_int(b.last_value)?,
-                js_int(b.last_ts)?,
-                js_int(b.first_ts)?,
-            ]);
-        }
+        let (values, args) = values_rows(head()?, chunk, daily)?;
         let sql = format!(
             "INSERT INTO usage_daily (org_id, meter, day, plan_id, quantity, events, max_value, last_value, last_ts, \
              first_ts) SELECT ?1, column1, column2, column3, column4, column5, column6, column7, column8, column9 \
-             FROM (VALUES {}) {GUARD} ON CONFLICT (org_id, meter, day) DO UPDATE SET plan_id = excluded.plan_id, {MERGE}",
-            values.join(", ")
+             FROM (VALUES {values}) {GUARD} ON CONFLICT (org_id, meter, day) DO UPDATE SET plan_id = excluded.plan_id, {MERGE}"
         );
         stmts.push(db.prepare(sql).bind(&args).map_err(EdgeError::platform("bind"))?);
     }

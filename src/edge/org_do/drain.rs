@@ -274,8 +274,11 @@ async fn flush_all(q: &OrgQuota) -> DoResult<(u64, u64, Option<Timestamp>)> {
         })?;
         let Some(sealed) = sealed else { break };
         ledger::apply_buckets(&db, &org, epoch, &sealed, now()).await?;
-        q.with_machine(|m, store, now| Ok(store.apply(&m.ledger_confirmed(sealed.seq), now)?))?;
-        flushed = flushed.saturating_add(u64::try_from(sealed.events()).unwrap_or(0));
+        let events = q.with_machine(|m, store, now| {
+            store.apply(&m.ledger_confirmed(sealed.seq), now)?;
+            Ok(m.batch_events(&sealed))
+        })?;
+        flushed = flushed.saturating_add(events);
     }
     for _ in 0..ROUNDS_PER_FLUSH {
         let t = now();
