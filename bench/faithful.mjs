@@ -26,13 +26,15 @@ export function bundle(config, outdir) {
  * Returns { url, pid, persistTo, startedMs, stop() }; `startedMs` is spawn → first healthy answer.
  * `persistTo` reuses a state directory (kept on stop); otherwise a fresh one is made and removed.
  */
-export async function startFaithful({ name, script, vars = {}, durableObjects, d1, ratelimits, migrations = false, health, inspectorPort, persistTo: given }) {
+export async function startFaithful({ name, script, vars = {}, durableObjects, d1, ratelimits, migrations = false, health, inspectorPort, persistTo: given, replicas = 0 }) {
   // A given directory is the caller's (e.g. a restart on the same state) and is kept on stop.
   const persistTo = given ?? tempDir("quotagate-bench-");
   if (migrations) migrate(persistTo);
   const port = await freePort();
+  const replicaPorts = [];
+  for (let i = 0; i < replicas; i++) replicaPorts.push(await freePort());
   const spec = path.join(persistTo, "host.json");
-  fs.writeFileSync(spec, JSON.stringify({ name, script, port, persist: persistTo, vars, durableObjects, d1, ratelimits, inspectorPort }));
+  fs.writeFileSync(spec, JSON.stringify({ name, script, port, persist: persistTo, vars, durableObjects, d1, ratelimits, inspectorPort, replicas: replicaPorts }));
   const t0 = performance.now();
   const child = spawn(process.execPath, [path.join(ROOT, "bench/host.mjs"), spec], {
     cwd: ROOT,
@@ -48,8 +50,11 @@ export async function startFaithful({ name, script, vars = {}, durableObjects, d
   // Polled often: the time to the first healthy answer is the cold-start figure.
   await waitHealthy(child, `${url}${health}`, `host for ${name}`, () => out, 50);
   const startedMs = performance.now() - t0;
+  for (const p of replicaPorts) await waitHealthy(child, `http://127.0.0.1:${p}${health}`, `replica of ${name}`, () => out, 50);
   return {
     url,
+    /** Every isolate's address: the first Worker's, then each replica's. */
+    urls: [url, ...replicaPorts.map((p) => `http://127.0.0.1:${p}`)],
     inspector: inspectorPort,
     pid: child.pid,
     persistTo,

@@ -7,8 +7,11 @@
 // Usage: node bench/host.mjs SPEC.json, where SPEC is
 //   { name, script, port, persist?, vars?, durableObjects?: {BINDING: "Class"},
 //     d1?: {BINDING: "database_id"}, ratelimits?: {BINDING: {simple: {limit, period}}},
-//     inspectorPort? }
-// It prints "READY <url>" once the socket answers, and runs until killed.
+//     inspectorPort?, replicas?: [port, …] }
+// `replicas` runs more copies of the same Worker, each its own isolate on its own socket, all
+// bound to the first one's Durable Object namespace and the same D1: several isolates serving
+// one org, as several Cloudflare locations would (the lease mode's end-to-end test).
+// It prints "READY <url> [<replica url> …]" once the sockets answer, and runs until killed.
 import fs from "node:fs";
 import path from "node:path";
 import { convertV4MiniflareOptions, Log, LogLevel, Miniflare } from "miniflare";
@@ -18,29 +21,33 @@ const persist = spec.persist ? path.resolve(spec.persist, "v3") : undefined;
 const durableObjects = Object.fromEntries(
   Object.entries(spec.durableObjects ?? {}).map(([binding, className]) => [binding, { className, useSQLite: true }]),
 );
+const worker = (name, port, objects) => ({
+  name,
+  // The entry module first, then every other module the bundle holds beside it, named
+  // relative to the bundle's directory as its imports name them.
+  modulesRoot: path.dirname(path.resolve(spec.script)),
+  modules: [
+    { type: "ESModule", path: path.resolve(spec.script) },
+    ...fs
+      .readdirSync(path.dirname(path.resolve(spec.script)))
+      .filter((f) => f.endsWith(".wasm"))
+      .map((f) => ({ type: "CompiledWasm", path: path.join(path.dirname(path.resolve(spec.script)), f) })),
+  ],
+  compatibilityDate: "2026-10-01",
+  bindings: spec.vars ?? {},
+  durableObjects: objects,
+  d1Databases: spec.d1 ?? {},
+  ratelimits: spec.ratelimits,
+  unsafeDirectSockets: [{ host: "127.0.0.1", port }],
+});
+// A replica reaches the same Durable Object classes through the first Worker's namespace.
+const shared = Object.fromEntries(
+  Object.entries(durableObjects).map(([binding, d]) => [binding, { ...d, scriptName: spec.name }]),
+);
+const replicas = (spec.replicas ?? []).map((port, i) => worker(`${spec.name}-replica-${i + 1}`, port, shared));
 const mf = new Miniflare(convertV4MiniflareOptions({
   log: new Log(LogLevel[process.env.HOST_LOG_LEVEL ?? "WARN"]),
-  workers: [
-    {
-      name: spec.name,
-      // The entry module first, then every other module the bundle holds beside it, named
-      // relative to the bundle's directory as its imports name them.
-      modulesRoot: path.dirname(path.resolve(spec.script)),
-      modules: [
-        { type: "ESModule", path: path.resolve(spec.script) },
-        ...fs
-          .readdirSync(path.dirname(path.resolve(spec.script)))
-          .filter((f) => f.endsWith(".wasm"))
-          .map((f) => ({ type: "CompiledWasm", path: path.join(path.dirname(path.resolve(spec.script)), f) })),
-      ],
-      compatibilityDate: "2026-10-01",
-      bindings: spec.vars ?? {},
-      durableObjects,
-      d1Databases: spec.d1 ?? {},
-      ratelimits: spec.ratelimits,
-      unsafeDirectSockets: [{ host: "127.0.0.1", port: spec.port }],
-    },
-  ],
+  workers: [worker(spec.name, spec.port, durableObjects), ...replicas],
   // The layout wrangler uses for --persist-to DIR (DIR/v3/<plugin>), so migrations applied with
   // wrangler are the ones this runtime sees.
   resourcePersistencePath: persist,
@@ -50,8 +57,9 @@ const mf = new Miniflare(convertV4MiniflareOptions({
   ...(spec.inspectorPort ? { inspectorPort: spec.inspectorPort } : {}),
 }));
 await mf.ready;
-const url = await mf.unsafeGetDirectURL(spec.name);
-console.log(`READY ${url.href}`);
+const urls = [await mf.unsafeGetDirectURL(spec.name)];
+for (const r of replicas) urls.push(await mf.unsafeGetDirectURL(r.name));
+console.log(`READY ${urls.map((u) => u.href).join(" ")}`);
 const stop = async () => {
   await mf.dispose().catch(() => {});
   process.exit(0);

@@ -39,7 +39,7 @@ impl DecisionLog {
     pub fn wants(self, outcome: Outcome) -> bool {
         match self {
             Self::All => true,
-            Self::Refusals => !matches!(outcome, Outcome::Allowed | Outcome::Accepted),
+            Self::Refusals => !matches!(outcome, Outcome::Allowed | Outcome::Accepted | Outcome::Leased),
             Self::Off => false,
         }
     }
@@ -55,6 +55,8 @@ pub enum Outcome {
     Unauthorized,
     /// No decision could be had (the org's DO was unreachable and the plan fails closed).
     Unavailable,
+    /// Admitted by a Worker isolate from its lease, with no DO call (lease mode).
+    Leased,
 }
 
 impl Outcome {
@@ -66,12 +68,13 @@ impl Outcome {
             Self::Accepted => "accepted",
             Self::Unauthorized => "unauthorized",
             Self::Unavailable => "unavailable",
+            Self::Leased => "leased",
         }
     }
 
     #[must_use]
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Allowed, Self::Refused, Self::Accepted, Self::Unauthorized, Self::Unavailable]
+        [Self::Allowed, Self::Refused, Self::Accepted, Self::Unauthorized, Self::Unavailable, Self::Leased]
             .into_iter()
             .find(|o| o.as_str() == s)
     }

@@ -10,6 +10,7 @@ mod auth;
 mod cron;
 mod dashboard;
 mod error;
+mod leases;
 mod ledger;
 mod org_api;
 mod org_do;

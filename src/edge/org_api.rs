@@ -26,6 +26,7 @@ pub async fn check(mut req: Request, env: &Env) -> Handled {
         id,
         ttl_ms: body.ttl_secs.saturating_mul(1000),
         replayable: false,
+        lease: false,
     };
     let reply = call_do(env, &key.org, &OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash)), op }).await?;
     reply_response(&reply).map_err(EdgeError::platform("response"))

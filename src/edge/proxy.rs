@@ -10,8 +10,10 @@ use worker::{console_log, Context, Env, Fetch, Headers, Method, Request, Request
 
 use super::auth::authenticate;
 use super::error::{reply_response, EdgeError};
+use super::leases::{self, LeaseKey, Spend};
 use super::ledger;
 use super::platform::{call_do, now, random_hex, settings};
+use crate::org::msg::LeaseClosing;
 use crate::org::{Caller, DecideKind, KeyHash, OrgMsg, OrgOp, OrgReply};
 use crate::policy::classify::{usage_header_meter, Cost};
 use crate::policy::keys::{origin_signature, origin_signing_string, VerifiedKey};
@@ -22,12 +24,14 @@ use crate::wire::{problem_body, InputError, MAX_SAFE_INTEGER};
 type Handled = Result<Response, EdgeError>;
 
 /// Where the request's usage stands after the decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Source {
     /// The org's DO decided; `held` is the token a failed origin call releases its units with.
     Do { held: Option<u64> },
     /// The DO could not be asked and the plan fails open: forwarded, flagged, not counted.
     FailOpen,
+    /// Admitted from this isolate's lease `token` (lease mode), with no DO call.
+    Lease { token: u64, id: EventId },
 }
 
 struct Admitted {
@@ -87,6 +91,31 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
         Cost::Fixed(n) => (DecideKind::Proxy, n),
         Cost::Reported => (DecideKind::ProxyReported, 0),
     };
+    // Lease mode covers fixed costs without an Idempotency-Key (a replay must reach the DO).
+    let lease_key = (kind == DecideKind::Proxy && !replayable && quantity > 0).then(|| LeaseKey {
+        org: key.org.clone(),
+        key_hash: key.hash.clone(),
+        meter: class.meter.clone(),
+        cost: quantity,
+    });
+    let logged = Logged { org: &key.org, meter: &class.meter, quantity, started };
+    if let Some(k) = &lease_key {
+        match leases::take(k, started) {
+            Spend::Taken(taken) => {
+                if taken.renew {
+                    renew(env, ctx, k.clone(), taken.to_close);
+                }
+                logged.log(env, Outcome::Leased, 200, "lease");
+                let source = Source::Lease { token: taken.token, id: taken.id };
+                let admitted = Admitted { plan: taken.plan, headers: taken.headers, source: source.clone() };
+                let settle = Settler { env: env.clone(), org: key.org.clone(), id, source, lease_key };
+                return forward(req, env, ctx, key_header, &admitted, &settle).await;
+            }
+            Spend::AskAndClose(closings) => send_closings(env, ctx, k.clone(), closings),
+            Spend::Ask => {}
+        }
+    }
+    let asking = lease_key.as_ref().is_some_and(leases::ask);
     let op = OrgOp::Decide {
         meter: class.meter.clone(),
         quantity,
@@ -94,6 +123,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
         id: id.clone(),
         ttl_ms: cfg.release_window_ms,
         replayable,
+        lease: asking,
     };
     let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash.clone())), op };
     let decided = if cfg.fault_do_unavailable {
@@ -101,13 +131,19 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
     } else {
         call_do(env, &key.org, &msg).await
     };
-    let logged = Logged { org: &key.org, meter: &class.meter, quantity, started };
+    if let (true, Some(k)) = (asking, &lease_key) {
+        leases::asked(k);
+    }
     let admitted = match decided {
-        Ok(reply) if reply.status == 200 => Admitted {
-            plan: reply.plan.unwrap_or_default(),
-            headers: reply.headers,
-            source: Source::Do { held: reply.held },
-        },
+        Ok(reply) if reply.status == 200 => {
+            let plan = reply.plan.unwrap_or_default();
+            if let (Some(grant), Some(k)) = (reply.lease, lease_key.clone()) {
+                if let Some(closing) = leases::install(k.clone(), grant, plan.clone(), now()) {
+                    send_closings(env, ctx, k, vec![closing]);
+                }
+            }
+            Admitted { plan, headers: reply.headers, source: Source::Do { held: reply.held } }
+        }
         // The DO answered but could not decide (its storage failed): the same as no answer.
         Ok(reply) if reply.status >= 500 => {
             worker::console_error!(
@@ -131,8 +167,58 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
     };
     let source = if admitted.source == Source::FailOpen { "fail-open" } else { "proxy" };
     logged.log(env, Outcome::Allowed, 200, source);
-    let settle = Settler { env: env.clone(), org: key.org.clone(), id, source: admitted.source };
+    let settle = Settler { env: env.clone(), org: key.org.clone(), id, source: admitted.source.clone(), lease_key };
     forward(req, env, ctx, key_header, &admitted, &settle).await
+}
+
+/// Asks for the key's next lease off the client's path, closing the one it replaced.
+fn renew(env: &Env, ctx: &Context, k: LeaseKey, closing: Option<LeaseClosing>) {
+    let env = env.clone();
+    ctx.wait_until(async move {
+        let op = OrgOp::Lease { meter: k.meter.clone(), cost: k.cost, closing };
+        let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(k.key_hash.clone())), op };
+        let leftover = match call_do(&env, &k.org, &msg).await {
+            Ok(r) if r.status == 200 => match (r.lease, r.plan) {
+                (Some(grant), Some(plan)) => leases::install(k.clone(), grant, plan, now()).into_iter().collect(),
+                _ => leases::renewal_refused(&k, false),
+            },
+            Ok(r) => {
+                worker::console_error!(
+                    "{}",
+                    json!({"msg": "lease renewal refused", "org": k.org.as_str(), "status": r.status})
+                );
+                leases::renewal_refused(&k, true)
+            }
+            Err(e) => {
+                worker::console_error!(
+                    "{}",
+                    json!({"msg": "lease renewal failed", "org": k.org.as_str(), "error": e.to_string()})
+                );
+                leases::renewal_refused(&k, true)
+            }
+        };
+        close_now(&env, &k, leftover).await;
+    });
+}
+
+/// Closes leases this isolate stopped spending, off the client's path.
+fn send_closings(env: &Env, ctx: &Context, k: LeaseKey, closings: Vec<LeaseClosing>) {
+    let env = env.clone();
+    ctx.wait_until(async move { close_now(&env, &k, closings).await });
+}
+
+async fn close_now(env: &Env, k: &LeaseKey, closings: Vec<LeaseClosing>) {
+    for closing in closings {
+        // Cost 0: close only. A lost close strands its units; it never admits past a limit.
+        let op = OrgOp::Lease { meter: k.meter.clone(), cost: 0, closing: Some(closing) };
+        let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(k.key_hash.clone())), op };
+        if let Err(e) = call_do(env, &k.org, &msg).await {
+            worker::console_error!(
+                "{}",
+                json!({"msg": "lease close failed", "org": k.org.as_str(), "error": e.to_string()})
+            );
+        }
+    }
 }
 
 /// No decision could be had: the plan's fail mode says forward (open) or refuse with 503 (closed).
@@ -163,6 +249,7 @@ struct Settler {
     org: OrgId,
     id: EventId,
     source: Source,
+    lease_key: Option<LeaseKey>,
 }
 
 impl Settler {
@@ -182,13 +269,25 @@ impl Settler {
 
     /// Usage counts only when the origin answers 2xx: the units this request holds go back.
     fn release(&self, ctx: &Context) {
-        if let Source::Do { held: Some(held) } = self.source {
-            self.send(ctx, OrgOp::Release { id: self.id.clone(), held }, "release failed");
+        match &self.source {
+            Source::Do { held: Some(held) } => {
+                self.send(ctx, OrgOp::Release { id: self.id.clone(), held: *held, quantity: None }, "release failed");
+            }
+            Source::Lease { token, id } => {
+                let Some(k) = &self.lease_key else { return };
+                // Back into the lease it came from; if that lease was replaced, the DO gives the
+                // request's units back from the lease's hold.
+                if !leases::give_back(k, *token, k.cost) {
+                    let op = OrgOp::Release { id: id.clone(), held: *token, quantity: Some(k.cost) };
+                    self.send(ctx, op, "release failed");
+                }
+            }
+            Source::Do { held: None } | Source::FailOpen => {}
         }
     }
 
     fn report(&self, ctx: &Context, usage: Vec<(MeterId, u64)>) {
-        if matches!(self.source, Source::Do { .. }) {
+        if matches!(self.source, Source::Do { .. } | Source::Lease { .. }) {
             self.send(ctx, OrgOp::Report { id: self.id.clone(), usage }, "usage report failed");
         }
     }

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::policy::lease::Grant;
 use crate::policy::{EventId, MeterId, OrgId, PlanId};
 use crate::wire::UsageEvent;
 
@@ -60,7 +61,18 @@ pub enum SettleAction {
 pub enum OrgOp {
     /// `replayable`: the id is the client's Idempotency-Key, so a replay within the idempotency
     /// window is admitted without being counted again.
-    Decide { meter: MeterId, quantity: u64, kind: DecideKind, id: EventId, ttl_ms: u64, replayable: bool },
+    /// `lease`: the holder (a Worker isolate in lease mode) takes a lease with an admitted
+    /// proxied request, if the plan leases and the room allows.
+    Decide {
+        meter: MeterId,
+        quantity: u64,
+        kind: DecideKind,
+        id: EventId,
+        ttl_ms: u64,
+        replayable: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        lease: bool,
+    },
     /// Usage events (`POST /v1/events`), idempotent by event id.
     Events { events: Vec<UsageEvent>, enforce: bool },
     /// The live usage overview (`GET /v1/usage`), or its one-line status.
@@ -69,12 +81,37 @@ pub enum OrgOp {
     Settle { id: EventId, action: SettleAction },
     /// Give back a proxied request's units after a non-2xx or failed origin call. `held` is the
     /// token the decision answered with (kept in the DO's memory for the release window).
-    Release { id: EventId, held: u64 },
+    /// `quantity` gives back part of a hold: one request of a lease that was already closed.
+    Release {
+        id: EventId,
+        held: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quantity: Option<u64>,
+    },
+    /// Lease mode: close the holder's lease (its unspent units go back) and ask for the next one
+    /// for requests of `cost` on `meter` (a `cost` of 0 only closes). No lease in the answer
+    /// means: decide strictly now.
+    Lease {
+        meter: MeterId,
+        cost: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        closing: Option<LeaseClosing>,
+    },
     /// Usage the origin reported for a proxied request, counted without enforcement.
     Report { id: EventId, usage: Vec<(MeterId, u64)> },
     /// A ledger read (`/v1/usage/summary`, `/v1/usage/history`) asks to pass the usage API's own
     /// limit before the Worker reads D1.
     Gate,
+}
+
+/// A lease the holder stops spending: its hold, and what of it the holder did not spend
+/// (`spent` requests were admitted from it, for the decision counts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseClosing {
+    pub id: EventId,
+    pub token: u64,
+    pub unused: u64,
+    pub spent: u64,
 }
 
 /// Which of the usage API's own limits a key's call spends.
@@ -91,8 +128,10 @@ impl OrgOp {
     pub const fn allows(&self, caller: &Caller) -> bool {
         matches!(
             (self, caller),
-            (Self::Decide { .. } | Self::Events { .. } | Self::Settle { .. } | Self::Gate, Caller::Key(_))
-                | (Self::Usage { .. }, Caller::Key(_) | Caller::Admin)
+            (
+                Self::Decide { .. } | Self::Events { .. } | Self::Settle { .. } | Self::Gate | Self::Lease { .. },
+                Caller::Key(_)
+            ) | (Self::Usage { .. }, Caller::Key(_) | Caller::Admin)
                 | (Self::Release { .. } | Self::Report { .. }, Caller::Gateway)
         )
     }
@@ -177,6 +216,7 @@ impl OrgMsg {
                 OrgOp::Release { .. } => "release",
                 OrgOp::Report { .. } => "report",
                 OrgOp::Gate => "gate",
+                OrgOp::Lease { .. } => "lease",
             },
             Self::Admin(op) => match op {
                 AdminOp::Configure(_) => "configure",
@@ -207,19 +247,26 @@ pub struct OrgReply {
     /// (a replay holds nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<u64>,
+    /// A lease for the next requests like this one (lease mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Grant>,
 }
 
 impl OrgReply {
+    /// A 200 with nothing: the base of the other answers.
+    pub const EMPTY: Self =
+        Self { status: 200, headers: Vec::new(), body: Value::Null, plan: None, held: None, lease: None };
+
     /// A 200 with a JSON body and no headers.
     #[must_use]
     pub const fn ok(body: Value, plan: Option<String>) -> Self {
-        Self { status: 200, headers: Vec::new(), body, plan, held: None }
+        Self { status: 200, headers: Vec::new(), body, plan, held: None, lease: None }
     }
 
     /// An answer with a problem body.
     #[must_use]
     pub const fn problem(status: u16, body: Value) -> Self {
-        Self { status, headers: Vec::new(), body, plan: None, held: None }
+        Self { status, headers: Vec::new(), body, plan: None, held: None, lease: None }
     }
 }
 
@@ -234,7 +281,7 @@ mod tests {
     #[test]
     fn who_may_do_what() {
         let id = EventId::parse("r1").unwrap_or_else(|e| unreachable!("{e}"));
-        let release = OrgOp::Release { id: id.clone(), held: 1 };
+        let release = OrgOp::Release { id: id.clone(), held: 1, quantity: None };
         assert!(release.allows(&Caller::Gateway));
         assert!(!release.allows(&key()), "a key cannot release a proxied request's units");
         assert!(!release.allows(&Caller::Admin));
@@ -262,7 +309,14 @@ mod tests {
 
     #[test]
     fn an_allowed_proxy_reply_is_small() {
-        let r = OrgReply { status: 200, headers: vec![], body: Value::Null, plan: Some("free".into()), held: Some(7) };
+        let r = OrgReply {
+            status: 200,
+            headers: vec![],
+            body: Value::Null,
+            plan: Some("free".into()),
+            held: Some(7),
+            lease: None,
+        };
         assert_eq!(
             serde_json::to_string(&r).unwrap_or_default(),
             r#"{"status":200,"body":null,"plan":"free","held":7}"#

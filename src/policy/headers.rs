@@ -9,7 +9,8 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::clock::Timestamp;
-use super::decision::{Decision, LimitStatus};
+use super::decision::{Decision, Level, LimitStatus};
+use super::lease::LeaseLimit;
 
 /// A policy name as an sf-string: the names are validated ids plus a period, so they never need
 /// escaping, but a stray quote or backslash is escaped all the same.
@@ -32,33 +33,63 @@ fn limited(statuses: &[LimitStatus]) -> impl Iterator<Item = &LimitStatus> {
     statuses.iter().filter(|l| l.limit.is_some())
 }
 
+/// One `RateLimit-Policy` item: `"requests-minute";q=10;w=60` (no `w` for lifetime).
+fn policy_item(policy: &str, q: u64, w: Option<u64>) -> String {
+    let mut item = format!("{};q={q}", sf_string(policy));
+    if let Some(w) = w {
+        let _ = write!(item, ";w={w}");
+    }
+    item
+}
+
+/// One `RateLimit` item: `"requests-minute";r=3;t=42` (no `t` for lifetime).
+fn limit_item(policy: &str, r: u64, t: Option<u64>) -> String {
+    let mut item = format!("{};r={r}", sf_string(policy));
+    if let Some(t) = t {
+        let _ = write!(item, ";t={t}");
+    }
+    item
+}
+
+fn joined(items: impl Iterator<Item = String>) -> Option<String> {
+    let items: Vec<String> = items.collect();
+    (!items.is_empty()).then(|| items.join(", "))
+}
+
 /// `RateLimit-Policy`: `"requests-minute";q=10;w=60, "requests-month";q=1000;w=2592000`.
 /// Lifetime limits have no window and carry no `w`. `None` when nothing is limited.
 pub fn ratelimit_policy(statuses: &[LimitStatus]) -> Option<String> {
-    let items: Vec<String> = limited(statuses)
-        .map(|l| {
-            let mut item = format!("{};q={}", sf_string(&l.policy), l.limit.unwrap_or(0));
-            if let Some(w) = l.window_secs {
-                let _ = write!(item, ";w={w}");
-            }
-            item
-        })
-        .collect();
-    (!items.is_empty()).then(|| items.join(", "))
+    joined(limited(statuses).map(|l| policy_item(&l.policy, l.limit.unwrap_or(0), l.window_secs)))
 }
 
 /// `RateLimit`: `"requests-minute";r=3;t=42, …`: remaining units and seconds to reset.
 pub fn ratelimit(statuses: &[LimitStatus], now: Timestamp) -> Option<String> {
-    let items: Vec<String> = limited(statuses)
-        .map(|l| {
-            let mut item = format!("{};r={}", sf_string(&l.policy), l.remaining.unwrap_or(0));
-            if let Some(t) = l.reset_secs(now) {
-                let _ = write!(item, ";t={t}");
-            }
-            item
-        })
-        .collect();
-    (!items.is_empty()).then(|| items.join(", "))
+    joined(limited(statuses).map(|l| limit_item(&l.policy, l.remaining.unwrap_or(0), l.reset_secs(now))))
+}
+
+/// The headers of a request admitted from a lease, in the same order and wording as
+/// `decision_headers`: the limits are the lease's view (the org's remaining as the DO last
+/// said, plus what this holder has not spent).
+pub fn lease_headers(limits: &[LeaseLimit], now: Timestamp) -> Vec<(&'static str, String)> {
+    let mut h = Vec::new();
+    let secs = |l: &LeaseLimit| l.reset_ms.map(|r| r.saturating_sub(now.millis()).div_ceil(1000));
+    if let Some(v) = joined(limits.iter().map(|l| policy_item(&l.policy, l.limit, l.window_secs))) {
+        h.push(("RateLimit-Policy", v));
+    }
+    if let Some(v) = joined(limits.iter().map(|l| limit_item(&l.policy, l.remaining, secs(l)))) {
+        h.push(("RateLimit", v));
+    }
+    if let Some(l) = limits.iter().min_by_key(|l| (l.remaining, l.reset_ms.unwrap_or(u64::MAX))) {
+        h.push(("X-RateLimit-Limit", l.limit.to_string()));
+        h.push(("X-RateLimit-Remaining", l.remaining.to_string()));
+        if let Some(reset) = l.reset_ms {
+            h.push(("X-RateLimit-Reset", reset.div_ceil(1000).to_string()));
+        }
+    }
+    let level =
+        limits.iter().map(|l| Level::of(l.limit.saturating_sub(l.remaining), Some(l.limit))).max().unwrap_or(Level::Ok);
+    h.push(("X-Quota-Status", level.as_str().to_owned()));
+    h
 }
 
 /// The headers of a decision, in order: `RateLimit-Policy`, `RateLimit`, the legacy trio for the
@@ -117,6 +148,34 @@ pub fn refusal_problem(d: &Decision, plan: &str, upgrade_url: Option<&str>) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_headers_read_like_decision_headers() {
+        let now = Timestamp::from_millis(1_000_000);
+        let limits = [
+            LeaseLimit {
+                policy: "requests-minute".into(),
+                limit: 100,
+                remaining: 90,
+                window_secs: Some(60),
+                reset_ms: Some(1_001_500),
+            },
+            LeaseLimit {
+                policy: "requests-month".into(),
+                limit: 1000,
+                remaining: 40,
+                window_secs: None,
+                reset_ms: None,
+            },
+        ];
+        let h = lease_headers(&limits, now);
+        let get = |k: &str| h.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("RateLimit-Policy"), Some("\"requests-minute\";q=100;w=60, \"requests-month\";q=1000"));
+        assert_eq!(get("RateLimit"), Some("\"requests-minute\";r=90;t=2, \"requests-month\";r=40"));
+        assert_eq!(get("X-RateLimit-Remaining"), Some("40"));
+        assert_eq!(get("X-RateLimit-Reset"), None);
+        assert_eq!(get("X-Quota-Status"), Some("critical"), "960 of 1,000 used");
+    }
 
     #[test]
     fn sf_strings_escape() {

@@ -15,6 +15,7 @@ pub mod headers;
 pub mod ids;
 pub mod json;
 pub mod keys;
+pub mod lease;
 pub mod period;
 pub mod plan;
 pub mod stripe;

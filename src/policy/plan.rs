@@ -15,6 +15,7 @@ use super::clock::parse_date;
 use super::ids::{MeterId, PlanId};
 use super::json::{err, kind, Obj};
 pub use super::json::{whole_number, FieldError, MAX_SAFE_INTEGER};
+use super::lease::LeaseRules;
 use super::period::{Period, RateUnit};
 
 /// How a meter's reports combine within a period.
@@ -170,6 +171,8 @@ pub struct Plan {
     pub upgrade_url: Option<String>,
     pub meters: BTreeMap<MeterId, MeterSpec>,
     pub limits: Vec<Limit>,
+    /// Lease mode for proxied requests of fixed cost (`None`: every request asks the DO).
+    pub lease: Option<LeaseRules>,
 }
 
 /// A refusal of a plan or override document: the field path and the reason (the one
@@ -309,7 +312,7 @@ impl Plan {
     /// Parses and validates a plan document. `path_id` is the id from the URL; the body's `id`,
     /// when present, must match it.
     pub fn parse(path_id: &PlanId, body: &Value) -> Result<Self, PlanError> {
-        let o = Obj::new("", body, &["id", "name", "on_failure", "upgrade_url", "meters", "limits"])?;
+        let o = Obj::new("", body, &["id", "name", "on_failure", "upgrade_url", "meters", "limits", "lease"])?;
         if let Some(id) = o.str_opt("id")? {
             if id != path_id.as_str() {
                 return err("id", format!("'{id}' does not match the plan id in the path ('{path_id}')"));
@@ -338,7 +341,8 @@ impl Plan {
             meters.entry(l.meter.clone()).or_insert_with(|| MeterSpec::implicit(l.meter.clone()));
         }
         super::composite::check(&meters, o.get("meters"))?;
-        Ok(Self { id: path_id.clone(), name, on_failure, upgrade_url, meters, limits })
+        let lease = o.get("lease").filter(|v| !v.is_null()).map(|v| LeaseRules::parse("lease", v)).transpose()?;
+        Ok(Self { id: path_id.clone(), name, on_failure, upgrade_url, meters, limits, lease })
     }
 }
 
@@ -418,6 +422,8 @@ pub struct Policy {
     pub limits: Vec<Limit>,
     /// Meter → the composites it is part of (nested ones included).
     pub rollup: BTreeMap<MeterId, Vec<MeterId>>,
+    /// The plan's lease mode, if any.
+    pub lease: Option<LeaseRules>,
 }
 
 impl Policy {
@@ -476,6 +482,7 @@ impl Policy {
             meters,
             limits,
             rollup,
+            lease: plan.lease,
         }
     }
 
@@ -489,6 +496,7 @@ impl Policy {
             meters: BTreeMap::new(),
             limits: Vec::new(),
             rollup: BTreeMap::new(),
+            lease: None,
         }
     }
 

@@ -40,7 +40,7 @@ fn parses_the_design_plan() {
 #[test]
 fn refusals_name_the_field_exactly() {
     let cases: Vec<(Value, &str)> = vec![
-        (json!({"limits": [], "colour": "red"}), "colour: unknown field (expected one of: id, name, on_failure, upgrade_url, meters, limits)"),
+        (json!({"limits": [], "colour": "red"}), "colour: unknown field (expected one of: id, name, on_failure, upgrade_url, meters, limits, lease)"),
         (json!({"limits": [{"meter": "requests", "limit": 5, "period": "day", "perod": 1}]}),
          "limits[0].perod: unknown field (expected one of: meter, limit, period, mode, window, overage_price, on_exceed)"),
         (json!({"limits": [{"meter": "requests", "limit": -5, "period": "day"}]}),

@@ -13,6 +13,7 @@
 //! I/O, read a clock or import `worker`; `now` is always an argument.
 
 mod api;
+mod lease;
 mod ledger;
 mod ops;
 mod reconcile;
@@ -127,6 +128,9 @@ pub struct OrgMachine {
     last_report: Option<Timestamp>,
     /// The usage API's own per-org limit (memory only).
     api: Option<api::ApiLimiter>,
+    /// Open leases by hold token: what they hold until their deadline (memory only; a lost
+    /// instance's leases stay counted, which strands units but never admits past a limit).
+    leases: BTreeMap<u64, lease::OpenLease>,
 }
 
 fn parse_config(cfg: &StoredConfig) -> Result<Loaded, OrgError> {
@@ -180,6 +184,7 @@ impl OrgMachine {
             report_every_ms: b.report_every_ms.max(1_000),
             last_report: None,
             api: api::ApiLimiter::new(b.api_reads_per_minute, b.api_calls_per_minute),
+            leases: BTreeMap::new(),
         }
     }
 
@@ -251,6 +256,9 @@ impl OrgMachine {
                     need.meters.insert(h.meter.clone());
                 }
             }
+            OrgOp::Lease { meter, .. } => {
+                need.meters.insert(meter.clone());
+            }
             OrgOp::Report { id, usage } => {
                 need.meters.extend(usage.iter().map(|(m, _)| m.clone()));
                 need.seen.extend(usage.iter().map(|(m, _)| format!("{id}:{m}")));
@@ -301,14 +309,16 @@ impl OrgMachine {
         }
         let mut cx = Cx::new(&loaded, snap, now)?;
         let reply = match op {
-            OrgOp::Decide { meter, quantity, kind, id, ttl_ms, replayable } => self.decide(
-                &mut cx,
-                &meter,
-                quantity,
-                kind,
-                ReserveAs { id, kind: ReservationKind::Provisional, ttl_ms },
-                replayable,
-            )?,
+            OrgOp::Decide { meter, quantity, kind, id, ttl_ms, replayable, lease } => {
+                let how = ReserveAs { id, kind: ReservationKind::Provisional, ttl_ms };
+                let mut reply = self.decide(&mut cx, &meter, quantity, kind, how, replayable)?;
+                // Lease mode: an admitted request of fixed cost also takes a lease for the next
+                // ones (a replayable one does not: its replays must be seen here).
+                if lease && !replayable && kind == DecideKind::Proxy && reply.held.is_some() {
+                    reply.lease = self.grant(&mut cx, &meter, quantity);
+                }
+                reply
+            }
             OrgOp::Events { events, enforce } => self.events(&mut cx, &events, enforce),
             OrgOp::Usage { short } => {
                 let statuses = cx.book.overview(&loaded.policy, now);
@@ -320,7 +330,8 @@ impl OrgMachine {
                 OrgReply::ok(body, Some(loaded.policy.plan.to_string()))
             }
             OrgOp::Settle { id, action } => self.settle(&mut cx, &id, action)?,
-            OrgOp::Release { id, held } => self.release(&mut cx, &id, held)?,
+            OrgOp::Release { id, held, quantity } => self.release(&mut cx, &id, held, quantity)?,
+            OrgOp::Lease { meter, cost, closing } => self.lease(&mut cx, &meter, cost, closing.as_ref())?,
             OrgOp::Report { id, usage } => self.report(&mut cx, &id, &usage),
             OrgOp::Gate => OrgReply::ok(json!({"allowed": true}), Some(loaded.policy.plan.to_string())),
         };
@@ -438,8 +449,15 @@ impl OrgMachine {
     }
 
     fn count(&mut self, meter: &MeterId, outcome: Outcome, now: Timestamp) {
+        self.count_n(meter, outcome, 1, now);
+    }
+
+    fn count_n(&mut self, meter: &MeterId, outcome: Outcome, n: u64, now: Timestamp) {
+        if n == 0 {
+            return;
+        }
         let c = self.counts.entry((meter.clone(), outcome)).or_insert(0);
-        *c = c.saturating_add(1);
+        *c = c.saturating_add(n);
         self.count_due(now);
     }
 
@@ -474,6 +492,7 @@ impl OrgMachine {
             "ledger_pending": self.ledger.pending_events(),
             "plan_version": loaded.plan_version,
             "ledger_shard": loaded.shard,
+            "open_leases": self.open_leases(now),
         }))
     }
 }

@@ -32,12 +32,14 @@ pub(in crate::org) struct Held {
     pub(super) until: Timestamp,
     /// The audit row it queued, if the meter keeps one.
     pub(super) audit_seq: Option<u64>,
+    /// A lease its holder is still spending (closed, it holds only what was spent).
+    pub(super) lease: bool,
 }
 
 impl OrgMachine {
     /// Holds a proxied request's units for its release window; returns the token. Holds past
     /// their window are dropped first (tokens grow with time, so they are at the front).
-    fn hold(&mut self, h: Held, now: Timestamp) -> u64 {
+    pub(super) fn hold(&mut self, h: Held, now: Timestamp) -> u64 {
         while let Some(entry) = self.held.first_entry() {
             if entry.get().until > now {
                 break;
@@ -52,7 +54,12 @@ impl OrgMachine {
 
     /// Counts usage into its ledger bucket, and queues its audit row when the meter keeps them.
     /// Returns the bucket and the audit row's sequence.
-    fn record_usage(&mut self, cx: &mut Cx<'_>, meter: &MeterId, row: OutboxRow) -> (Vec<BucketKey>, Option<u64>) {
+    pub(super) fn record_usage(
+        &mut self,
+        cx: &mut Cx<'_>,
+        meter: &MeterId,
+        row: OutboxRow,
+    ) -> (Vec<BucketKey>, Option<u64>) {
         let key = self.count_usage(cx, meter, row.quantity, row.ts);
         let audit = cx.loaded.policy.meter(meter).is_some_and(|m| m.audit);
         (key, audit.then(|| self.enqueue(cx, row)))
@@ -120,7 +127,8 @@ impl OrgMachine {
             };
             let (buckets, audit_seq) = self.record_usage(cx, meter, row);
             let until = now.saturating_add_ms(ttl_ms);
-            let h = Held { id: id.clone(), meter: meter.clone(), quantity, buckets, admitted: now, until, audit_seq };
+            let (hid, hmeter) = (id.clone(), meter.clone());
+            let h = Held { id: hid, meter: hmeter, quantity, buckets, admitted: now, until, audit_seq, lease: false };
             held = Some(self.hold(h, now));
             if replayable {
                 cx.writes.remember.push((id.to_string(), "accepted"));
@@ -157,9 +165,11 @@ impl OrgMachine {
         let reply = match kind {
             DecideKind::Proxy | DecideKind::ProxyReported => {
                 match refusal_problem(&decision, policy.plan.as_str(), policy.upgrade_url.as_deref()) {
-                    Some(problem) => OrgReply { status: decision.status(), headers, body: problem, plan, held: None },
+                    Some(problem) => {
+                        OrgReply { status: decision.status(), headers, body: problem, plan, ..OrgReply::EMPTY }
+                    }
                     // An allowed proxied request needs only the headers: no body is built.
-                    None => OrgReply { status: 200, headers, body: Value::Null, plan, held },
+                    None => OrgReply { status: 200, headers, body: Value::Null, plan, held, lease: None },
                 }
             }
             DecideKind::Reserve => {
@@ -168,9 +178,9 @@ impl OrgMachine {
                     let view = json!({"id": r.id.as_str(), "quantity": r.quantity, "expires_at": r.expires.rfc3339()});
                     obj.insert("reservation".into(), view);
                 }
-                OrgReply { status: 200, headers, body, plan, held: None }
+                OrgReply { status: 200, headers, body, plan, ..OrgReply::EMPTY }
             }
-            DecideKind::Check => OrgReply { status: 200, headers, body: decision_json(&decision), plan, held: None },
+            DecideKind::Check => OrgReply { headers, body: decision_json(&decision), plan, ..OrgReply::EMPTY },
         };
         Ok(reply)
     }
@@ -263,34 +273,53 @@ impl OrgMachine {
     /// Gives back a proxied request's units, exactly once: the counter and the ledger bucket
     /// (a negative delta if the bucket already went to D1), and its audit row if still queued.
     /// A token this instance does not hold (released already, past its window, or issued before
-    /// a restart) gives nothing back: the request stays counted.
-    pub(super) fn release(&mut self, cx: &mut Cx<'_>, id: &EventId, token: u64) -> Result<OrgReply, OrgError> {
+    /// a restart) gives nothing back: the request stays counted. `part` gives back that many of
+    /// a lease's units (one request the holder admitted from a lease it already closed).
+    pub(super) fn release(
+        &mut self,
+        cx: &mut Cx<'_>,
+        id: &EventId,
+        token: u64,
+        part: Option<u64>,
+    ) -> Result<OrgReply, OrgError> {
         let now = cx.now;
         let unknown = || UsageError::UnknownReservation(id.clone());
         // Another request's token (a number an earlier instance also handed out) releases nothing.
-        if self.held.get(&token).is_none_or(|h| &h.id != id) {
-            return Err(unknown().into());
+        let h = self.held.get_mut(&token).filter(|h| &h.id == id && h.until > now).ok_or_else(unknown)?;
+        let q = part.unwrap_or(h.quantity).min(h.quantity);
+        h.quantity -= q;
+        let h =
+            if h.quantity == 0 || part.is_none() { self.held.remove(&token) } else { self.held.get(&token).cloned() };
+        let h = h.ok_or_else(unknown)?;
+        self.give_back(cx, &h, q);
+        let whole = part.is_none();
+        if whole {
+            if let Some(seq) = h.audit_seq {
+                cx.writes.outbox_delete.push(seq);
+            }
+            // The request was not counted, so a replay of its Idempotency-Key must count afresh.
+            cx.writes.forget.push(id.to_string());
         }
-        let h = self.held.remove(&token).filter(|h| h.until > now).ok_or_else(unknown)?;
+        let body = json!({"id": id.as_str(), "outcome": "released", "meter": h.meter.as_str(), "quantity": 0});
+        Ok(OrgReply::ok(body, Some(cx.loaded.policy.plan.to_string())))
+    }
+
+    /// Gives `q` of a hold's units back to the counters (unless a reset after its admission
+    /// already did) and takes them out of its ledger buckets.
+    pub(super) fn give_back(&mut self, cx: &mut Cx<'_>, h: &Held, q: u64) {
+        if q == 0 {
+            return;
+        }
         let policy = &cx.loaded.policy;
         let reset = self.resets.get(h.meter.as_str()).or_else(|| self.resets.get("*"));
-        // A reset after the admission already gave the counter everything back.
         if reset.is_none_or(|r| *r < h.admitted) {
-            cx.book.release_admitted(policy, &h.meter, h.quantity, h.admitted, now);
+            cx.book.release_admitted(policy, &h.meter, q, h.admitted, cx.now);
             cx.persist(&h.meter);
         }
         // The ledger bills what the origin served: the units leave it whatever the counters did.
-        for bucket in h.buckets {
-            self.take_back_usage(cx, bucket, h.quantity);
+        for bucket in &h.buckets {
+            self.take_back_usage(cx, bucket.clone(), q);
         }
-        if let Some(seq) = h.audit_seq {
-            cx.writes.outbox_delete.push(seq);
-        }
-        let meter = h.meter;
-        // The request was not counted, so a replay of its Idempotency-Key must count afresh.
-        cx.writes.forget.push(id.to_string());
-        let body = json!({"id": id.as_str(), "outcome": "released", "meter": meter.as_str(), "quantity": 0});
-        Ok(OrgReply::ok(body, Some(policy.plan.to_string())))
     }
 
     pub(super) fn report(&mut self, cx: &mut Cx<'_>, id: &EventId, usage: &[(MeterId, u64)]) -> OrgReply {
@@ -365,7 +394,7 @@ impl<'a> Cx<'a> {
 
     /// Marks a meter's counters for writing at the end of the step, and those of every composite
     /// it is part of (its usage spent their limits too).
-    fn persist(&mut self, meter: &MeterId) {
+    pub(super) fn persist(&mut self, meter: &MeterId) {
         self.touched.insert(meter.clone());
         for c in self.loaded.policy.composites_of(meter) {
             self.touched.insert(c.clone());
@@ -386,7 +415,7 @@ impl<'a> Cx<'a> {
 
     /// Alerts for the one decision of this step on `meter`: the level before is computed only
     /// when a level above ok is reached, so the common path below 80% costs nothing.
-    fn alerts_for(&mut self, after: &[LimitStatus]) {
+    pub(super) fn alerts_for(&mut self, after: &[LimitStatus]) {
         let near = after.iter().any(|l| !l.period.is_rate() && l.limit.is_some() && l.level > crate::policy::Level::Ok);
         if !near {
             return;

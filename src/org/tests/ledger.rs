@@ -22,7 +22,8 @@ fn an_audit_meter_also_keeps_one_row_per_event() {
     let row = o.mem.outbox.values().next().unwrap().clone();
     assert_eq!((row.audit, row.ready_at), (1, at(1_000).millis() + 120_000), "it waits for its release window");
     // A release takes back the bucket's units and the audit row.
-    o.org(&Caller::Gateway, OrgOp::Release { id: eid("req_1"), held: r.held.unwrap() }, at(2_000)).unwrap();
+    o.org(&Caller::Gateway, OrgOp::Release { id: eid("req_1"), held: r.held.unwrap(), quantity: None }, at(2_000))
+        .unwrap();
     assert!(o.mem.outbox.is_empty());
     assert_eq!(o.mem.queued("requests"), 0);
 }
@@ -34,7 +35,7 @@ fn a_release_after_the_flush_is_a_negative_delta_and_the_ledger_nets_out() {
     o.proxy("req_2", 2, false, at(1));
     assert!(o.flush(false, false, at(2)));
     assert_eq!(o.mem.d1.values().sum::<i64>(), 5);
-    o.org(&Caller::Gateway, OrgOp::Release { id: eid("req_1"), held: r.held.unwrap() }, at(3)).unwrap();
+    o.org(&Caller::Gateway, OrgOp::Release { id: eid("req_1"), held: r.held.unwrap(), quantity: None }, at(3)).unwrap();
     let open: Vec<&Bucket> = o.mem.buckets.values().collect();
     assert_eq!((open[0].quantity, open[0].events), (-3, -1));
     assert!(o.flush(false, false, at(30_003)));
@@ -264,7 +265,7 @@ fn a_release_gives_units_back_once_from_the_counter_and_the_ledger() {
     let r = o.proxy("req_1", 3, false, at(0));
     let held = r.held.unwrap();
     assert_eq!(o.used("requests-month", at(1)), 3);
-    let rel = OrgOp::Release { id: eid("req_1"), held };
+    let rel = OrgOp::Release { id: eid("req_1"), held, quantity: None };
     assert_eq!(o.org(&Caller::Gateway, rel.clone(), at(10)).unwrap().reply.status, 200);
     assert_eq!(o.used("requests-month", at(11)), 0);
     assert_eq!(o.used("requests-minute", at(11)), 0);
@@ -276,11 +277,13 @@ fn a_release_gives_units_back_once_from_the_counter_and_the_ledger() {
     );
     // Past its window, or after a restart, a token holds nothing: the request stays counted.
     let r2 = o.proxy("req_2", 1, false, at(20));
-    let late = OrgOp::Release { id: eid("req_2"), held: r2.held.unwrap() };
+    let late = OrgOp::Release { id: eid("req_2"), held: r2.held.unwrap(), quantity: None };
     assert!(o.org(&Caller::Gateway, late, at(20 + 120_000)).is_err());
     let r3 = o.proxy("req_3", 1, false, at(130_000));
     o.restart();
-    assert!(o.org(&Caller::Gateway, OrgOp::Release { id: eid("req_3"), held: r3.held.unwrap() }, at(130_001)).is_err());
+    assert!(o
+        .org(&Caller::Gateway, OrgOp::Release { id: eid("req_3"), held: r3.held.unwrap(), quantity: None }, at(130_001))
+        .is_err());
     assert_eq!(o.used("requests-month", at(130_002)), 2);
     assert_eq!(o.mem.queued("requests"), 2);
 }

@@ -274,6 +274,7 @@ impl Org {
             id: eid(id),
             ttl_ms: 120_000,
             replayable,
+            lease: false,
         };
         self.org(&key(), op, now).unwrap().reply
     }
@@ -335,6 +336,7 @@ fn reserve(id: &str, q: u64, ttl_ms: u64) -> OrgOp {
         id: eid(id),
         ttl_ms,
         replayable: false,
+        lease: false,
     }
 }
 
@@ -352,7 +354,7 @@ fn unknown_and_wrong_callers_are_refused_before_anything_else() {
     let op = OrgOp::Usage { short: true };
     assert_eq!(o.org(&stranger, op.clone(), at(0)).unwrap_err(), OrgError::Unauthorized);
     assert_eq!(o.org(&Caller::Gateway, op, at(0)).unwrap_err(), OrgError::Unauthorized);
-    let rel = OrgOp::Release { id: eid("x"), held: 1 };
+    let rel = OrgOp::Release { id: eid("x"), held: 1, quantity: None };
     assert_eq!(o.org(&key(), rel, at(0)).unwrap_err(), OrgError::Unauthorized);
     o.admin(AdminOp::RevokeKey { key_id: "k1".into() }, at(0));
     assert_eq!(o.org(&key(), OrgOp::Usage { short: true }, at(0)).unwrap_err(), OrgError::Unauthorized);
@@ -365,14 +367,15 @@ fn a_release_after_a_month_rollover_or_a_reset_keeps_the_new_window_untouched() 
     let nov_end = Timestamp::from_millis(1_796_083_199_000); // 2026-11-30T23:59:59Z
     let r = o.proxy("req_1", 2, false, nov_end);
     o.proxy("req_2", 1, false, nov_end.saturating_add_ms(2_000));
-    let rel = OrgOp::Release { id: eid("req_1"), held: r.held.unwrap() };
+    let rel = OrgOp::Release { id: eid("req_1"), held: r.held.unwrap(), quantity: None };
     o.org(&Caller::Gateway, rel, nov_end.saturating_add_ms(3_000)).unwrap();
     assert_eq!(o.used("requests-month", nov_end.saturating_add_ms(4_000)), 1, "December keeps its own usage");
     // A reset after the admission already gave everything back.
     let r3 = o.proxy("req_3", 4, false, at(0));
     o.admin(AdminOp::Reset { meter: None }, at(10));
     o.proxy("req_4", 1, false, at(20));
-    o.org(&Caller::Gateway, OrgOp::Release { id: eid("req_3"), held: r3.held.unwrap() }, at(30)).unwrap();
+    o.org(&Caller::Gateway, OrgOp::Release { id: eid("req_3"), held: r3.held.unwrap(), quantity: None }, at(30))
+        .unwrap();
     assert_eq!(o.used("requests-month", at(40)), 1);
 }
 
@@ -388,7 +391,8 @@ fn a_replayed_idempotency_key_counts_once_and_a_release_does_not_undo_the_origin
     assert_eq!(o.used("requests-month", at(6)), 1);
     assert_eq!(o.mem.queued("requests"), 1);
     // After the original is released (its origin failed), a replay counts afresh.
-    o.org(&Caller::Gateway, OrgOp::Release { id: eid("idem-1"), held: first.held.unwrap() }, at(7)).unwrap();
+    o.org(&Caller::Gateway, OrgOp::Release { id: eid("idem-1"), held: first.held.unwrap(), quantity: None }, at(7))
+        .unwrap();
     let again = o.proxy("idem-1", 1, true, at(8));
     assert!(again.held.is_some());
     assert_eq!(o.used("requests-month", at(9)), 1);
@@ -422,6 +426,7 @@ fn refusals_and_checks_write_nothing() {
         id: eid("c"),
         ttl_ms: 0,
         replayable: false,
+        lease: false,
     };
     assert_eq!(o.org(&key(), check, at(21)).unwrap().reply.body["allowed"], json!(false));
     assert_eq!(o.mem.rows_written, before);
@@ -586,5 +591,6 @@ fn alerts_fire_on_crossings_only() {
     assert_eq!(payload["id"], "alrt_acme_requests-month_1793491200000_over");
 }
 
+mod lease;
 mod ledger;
 mod props;

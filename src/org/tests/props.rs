@@ -65,7 +65,8 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
             }
             Act::Release { id } => {
                 if let Some((token, name, _, from)) = held.remove(&id) {
-                    let res = o.org(&Caller::Gateway, OrgOp::Release { id: eid(&name), held: token }, now);
+                    let res =
+                        o.org(&Caller::Gateway, OrgOp::Release { id: eid(&name), held: token, quantity: None }, now);
                     if res.is_ok() {
                         prop_assert_eq!(from, instance, "a token of an earlier instance released units");
                         releases += 1;
@@ -89,6 +90,7 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
                     id: eid(&format!("rsv-{id}")),
                     ttl_ms: 60_000,
                     replayable: false,
+                    lease: false,
                 };
                 let _ = o.org(&key(), op, now);
             }

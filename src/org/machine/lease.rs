@@ -1,0 +1,160 @@
+//! Lease mode in the org machine: granting a pre-debited lease, closing one (its unspent units
+//! go back), and which leases are open. A grant is an admission of its whole size, counted
+//! in the counters and the ledger buckets at once like a proxied request; a close is a partial
+//! release. So every rule of the hot path (composites, windows, resets, the ledger's negative
+//! deltas) holds for leases unchanged, and a lease its holder never closes stays counted: it
+//! strands units, it never admits past a limit. Nothing here does I/O.
+
+use serde_json::json;
+
+use super::ops::{Cx, Held};
+use super::{OrgError, OrgMachine};
+use crate::org::io::OutboxRow;
+use crate::org::msg::{LeaseClosing, OrgReply};
+use crate::policy::lease::{grant_size, Grant, LeaseLimit, Room};
+use crate::policy::{Cap, Decision, EventId, MeterId, Timestamp, UsageError};
+use crate::telemetry::Outcome;
+
+/// How long past its own deadline the DO counts a lease as open: the holder's deadline runs
+/// from when it received the grant, so it ends after the DO's by the flight time.
+pub const GRACE_MS: u64 = 2_000;
+
+/// How long a closed (or expired) lease's hold is kept for late releases and a late close.
+pub const REPORT_WINDOW_MS: u64 = 120_000;
+
+/// A grant shorter than this is not worth a lease (a fixed window about to end): strict.
+const MIN_TTL_MS: u64 = 500;
+
+/// What an open lease holds, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenLease {
+    meter: MeterId,
+    units: u64,
+    until: Timestamp,
+}
+
+impl OrgMachine {
+    /// What open leases hold, for the state view: how many, and their units.
+    pub(super) fn open_leases(&self, now: Timestamp) -> serde_json::Value {
+        let open = self.leases.values().filter(|l| l.until > now);
+        let (count, units) = open.fold((0u64, 0u64), |(n, u), l| (n + 1, u.saturating_add(l.units)));
+        json!({"count": count, "units": units})
+    }
+
+    /// Open leases on `meter` (past their deadline they no longer count as held by anyone).
+    fn open_on(&mut self, meter: &MeterId, now: Timestamp) -> (u64, u64) {
+        self.leases.retain(|_, l| l.until > now);
+        self.leases
+            .values()
+            .filter(|l| &l.meter == meter)
+            .fold((0, 0), |(units, n), l| (units.saturating_add(l.units), n + 1))
+    }
+
+    /// A lease for requests of `cost` on `meter`, or `None` (no lease mode, a cost the lease
+    /// cannot carry, an audit meter, or too little room left: decide strictly).
+    pub(super) fn grant(&mut self, cx: &mut Cx<'_>, meter: &MeterId, cost: u64) -> Option<Grant> {
+        let loaded = cx.loaded;
+        let (policy, now) = (&loaded.policy, cx.now);
+        let rules = policy.lease?;
+        let cost = std::num::NonZeroU64::new(cost)?;
+        // An audit meter keeps one row per request: those requests must each reach the DO.
+        if policy.meter(meter).is_none_or(|m| m.audit || !m.parts.is_empty()) {
+            return None;
+        }
+        let view = cx.book.check(policy, meter, 0, now).ok()?;
+        let hard =
+            |name: &str| policy.limits.iter().any(|x| matches!(x.cap, Cap::Hard { .. }) && x.policy_name() == name);
+        let rooms = view
+            .limits
+            .iter()
+            .filter(|l| hard(&l.policy))
+            .map(|l| Room { limit: l.limit.unwrap_or(0), remaining: l.remaining.unwrap_or(0) });
+        let (outstanding, holders) = self.open_on(meter, now);
+        let units = grant_size(&rules, cost, rooms, outstanding, holders);
+        // A fixed window's units are spent in that window only.
+        let ttl_ms = view
+            .limits
+            .iter()
+            .filter(|l| !l.period.is_rate())
+            .filter_map(|l| l.reset.map(|r| r.since(now)))
+            .fold(rules.ttl_ms, u64::min);
+        if units == 0 || ttl_ms < MIN_TTL_MS {
+            return None;
+        }
+        let decision = cx.book.record(policy, meter, units, true, now).ok().filter(Decision::allowed)?;
+        cx.persist(meter);
+        cx.alerts_for(&decision.limits);
+        let token = self.next_token;
+        let id = EventId::parse(&format!("lease_{}_{token}", self.epoch)).ok()?;
+        let (buckets, _) = self.record_usage(cx, meter, OutboxRow::audit(id.to_string(), meter, units, "lease", now));
+        let deadline = now.saturating_add_ms(ttl_ms.saturating_add(GRACE_MS));
+        let until = deadline.saturating_add_ms(REPORT_WINDOW_MS);
+        let h = Held {
+            id: id.clone(),
+            meter: meter.clone(),
+            quantity: units,
+            buckets,
+            admitted: now,
+            until,
+            audit_seq: None,
+            lease: true,
+        };
+        let token = self.hold(h, now);
+        self.leases.insert(token, OpenLease { meter: meter.clone(), units, until: deadline });
+        let limits = decision
+            .limits
+            .iter()
+            .filter_map(|l| {
+                Some(LeaseLimit {
+                    policy: l.policy.clone(),
+                    limit: l.limit?,
+                    remaining: l.remaining?,
+                    window_secs: l.window_secs,
+                    reset_ms: l.reset.map(Timestamp::millis),
+                })
+            })
+            .collect();
+        Some(Grant { token, id, units, ttl_ms, limits })
+    }
+
+    /// Closes a lease: its unspent units go back (at most what it holds, and only once), and
+    /// the requests it admitted are counted as leased decisions.
+    fn close(&mut self, cx: &mut Cx<'_>, c: &LeaseClosing) -> Result<(), OrgError> {
+        let unknown = || UsageError::UnknownReservation(c.id.clone());
+        let h =
+            self.held.get_mut(&c.token).filter(|h| h.id == c.id && h.lease && h.until > cx.now).ok_or_else(unknown)?;
+        h.lease = false;
+        let unused = c.unused.min(h.quantity);
+        h.quantity -= unused;
+        let h = h.clone();
+        self.leases.remove(&c.token);
+        self.give_back(cx, &h, unused);
+        if h.quantity == 0 {
+            self.held.remove(&c.token);
+        }
+        self.count_n(&h.meter, Outcome::Leased, c.spent, cx.now);
+        Ok(())
+    }
+
+    /// `OrgOp::Lease`: close the holder's lease, if any, and grant the next one, if the room
+    /// allows. A close that names no lease this instance holds (restarted, or closed already)
+    /// gives nothing back and is not an error: the holder simply asks afresh.
+    pub(super) fn lease(
+        &mut self,
+        cx: &mut Cx<'_>,
+        meter: &MeterId,
+        cost: u64,
+        closing: Option<&LeaseClosing>,
+    ) -> Result<OrgReply, OrgError> {
+        let closed = match closing {
+            Some(c) => self.close(cx, c).is_ok(),
+            None => false,
+        };
+        let policy = &cx.loaded.policy;
+        policy.meter(meter).ok_or_else(|| UsageError::UnknownMeter(meter.clone()))?;
+        let plan = Some(policy.plan.to_string());
+        let lease = self.grant(cx, meter, cost);
+        let body = json!({"closed": closed});
+        Ok(OrgReply { body, plan, lease, ..OrgReply::EMPTY })
+    }
+}

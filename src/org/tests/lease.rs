@@ -1,0 +1,269 @@
+//! Lease mode through the org machine: holders that spend pre-debited leases locally, renew,
+//! give back failed requests, die, and a DO that restarts, against an oracle of what the
+//! origin served. The hard cap must hold at every step, whatever interleaving.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::{at, eid, key, m, Mem, Org};
+use crate::org::msg::LeaseClosing;
+use crate::org::{AdminOp, Caller, DecideKind, OrgOp, OrgReply, StoredConfig};
+use crate::policy::lease::LocalLease;
+use crate::policy::{OrgId, PlanId, Timestamp};
+
+const LIMIT: u64 = 1_000;
+
+fn leased_org(limits: serde_json::Value) -> Org {
+    let mut o = Org { m: Mem::default().boot(), mem: Mem::default() };
+    let cfg = StoredConfig {
+        org: OrgId::parse("acme").unwrap(),
+        plan_id: PlanId::parse("p").unwrap(),
+        plan: json!({"limits": limits, "lease": {"max_units": 60, "ttl_secs": 5}}),
+        billing_anchor: None,
+        overrides: None,
+        webhook_url: None,
+        stripe_customer: None,
+        plan_version: 1,
+        shard: 0,
+    };
+    o.admin(AdminOp::Configure(cfg), at(0));
+    o.admin(AdminOp::AddKey { key_id: "k1".into(), hash: super::hash() }, at(0));
+    o
+}
+
+/// Where a served request's units were taken from.
+#[derive(Debug, Clone)]
+enum From {
+    /// The holder's lease (by hold token).
+    Lease { token: u64, id: String },
+    /// A strict decision (its own hold).
+    Strict { token: u64, id: String },
+}
+
+#[derive(Default)]
+struct Holder {
+    lease: Option<LocalLease>,
+    /// Requests served and not yet settled (their origin may still fail).
+    open: Vec<(From, u64)>,
+}
+
+#[derive(Debug, Clone)]
+enum Act {
+    Request { h: u8 },
+    Fail { h: u8 },
+    Renew { h: u8 },
+    Die { h: u8 },
+    Restart,
+    Flush,
+    Wait { ms: u32 },
+}
+
+fn act() -> impl Strategy<Value = Act> {
+    prop_oneof![
+        12 => (0u8..4).prop_map(|h| Act::Request { h }),
+        2 => (0u8..4).prop_map(|h| Act::Fail { h }),
+        2 => (0u8..4).prop_map(|h| Act::Renew { h }),
+        1 => (0u8..4).prop_map(|h| Act::Die { h }),
+        1 => Just(Act::Restart),
+        1 => Just(Act::Flush),
+        2 => (0u32..8_000).prop_map(|ms| Act::Wait { ms }),
+    ]
+}
+
+fn strict(o: &mut Org, n: u64, now: Timestamp) -> OrgReply {
+    let op = OrgOp::Decide {
+        meter: m("requests"),
+        quantity: 1,
+        kind: DecideKind::Proxy,
+        id: eid(&format!("req_{n}")),
+        ttl_ms: 120_000,
+        replayable: false,
+        lease: true,
+    };
+    o.org(&key(), op, now).unwrap().reply
+}
+
+fn closing(l: &LocalLease) -> LeaseClosing {
+    let c = l.close();
+    let spent = (l.grant.units - c.unused) / l.cost;
+    LeaseClosing { id: l.grant.id.clone(), token: c.token, unused: c.unused, spent }
+}
+
+fn renew(o: &mut Org, hd: &mut Holder, now: Timestamp) {
+    let closing = hd.lease.take().map(|l| closing(&l));
+    let op = OrgOp::Lease { meter: m("requests"), cost: 1, closing };
+    let r = o.org(&key(), op, now).unwrap().reply;
+    hd.lease = r.lease.map(|g| LocalLease::new(g, 1, now));
+}
+
+fn run(acts: &[Act]) -> Result<(), TestCaseError> {
+    let mut o = leased_org(json!([
+        {"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"},
+        {"meter": "requests", "limit": 400, "period": "minute", "mode": "hard"}
+    ]));
+    let mut holders: BTreeMap<u8, Holder> = BTreeMap::new();
+    let mut now = at(0);
+    let (mut served, mut n, mut lost, mut leased) = (0u64, 0u64, false, 0u64);
+    for a in acts {
+        now = now.saturating_add_ms(1);
+        match *a {
+            Act::Request { h } => {
+                let hd = holders.entry(h).or_default();
+                let from_lease =
+                    hd.lease.as_mut().and_then(|l| l.take(now).then(|| (l.grant.token, l.grant.id.clone())));
+                if let Some((token, id)) = from_lease {
+                    leased += 1;
+                    hd.open.push((From::Lease { token, id: id.to_string() }, 1));
+                    served += 1;
+                } else {
+                    n += 1;
+                    // The exhausted lease is closed by the strict path's own renewal later.
+                    let r = strict(&mut o, n, now);
+                    if r.status == 200 {
+                        served += 1;
+                        let token = r.held.unwrap();
+                        hd.open.push((From::Strict { token, id: format!("req_{n}") }, 1));
+                        if let Some(g) = r.lease {
+                            if let Some(old) = hd.lease.take() {
+                                let c = closing(&old);
+                                let op = OrgOp::Lease { meter: m("requests"), cost: 0, closing: Some(c) };
+                                o.org(&key(), op, now).unwrap();
+                            }
+                            hd.lease = Some(LocalLease::new(g, 1, now));
+                        }
+                    }
+                }
+            }
+            Act::Fail { h } => {
+                let hd = holders.entry(h).or_default();
+                if let Some((from, q)) = hd.open.pop() {
+                    served -= q;
+                    match from {
+                        From::Lease { token, .. } if hd.lease.as_ref().is_some_and(|l| l.grant.token == token) => {
+                            if let Some(l) = hd.lease.as_mut() {
+                                l.give_back(q);
+                            }
+                        }
+                        From::Lease { token, id } => {
+                            // After a restart the hold is gone: the units stay counted, never lost.
+                            let op = OrgOp::Release { id: eid(&id), held: token, quantity: Some(q) };
+                            let _ = o.org(&Caller::Gateway, op, now);
+                        }
+                        From::Strict { token, id } => {
+                            let op = OrgOp::Release { id: eid(&id), held: token, quantity: None };
+                            let _ = o.org(&Caller::Gateway, op, now);
+                        }
+                    }
+                }
+            }
+            Act::Renew { h } => renew(&mut o, holders.entry(h).or_default(), now),
+            Act::Die { h } => {
+                // An evicted isolate: its lease and its unsettled requests are gone.
+                holders.remove(&h);
+                lost = true;
+            }
+            Act::Restart => {
+                o.restart();
+                lost = true;
+            }
+            Act::Flush => {
+                o.flush(false, false, now);
+            }
+            Act::Wait { ms } => now = now.saturating_add_ms(u64::from(ms)),
+        }
+        // Never over the cap: what the origin served (and may still serve from open leases)
+        // is within the limit, and the counter covers it.
+        let used = o.used("requests-month", now);
+        prop_assert!(used <= LIMIT, "the counter passed the hard limit");
+        prop_assert!(served <= used, "served {} but counted {}", served, used);
+    }
+    // Every live holder closes its lease; the ledger then matches the counter.
+    for hd in holders.values_mut() {
+        if let Some(l) = hd.lease.take() {
+            // Cost 0: close only, no next lease.
+            let op = OrgOp::Lease { meter: m("requests"), cost: 0, closing: Some(closing(&l)) };
+            prop_assert!(o.org(&key(), op, now).unwrap().reply.lease.is_none());
+        }
+    }
+    let used = o.used("requests-month", now);
+    // The ledger holds what the counter holds (a lease is in both from its grant on).
+    prop_assert_eq!(u64::try_from(o.mem.ledgered("requests")).unwrap(), used);
+    prop_assert!(leased <= served + 1_000, "leased decisions are served decisions");
+    if !lost {
+        prop_assert_eq!(used, served, "with no holder lost, nothing is stranded");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_request_takes_a_lease_and_a_close_gives_back_the_rest() {
+    let mut o = leased_org(json!([{"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"}]));
+    let r = strict(&mut o, 1, at(1));
+    let g = r.lease.clone().expect("lease mode grants with the first admitted request");
+    // 1,000 − 1 remaining, bound 100: (899 / 4) capped at max_units 60.
+    assert_eq!(g.units, 60);
+    assert_eq!(o.used("requests-month", at(1)), 61, "the lease is counted as used the moment it is granted");
+    assert_eq!(g.limits[0].remaining, 939);
+    let mut l = LocalLease::new(g, 1, at(1));
+    for _ in 0..10 {
+        assert!(l.take(at(2)));
+    }
+    let op = OrgOp::Lease { meter: m("requests"), cost: 1, closing: Some(closing(&l)) };
+    let step = o.org(&key(), op, at(3)).unwrap();
+    assert_eq!(step.reply.body["closed"], true);
+    let next = step.reply.lease.expect("room for another lease");
+    assert_eq!(o.used("requests-month", at(3)), 11 + next.units);
+    // Closing the same lease twice gives nothing back twice.
+    let op = OrgOp::Lease { meter: m("requests"), cost: 1, closing: Some(closing(&l)) };
+    let again = o.org(&key(), op, at(4)).unwrap().reply;
+    assert_eq!(again.body["closed"], false);
+    // Leases stop at the stranded bound: strict decisions take the last 100 units.
+    let mut now = at(5);
+    let mut leases = 0;
+    for i in 0..2_000u64 {
+        now = now.saturating_add_ms(1);
+        let r = strict(&mut o, 100 + i, now);
+        if r.status != 200 {
+            break;
+        }
+        if let Some(g) = r.lease {
+            leases += 1;
+            assert!(o.used("requests-month", now) <= LIMIT - 100 + g.units);
+        }
+    }
+    assert!(leases > 0);
+    assert_eq!(o.used("requests-month", now), LIMIT, "strict decisions fill the limit exactly");
+    // A replayable request never takes a lease.
+    let op = OrgOp::Decide {
+        meter: m("requests"),
+        quantity: 1,
+        kind: DecideKind::Proxy,
+        id: eid("idem"),
+        ttl_ms: 1000,
+        replayable: true,
+        lease: true,
+    };
+    assert!(o.org(&key(), op, now).unwrap().reply.lease.is_none());
+}
+
+#[test]
+fn a_lease_ends_with_its_fixed_window_and_counts_its_decisions() {
+    let mut o = leased_org(json!([{"meter": "requests", "limit": 100_000, "period": "day", "mode": "hard"}]));
+    // 2 s before midnight UTC: the lease may be spent for 2 s only.
+    let day_end = at(14 * 3_600_000);
+    let r = strict(&mut o, 1, day_end.saturating_sub_ms(2_000));
+    assert_eq!(r.lease.map(|g| g.ttl_ms), Some(2_000));
+    let r = strict(&mut o, 2, day_end.saturating_sub_ms(300));
+    assert!(r.lease.is_none(), "too little of the window left to lease");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn leases_never_pass_the_hard_cap(acts in prop::collection::vec(act(), 1..300)) {
+        run(&acts)?;
+    }
+}

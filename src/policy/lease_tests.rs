@@ -1,0 +1,102 @@
+use std::num::NonZeroU64;
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+
+fn rules(max: u64) -> LeaseRules {
+    LeaseRules { max_units: NonZeroU64::new(max).unwrap_or(NonZeroU64::MIN), ttl_ms: 5000 }
+}
+
+const ONE: NonZeroU64 = NonZeroU64::MIN;
+
+#[test]
+fn parse_has_one_wording() {
+    let ok = LeaseRules::parse("lease", &json!({"max_units": 500, "ttl_secs": 2}));
+    assert_eq!(ok.ok(), Some(LeaseRules { max_units: NonZeroU64::new(500).unwrap_or(ONE), ttl_ms: 2000 }));
+    let e = LeaseRules::parse("lease", &json!({"ttl_secs": 11})).err().map(|e| e.to_string());
+    assert_eq!(e.as_deref(), Some("lease.ttl_secs: must be from 1 to 10 (got 11)"));
+    let e = LeaseRules::parse("lease", &json!({"max_units": 0})).err().map(|e| e.to_string());
+    assert_eq!(e.as_deref(), Some("lease.max_units: must be at least 1"));
+    assert!(LeaseRules::parse("lease", &json!({"size": 1})).is_err());
+}
+
+#[test]
+fn sizes_shrink_towards_the_limit_and_stop_at_the_bound() {
+    let r = rules(1000);
+    let room = |remaining| [Room { limit: 1_000_000, remaining }];
+    // Far from the limit: the largest lease.
+    assert_eq!(grant_size(&r, ONE, room(900_000), 0, 0), 1000);
+    // Many holders share what is left.
+    assert_eq!(grant_size(&r, ONE, room(50_000), 0, 99), (50_000 - 10_000) / 400);
+    // At the bound (1% of 1M = 10,000) and below: strict.
+    assert_eq!(grant_size(&r, ONE, room(10_000), 0, 0), 0);
+    // Open leases already hold what the remaining allows.
+    assert_eq!(grant_size(&r, ONE, room(40_000), 10_000, 0), 0);
+    // A small limit: the bound is 100 units.
+    assert_eq!(stranded_bound(5_000), 100);
+    assert_eq!(grant_size(&r, ONE, [Room { limit: 5_000, remaining: 150 }], 0, 0), 12);
+    // A lease is whole requests, and never one request alone.
+    let three = NonZeroU64::new(3).unwrap_or(ONE);
+    assert_eq!(grant_size(&r, three, room(900_000), 0, 0), 999);
+    assert_eq!(grant_size(&r, ONE, [Room { limit: 5_000, remaining: 105 }], 0, 0), 0);
+    // No hard limit: the lease only batches counting.
+    assert_eq!(grant_size(&r, ONE, [], 0, 1000), 1000);
+}
+
+fn grant(units: u64, ttl_ms: u64) -> Grant {
+    Grant {
+        token: 7,
+        id: EventId::parse("lease_1").unwrap_or_else(|e| unreachable!("{e}")),
+        units,
+        ttl_ms,
+        limits: vec![LeaseLimit {
+            policy: "requests-month".into(),
+            limit: 100,
+            remaining: 40,
+            window_secs: None,
+            reset_ms: None,
+        }],
+    }
+}
+
+#[test]
+fn a_holder_spends_gives_back_and_renews_ahead() {
+    let t0 = Timestamp::from_millis(1_000_000);
+    let mut l = LocalLease::new(grant(10, 4000), 2, t0);
+    assert!(!l.wants_renewal(t0));
+    assert!(l.take(t0) && l.take(t0));
+    assert_eq!(l.limits().next().map(|x| x.remaining), Some(46), "the org's remaining counts what is left here");
+    l.give_back(2);
+    assert_eq!(l.left, 8);
+    assert!(l.take(t0) && l.take(t0) && l.take(t0));
+    assert!(l.wants_renewal(t0), "more than half spent");
+    assert!(l.take(t0) && !l.take(t0), "one request's units short");
+    assert_eq!(l.close(), Closing { token: 7, unused: 0 });
+    let mut late = LocalLease::new(grant(10, 4000), 1, t0);
+    assert!(late.wants_renewal(t0.saturating_add_ms(2000)), "half the time passed");
+    assert!(!late.take(t0.saturating_add_ms(4000)), "expired");
+    late.renewing = true;
+    assert!(!late.wants_renewal(t0.saturating_add_ms(3000)), "one renewal at a time");
+}
+
+proptest! {
+    /// Whatever the holders and the room, a grant fits in the room left above the bound and the
+    /// open leases stay within `max(B, remaining / k)`.
+    #[test]
+    fn grants_fit(limit in 1u64..10_000_000, used_pct in 0u64..=100, outstanding in 0u64..100_000,
+                  holders in 0u64..2000, max in 1u64..100_000, cost in 1u64..50) {
+        let remaining = limit - limit * used_pct / 100;
+        let cost = NonZeroU64::new(cost).unwrap_or(ONE);
+        let size = grant_size(&rules(max), cost, [Room { limit, remaining }], outstanding, holders);
+        let bound = stranded_bound(limit);
+        prop_assert_eq!(size % cost.get(), 0);
+        prop_assert!(size <= max);
+        if size > 0 {
+            prop_assert!(size <= remaining.saturating_sub(bound));
+            prop_assert!(outstanding + size <= bound.max(remaining / SHARE));
+            prop_assert!(size / cost.get() >= 2);
+        }
+    }
+}
