@@ -25,7 +25,7 @@ export SCHEMATHESIS := $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)/bin/st
 export PATH := $(NODE_BIN):$(CARGO_BIN):$(PATH)
 export WRANGLER_SEND_METRICS := false
 
-.PHONY: help setup wasm-target chromium screenshots build dev test test-core test-e2e lint fmt deploy deploy-dry-run clean bench bench-setup reliability test-reliability
+.PHONY: help setup wasm-target chromium screenshots build dev test test-core test-e2e lint fmt deploy deploy-dry-run clean bench bench-setup reliability test-reliability sim
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-15s %s\n", $$1, $$2 }'
@@ -108,6 +108,9 @@ bench-setup: setup
 
 bench: build bench-setup ## Every contender under the same load → bench/RESULTS.md + bench/results.json (≈10 min)
 	node --disable-warning=ExperimentalWarning bench/run.mjs
+
+sim: ## The lease-mode simulation (one hot org, many isolates): prints the published table
+	cargo test --locked --release --lib published_table -- --ignored --nocapture
 
 deploy-dry-run: build ## Bundle as `wrangler deploy` would, without deploying
 	wrangler deploy --dry-run --outdir build/dry-run

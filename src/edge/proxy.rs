@@ -10,13 +10,13 @@ use worker::{console_log, Context, Env, Fetch, Headers, Method, Request, Request
 
 use super::auth::authenticate;
 use super::error::{reply_response, EdgeError};
-use super::leases::{self, LeaseKey, Spend};
+use super::leases::{self, LeaseKey};
 use super::ledger;
 use super::platform::{call_do, now, random_hex, settings};
-use crate::org::msg::LeaseClosing;
 use crate::org::{Caller, DecideKind, KeyHash, OrgMsg, OrgOp, OrgReply};
 use crate::policy::classify::{usage_header_meter, Cost};
 use crate::policy::keys::{origin_signature, origin_signing_string, VerifiedKey};
+use crate::policy::lease::{LeaseClosing, Spend};
 use crate::policy::{EventId, FailMode, MeterId, OrgId, Plan, PlanId, Timestamp};
 use crate::telemetry::{DecisionLine, Outcome};
 use crate::wire::{problem_body, InputError, MAX_SAFE_INTEGER};
@@ -100,19 +100,25 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
     });
     let logged = Logged { org: &key.org, meter: &class.meter, quantity, started };
     if let Some(k) = &lease_key {
-        match leases::take(k, started) {
-            Spend::Taken(taken) => {
-                if taken.renew {
-                    renew(env, ctx, k.clone(), taken.to_close);
+        let taken = leases::take(k, started);
+        let source = match taken.spend {
+            Spend::Taken { token, id: lease_id, renew, want, to_close } => {
+                if renew {
+                    renew_lease(env, ctx, k.clone(), want, to_close);
                 }
-                logged.log(env, Outcome::Leased, 200, "lease");
-                let source = Source::Lease { token: taken.token, id: taken.id };
-                let admitted = Admitted { plan: taken.plan, headers: taken.headers, source: source.clone() };
-                let settle = Settler { env: env.clone(), org: key.org.clone(), id, source, lease_key };
-                return forward(req, env, ctx, key_header, &admitted, &settle).await;
+                Some(Source::Lease { token, id: lease_id })
             }
-            Spend::AskAndClose(closings) => send_closings(env, ctx, k.clone(), closings),
-            Spend::Ask => {}
+            Spend::AskAndClose(closings) => {
+                send_closings(env, ctx, k.clone(), closings);
+                None
+            }
+            Spend::Ask => None,
+        };
+        if let Some(source) = source {
+            logged.log(env, Outcome::Leased, 200, "lease");
+            let admitted = Admitted { plan: taken.plan, headers: taken.headers, source: source.clone() };
+            let settle = Settler { env: env.clone(), org: key.org.clone(), id, source, lease_key };
+            return forward(req, env, ctx, key_header, &admitted, &settle).await;
         }
     }
     let asking = lease_key.as_ref().is_some_and(leases::ask);
@@ -138,7 +144,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
         Ok(reply) if reply.status == 200 => {
             let plan = reply.plan.unwrap_or_default();
             if let (Some(grant), Some(k)) = (reply.lease, lease_key.clone()) {
-                if let Some(closing) = leases::install(k.clone(), grant, plan.clone(), now()) {
+                if let Some(closing) = leases::install(&k, grant, plan.clone(), now()) {
                     send_closings(env, ctx, k, vec![closing]);
                 }
             }
@@ -172,29 +178,29 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
 }
 
 /// Asks for the key's next lease off the client's path, closing the one it replaced.
-fn renew(env: &Env, ctx: &Context, k: LeaseKey, closing: Option<LeaseClosing>) {
+fn renew_lease(env: &Env, ctx: &Context, k: LeaseKey, want: u64, closing: Option<LeaseClosing>) {
     let env = env.clone();
     ctx.wait_until(async move {
-        let op = OrgOp::Lease { meter: k.meter.clone(), cost: k.cost, closing };
+        let op = OrgOp::Lease { meter: k.meter.clone(), cost: k.cost, want, closing };
         let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(k.key_hash.clone())), op };
         let leftover = match call_do(&env, &k.org, &msg).await {
             Ok(r) if r.status == 200 => match (r.lease, r.plan) {
-                (Some(grant), Some(plan)) => leases::install(k.clone(), grant, plan, now()).into_iter().collect(),
-                _ => leases::renewal_refused(&k, false),
+                (Some(grant), Some(plan)) => leases::install(&k, grant, plan, now()).into_iter().collect(),
+                _ => leases::refused(&k, false),
             },
             Ok(r) => {
                 worker::console_error!(
                     "{}",
                     json!({"msg": "lease renewal refused", "org": k.org.as_str(), "status": r.status})
                 );
-                leases::renewal_refused(&k, true)
+                leases::refused(&k, true)
             }
             Err(e) => {
                 worker::console_error!(
                     "{}",
                     json!({"msg": "lease renewal failed", "org": k.org.as_str(), "error": e.to_string()})
                 );
-                leases::renewal_refused(&k, true)
+                leases::refused(&k, true)
             }
         };
         close_now(&env, &k, leftover).await;
@@ -210,7 +216,7 @@ fn send_closings(env: &Env, ctx: &Context, k: LeaseKey, closings: Vec<LeaseClosi
 async fn close_now(env: &Env, k: &LeaseKey, closings: Vec<LeaseClosing>) {
     for closing in closings {
         // Cost 0: close only. A lost close strands its units; it never admits past a limit.
-        let op = OrgOp::Lease { meter: k.meter.clone(), cost: 0, closing: Some(closing) };
+        let op = OrgOp::Lease { meter: k.meter.clone(), cost: 0, want: 0, closing: Some(closing) };
         let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(k.key_hash.clone())), op };
         if let Err(e) = call_do(env, &k.org, &msg).await {
             worker::console_error!(

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::policy::lease::Grant;
+pub use crate::policy::lease::LeaseClosing;
 use crate::policy::{EventId, MeterId, OrgId, PlanId};
 use crate::wire::UsageEvent;
 
@@ -89,11 +90,15 @@ pub enum OrgOp {
         quantity: Option<u64>,
     },
     /// Lease mode: close the holder's lease (its unspent units go back) and ask for the next one
-    /// for requests of `cost` on `meter` (a `cost` of 0 only closes). No lease in the answer
+    /// for requests of `cost` on `meter`, of about `want` units (a `cost` of 0 only closes).
+    /// No lease in the answer
     /// means: decide strictly now.
     Lease {
         meter: MeterId,
         cost: u64,
+        /// Units the holder asks for (its own rate over a lease period).
+        #[serde(default)]
+        want: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         closing: Option<LeaseClosing>,
     },
@@ -102,16 +107,6 @@ pub enum OrgOp {
     /// A ledger read (`/v1/usage/summary`, `/v1/usage/history`) asks to pass the usage API's own
     /// limit before the Worker reads D1.
     Gate,
-}
-
-/// A lease the holder stops spending: its hold, and what of it the holder did not spend
-/// (`spent` requests were admitted from it, for the decision counts).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseClosing {
-    pub id: EventId,
-    pub token: u64,
-    pub unused: u64,
-    pub spent: u64,
 }
 
 /// Which of the usage API's own limits a key's call spends.

@@ -19,6 +19,10 @@ use super::plan::PlanError;
 /// past their last use, and a revoked key keeps working at most this long.
 pub const MAX_TTL_SECS: u64 = 10;
 
+/// What a holder with no history asks for: this many requests (a first lease is small; the
+/// next ones follow the holder's own rate).
+pub const FIRST_WANT: u64 = 32;
+
 /// Share divisor `k`: a holder gets at most `room / (k × holders)`, so that all current holders
 /// together hold at most about `1/k` of what is left.
 pub const SHARE: u64 = 4;
@@ -66,29 +70,36 @@ pub struct Room {
 
 /// How many units to lease (a whole number of requests of `cost`), or 0 for strict decisions.
 ///
-/// `rooms` are the meter's hard limits (composites included); `outstanding` is what open leases
-/// on the meter already hold and `holders` how many there are besides the asker. For each hard
-/// limit with bound `B`:
-/// - at or below `B` remaining, leases stop (strict per-request decisions take the rest);
-/// - a lease is at most `(remaining − B) / (k × (holders + 1))`;
-/// - all open leases together stay within `max(B, remaining / k)`.
+/// `rooms` are the meter's hard limits (composites included); `at_risk` is what leases on the
+/// meter hold that could still be stranded (every lease not closed, and those written off in
+/// the current window) and `holders` how many are being spent besides the asker's. For each
+/// hard limit with bound `B`:
+/// - a lease is at most `remaining / (k × (holders + 1))`: leases shrink as the limit nears,
+///   and below two requests the limit is decided strictly, request by request;
+/// - everything at risk stays within `B`: if every holder died at once, the capacity stranded
+///   for the rest of the window would still be within the bound; and one holder's lease is at
+///   most `B / (2 × (holders + 1))`, its fair share of that bound.
 ///
-/// Without a hard limit (unlimited or soft meters) the lease is simply `max_units`: it only
-/// batches counting.
+/// And never more than the holder `want`s (its own rate over a lease period), so that an
+/// isolate that dies strands about half a period of its own traffic, not a share of the org's.
+/// Without a hard limit (unlimited or soft meters) only `max_units` and `want` apply: the lease
+/// only batches counting.
 pub fn grant_size(
     rules: &LeaseRules,
     cost: NonZeroU64,
+    want: u64,
     rooms: impl IntoIterator<Item = Room>,
-    outstanding: u64,
+    at_risk: u64,
     holders: u64,
 ) -> u64 {
-    let mut size = rules.max_units.get();
+    let mut size = rules.max_units.get().min(want);
     let share = SHARE.saturating_mul(holders.saturating_add(1));
     for r in rooms {
         let bound = stranded_bound(r.limit);
-        let above_bound = r.remaining.saturating_sub(bound);
-        let all_leases = bound.max(r.remaining / SHARE).min(r.remaining);
-        size = size.min(above_bound / share).min(all_leases.saturating_sub(outstanding));
+        // A fair share of the bound: each holder has up to two leases at risk (the one it
+        // spends and the one it replaced, closed with its next renewal).
+        let fair = bound / holders.saturating_add(1).saturating_mul(2);
+        size = size.min(r.remaining / share).min(bound.saturating_sub(at_risk)).min(fair);
     }
     let cost = cost.get();
     let whole = size / cost * cost;
@@ -127,11 +138,14 @@ pub struct Grant {
     pub limits: Vec<LeaseLimit>,
 }
 
-/// What a holder says of a lease it stops spending: which one, and how much it did not spend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Closing {
+/// What a holder says of a lease it stops spending: its hold, what of it the holder did not
+/// spend, and how many requests it admitted from it (for the decision counts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseClosing {
+    pub id: EventId,
     pub token: u64,
     pub unused: u64,
+    pub spent: u64,
 }
 
 /// A lease in the holder's (the isolate's) memory.
@@ -140,6 +154,8 @@ pub struct LocalLease {
     pub grant: Grant,
     pub cost: u64,
     pub left: u64,
+    /// When the holder received it: its spending rate is measured from here.
+    pub received: Timestamp,
     /// The holder's own deadline: it received the grant after the DO made it, so this is never
     /// earlier than the DO's; the DO allows a grace beyond its own for that flight time.
     pub until: Timestamp,
@@ -150,7 +166,7 @@ pub struct LocalLease {
 impl LocalLease {
     pub fn new(grant: Grant, cost: u64, received: Timestamp) -> Self {
         let until = received.saturating_add_ms(grant.ttl_ms);
-        Self { left: grant.units, grant, cost, until, renewing: false }
+        Self { left: grant.units, grant, cost, until, received, renewing: false }
     }
 
     /// Spends one request's units if the lease still has them and is in time.
@@ -173,9 +189,19 @@ impl LocalLease {
         !self.renewing && (self.left.saturating_mul(2) < self.grant.units || now.millis() >= half_time)
     }
 
+    /// The next lease's size this holder asks for: what it spent per lease period so far,
+    /// doubled (it renews at half), and at least two requests.
+    pub fn want(&self, now: Timestamp) -> u64 {
+        let spent = u128::from(self.grant.units.saturating_sub(self.left));
+        let elapsed = u128::from(now.since(self.received).max(1));
+        let per_period = spent * u128::from(self.grant.ttl_ms) / elapsed;
+        u64::try_from(per_period.saturating_mul(2)).unwrap_or(u64::MAX).max(self.cost.saturating_mul(2))
+    }
+
     /// Stops spending: what to report.
-    pub const fn close(&self) -> Closing {
-        Closing { token: self.grant.token, unused: self.left }
+    pub fn close(&self) -> LeaseClosing {
+        let spent = self.grant.units.saturating_sub(self.left).checked_div(self.cost).unwrap_or(0);
+        LeaseClosing { id: self.grant.id.clone(), token: self.grant.token, unused: self.left, spent }
     }
 
     /// The limits as this holder shows them now: the org's remaining is the DO's figure plus
@@ -185,6 +211,116 @@ impl LocalLease {
             .limits
             .iter()
             .map(|l| LeaseLimit { remaining: l.remaining.saturating_add(self.left).min(l.limit), ..l.clone() })
+    }
+}
+
+/// What a holder's lease says of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spend {
+    /// Admitted from lease `token` (hold `id`). `renew`: ask for the next lease now, off the
+    /// request path, closing `to_close` (the lease the current one replaced) with it.
+    /// `want` is the size to ask for.
+    Taken { token: u64, id: EventId, renew: bool, want: u64, to_close: Option<LeaseClosing> },
+    /// No lease: ask the DO.
+    Ask,
+    /// The lease ran out or expired: ask the DO, and close these (their unspent units go back).
+    AskAndClose(Vec<LeaseClosing>),
+}
+
+/// One holder's lease for one request class: the lease being spent, the one it replaced (closed
+/// with the next renewal), and whether a strict decision is already asking for a lease. The
+/// Worker keeps one per (org, key, meter, cost) in isolate memory; the simulation one per holder.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Slot {
+    lease: Option<LocalLease>,
+    plan: String,
+    to_close: Option<LeaseClosing>,
+    asking: bool,
+}
+
+impl Slot {
+    /// Spends one request from the lease, if there is one in time with room.
+    pub fn spend(&mut self, now: Timestamp) -> Spend {
+        let Some(l) = self.lease.as_mut() else { return Spend::Ask };
+        if !l.take(now) {
+            // A renewal on its way will replace it; otherwise it is done with.
+            if l.renewing {
+                return Spend::Ask;
+            }
+            let done = l.close();
+            self.lease = None;
+            return Spend::AskAndClose(self.to_close.take().into_iter().chain([done]).collect());
+        }
+        let renew = l.wants_renewal(now);
+        l.renewing |= renew;
+        let to_close = if renew { self.to_close.take() } else { None };
+        Spend::Taken { token: l.grant.token, id: l.grant.id.clone(), renew, want: l.want(now), to_close }
+    }
+
+    /// The `RateLimit` headers of a request just admitted from the lease.
+    pub fn headers(&self, now: Timestamp) -> Vec<(&'static str, String)> {
+        self.lease
+            .as_ref()
+            .map(|l| super::headers::lease_headers(&l.limits().collect::<Vec<_>>(), now))
+            .unwrap_or_default()
+    }
+
+    /// The plan the lease was granted under (for the origin's tenant headers).
+    pub fn plan(&self) -> &str {
+        &self.plan
+    }
+
+    /// Whether a strict decision should ask for a lease: not while a renewal or another ask is
+    /// on its way, so that a burst of requests does not take a lease each.
+    pub fn ask(&mut self) -> bool {
+        let renewing = self.lease.as_ref().is_some_and(|l| l.renewing);
+        let ask = !renewing && !self.asking;
+        self.asking |= ask;
+        ask
+    }
+
+    /// The decision that asked came back (with or without a lease, or not at all).
+    pub fn asked(&mut self) {
+        self.asking = false;
+    }
+
+    /// Installs a new grant. The lease it replaces stops being spent now; its closing waits for
+    /// the next renewal, or is returned when one is already waiting (send that one now).
+    pub fn install(&mut self, grant: Grant, cost: u64, plan: String, now: Timestamp) -> Option<LeaseClosing> {
+        self.plan = plan;
+        let old = self.lease.replace(LocalLease::new(grant, cost, now))?;
+        self.to_close.replace(old.close())
+    }
+
+    /// A renewal came back without a lease (`failed`: or not at all). Without a lease on offer
+    /// the current one is closed too, so its units go back to strict decisions; a failed one
+    /// keeps spending until its deadline. Returns the closings to send now.
+    pub fn refused(&mut self, failed: bool) -> Vec<LeaseClosing> {
+        if let Some(l) = self.lease.as_mut() {
+            l.renewing = false;
+        }
+        if failed {
+            return Vec::new();
+        }
+        let current = self.lease.take().map(|l| l.close());
+        self.to_close.take().into_iter().chain(current).collect()
+    }
+
+    /// Gives a failed request's units back to the lease it came from, if that lease is still
+    /// the one being spent; `false`: it was replaced, and the DO must release them.
+    pub fn give_back(&mut self, token: u64, q: u64) -> bool {
+        match self.lease.as_mut() {
+            Some(l) if l.grant.token == token => {
+                l.give_back(q);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Nothing held, nothing waiting: the slot can go.
+    pub const fn is_idle(&self) -> bool {
+        self.lease.is_none() && self.to_close.is_none() && !self.asking
     }
 }
 

@@ -25,34 +25,59 @@ pub const REPORT_WINDOW_MS: u64 = 120_000;
 /// A grant shorter than this is not worth a lease (a fixed window about to end): strict.
 const MIN_TTL_MS: u64 = 500;
 
-/// What an open lease holds, until when.
+/// What a lease not yet closed holds: spendable until `until`; after that its holder either
+/// closes it late (it was alive) or never does (it died), and at `drop_at` its units count as
+/// stranded for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenLease {
     meter: MeterId,
     units: u64,
+    granted: Timestamp,
     until: Timestamp,
+    drop_at: Timestamp,
+}
+
+/// Units of leases never closed: stranded in the window they were counted in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenOff {
+    meter: MeterId,
+    granted: Timestamp,
+    units: u64,
 }
 
 impl OrgMachine {
-    /// What open leases hold, for the state view: how many, and their units.
+    /// What open leases hold, for the state view: how many are being spent, their units, and
+    /// the units of leases never closed (stranded) since this instance started.
     pub(super) fn open_leases(&self, now: Timestamp) -> serde_json::Value {
         let open = self.leases.values().filter(|l| l.until > now);
         let (count, units) = open.fold((0u64, 0u64), |(n, u), l| (n + 1, u.saturating_add(l.units)));
-        json!({"count": count, "units": units})
+        let stranded = self.written_off.iter().fold(0u64, |a, w| a.saturating_add(w.units));
+        json!({"count": count, "units": units, "stranded": stranded})
     }
 
-    /// Open leases on `meter` (past their deadline they no longer count as held by anyone).
-    fn open_on(&mut self, meter: &MeterId, now: Timestamp) -> (u64, u64) {
-        self.leases.retain(|_, l| l.until > now);
+    /// On `meter`: units at risk (every lease not closed, live or past its deadline, plus the
+    /// written-off units counted since `since`), and how many holders are spending one now.
+    fn at_risk(&mut self, meter: &MeterId, since: Timestamp, now: Timestamp) -> (u64, u64) {
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.leases).into_iter().partition(|(_, l)| l.drop_at <= now);
+        self.leases = kept.into_iter().collect();
+        self.written_off.extend(gone.into_iter().map(|(_, l)| WrittenOff {
+            meter: l.meter,
+            granted: l.granted,
+            units: l.units,
+        }));
+        self.written_off.retain(|w| w.granted >= since || &w.meter != meter);
+        let written: u64 =
+            self.written_off.iter().filter(|w| &w.meter == meter).fold(0, |a, w| a.saturating_add(w.units));
         self.leases
             .values()
             .filter(|l| &l.meter == meter)
-            .fold((0, 0), |(units, n), l| (units.saturating_add(l.units), n + 1))
+            .fold((written, 0), |(units, n), l| (units.saturating_add(l.units), n + u64::from(l.until > now)))
     }
 
     /// A lease for requests of `cost` on `meter`, or `None` (no lease mode, a cost the lease
     /// cannot carry, an audit meter, or too little room left: decide strictly).
-    pub(super) fn grant(&mut self, cx: &mut Cx<'_>, meter: &MeterId, cost: u64) -> Option<Grant> {
+    pub(super) fn grant(&mut self, cx: &mut Cx<'_>, meter: &MeterId, cost: u64, want: u64) -> Option<Grant> {
         let loaded = cx.loaded;
         let (policy, now) = (&loaded.policy, cx.now);
         let rules = policy.lease?;
@@ -69,8 +94,10 @@ impl OrgMachine {
             .iter()
             .filter(|l| hard(&l.policy))
             .map(|l| Room { limit: l.limit.unwrap_or(0), remaining: l.remaining.unwrap_or(0) });
-        let (outstanding, holders) = self.open_on(meter, now);
-        let units = grant_size(&rules, cost, rooms, outstanding, holders);
+        // Stranded units matter in the windows they were counted in: the oldest current window.
+        let since = view.limits.iter().filter(|l| hard(&l.policy)).map(|l| l.window_start).min().unwrap_or(now);
+        let (outstanding, holders) = self.at_risk(meter, since, now);
+        let units = grant_size(&rules, cost, want, rooms, outstanding, holders);
         // A fixed window's units are spent in that window only.
         let ttl_ms = view
             .limits
@@ -100,7 +127,8 @@ impl OrgMachine {
             lease: true,
         };
         let token = self.hold(h, now);
-        self.leases.insert(token, OpenLease { meter: meter.clone(), units, until: deadline });
+        self.leases
+            .insert(token, OpenLease { meter: meter.clone(), units, granted: now, until: deadline, drop_at: until });
         let limits = decision
             .limits
             .iter()
@@ -143,7 +171,7 @@ impl OrgMachine {
         &mut self,
         cx: &mut Cx<'_>,
         meter: &MeterId,
-        cost: u64,
+        (cost, want): (u64, u64),
         closing: Option<&LeaseClosing>,
     ) -> Result<OrgReply, OrgError> {
         let closed = match closing {
@@ -153,7 +181,7 @@ impl OrgMachine {
         let policy = &cx.loaded.policy;
         policy.meter(meter).ok_or_else(|| UsageError::UnknownMeter(meter.clone()))?;
         let plan = Some(policy.plan.to_string());
-        let lease = self.grant(cx, meter, cost);
+        let lease = self.grant(cx, meter, cost, want);
         let body = json!({"closed": closed});
         Ok(OrgReply { body, plan, lease, ..OrgReply::EMPTY })
     }

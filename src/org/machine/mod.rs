@@ -131,6 +131,8 @@ pub struct OrgMachine {
     /// Open leases by hold token: what they hold until their deadline (memory only; a lost
     /// instance's leases stay counted, which strands units but never admits past a limit).
     leases: BTreeMap<u64, lease::OpenLease>,
+    /// Units of leases never closed (memory only, like the leases).
+    written_off: Vec<lease::WrittenOff>,
 }
 
 fn parse_config(cfg: &StoredConfig) -> Result<Loaded, OrgError> {
@@ -185,6 +187,7 @@ impl OrgMachine {
             last_report: None,
             api: api::ApiLimiter::new(b.api_reads_per_minute, b.api_calls_per_minute),
             leases: BTreeMap::new(),
+            written_off: Vec::new(),
         }
     }
 
@@ -315,7 +318,8 @@ impl OrgMachine {
                 // Lease mode: an admitted request of fixed cost also takes a lease for the next
                 // ones (a replayable one does not: its replays must be seen here).
                 if lease && !replayable && kind == DecideKind::Proxy && reply.held.is_some() {
-                    reply.lease = self.grant(&mut cx, &meter, quantity);
+                    let want = quantity.saturating_mul(crate::policy::lease::FIRST_WANT);
+                    reply.lease = self.grant(&mut cx, &meter, quantity, want);
                 }
                 reply
             }
@@ -331,7 +335,9 @@ impl OrgMachine {
             }
             OrgOp::Settle { id, action } => self.settle(&mut cx, &id, action)?,
             OrgOp::Release { id, held, quantity } => self.release(&mut cx, &id, held, quantity)?,
-            OrgOp::Lease { meter, cost, closing } => self.lease(&mut cx, &meter, cost, closing.as_ref())?,
+            OrgOp::Lease { meter, cost, want, closing } => {
+                self.lease(&mut cx, &meter, (cost, want), closing.as_ref())?
+            }
             OrgOp::Report { id, usage } => self.report(&mut cx, &id, &usage),
             OrgOp::Gate => OrgReply::ok(json!({"allowed": true}), Some(loaded.policy.plan.to_string())),
         };

@@ -86,14 +86,12 @@ fn strict(o: &mut Org, n: u64, now: Timestamp) -> OrgReply {
 }
 
 fn closing(l: &LocalLease) -> LeaseClosing {
-    let c = l.close();
-    let spent = (l.grant.units - c.unused) / l.cost;
-    LeaseClosing { id: l.grant.id.clone(), token: c.token, unused: c.unused, spent }
+    l.close()
 }
 
 fn renew(o: &mut Org, hd: &mut Holder, now: Timestamp) {
     let closing = hd.lease.take().map(|l| closing(&l));
-    let op = OrgOp::Lease { meter: m("requests"), cost: 1, closing };
+    let op = OrgOp::Lease { meter: m("requests"), cost: 1, want: 1000, closing };
     let r = o.org(&key(), op, now).unwrap().reply;
     hd.lease = r.lease.map(|g| LocalLease::new(g, 1, now));
 }
@@ -128,7 +126,7 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
                         if let Some(g) = r.lease {
                             if let Some(old) = hd.lease.take() {
                                 let c = closing(&old);
-                                let op = OrgOp::Lease { meter: m("requests"), cost: 0, closing: Some(c) };
+                                let op = OrgOp::Lease { meter: m("requests"), cost: 0, want: 1000, closing: Some(c) };
                                 o.org(&key(), op, now).unwrap();
                             }
                             hd.lease = Some(LocalLease::new(g, 1, now));
@@ -183,7 +181,7 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
     for hd in holders.values_mut() {
         if let Some(l) = hd.lease.take() {
             // Cost 0: close only, no next lease.
-            let op = OrgOp::Lease { meter: m("requests"), cost: 0, closing: Some(closing(&l)) };
+            let op = OrgOp::Lease { meter: m("requests"), cost: 0, want: 1000, closing: Some(closing(&l)) };
             prop_assert!(o.org(&key(), op, now).unwrap().reply.lease.is_none());
         }
     }
@@ -202,21 +200,23 @@ fn a_request_takes_a_lease_and_a_close_gives_back_the_rest() {
     let mut o = leased_org(json!([{"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"}]));
     let r = strict(&mut o, 1, at(1));
     let g = r.lease.clone().expect("lease mode grants with the first admitted request");
-    // 1,000 − 1 remaining, bound 100: (899 / 4) capped at max_units 60.
-    assert_eq!(g.units, 60);
-    assert_eq!(o.used("requests-month", at(1)), 61, "the lease is counted as used the moment it is granted");
-    assert_eq!(g.limits[0].remaining, 939);
+    // A first lease is what a holder with no history asks for (32 requests); 1,000 − 1
+    // remaining and a bound of 100 would allow 899 / 4, max_units 60.
+    assert_eq!(g.units, 32);
+    assert_eq!(o.used("requests-month", at(1)), 33, "the lease is counted as used the moment it is granted");
+    assert_eq!(g.limits[0].remaining, 967);
     let mut l = LocalLease::new(g, 1, at(1));
     for _ in 0..10 {
         assert!(l.take(at(2)));
     }
-    let op = OrgOp::Lease { meter: m("requests"), cost: 1, closing: Some(closing(&l)) };
+    let op = OrgOp::Lease { meter: m("requests"), cost: 1, want: 1000, closing: Some(closing(&l)) };
     let step = o.org(&key(), op, at(3)).unwrap();
     assert_eq!(step.reply.body["closed"], true);
     let next = step.reply.lease.expect("room for another lease");
+    assert_eq!(next.units, 50, "what the holder wants, up to its fair share of the bound (100 / 2)");
     assert_eq!(o.used("requests-month", at(3)), 11 + next.units);
     // Closing the same lease twice gives nothing back twice.
-    let op = OrgOp::Lease { meter: m("requests"), cost: 1, closing: Some(closing(&l)) };
+    let op = OrgOp::Lease { meter: m("requests"), cost: 0, want: 0, closing: Some(closing(&l)) };
     let again = o.org(&key(), op, at(4)).unwrap().reply;
     assert_eq!(again.body["closed"], false);
     // Leases stop at the stranded bound: strict decisions take the last 100 units.
@@ -235,6 +235,9 @@ fn a_request_takes_a_lease_and_a_close_gives_back_the_rest() {
     }
     assert!(leases > 0);
     assert_eq!(o.used("requests-month", now), LIMIT, "strict decisions fill the limit exactly");
+    // Everything at risk (leases never closed, here all of them) stayed within the bound.
+    let state = o.admin(AdminOp::State, now).body;
+    assert!(state["open_leases"]["units"].as_u64().unwrap() <= 100, "{}", state["open_leases"]);
     // A replayable request never takes a lease.
     let op = OrgOp::Decide {
         meter: m("requests"),

@@ -594,3 +594,4 @@ fn alerts_fire_on_crossings_only() {
 mod lease;
 mod ledger;
 mod props;
+pub mod sim;
