@@ -44,6 +44,12 @@ function perf(r) {
       t("DECISION_LOG=all req/s ÷ DECISION_LOG=refusals req/s", logs.rps == null ? null : x(logs.rps), "≥ 0.90×", logs.rps >= 0.9),
       t("one policy decision, native", `${(r.criterion.decision.mean_ns / 1000).toFixed(2)} µs`, "≤ 1 µs", r.criterion.decision.mean_ns <= 1000),
       t("wasm, gzip", `${(r.size.wasm_gzip_bytes / 1024).toFixed(0)} KiB`, "≤ 400 KiB", r.size.wasm_gzip_bytes <= 400 * 1024),
+      ...(q("c6/c1")
+        ? [
+            t("lease mode req/s ÷ strict req/s (one hot org)", x(q("c6/c1").rps), "≥ 5×", q("c6/c1").rps >= 5),
+            t("lease mode p99 ÷ strict p99", x(q("c6/c1").p99), "≤ 1×", q("c6/c1").p99 <= 1),
+          ]
+        : []),
       "",
     );
   }

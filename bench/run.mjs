@@ -172,7 +172,10 @@ async function provision(api) {
     await api.org(org, { plan });
     return (await api.key(org)).key;
   };
+  // Lease mode: the same hard quota, decided from pre-debited leases in the Worker isolate.
+  await api.plan("bench-lease", { limits: [{ meter: "requests", limit: huge, period: "month", mode: "hard" }], lease: { max_units: 5000, ttl_secs: 10 } });
   const keys = { hot: await keyOf("bench-hot", "bench-quota"), burst: await keyOf("bench-burst", "bench-burst") };
+  keys.lease = await keyOf("bench-lease", "bench-lease");
   keys.metered = await keyOf("bench-metered", "bench-metered");
   keys.many = [];
   for (let i = 0; i < 100; i++) keys.many.push(await keyOf(`bench-org-${String(i).padStart(3, "0")}`, "bench-quota"));
@@ -445,6 +448,7 @@ async function main() {
     { id: "c3", name: "(c) quotagate, burst limit + monthly quota", url: gw.url, pgid: gw.pid, keysFile: keyFile("burst", [keys.burst]) },
     { id: "c4", name: "(c) quotagate, post-response metering", url: gw.url, pgid: gw.pid, keysFile: keyFile("metered", [keys.metered]), method: "POST", path: "/v1/ai/chat" },
     { id: "c5", name: "(c) quotagate, one hot org, DECISION_LOG=refusals", url: quiet.url, pgid: quiet.pid, keysFile: quietKeys },
+    { id: "c6", name: "(c) quotagate, one hot org, lease mode", url: gw.url, pgid: gw.pid, keysFile: keyFile("lease", [keys.lease]) },
     { id: "d", name: "(d) Workers Rate Limiting binding", url: ratelimit.url, pgid: ratelimit.pid, keysFile: hotKeys },
     { id: "e", name: "(e) Node + rate-limiter-flexible + Redis", url: `http://127.0.0.1:${limiterPort}`, pgid: limiter.child.pid, extraPgid: redis.child.pid, keysFile: hotKeys },
     { id: "a@1", name: "(a) pass-through Worker, 1 connection", url: passthrough.url, pgid: passthrough.pid, keysFile: hotKeys, connections: 1 },
@@ -467,7 +471,8 @@ async function main() {
     for (const c of contenders) {
       const opts = { keysFile: c.keysFile, method: c.method, path: c.path, connections: c.connections };
       wrk(c.url, { ...opts, seconds: WARMUP });
-      const used0 = c.id === "c1" ? await api.used("bench-hot", "requests-month") : 0;
+      const countedOrg = { c1: "bench-hot", c6: "bench-lease" }[c.id];
+      const used0 = countedOrg ? await api.used(countedOrg, "requests-month") : 0;
       const cpu0 = { ...groupCpu(c.pgid), ...(c.extraPgid ? groupCpu(c.extraPgid) : {}) };
       const origin0 = groupCpu(origin.child.pid).node ?? 0;
       const r = wrk(c.url, { ...opts, seconds: DURATION });
@@ -477,11 +482,12 @@ async function main() {
         Object.keys(cpu1).map((k) => [k, Math.round(((cpu1[k] - (cpu0[k] ?? 0)) * 1000) / Math.max(1, r.requests))]),
       );
       if (c.id !== "origin") r.cpu_us_per_request.origin = Math.round(((origin1 - origin0) * 1000) / Math.max(1, r.requests));
-      if (c.id === "c1") {
+      if (countedOrg) {
         // Every admitted request is counted: wrk's total, plus at most the requests still in
-        // flight when wrk stopped (one per connection).
+        // flight when wrk stopped (one per connection). In lease mode the counter also holds
+        // the isolate's open lease (pre-debited, up to max_units).
         await sleep(500);
-        r.counted = (await api.used("bench-hot", "requests-month")) - used0;
+        r.counted = (await api.used(countedOrg, "requests-month")) - used0;
       }
       runs[c.id].push(r);
       log(`round ${round} ${c.id}: ${r.rps.toFixed(0)} req/s p50 ${r.p50_ms.toFixed(2)} ms p99 ${r.p99_ms.toFixed(2)} ms p99.9 ${r.p999_ms.toFixed(2)} ms non-2xx ${r.non_2xx} cpu ${JSON.stringify(r.cpu_us_per_request)}`);
@@ -509,6 +515,10 @@ async function main() {
   if (runs.c1) {
     results.quotagate_counted = runs.c1.map((x) => ({ wrk_requests: x.requests, counted: x.counted, exact: x.counted >= x.requests && x.counted <= x.requests + CONNECTIONS }));
   }
+  if (runs.c6) {
+    // Counted = served + what the open lease holds; never less than served.
+    results.lease_counted = runs.c6.map((x) => ({ wrk_requests: x.requests, counted: x.counted, covers: x.counted >= x.requests }));
+  }
   // Every ratio by name: ratios["<contender>/<base>"] = {rps, p99, cpu} (cpu: workerd's, or the
   // server's for e).
   const by = Object.fromEntries(results.http.map((h) => [h.id, h]));
@@ -524,6 +534,7 @@ async function main() {
     ratio(h.id, "e");
   }
   ratio("c1", "c5");
+  ratio("c6", "c1");
   ratio("c1@1", "b@1");
   ratio("b@1", "a@1");
   if (by["c1@1"] && by["b@1"]) results.single_client_p50_gap_ms = by["c1@1"].p50_ms - by["b@1"].p50_ms;

@@ -24,15 +24,23 @@ thread_local! {
     static SLOTS: RefCell<HashMap<LeaseKey, Slot>> = RefCell::new(HashMap::new());
 }
 
-fn with<T>(k: &LeaseKey, f: impl FnOnce(&mut Slot) -> T) -> T {
+/// Runs `f` on the key's slot (made empty if there is none and `make`); an idle slot goes.
+/// The common case (a slot exists) looks the key up without copying it.
+fn with<T>(k: &LeaseKey, make: bool, f: impl FnOnce(&mut Slot) -> T) -> Option<T> {
     SLOTS.with(|m| {
         let mut m = m.borrow_mut();
-        let slot = m.entry(k.clone()).or_default();
+        if !m.contains_key(k) {
+            if !make {
+                return None;
+            }
+            m.insert(k.clone(), Slot::default());
+        }
+        let slot = m.get_mut(k)?;
         let out = f(slot);
         if slot.is_idle() {
             m.remove(k);
         }
-        out
+        Some(out)
     })
 }
 
@@ -45,7 +53,8 @@ pub struct Taken {
 
 /// Spends one request from the key's lease; the headers and plan come with an admission.
 pub fn take(k: &LeaseKey, now: Timestamp) -> Taken {
-    with(k, |s| {
+    let none = || Taken { spend: Spend::Ask, plan: String::new(), headers: Vec::new() };
+    with(k, false, |s| {
         let spend = s.spend(now);
         let (plan, headers) = if matches!(spend, Spend::Taken { .. }) {
             (s.plan().to_owned(), s.headers(now).into_iter().map(|(n, v)| (n.to_owned(), v)).collect())
@@ -54,24 +63,25 @@ pub fn take(k: &LeaseKey, now: Timestamp) -> Taken {
         };
         Taken { spend, plan, headers }
     })
+    .unwrap_or_else(none)
 }
 
 pub fn ask(k: &LeaseKey) -> bool {
-    with(k, Slot::ask)
+    with(k, true, Slot::ask).unwrap_or(false)
 }
 
 pub fn asked(k: &LeaseKey) {
-    with(k, Slot::asked);
+    with(k, false, Slot::asked);
 }
 
 pub fn install(k: &LeaseKey, grant: Grant, plan: String, now: Timestamp) -> Option<LeaseClosing> {
-    with(k, |s| s.install(grant, k.cost, plan, now))
+    with(k, true, |s| s.install(grant, k.cost, plan, now)).flatten()
 }
 
 pub fn refused(k: &LeaseKey, failed: bool) -> Vec<LeaseClosing> {
-    with(k, |s| s.refused(failed))
+    with(k, false, |s| s.refused(failed)).unwrap_or_default()
 }
 
 pub fn give_back(k: &LeaseKey, token: u64, q: u64) -> bool {
-    with(k, |s| s.give_back(token, q))
+    with(k, false, |s| s.give_back(token, q)).unwrap_or(false)
 }

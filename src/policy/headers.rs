@@ -69,25 +69,30 @@ pub fn ratelimit(statuses: &[LimitStatus], now: Timestamp) -> Option<String> {
 
 /// The headers of a request admitted from a lease, in the same order and wording as
 /// `decision_headers`: the limits are the lease's view (the org's remaining as the DO last
-/// said, plus what this holder has not spent).
-pub fn lease_headers(limits: &[LeaseLimit], now: Timestamp) -> Vec<(&'static str, String)> {
-    let mut h = Vec::new();
+/// said, plus `unspent`, what this holder has not spent yet).
+pub fn lease_headers(grant: &[LeaseLimit], unspent: u64, now: Timestamp) -> Vec<(&'static str, String)> {
+    let remaining = |l: &LeaseLimit| l.remaining.saturating_add(unspent).min(l.limit);
+    let limits = grant;
+    let mut h = Vec::with_capacity(6);
     let secs = |l: &LeaseLimit| l.reset_ms.map(|r| r.saturating_sub(now.millis()).div_ceil(1000));
     if let Some(v) = joined(limits.iter().map(|l| policy_item(&l.policy, l.limit, l.window_secs))) {
         h.push(("RateLimit-Policy", v));
     }
-    if let Some(v) = joined(limits.iter().map(|l| limit_item(&l.policy, l.remaining, secs(l)))) {
+    if let Some(v) = joined(limits.iter().map(|l| limit_item(&l.policy, remaining(l), secs(l)))) {
         h.push(("RateLimit", v));
     }
-    if let Some(l) = limits.iter().min_by_key(|l| (l.remaining, l.reset_ms.unwrap_or(u64::MAX))) {
+    if let Some(l) = limits.iter().min_by_key(|l| (remaining(l), l.reset_ms.unwrap_or(u64::MAX))) {
         h.push(("X-RateLimit-Limit", l.limit.to_string()));
-        h.push(("X-RateLimit-Remaining", l.remaining.to_string()));
+        h.push(("X-RateLimit-Remaining", remaining(l).to_string()));
         if let Some(reset) = l.reset_ms {
             h.push(("X-RateLimit-Reset", reset.div_ceil(1000).to_string()));
         }
     }
-    let level =
-        limits.iter().map(|l| Level::of(l.limit.saturating_sub(l.remaining), Some(l.limit))).max().unwrap_or(Level::Ok);
+    let level = limits
+        .iter()
+        .map(|l| Level::of(l.limit.saturating_sub(remaining(l)), Some(l.limit)))
+        .max()
+        .unwrap_or(Level::Ok);
     h.push(("X-Quota-Status", level.as_str().to_owned()));
     h
 }
@@ -168,7 +173,7 @@ mod tests {
                 reset_ms: None,
             },
         ];
-        let h = lease_headers(&limits, now);
+        let h = lease_headers(&limits, 0, now);
         let get = |k: &str| h.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("RateLimit-Policy"), Some("\"requests-minute\";q=100;w=60, \"requests-month\";q=1000"));
         assert_eq!(get("RateLimit"), Some("\"requests-minute\";r=90;t=2, \"requests-month\";r=40"));

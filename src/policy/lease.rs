@@ -203,15 +203,6 @@ impl LocalLease {
         let spent = self.grant.units.saturating_sub(self.left).checked_div(self.cost).unwrap_or(0);
         LeaseClosing { id: self.grant.id.clone(), token: self.grant.token, unused: self.left, spent }
     }
-
-    /// The limits as this holder shows them now: the org's remaining is the DO's figure plus
-    /// what this holder has not spent (other holders' unspent units are not visible here).
-    pub fn limits(&self) -> impl Iterator<Item = LeaseLimit> + '_ {
-        self.grant
-            .limits
-            .iter()
-            .map(|l| LeaseLimit { remaining: l.remaining.saturating_add(self.left).min(l.limit), ..l.clone() })
-    }
 }
 
 /// What a holder's lease says of one request.
@@ -259,10 +250,7 @@ impl Slot {
 
     /// The `RateLimit` headers of a request just admitted from the lease.
     pub fn headers(&self, now: Timestamp) -> Vec<(&'static str, String)> {
-        self.lease
-            .as_ref()
-            .map(|l| super::headers::lease_headers(&l.limits().collect::<Vec<_>>(), now))
-            .unwrap_or_default()
+        self.lease.as_ref().map(|l| super::headers::lease_headers(&l.grant.limits, l.left, now)).unwrap_or_default()
     }
 
     /// The plan the lease was granted under (for the origin's tenant headers).

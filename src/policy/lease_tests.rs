@@ -73,7 +73,9 @@ fn a_holder_spends_gives_back_and_renews_ahead() {
     let mut l = LocalLease::new(grant(10, 4000), 2, t0);
     assert!(!l.wants_renewal(t0));
     assert!(l.take(t0) && l.take(t0));
-    assert_eq!(l.limits().next().map(|x| x.remaining), Some(46), "the org's remaining counts what is left here");
+    let h = crate::policy::headers::lease_headers(&l.grant.limits, l.left, t0);
+    let ratelimit = h.iter().find(|(n, _)| *n == "RateLimit").map(|(_, v)| v.as_str());
+    assert_eq!(ratelimit, Some("\"requests-month\";r=46"), "the org's remaining counts what is left here");
     l.give_back(2);
     assert_eq!(l.left, 8);
     assert!(l.take(t0) && l.take(t0) && l.take(t0));
