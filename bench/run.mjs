@@ -454,7 +454,9 @@ async function main() {
     { id: "a@1", name: "(a) pass-through Worker, 1 connection", url: passthrough.url, pgid: passthrough.pid, keysFile: hotKeys, connections: 1 },
     { id: "b@1", name: "(b) minimal DO counter, 1 connection", url: doCounter.url, pgid: doCounter.pid, keysFile: hotKeys, connections: 1 },
     { id: "c1@1", name: "(c) quotagate, one hot org, 1 connection", url: gw.url, pgid: gw.pid, keysFile: hotKeys, connections: 1 },
+    { id: "c6@1", name: "(c) quotagate, one hot org, lease mode, 1 connection", url: gw.url, pgid: gw.pid, keysFile: keyFile("lease1", [keys.lease]), connections: 1 },
   ].filter((c) => !ONLY || ONLY.has(c.id) || ["a", "b", "a@1", "b@1"].includes(c.id));
+  // c6 and c6@1 share the lease org: c6@1's figures are of a single client of that org.
 
   // One request each first: every contender must forward with 200 before it is measured.
   for (const c of contenders) {
@@ -536,6 +538,7 @@ async function main() {
   ratio("c1", "c5");
   ratio("c6", "c1");
   ratio("c1@1", "b@1");
+  ratio("c6@1", "c1@1");
   ratio("b@1", "a@1");
   if (by["c1@1"] && by["b@1"]) results.single_client_p50_gap_ms = by["c1@1"].p50_ms - by["b@1"].p50_ms;
   for (const g of [passthrough, doCounter, ratelimit, quiet]) await g.stop();

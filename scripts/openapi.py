@@ -88,6 +88,10 @@ schemas = {
                 # A composite meter: the sum of these meters (usage is recorded on them).
                 "sum_of": {"type": "array", "minItems": 2, "items": ID}}}},
             "limits": {"type": "array", "items": ref("Limit"), "maxItems": 64},
+            # Lease mode: Worker isolates admit proxied requests of fixed cost from pre-debited leases.
+            "lease": {"type": ["object", "null"], "additionalProperties": False, "properties": {
+                "max_units": {"type": "integer", "minimum": 1},
+                "ttl_secs": {"type": "integer", "minimum": 1, "maximum": 10}}},
         },
     },
     # A stored plan is the document as accepted plus its row's fields (so no additionalProperties: false).

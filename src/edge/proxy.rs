@@ -181,7 +181,12 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
 fn renew_lease(env: &Env, ctx: &Context, k: LeaseKey, want: u64, closing: Option<LeaseClosing>) {
     let env = env.clone();
     ctx.wait_until(async move {
-        let op = OrgOp::Lease { meter: k.meter.clone(), cost: k.cost, want, closing };
+        // The new lease's id is this isolate's random, like a request id.
+        let Ok(Ok(id)) = random_hex::<12>().map(|h| EventId::parse(&format!("lease_{h}"))) else {
+            leases::refused(&k, true);
+            return;
+        };
+        let op = OrgOp::Lease { meter: k.meter.clone(), cost: k.cost, want, id, closing };
         let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(k.key_hash.clone())), op };
         let leftover = match call_do(&env, &k.org, &msg).await {
             Ok(r) if r.status == 200 => match (r.lease, r.plan) {
@@ -216,7 +221,8 @@ fn send_closings(env: &Env, ctx: &Context, k: LeaseKey, closings: Vec<LeaseClosi
 async fn close_now(env: &Env, k: &LeaseKey, closings: Vec<LeaseClosing>) {
     for closing in closings {
         // Cost 0: close only. A lost close strands its units; it never admits past a limit.
-        let op = OrgOp::Lease { meter: k.meter.clone(), cost: 0, want: 0, closing: Some(closing) };
+        let op =
+            OrgOp::Lease { meter: k.meter.clone(), cost: 0, want: 0, id: closing.id.clone(), closing: Some(closing) };
         let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(k.key_hash.clone())), op };
         if let Err(e) = call_do(env, &k.org, &msg).await {
             worker::console_error!(

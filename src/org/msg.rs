@@ -99,6 +99,9 @@ pub enum OrgOp {
         /// Units the holder asks for (its own rate over a lease period).
         #[serde(default)]
         want: u64,
+        /// The new lease's id, made by the holder (random, like a request id), so that a lease
+        /// of an earlier instance of the DO can never be taken for one of this instance.
+        id: EventId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         closing: Option<LeaseClosing>,
     },

@@ -77,7 +77,13 @@ impl OrgMachine {
 
     /// A lease for requests of `cost` on `meter`, or `None` (no lease mode, a cost the lease
     /// cannot carry, an audit meter, or too little room left: decide strictly).
-    pub(super) fn grant(&mut self, cx: &mut Cx<'_>, meter: &MeterId, cost: u64, want: u64) -> Option<Grant> {
+    pub(super) fn grant(
+        &mut self,
+        cx: &mut Cx<'_>,
+        meter: &MeterId,
+        (cost, want): (u64, u64),
+        id: EventId,
+    ) -> Option<Grant> {
         let loaded = cx.loaded;
         let (policy, now) = (&loaded.policy, cx.now);
         let rules = policy.lease?;
@@ -111,8 +117,6 @@ impl OrgMachine {
         let decision = cx.book.record(policy, meter, units, true, now).ok().filter(Decision::allowed)?;
         cx.persist(meter);
         cx.alerts_for(&decision.limits);
-        let token = self.next_token;
-        let id = EventId::parse(&format!("lease_{}_{token}", self.epoch)).ok()?;
         let (buckets, _) = self.record_usage(cx, meter, OutboxRow::audit(id.to_string(), meter, units, "lease", now));
         let deadline = now.saturating_add_ms(ttl_ms.saturating_add(GRACE_MS));
         let until = deadline.saturating_add_ms(REPORT_WINDOW_MS);
@@ -172,6 +176,7 @@ impl OrgMachine {
         cx: &mut Cx<'_>,
         meter: &MeterId,
         (cost, want): (u64, u64),
+        id: EventId,
         closing: Option<&LeaseClosing>,
     ) -> Result<OrgReply, OrgError> {
         let closed = match closing {
@@ -181,7 +186,7 @@ impl OrgMachine {
         let policy = &cx.loaded.policy;
         policy.meter(meter).ok_or_else(|| UsageError::UnknownMeter(meter.clone()))?;
         let plan = Some(policy.plan.to_string());
-        let lease = self.grant(cx, meter, cost, want);
+        let lease = self.grant(cx, meter, (cost, want), id);
         let body = json!({"closed": closed});
         Ok(OrgReply { body, plan, lease, ..OrgReply::EMPTY })
     }

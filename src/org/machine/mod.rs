@@ -31,8 +31,8 @@ use super::io::{AlertView, Boot, Need, Snapshot, Tallies, Writes};
 use super::msg::{AdminOp, Caller, DecideKind, KeyHash, OrgOp, OrgReply, StoredConfig};
 use super::rules::{decode_counters, encode_counters, Wake, COUNTS_EVERY_MS, IDEMPOTENCY_MS};
 use crate::policy::{
-    Book, LimitStatus, MeterId, OrgId, OrgTerms, Plan, PlanError, Policy, ReservationKind, ReserveAs, Timestamp,
-    UsageError,
+    Book, EventId, LimitStatus, MeterId, OrgId, OrgTerms, Plan, PlanError, Policy, ReservationKind, ReserveAs,
+    Timestamp, UsageError,
 };
 use crate::telemetry::{DecisionLine, Outcome};
 use crate::wire::{limit_json, problem_body, status_json, unauthorized_body, usage_error_status, usage_json};
@@ -313,13 +313,17 @@ impl OrgMachine {
         let mut cx = Cx::new(&loaded, snap, now)?;
         let reply = match op {
             OrgOp::Decide { meter, quantity, kind, id, ttl_ms, replayable, lease } => {
+                // The lease taken with this request is named after it (unique: the holder's id).
+                let lease_id = EventId::parse(&format!("{id}.lease")).ok();
                 let how = ReserveAs { id, kind: ReservationKind::Provisional, ttl_ms };
                 let mut reply = self.decide(&mut cx, &meter, quantity, kind, how, replayable)?;
                 // Lease mode: an admitted request of fixed cost also takes a lease for the next
                 // ones (a replayable one does not: its replays must be seen here).
-                if lease && !replayable && kind == DecideKind::Proxy && reply.held.is_some() {
+                if let (true, false, DecideKind::Proxy, Some(_), Some(lease_id)) =
+                    (lease, replayable, kind, reply.held, lease_id)
+                {
                     let want = quantity.saturating_mul(crate::policy::lease::FIRST_WANT);
-                    reply.lease = self.grant(&mut cx, &meter, quantity, want);
+                    reply.lease = self.grant(&mut cx, &meter, (quantity, want), lease_id);
                 }
                 reply
             }
@@ -335,8 +339,8 @@ impl OrgMachine {
             }
             OrgOp::Settle { id, action } => self.settle(&mut cx, &id, action)?,
             OrgOp::Release { id, held, quantity } => self.release(&mut cx, &id, held, quantity)?,
-            OrgOp::Lease { meter, cost, want, closing } => {
-                self.lease(&mut cx, &meter, (cost, want), closing.as_ref())?
+            OrgOp::Lease { meter, cost, want, id, closing } => {
+                self.lease(&mut cx, &meter, (cost, want), id, closing.as_ref())?
             }
             OrgOp::Report { id, usage } => self.report(&mut cx, &id, &usage),
             OrgOp::Gate => OrgReply::ok(json!({"allowed": true}), Some(loaded.policy.plan.to_string())),

@@ -12,6 +12,7 @@ use crate::org::msg::LeaseClosing;
 use crate::org::{AdminOp, Caller, DecideKind, OrgOp, OrgReply, StoredConfig};
 use crate::policy::lease::LocalLease;
 use crate::policy::{OrgId, PlanId, Timestamp};
+use crate::telemetry::Outcome;
 
 const LIMIT: u64 = 1_000;
 
@@ -72,6 +73,13 @@ fn act() -> impl Strategy<Value = Act> {
     ]
 }
 
+/// A fresh lease id, as a holder makes one.
+fn next_id() -> crate::policy::EventId {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    eid(&format!("lease_{}", N.fetch_add(1, Ordering::Relaxed)))
+}
+
 fn strict(o: &mut Org, n: u64, now: Timestamp) -> OrgReply {
     let op = OrgOp::Decide {
         meter: m("requests"),
@@ -91,7 +99,7 @@ fn closing(l: &LocalLease) -> LeaseClosing {
 
 fn renew(o: &mut Org, hd: &mut Holder, now: Timestamp) {
     let closing = hd.lease.take().map(|l| closing(&l));
-    let op = OrgOp::Lease { meter: m("requests"), cost: 1, want: 1000, closing };
+    let op = OrgOp::Lease { meter: m("requests"), cost: 1, want: 1000, id: next_id(), closing };
     let r = o.org(&key(), op, now).unwrap().reply;
     hd.lease = r.lease.map(|g| LocalLease::new(g, 1, now));
 }
@@ -126,7 +134,13 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
                         if let Some(g) = r.lease {
                             if let Some(old) = hd.lease.take() {
                                 let c = closing(&old);
-                                let op = OrgOp::Lease { meter: m("requests"), cost: 0, want: 1000, closing: Some(c) };
+                                let op = OrgOp::Lease {
+                                    meter: m("requests"),
+                                    cost: 0,
+                                    want: 1000,
+                                    id: eid("close"),
+                                    closing: Some(c),
+                                };
                                 o.org(&key(), op, now).unwrap();
                             }
                             hd.lease = Some(LocalLease::new(g, 1, now));
@@ -181,7 +195,13 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
     for hd in holders.values_mut() {
         if let Some(l) = hd.lease.take() {
             // Cost 0: close only, no next lease.
-            let op = OrgOp::Lease { meter: m("requests"), cost: 0, want: 1000, closing: Some(closing(&l)) };
+            let op = OrgOp::Lease {
+                meter: m("requests"),
+                cost: 0,
+                want: 1000,
+                id: eid("close"),
+                closing: Some(closing(&l)),
+            };
             prop_assert!(o.org(&key(), op, now).unwrap().reply.lease.is_none());
         }
     }
@@ -209,14 +229,16 @@ fn a_request_takes_a_lease_and_a_close_gives_back_the_rest() {
     for _ in 0..10 {
         assert!(l.take(at(2)));
     }
-    let op = OrgOp::Lease { meter: m("requests"), cost: 1, want: 1000, closing: Some(closing(&l)) };
+    let op = OrgOp::Lease { meter: m("requests"), cost: 1, want: 1000, id: next_id(), closing: Some(closing(&l)) };
     let step = o.org(&key(), op, at(3)).unwrap();
     assert_eq!(step.reply.body["closed"], true);
+    let leased: u64 = o.m.unsaved_counts().filter(|(_, out, _)| *out == Outcome::Leased).map(|(_, _, n)| n).sum();
+    assert_eq!(leased, 10, "the lease's 10 requests are counted as leased decisions");
     let next = step.reply.lease.expect("room for another lease");
     assert_eq!(next.units, 50, "what the holder wants, up to its fair share of the bound (100 / 2)");
     assert_eq!(o.used("requests-month", at(3)), 11 + next.units);
     // Closing the same lease twice gives nothing back twice.
-    let op = OrgOp::Lease { meter: m("requests"), cost: 0, want: 0, closing: Some(closing(&l)) };
+    let op = OrgOp::Lease { meter: m("requests"), cost: 0, want: 0, id: eid("close"), closing: Some(closing(&l)) };
     let again = o.org(&key(), op, at(4)).unwrap().reply;
     assert_eq!(again.body["closed"], false);
     // Leases stop at the stranded bound: strict decisions take the last 100 units.
@@ -252,7 +274,44 @@ fn a_request_takes_a_lease_and_a_close_gives_back_the_rest() {
 }
 
 #[test]
-fn a_lease_ends_with_its_fixed_window_and_counts_its_decisions() {
+fn a_lease_of_an_earlier_instance_never_closes_one_of_this_instance() {
+    let mut o = leased_org(json!([{"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"}]));
+    let old = strict(&mut o, 1, at(1)).lease.expect("a lease");
+    o.restart();
+    let new = strict(&mut o, 2, at(2)).lease.expect("a lease from the new instance");
+    assert_eq!(old.token, new.token, "tokens start again after a restart");
+    let used = o.used("requests-month", at(3));
+    // The old holder closes its lease, all of it unspent: it names another lease, so nothing
+    // comes back (its units stay counted: stranded, never over-admitted).
+    let stale = LeaseClosing { id: old.id.clone(), token: old.token, unused: old.units, spent: 0 };
+    let op = OrgOp::Lease { meter: m("requests"), cost: 0, want: 0, id: eid("close"), closing: Some(stale) };
+    assert_eq!(o.org(&key(), op, at(3)).unwrap().reply.body["closed"], false);
+    assert_eq!(o.used("requests-month", at(3)), used);
+}
+
+#[test]
+fn a_soft_or_unlimited_meter_leases_only_to_batch_counting() {
+    let mut o = leased_org(json!([{"meter": "requests", "limit": 100, "period": "month", "mode": "soft"}]));
+    // Past the soft limit a lease is still what the holder wants (no hard room to share).
+    let mut now = at(1);
+    for i in 0..150 {
+        now = now.saturating_add_ms(1);
+        strict(&mut o, i, now);
+    }
+    let op = OrgOp::Lease { meter: m("requests"), cost: 1, want: 40, id: next_id(), closing: None };
+    let g = o.org(&key(), op, now).unwrap().reply.lease.expect("a soft meter always leases");
+    assert_eq!(g.units, 40);
+    // Closing it unspent takes its units back out of the counter and the ledger.
+    let before = o.used("requests-month", now);
+    let c = LeaseClosing { id: g.id.clone(), token: g.token, unused: 40, spent: 0 };
+    let op = OrgOp::Lease { meter: m("requests"), cost: 0, want: 0, id: eid("close"), closing: Some(c) };
+    o.org(&key(), op, now).unwrap();
+    assert_eq!(o.used("requests-month", now), before - 40);
+    assert_eq!(u64::try_from(o.mem.ledgered("requests")).unwrap(), before - 40);
+}
+
+#[test]
+fn a_lease_ends_with_its_fixed_window() {
     let mut o = leased_org(json!([{"meter": "requests", "limit": 100_000, "period": "day", "mode": "hard"}]));
     // 2 s before midnight UTC: the lease may be spent for 2 s only.
     let day_end = at(14 * 3_600_000);

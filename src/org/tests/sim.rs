@@ -216,11 +216,13 @@ impl World {
             },
             Msg::Renew { want, closing } => {
                 self.out.renewals += 1;
-                OrgOp::Lease { meter: m("requests"), cost: 1, want: *want, closing: closing.clone() }
+                self.n += 1;
+                let id = EventId::parse(&format!("lease_{}", self.n)).unwrap();
+                OrgOp::Lease { meter: m("requests"), cost: 1, want: *want, id, closing: closing.clone() }
             }
             Msg::Close(c) => {
                 self.out.closes += 1;
-                OrgOp::Lease { meter: m("requests"), cost: 0, want: 0, closing: Some(c.clone()) }
+                OrgOp::Lease { meter: m("requests"), cost: 0, want: 0, id: c.id.clone(), closing: Some(c.clone()) }
             }
         };
         let reply = self.org.org(&key(), op, ts(t)).unwrap().reply;
