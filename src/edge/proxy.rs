@@ -193,6 +193,12 @@ fn renew_lease(env: &Env, ctx: &Context, k: LeaseKey, want: u64, closing: Option
                 (Some(grant), Some(plan)) => leases::install(&k, grant, plan, now()).into_iter().collect(),
                 _ => leases::refused(&k, false),
             },
+            // The key was revoked (or the org is gone): stop spending now. Its closings would
+            // be refused too, so the unspent units stay counted.
+            Ok(r) if r.status == 401 || r.status == 404 => {
+                drop(leases::refused(&k, false));
+                Vec::new()
+            }
             Ok(r) => {
                 worker::console_error!(
                     "{}",

@@ -243,7 +243,7 @@ fn a_request_takes_a_lease_and_a_close_gives_back_the_rest() {
     assert_eq!(again.body["closed"], false);
     // Leases stop at the stranded bound: strict decisions take the last 100 units.
     let mut now = at(5);
-    let mut leases = 0;
+    let mut grants = 0;
     for i in 0..2_000u64 {
         now = now.saturating_add_ms(1);
         let r = strict(&mut o, 100 + i, now);
@@ -251,11 +251,11 @@ fn a_request_takes_a_lease_and_a_close_gives_back_the_rest() {
             break;
         }
         if let Some(g) = r.lease {
-            leases += 1;
+            grants += 1;
             assert!(o.used("requests-month", now) <= LIMIT - 100 + g.units);
         }
     }
-    assert!(leases > 0);
+    assert!(grants > 0);
     assert_eq!(o.used("requests-month", now), LIMIT, "strict decisions fill the limit exactly");
     // Everything at risk (leases never closed, here all of them) stayed within the bound.
     let state = o.admin(AdminOp::State, now).body;
