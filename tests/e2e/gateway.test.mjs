@@ -219,7 +219,7 @@ test("/v1/check decides without proxying; reservations commit and release exactl
 
 test("admin: plans and orgs validate with field-named 400s; unknown resources are 404", async () => {
   const bad = [
-    [{ limits: [], colour: "red" }, "colour: unknown field (expected one of: id, name, on_failure, upgrade_url, meters, limits)"],
+    [{ limits: [], colour: "red" }, "colour: unknown field (expected one of: id, name, on_failure, upgrade_url, meters, limits, lease)"],
     [{ limits: [{ meter: "requests", limit: -5, period: "day" }] }, "limits[0].limit: must not be negative (got -5); use null for unlimited"],
     [{ limits: [{ meter: "requests", limit: 5, period: "fortnight" }] }, "limits[0].period: unknown period 'fortnight' (expected one of: second, minute, hour, day, month, lifetime)"],
     [{ limits: [{ meter: "requests", limit: 5, period: "day" }, { meter: "requests", limit: 6, period: "day" }] }, "limits[1]: duplicate limit for meter 'requests' and period 'day' (first at limits[0])"],
