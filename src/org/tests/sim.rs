@@ -452,6 +452,8 @@ fn published_table() {
         Scenario { holders: 1_200, ..base.clone() },
         Scenario { holders: 1_200, bursty: true, evict_mean_s: Some(300.0), ..base },
     ];
+    // A line of its own: the test harness prints the test's name before its output.
+    println!();
     println!("| holders | decisions/s | arrivals | evictions | limit | DO calls/s, first 60 s | DO calls/s until the limit | DO calls/s overall (refusals past the limit are strict) | leased % | overshoot | stranded at the limit | under-admitted | ledger error |");
     println!("|--:|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for sc in &scenarios {
