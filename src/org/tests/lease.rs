@@ -7,31 +7,17 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use serde_json::json;
 
-use super::{at, eid, key, m, Mem, Org};
+use super::{at, config, eid, key, m, Org};
 use crate::org::msg::LeaseClosing;
-use crate::org::{AdminOp, Caller, DecideKind, OrgOp, OrgReply, StoredConfig};
+use crate::org::{AdminOp, Caller, DecideKind, OrgOp, OrgReply};
 use crate::policy::lease::LocalLease;
-use crate::policy::{OrgId, PlanId, Timestamp};
+use crate::policy::Timestamp;
 use crate::telemetry::Outcome;
 
 const LIMIT: u64 = 1_000;
 
 fn leased_org(limits: serde_json::Value) -> Org {
-    let mut o = Org { m: Mem::default().boot(), mem: Mem::default() };
-    let cfg = StoredConfig {
-        org: OrgId::parse("acme").unwrap(),
-        plan_id: PlanId::parse("p").unwrap(),
-        plan: json!({"limits": limits, "lease": {"max_units": 60, "ttl_secs": 5}}),
-        billing_anchor: None,
-        overrides: None,
-        webhook_url: None,
-        stripe_customer: None,
-        plan_version: 1,
-        shard: 0,
-    };
-    o.admin(AdminOp::Configure(cfg), at(0));
-    o.admin(AdminOp::AddKey { key_id: "k1".into(), hash: super::hash() }, at(0));
-    o
+    Org::with_config(config(json!({"limits": limits, "lease": {"max_units": 60, "ttl_secs": 5}})))
 }
 
 /// Where a served request's units were taken from.

@@ -231,10 +231,15 @@ struct Org {
 }
 
 fn plan(limits: Value) -> StoredConfig {
+    config(json!({"meters": [{"id": "peak", "aggregation": "max"}], "limits": limits}))
+}
+
+/// The stored config of org `acme` on plan `p` with this plan document.
+fn config(plan: Value) -> StoredConfig {
     StoredConfig {
         org: OrgId::parse("acme").unwrap(),
         plan_id: PlanId::parse("p").unwrap(),
-        plan: json!({"meters": [{"id": "peak", "aggregation": "max"}], "limits": limits}),
+        plan,
         billing_anchor: None,
         overrides: None,
         webhook_url: None,
@@ -246,8 +251,13 @@ fn plan(limits: Value) -> StoredConfig {
 
 impl Org {
     fn new(limits: Value) -> Self {
+        Self::with_config(plan(limits))
+    }
+
+    /// An org configured with `cfg` and one key (`key()`).
+    fn with_config(cfg: StoredConfig) -> Self {
         let mut o = Self { m: Mem::default().boot(), mem: Mem::default() };
-        o.admin(AdminOp::Configure(plan(limits)), at(0));
+        o.admin(AdminOp::Configure(cfg), at(0));
         o.admin(AdminOp::AddKey { key_id: "k1".into(), hash: hash() }, at(0));
         o
     }

@@ -15,10 +15,10 @@ use std::collections::BinaryHeap;
 
 use serde_json::json;
 
-use super::{at, key, m, Mem, Org};
-use crate::org::{AdminOp, DecideKind, OrgOp, OrgReply, StoredConfig};
+use super::{at, config, key, m, Org};
+use crate::org::{DecideKind, OrgOp, OrgReply};
 use crate::policy::lease::{stranded_bound, LeaseClosing, Slot, Spend};
-use crate::policy::{EventId, OrgId, PlanId, Timestamp};
+use crate::policy::{EventId, Timestamp};
 use crate::wire::UsageEvent;
 
 /// One scenario.
@@ -284,23 +284,10 @@ fn ts(t_us: u64) -> Timestamp {
 }
 
 fn org_for(sc: &Scenario) -> Org {
-    let mut o = Org { m: Mem::default().boot(), mem: Mem::default() };
-    let cfg = StoredConfig {
-        org: OrgId::parse("hot").unwrap(),
-        plan_id: PlanId::parse("enterprise").unwrap(),
-        plan: json!({
-            "limits": [{"meter": "requests", "limit": sc.limit, "period": "month", "mode": "hard"}],
-            "lease": {"max_units": sc.max_units, "ttl_secs": sc.ttl_secs}
-        }),
-        billing_anchor: None,
-        overrides: None,
-        webhook_url: None,
-        stripe_customer: None,
-        plan_version: 1,
-        shard: 0,
-    };
-    o.admin(AdminOp::Configure(cfg), at(0));
-    o.admin(AdminOp::AddKey { key_id: "k1".into(), hash: super::hash() }, at(0));
+    let mut o = Org::with_config(config(json!({
+        "limits": [{"meter": "requests", "limit": sc.limit, "period": "month", "mode": "hard"}],
+        "lease": {"max_units": sc.max_units, "ttl_secs": sc.ttl_secs}
+    })));
     if sc.prefill > 0 {
         let event = UsageEvent {
             id: EventId::parse("prefill").unwrap(),
