@@ -66,8 +66,12 @@ pub fn take(k: &LeaseKey, now: Timestamp) -> Taken {
     .unwrap_or_else(none)
 }
 
-pub fn ask(k: &LeaseKey) -> bool {
-    with(k, true, Slot::ask).unwrap_or(false)
+pub fn ask(k: &LeaseKey, now: Timestamp) -> bool {
+    with(k, true, |s| s.ask(now)).unwrap_or(false)
+}
+
+pub fn no_lease(k: &LeaseKey, now: Timestamp) {
+    with(k, true, |s| s.no_lease(now));
 }
 
 pub fn asked(k: &LeaseKey) {

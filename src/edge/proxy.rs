@@ -121,7 +121,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
             return forward(req, env, ctx, key_header, &admitted, &settle).await;
         }
     }
-    let asking = lease_key.as_ref().is_some_and(leases::ask);
+    let asking = lease_key.as_ref().is_some_and(|k| leases::ask(k, started));
     let op = OrgOp::Decide {
         meter: class.meter.clone(),
         quantity,
@@ -143,6 +143,9 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
     let admitted = match decided {
         Ok(reply) if reply.status == 200 => {
             let plan = reply.plan.unwrap_or_default();
+            if let (true, Some(k)) = (reply.no_lease, &lease_key) {
+                leases::no_lease(k, started);
+            }
             if let (Some(grant), Some(k)) = (reply.lease, lease_key.clone()) {
                 if let Some(closing) = leases::install(&k, grant, plan.clone(), now()) {
                     send_closings(env, ctx, k, vec![closing]);

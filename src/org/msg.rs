@@ -248,23 +248,34 @@ pub struct OrgReply {
     /// A lease for the next requests like this one (lease mode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Grant>,
+    /// A lease was asked for but the org's plan has no lease mode: the holder stops asking
+    /// for a while (sent only then).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_lease: bool,
 }
 
 impl OrgReply {
     /// A 200 with nothing: the base of the other answers.
-    pub const EMPTY: Self =
-        Self { status: 200, headers: Vec::new(), body: Value::Null, plan: None, held: None, lease: None };
+    pub const EMPTY: Self = Self {
+        status: 200,
+        headers: Vec::new(),
+        body: Value::Null,
+        plan: None,
+        held: None,
+        lease: None,
+        no_lease: false,
+    };
 
     /// A 200 with a JSON body and no headers.
     #[must_use]
     pub const fn ok(body: Value, plan: Option<String>) -> Self {
-        Self { status: 200, headers: Vec::new(), body, plan, held: None, lease: None }
+        Self { status: 200, headers: Vec::new(), body, plan, held: None, lease: None, no_lease: false }
     }
 
     /// An answer with a problem body.
     #[must_use]
     pub const fn problem(status: u16, body: Value) -> Self {
-        Self { status, headers: Vec::new(), body, plan: None, held: None, lease: None }
+        Self { status, headers: Vec::new(), body, plan: None, held: None, lease: None, no_lease: false }
     }
 }
 
@@ -314,6 +325,7 @@ mod tests {
             plan: Some("free".into()),
             held: Some(7),
             lease: None,
+            no_lease: false,
         };
         assert_eq!(
             serde_json::to_string(&r).unwrap_or_default(),

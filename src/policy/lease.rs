@@ -156,22 +156,24 @@ pub struct LocalLease {
     pub left: u64,
     /// When the holder received it: its spending rate is measured from here.
     pub received: Timestamp,
-    /// The holder's own deadline: it received the grant after the DO made it, so this is never
-    /// earlier than the DO's; the DO allows a grace beyond its own for that flight time.
-    pub until: Timestamp,
     /// A renewal is on its way: no second one.
     pub renewing: bool,
 }
 
 impl LocalLease {
     pub fn new(grant: Grant, cost: u64, received: Timestamp) -> Self {
-        let until = received.saturating_add_ms(grant.ttl_ms);
-        Self { left: grant.units, grant, cost, until, received, renewing: false }
+        Self { left: grant.units, grant, cost, received, renewing: false }
+    }
+
+    /// The holder's own deadline: it received the grant after the DO made it, so this is never
+    /// earlier than the DO's; the DO allows a grace beyond its own for that flight time.
+    pub const fn until(&self) -> Timestamp {
+        self.received.saturating_add_ms(self.grant.ttl_ms)
     }
 
     /// Spends one request's units if the lease still has them and is in time.
     pub fn take(&mut self, now: Timestamp) -> bool {
-        if now >= self.until || self.left < self.cost {
+        if now >= self.until() || self.left < self.cost {
             return false;
         }
         self.left -= self.cost;
@@ -185,7 +187,7 @@ impl LocalLease {
 
     /// Renew ahead of exhaustion or expiry: once half is spent or half the time has passed.
     pub fn wants_renewal(&self, now: Timestamp) -> bool {
-        let half_time = self.until.millis().saturating_sub(self.grant.ttl_ms / 2);
+        let half_time = self.until().millis().saturating_sub(self.grant.ttl_ms / 2);
         !self.renewing && (self.left.saturating_mul(2) < self.grant.units || now.millis() >= half_time)
     }
 
@@ -227,7 +229,14 @@ pub struct Slot {
     plan: String,
     to_close: Option<LeaseClosing>,
     asking: bool,
+    /// The plan has no lease mode: do not ask before this (the DO adopts a plan change
+    /// within `NO_LEASE_MS`, so asking again then finds a new lease mode).
+    quiet_until: Option<Timestamp>,
 }
+
+/// How long a holder stops asking after the DO said the plan has no lease mode (the plan
+/// refresh bound, `PLAN_REFRESH_SECS`, by default).
+pub const NO_LEASE_MS: u64 = 60_000;
 
 impl Slot {
     /// Spends one request from the lease, if there is one in time with room.
@@ -259,12 +268,22 @@ impl Slot {
     }
 
     /// Whether a strict decision should ask for a lease: not while a renewal or another ask is
-    /// on its way, so that a burst of requests does not take a lease each.
-    pub fn ask(&mut self) -> bool {
+    /// on its way, so that a burst of requests does not take a lease each, and not for a while
+    /// after the DO said the plan has no lease mode.
+    pub fn ask(&mut self, now: Timestamp) -> bool {
+        if self.quiet_until.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.quiet_until = None;
         let renewing = self.lease.as_ref().is_some_and(|l| l.renewing);
         let ask = !renewing && !self.asking;
         self.asking |= ask;
         ask
+    }
+
+    /// The DO said the plan has no lease mode: stop asking for `NO_LEASE_MS`.
+    pub fn no_lease(&mut self, now: Timestamp) {
+        self.quiet_until = Some(now.saturating_add_ms(NO_LEASE_MS));
     }
 
     /// The decision that asked came back (with or without a lease, or not at all).
@@ -308,7 +327,7 @@ impl Slot {
 
     /// Nothing held, nothing waiting: the slot can go.
     pub const fn is_idle(&self) -> bool {
-        self.lease.is_none() && self.to_close.is_none() && !self.asking
+        self.lease.is_none() && self.to_close.is_none() && !self.asking && self.quiet_until.is_none()
     }
 }
 

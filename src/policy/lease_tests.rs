@@ -94,14 +94,14 @@ fn a_slot_asks_once_swaps_and_closes() {
     let t0 = Timestamp::from_millis(1_000_000);
     let mut s = Slot::default();
     assert_eq!(s.spend(t0), Spend::Ask);
-    assert!(s.ask() && !s.ask(), "one ask at a time");
+    assert!(s.ask(t0) && !s.ask(t0), "one ask at a time");
     s.asked();
     assert_eq!(s.install(grant(4, 4000), 1, "p".into(), t0), None);
     assert!(!s.is_idle());
     let Spend::Taken { token: 7, renew: false, .. } = s.spend(t0) else { panic!("taken") };
     let Spend::Taken { renew: false, .. } = s.spend(t0) else { panic!("taken") };
     let Spend::Taken { renew: true, to_close: None, .. } = s.spend(t0) else { panic!("renew at half") };
-    assert!(!s.ask(), "no ask while a renewal is on its way");
+    assert!(!s.ask(t0), "no ask while a renewal is on its way");
     // The renewal's grant replaces the lease; the old one's closing waits for the next renewal.
     let mut g = grant(10, 4000);
     g.token = 8;
@@ -122,6 +122,13 @@ fn a_slot_asks_once_swaps_and_closes() {
     s.install(grant(10, 1000), 1, "p".into(), t0);
     let Spend::AskAndClose(c) = s.spend(t0.saturating_add_ms(1000)) else { panic!("expired") };
     assert_eq!(c[0].unused, 10);
+    // A plan without lease mode: no asking for a while, then asking again.
+    let mut q = Slot::default();
+    assert!(q.ask(t0));
+    q.asked();
+    q.no_lease(t0);
+    assert!(!q.ask(t0.saturating_add_ms(NO_LEASE_MS - 1)) && !q.is_idle());
+    assert!(q.ask(t0.saturating_add_ms(NO_LEASE_MS)));
 }
 
 proptest! {

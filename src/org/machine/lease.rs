@@ -12,7 +12,7 @@ use super::{OrgError, OrgMachine};
 use crate::org::io::OutboxRow;
 use crate::org::msg::{LeaseClosing, OrgReply};
 use crate::policy::lease::{grant_size, Grant, LeaseLimit, Room};
-use crate::policy::{Cap, Decision, EventId, MeterId, Timestamp, UsageError};
+use crate::policy::{Decision, EventId, MeterId, Timestamp, UsageError};
 use crate::telemetry::Outcome;
 
 /// How long past its own deadline the DO counts a lease as open: the holder's deadline runs
@@ -93,15 +93,10 @@ impl OrgMachine {
             return None;
         }
         let view = cx.book.check(policy, meter, 0, now).ok()?;
-        let hard =
-            |name: &str| policy.limits.iter().any(|x| matches!(x.cap, Cap::Hard { .. }) && x.policy_name() == name);
-        let rooms = view
-            .limits
-            .iter()
-            .filter(|l| hard(&l.policy))
-            .map(|l| Room { limit: l.limit.unwrap_or(0), remaining: l.remaining.unwrap_or(0) });
+        let hard = || view.limits.iter().filter(|l| l.mode == "hard");
+        let rooms = hard().map(|l| Room { limit: l.limit.unwrap_or(0), remaining: l.remaining.unwrap_or(0) });
         // Stranded units matter in the windows they were counted in: the oldest current window.
-        let since = view.limits.iter().filter(|l| hard(&l.policy)).map(|l| l.window_start).min().unwrap_or(now);
+        let since = hard().map(|l| l.window_start).min().unwrap_or(now);
         let (outstanding, holders) = self.at_risk(meter, since, now);
         let units = grant_size(&rules, cost, want, rooms, outstanding, holders);
         // A fixed window's units are spent in that window only.
@@ -128,7 +123,6 @@ impl OrgMachine {
             admitted: now,
             until,
             audit_seq: None,
-            lease: true,
         };
         let token = self.hold(h, now);
         self.leases
@@ -153,13 +147,15 @@ impl OrgMachine {
     /// the requests it admitted are counted as leased decisions.
     fn close(&mut self, cx: &mut Cx<'_>, c: &LeaseClosing) -> Result<(), OrgError> {
         let unknown = || UsageError::UnknownReservation(c.id.clone());
-        let h =
-            self.held.get_mut(&c.token).filter(|h| h.id == c.id && h.lease && h.until > cx.now).ok_or_else(unknown)?;
-        h.lease = false;
+        // Open means still in `leases` (a lease leaves it when closed, or when its hold goes):
+        // a second close, or one for another instance's lease, finds nothing.
+        if self.leases.remove(&c.token).is_none() {
+            return Err(unknown().into());
+        }
+        let h = self.held.get_mut(&c.token).filter(|h| h.id == c.id && h.until > cx.now).ok_or_else(unknown)?;
         let unused = c.unused.min(h.quantity);
         h.quantity -= unused;
         let h = h.clone();
-        self.leases.remove(&c.token);
         self.give_back(cx, &h, unused);
         if h.quantity == 0 {
             self.held.remove(&c.token);

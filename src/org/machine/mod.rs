@@ -313,18 +313,21 @@ impl OrgMachine {
         let mut cx = Cx::new(&loaded, snap, now)?;
         let reply = match op {
             OrgOp::Decide { meter, quantity, kind, id, ttl_ms, replayable, lease } => {
-                // The lease taken with this request is named after it (unique: the holder's id).
-                let lease_id = EventId::parse(&format!("{id}.lease")).ok();
+                // Lease mode: an admitted request of fixed cost also takes a lease for the next
+                // ones (a replayable one does not: its replays must be seen here), named after
+                // the request (unique: the holder's id). Without lease mode nothing more is done
+                // than say so, and the holder stops asking.
+                let leasing = lease && !replayable && kind == DecideKind::Proxy;
+                let lease_id = (leasing && loaded.policy.lease.is_some())
+                    .then(|| EventId::parse(&format!("{id}.lease")).ok())
+                    .flatten();
                 let how = ReserveAs { id, kind: ReservationKind::Provisional, ttl_ms };
                 let mut reply = self.decide(&mut cx, &meter, quantity, kind, how, replayable)?;
-                // Lease mode: an admitted request of fixed cost also takes a lease for the next
-                // ones (a replayable one does not: its replays must be seen here).
-                if let (true, false, DecideKind::Proxy, Some(_), Some(lease_id)) =
-                    (lease, replayable, kind, reply.held, lease_id)
-                {
+                if let (Some(_), Some(lease_id)) = (reply.held, lease_id) {
                     let want = quantity.saturating_mul(crate::policy::lease::FIRST_WANT);
                     reply.lease = self.grant(&mut cx, &meter, (quantity, want), lease_id);
                 }
+                reply.no_lease = leasing && loaded.policy.lease.is_none();
                 reply
             }
             OrgOp::Events { events, enforce } => self.events(&mut cx, &events, enforce),

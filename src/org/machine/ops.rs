@@ -32,8 +32,6 @@ pub(in crate::org) struct Held {
     pub(super) until: Timestamp,
     /// The audit row it queued, if the meter keeps one.
     pub(super) audit_seq: Option<u64>,
-    /// A lease its holder is still spending (closed, it holds only what was spent).
-    pub(super) lease: bool,
 }
 
 impl OrgMachine {
@@ -128,7 +126,7 @@ impl OrgMachine {
             let (buckets, audit_seq) = self.record_usage(cx, meter, row);
             let until = now.saturating_add_ms(ttl_ms);
             let (hid, hmeter) = (id.clone(), meter.clone());
-            let h = Held { id: hid, meter: hmeter, quantity, buckets, admitted: now, until, audit_seq, lease: false };
+            let h = Held { id: hid, meter: hmeter, quantity, buckets, admitted: now, until, audit_seq };
             held = Some(self.hold(h, now));
             if replayable {
                 cx.writes.remember.push((id.to_string(), "accepted"));
@@ -169,7 +167,7 @@ impl OrgMachine {
                         OrgReply { status: decision.status(), headers, body: problem, plan, ..OrgReply::EMPTY }
                     }
                     // An allowed proxied request needs only the headers: no body is built.
-                    None => OrgReply { status: 200, headers, body: Value::Null, plan, held, lease: None },
+                    None => OrgReply { status: 200, headers, body: Value::Null, plan, held, ..OrgReply::EMPTY },
                 }
             }
             DecideKind::Reserve => {

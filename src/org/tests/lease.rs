@@ -276,6 +276,18 @@ fn a_lease_of_an_earlier_instance_never_closes_one_of_this_instance() {
 }
 
 #[test]
+fn a_plan_without_lease_mode_says_so_and_grants_nothing() {
+    let mut plain = Org::new(json!([{"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"}]));
+    let r = strict(&mut plain, 1, at(1));
+    assert_eq!((r.status, r.lease.is_none(), r.no_lease), (200, true, true));
+    assert!(serde_json::to_string(&r).unwrap().contains(r#""no_lease":true"#));
+    let mut leased = leased_org(json!([{"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"}]));
+    let r = strict(&mut leased, 1, at(1));
+    assert!(r.lease.is_some() && !r.no_lease);
+    assert!(!serde_json::to_string(&r).unwrap().contains("no_lease"), "sent only when true");
+}
+
+#[test]
 fn a_soft_or_unlimited_meter_leases_only_to_batch_counting() {
     let mut o = leased_org(json!([{"meter": "requests", "limit": 100, "period": "month", "mode": "soft"}]));
     // Past the soft limit a lease is still what the holder wants (no hard room to share).

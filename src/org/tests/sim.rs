@@ -195,7 +195,7 @@ impl World {
 
     fn strict(&mut self, t: u64, h: usize) {
         self.n += 1;
-        let asked = self.holders[h].slot.ask();
+        let asked = self.holders[h].slot.ask(ts(t));
         self.send(t, h, Msg::Strict { n: self.n, asked });
     }
 
