@@ -56,8 +56,14 @@ $(SCHEMATHESIS):
 	python3 -m venv $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)
 	$(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)/bin/pip install -q schemathesis==$(SCHEMATHESIS_VERSION)
 
+# worker-build runs wasm-opt -Oz but always keeps the wasm's function names (--debuginfo): about
+# 210 KiB raw, 50 KiB gzip, and only panics' stack traces read them. They are stripped after it,
+# with the same feature set worker-build enables (the wasm uses exception handling).
+WASM_FEATURES := mutable-globals sign-ext nontrapping-float-to-int bulk-memory multivalue reference-types exception-handling
+
 build: setup ## Build the Worker (build/index.js + build/index_bg.wasm)
 	$(WORKER_BUILD) --release
+	$(WASM_OPT_BIN) build/index_bg.wasm --strip-debug --strip-producers $(addprefix --enable-,$(WASM_FEATURES)) -o build/index_bg.wasm
 
 .dev.vars:
 	cp .dev.vars.example .dev.vars

@@ -272,7 +272,7 @@ pub fn unauthorized_body() -> Value {
 pub fn limit_json(l: &LimitStatus, now: Timestamp) -> Value {
     json!({
         "meter": l.meter.as_str(),
-        "policy": l.policy,
+        "policy": &*l.policy,
         "period": l.period.to_string(),
         "mode": l.mode,
         "limit": l.limit,
@@ -356,9 +356,42 @@ pub fn decision_json(d: &Decision) -> Value {
     })
 }
 
+/// The path and query of a URL as the runtime serializes it (`https://host/a/b?x=1#f` →
+/// `/a/b?x=1`), read without parsing the URL again: every proxied request needs it, and a
+/// WHATWG parse in wasm is work the runtime has already done. A serialized http(s) URL always
+/// has a path, starting at the first `/` after the authority, and a `?` or `#` inside the path
+/// is percent-encoded; the fragment is never sent.
+pub fn path_and_query(url: &str) -> &str {
+    let rest = url.find("://").and_then(|i| url.get(i.saturating_add(3)..)).unwrap_or(url);
+    let pq = rest.find('/').and_then(|i| rest.get(i..)).unwrap_or("/");
+    pq.split('#').next().filter(|p| !p.is_empty()).unwrap_or("/")
+}
+
+/// The query string of a serialized URL (what follows `?`, without the fragment), if any.
+pub fn query_of(url: &str) -> Option<&str> {
+    path_and_query(url).split_once('?').map(|(_, q)| q)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_and_query_from_serialized_urls() {
+        for (url, pq) in [
+            ("https://api.example.com/v1/things?a=1&b=2", "/v1/things?a=1&b=2"),
+            ("http://127.0.0.1:8787/", "/"),
+            ("https://h/x#frag", "/x"),
+            ("https://h/x?q=1#frag?no", "/x?q=1"),
+            ("https://user:pw@h:1/p/a%3Fb?c=%23", "/p/a%3Fb?c=%23"),
+            ("https://h/?", "/?"),
+        ] {
+            assert_eq!(path_and_query(url), pq, "{url}");
+        }
+        assert_eq!(query_of("https://h/p?days=7&meter=a"), Some("days=7&meter=a"));
+        assert_eq!(query_of("https://h/p#x?y"), None);
+        assert_eq!(query_of("https://h/p"), None);
+    }
 
     fn err(r: Result<impl std::fmt::Debug, InputError>) -> String {
         r.unwrap_err().to_string()

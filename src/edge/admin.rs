@@ -333,7 +333,7 @@ fn export_rows(days: &[ledger::DailyRow], orgs: &[OrgRow], plans: &[PlanRow]) ->
 /// `GET /_quota/admin/export?from&to&format=json|csv`: per org and meter over the inclusive
 /// date range, from the daily rollups, with overage priced by each org's plan.
 async fn export(req: &Request, env: &Env) -> Handled {
-    let q = query(req)?;
+    let q = query(req);
     let get = |n: &str| param(&q, n);
     let (from, to) = parse_range(get("from"), get("to"), 366)?;
     let csv = match get("format").unwrap_or("json") {

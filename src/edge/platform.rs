@@ -16,7 +16,7 @@ use crate::policy::classify::Routes;
 use crate::policy::keys::hex;
 use crate::policy::{OrgId, Timestamp};
 use crate::telemetry::{BucketRow, DecisionLog, Recorder};
-use crate::wire::{parse_json, MAX_JSON_BODY, MAX_SAFE_INTEGER};
+use crate::wire::{parse_json, query_of, MAX_JSON_BODY, MAX_SAFE_INTEGER};
 
 thread_local! {
     /// This isolate's Durable Object call latencies since its last hand-over to the ledger.
@@ -292,9 +292,11 @@ pub async fn read_json(req: &mut Request) -> Result<Value, EdgeError> {
 }
 
 /// The request's query parameters, decoded.
-pub fn query(req: &Request) -> Result<Vec<(String, String)>, EdgeError> {
-    let url = req.url().map_err(EdgeError::platform("request url"))?;
-    Ok(url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+pub fn query(req: &Request) -> Vec<(String, String)> {
+    let url = req.inner().url();
+    form_urlencoded::parse(query_of(&url).unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 /// The first value of a query parameter.

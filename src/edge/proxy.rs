@@ -19,7 +19,7 @@ use crate::policy::keys::{origin_signature, origin_signing_string, VerifiedKey};
 use crate::policy::lease::{LeaseClosing, Spend};
 use crate::policy::{EventId, FailMode, MeterId, OrgId, Plan, PlanId, Timestamp};
 use crate::telemetry::{DecisionLine, Outcome};
-use crate::wire::{problem_body, InputError, MAX_SAFE_INTEGER};
+use crate::wire::{path_and_query, problem_body, InputError, MAX_SAFE_INTEGER};
 
 type Handled = Result<Response, EdgeError>;
 
@@ -326,11 +326,8 @@ fn origin_request(
     let cfg = settings(env);
     let origin = cfg.origin_url.as_deref().ok_or(EdgeError::NotConfigured("ORIGIN_URL"))?;
     let origin_secret = cfg.origin_secret.as_deref().ok_or(EdgeError::NotConfigured("ORIGIN_SECRET"))?;
-    let url = req.url().map_err(EdgeError::platform("request url"))?;
-    let path_and_query = match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_owned(),
-    };
+    let url = req.inner().url();
+    let forwarded = path_and_query(&url);
     let method = req.method();
     // One copy in the runtime, then only the names are walked: tenant headers are ours alone,
     // and the key stays at the edge.
@@ -343,7 +340,7 @@ fn origin_request(
         }
     }
     let ts = now().secs();
-    let signing = origin_signing_string(ts, org.as_str(), &admitted.plan, method.as_ref(), &path_and_query);
+    let signing = origin_signing_string(ts, org.as_str(), &admitted.plan, method.as_ref(), forwarded);
     let mut tenant = vec![
         ("X-Quota-Org", org.to_string()),
         ("X-Quota-Plan", admitted.plan.clone()),
@@ -361,7 +358,7 @@ fn origin_request(
     if !matches!(method, Method::Get | Method::Head) {
         init.with_body(req.inner().body().map(Into::into));
     }
-    let target = format!("{}{path_and_query}", origin.trim_end_matches('/'));
+    let target = format!("{}{forwarded}", origin.trim_end_matches('/'));
     Request::new_with_init(&target, &init).map_err(EdgeError::platform("origin request"))
 }
 

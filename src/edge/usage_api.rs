@@ -46,7 +46,7 @@ async fn gate(env: &Env, key: &crate::policy::keys::VerifiedKey) -> Result<Optio
 
 pub async fn summary(req: &Request, env: &Env) -> Handled {
     let (_, key) = authenticate(req, env)?;
-    let q = query(req)?;
+    let q = query(req);
     let days = parse_days(param(&q, "days"))?;
     if let Some(refused) = gate(env, &key).await? {
         return Ok(refused);
@@ -71,7 +71,7 @@ pub async fn summary(req: &Request, env: &Env) -> Handled {
 
 pub async fn history(req: &Request, env: &Env) -> Handled {
     let (_, key) = authenticate(req, env)?;
-    let q = query(req)?;
+    let q = query(req);
     let meter_raw =
         param(&q, "meter").ok_or_else(|| InputError::Field { field: "meter".into(), reason: "is required".into() })?;
     let meter = MeterId::parse(meter_raw)

@@ -3,6 +3,8 @@
 //! Owns how a refusal is classified (429 to wait for a reset, 402 to upgrade) and the derived
 //! values callers need (retry-after, the most constrained limit). Must never mutate counters.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use super::clock::Timestamp;
@@ -66,8 +68,8 @@ impl Level {
 /// The state of one limit at one instant, as every report and header shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitStatus {
-    /// `meter-period`, the IETF policy name.
-    pub policy: String,
+    /// `meter-period`, the IETF policy name (shared with the plan's limit).
+    pub policy: Arc<str>,
     pub meter: MeterId,
     pub period: Period,
     /// `hard`, `soft` or `unlimited`.
@@ -172,7 +174,7 @@ impl Decision {
     pub fn violated_policies(&self) -> Vec<&str> {
         self.refusal
             .as_ref()
-            .map(|r| r.violated.iter().filter_map(|&i| self.limits.get(i)).map(|l| l.policy.as_str()).collect())
+            .map(|r| r.violated.iter().filter_map(|&i| self.limits.get(i)).map(|l| &*l.policy).collect())
             .unwrap_or_default()
     }
 

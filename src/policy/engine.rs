@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::clock::Timestamp;
 use super::decision::{Decision, Level, LimitStatus, Refusal, RefusalKind};
 use super::ids::{EventId, MeterId};
+use super::period::Window;
 use super::plan::{Aggregation, Cap, Limit, MeterSpec, Policy};
 
 /// The persisted state of one limit: the smallest thing that decides the next request.
@@ -126,6 +127,12 @@ fn sat(x: u128) -> u64 {
 
 /// A limit's counter, brought up to `now`: a rolled window, a drained GCRA backlog.
 fn current(limit: &Limit, counter: Option<&Counter>, policy: &Policy, now: Timestamp) -> Counter {
+    current_in(limit, counter, limit.period.window(now, policy.billing_anchor), now)
+}
+
+/// `current`, given the limit's window at `now` (a month's bounds are calendar arithmetic: a
+/// decision works them out once per limit).
+fn current_in(limit: &Limit, counter: Option<&Counter>, window: Window, now: Timestamp) -> Counter {
     if limit.period.is_rate() {
         let n = limit.cap.limit().unwrap_or(0);
         return match counter {
@@ -137,7 +144,7 @@ fn current(limit: &Limit, counter: Option<&Counter>, policy: &Policy, now: Times
             _ => Counter::Gcra { at: now, backlog: 0 },
         };
     }
-    let start = limit.period.window(now, policy.billing_anchor).start;
+    let start = window.start;
     match counter {
         // A window never goes back: a clock that steps backwards keeps the later window.
         Some(&c @ Counter::Window { start: s, .. }) if s >= start => c,
@@ -192,10 +199,9 @@ fn wait_secs(limit: &Limit, c: Counter, q: u64, n: u64, policy: &Policy, now: Ti
     }
 }
 
-fn status(limit: &Limit, c: Counter, policy: &Policy, now: Timestamp) -> LimitStatus {
+fn status(limit: &Limit, c: Counter, window: Window, now: Timestamp) -> LimitStatus {
     let used = in_use(limit, c);
     let n = limit.cap.limit();
-    let window = limit.period.window(now, policy.billing_anchor);
     let reset = match c {
         // A rate window's `reset` is when the next unit comes back (draft-ietf-httpapi-
         // ratelimit-headers-10: `t` is the time until more quota is available), which is also
@@ -218,7 +224,7 @@ fn status(limit: &Limit, c: Counter, policy: &Policy, now: Timestamp) -> LimitSt
         Cap::Hard { .. } | Cap::Unlimited => (0, 0),
     };
     LimitStatus {
-        policy: limit.policy_name(),
+        policy: limit.shared_name(),
         meter: limit.meter.clone(),
         period: limit.period,
         mode: limit.cap.mode_name(),
@@ -238,8 +244,9 @@ fn status(limit: &Limit, c: Counter, policy: &Policy, now: Timestamp) -> LimitSt
 /// How admitted usage lands in the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Apply {
-    /// Counted as used (record, optimistic reservation).
-    Use,
+    /// Counted as used: a record, or (`reservation`) an optimistic reservation, which also
+    /// returns its holds so that a release can give the units back.
+    Use { reservation: bool },
     /// Held apart as reserved (provisional reservation).
     Hold,
     /// Not applied (check only).
@@ -247,6 +254,16 @@ enum Apply {
 }
 
 impl Book {
+    /// Stores a limit's counter, allocating its key only the first time.
+    fn put(&mut self, limit: &Limit, c: Counter) {
+        match self.counters.get_mut(limit.policy_name()) {
+            Some(slot) => *slot = c,
+            None => {
+                self.counters.insert(limit.policy_name().to_owned(), c);
+            }
+        }
+    }
+
     fn meter_spec<'p>(policy: &'p Policy, meter: &MeterId) -> Result<&'p MeterSpec, UsageError> {
         policy.meter(meter).ok_or_else(|| UsageError::UnknownMeter(meter.clone()))
     }
@@ -262,7 +279,8 @@ impl Book {
     }
 
     /// Evaluates `q` units on `meter`; admits and applies them unless a hard limit refuses (and
-    /// `enforce` is set). Returns the decision and the holds it made.
+    /// `enforce` is set). Returns the decision and, for a reservation, the holds it made; a plain
+    /// record needs none and allocates none.
     fn decide(
         &mut self,
         policy: &Policy,
@@ -273,15 +291,20 @@ impl Book {
         now: Timestamp,
     ) -> (Decision, Vec<Hold>) {
         // The meter's own limits and those of every composite it is part of: one atomic decision.
-        let limits: Vec<&Limit> = policy.enforced_for(&spec.id).collect();
-        let counters: Vec<Counter> =
-            limits.iter().map(|l| current(l, self.counters.get(&l.policy_name()), policy, now)).collect();
+        // Each with its window at `now` and its counter brought up to `now`.
+        let mut limits: Vec<(&Limit, Window, Counter)> = policy
+            .enforced_for(&spec.id)
+            .map(|l| {
+                let w = l.period.window(now, policy.billing_anchor);
+                (l, w, current_in(l, self.counters.get(l.policy_name()), w, now))
+            })
+            .collect();
 
         let mut violated = Vec::new();
         let mut upgrade = None;
         let mut retry_after = Some(0u64);
         let mut latest_free: Option<(u64, usize)> = None;
-        for (i, (l, &c)) in limits.iter().zip(&counters).enumerate() {
+        for (i, &(l, _, c)) in limits.iter().enumerate() {
             let Cap::Hard { limit: n } = l.cap else {
                 continue;
             };
@@ -305,22 +328,24 @@ impl Book {
 
         let mut holds = Vec::new();
         let refusal = if violated.is_empty() {
-            for (l, c) in limits.iter().zip(&counters) {
-                let key = l.policy_name();
+            let holding =
+                matches!(apply, Apply::Use { reservation: true } | Apply::Hold) && spec.aggregation == Aggregation::Sum;
+            for (l, _, c) in &mut limits {
                 let next = admit(l, spec.aggregation, *c, q, apply);
-                if apply != Apply::Nothing && spec.aggregation == Aggregation::Sum {
+                *c = next;
+                if holding {
                     let window = match next {
                         Counter::Window { start, .. } => Some(start),
                         Counter::Gcra { .. } => None,
                     };
-                    holds.push(Hold { key: key.clone(), window });
+                    holds.push(Hold { key: l.policy_name().to_owned(), window });
                 }
-                self.counters.insert(key, next);
+                self.put(l, next);
             }
             None
         } else {
-            for (l, c) in limits.iter().zip(&counters) {
-                self.counters.insert(l.policy_name(), *c);
+            for &(l, _, c) in &limits {
+                self.put(l, c);
             }
             let (kind, primary) = match upgrade {
                 Some(i) => (RefusalKind::UpgradeRequired, i),
@@ -329,17 +354,8 @@ impl Book {
             Some(Refusal { kind, violated, primary, retry_after: retry_after.filter(|_| upgrade.is_none()) })
         };
 
-        let statuses = limits
-            .iter()
-            .map(|l| {
-                let c = self.counters.get(&l.policy_name()).copied().unwrap_or(Counter::Window {
-                    start: now,
-                    used: 0,
-                    reserved: 0,
-                });
-                status(l, c, policy, now)
-            })
-            .collect();
+        // `limits` now holds the counters that were just put.
+        let statuses = limits.iter().map(|&(l, w, c)| status(l, c, w, now)).collect();
         (Decision { meter: spec.id.clone(), quantity: q, now, limits: statuses, refusal }, holds)
     }
 
@@ -360,7 +376,7 @@ impl Book {
         now: Timestamp,
     ) -> Result<Decision, UsageError> {
         let spec = Self::recordable(policy, meter)?;
-        Ok(self.decide(policy, spec, q, enforce, Apply::Use, now).0)
+        Ok(self.decide(policy, spec, q, enforce, Apply::Use { reservation: false }, now).0)
     }
 
     /// Checks and, when admitted, reserves `q` units as `how` says.
@@ -381,7 +397,7 @@ impl Book {
             return Err(UsageError::DuplicateReservation(id));
         }
         let apply = match kind {
-            ReservationKind::Optimistic => Apply::Use,
+            ReservationKind::Optimistic => Apply::Use { reservation: true },
             ReservationKind::Provisional => Apply::Hold,
         };
         let (decision, holds) = self.decide(policy, spec, q, true, apply, now);
@@ -488,8 +504,7 @@ impl Book {
         now: Timestamp,
     ) {
         for limit in policy.enforced_for(meter) {
-            let key = limit.policy_name();
-            let next = match current(limit, self.counters.get(&key), policy, now) {
+            let next = match current(limit, self.counters.get(limit.policy_name()), policy, now) {
                 // An unlimited rate window never filled (see `admit`).
                 c @ Counter::Gcra { .. } if limit.cap.limit().is_none() => c,
                 Counter::Gcra { at, backlog } => {
@@ -503,7 +518,7 @@ impl Book {
                 }
                 c @ Counter::Window { .. } => c,
             };
-            self.counters.insert(key, next);
+            self.put(limit, next);
         }
     }
 
@@ -517,7 +532,7 @@ impl Book {
                     Counter::Window { start: l.period.window(now, policy.billing_anchor).start, used: 0, reserved: 0 }
                 }
             };
-            self.counters.insert(l.policy_name(), fresh);
+            self.put(l, fresh);
         }
         for r in self.reservations.values_mut() {
             if meter.is_none_or(|m| &r.meter == m) {
@@ -533,9 +548,9 @@ impl Book {
             .limits
             .iter()
             .filter(|l| !l.period.is_rate())
-            .filter_map(|l| match current(l, self.counters.get(&l.policy_name()), policy, now) {
+            .filter_map(|l| match current(l, self.counters.get(l.policy_name()), policy, now) {
                 Counter::Window { start, used, reserved } => Some(WindowUsage {
-                    key: l.policy_name(),
+                    key: l.policy_name().to_owned(),
                     meter: l.meter.clone(),
                     start,
                     end: l.period.window(now, policy.billing_anchor).end,
@@ -561,7 +576,10 @@ impl Book {
         policy
             .limits
             .iter()
-            .map(|l| status(l, current(l, self.counters.get(&l.policy_name()), policy, now), policy, now))
+            .map(|l| {
+                let w = l.period.window(now, policy.billing_anchor);
+                status(l, current_in(l, self.counters.get(l.policy_name()), w, now), w, now)
+            })
             .collect()
     }
 }
@@ -579,7 +597,7 @@ fn admit(limit: &Limit, agg: Aggregation, c: Counter, q: u64, apply: Apply) -> C
         (Counter::Window { start, used, reserved }, Apply::Hold) => {
             Counter::Window { start, used, reserved: reserved.saturating_add(q) }
         }
-        (Counter::Window { start, used, reserved }, Apply::Use) => {
+        (Counter::Window { start, used, reserved }, Apply::Use { .. }) => {
             let used = match agg {
                 Aggregation::Sum => used.saturating_add(q),
                 Aggregation::Max => used.max(q),

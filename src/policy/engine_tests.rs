@@ -80,7 +80,7 @@ fn burst_limit_refuses_the_eleventh_with_exact_headers() {
     assert_eq!(b.record(&p, &req, 1, true, at(5_999)).map(|d| d.allowed()), Ok(false));
     assert_eq!(b.record(&p, &req, 1, true, at(6_000)).map(|d| d.allowed()), Ok(true));
     assert_eq!(b.record(&p, &req, 1, true, at(6_000)).map(|d| d.allowed()), Ok(false));
-    let month = b.overview(&p, at(6_000)).into_iter().find(|l| l.policy == "requests-month");
+    let month = b.overview(&p, at(6_000)).into_iter().find(|l| &*l.policy == "requests-month");
     assert_eq!(month.map(|l| l.used), Some(11));
 }
 
@@ -160,7 +160,7 @@ fn optimistic_reservation_counts_at_once_and_releases() {
     // Expiry keeps an optimistic reservation as committed.
     let settled = b.expire(&p, at(30_000));
     assert_eq!(settled.iter().map(|s| s.settlement).collect::<Vec<_>>(), vec![Settlement::Committed { quantity: 1 }]);
-    assert_eq!(b.overview(&p, at(30_000)).iter().find(|l| l.policy == "requests-month").map(|l| l.used), Some(1));
+    assert_eq!(b.overview(&p, at(30_000)).iter().find(|l| &*l.policy == "requests-month").map(|l| l.used), Some(1));
     assert!(b.reservations.is_empty());
 }
 
@@ -398,7 +398,7 @@ proptest! {
         b.record(&p, &rows, pre, true, at(0)).ok();
         // Usage is compared at the instant of settlement: a rate window drains meanwhile.
         let settle_at = if expire_first { at(ttl) } else { at(0) };
-        let usage = |b: &Book| b.overview(&p, settle_at).iter().map(|l| (l.policy.clone(), l.used)).collect::<BTreeMap<_, _>>();
+        let usage = |b: &Book| b.overview(&p, settle_at).iter().map(|l| (l.policy.to_string(), l.used)).collect::<BTreeMap<_, _>>();
         let before = usage(&b);
         let kind = if optimistic { ReservationKind::Optimistic } else { ReservationKind::Provisional };
         let how = ReserveAs { id: eid("r"), kind, ttl_ms: ttl };
@@ -491,9 +491,9 @@ proptest! {
         // Admitted, then released later: a day that rolled over keeps its own count.
         b.record(&p, &rows, q, true, t1).unwrap_or_else(|e| unreachable!("{e}"));
         let t2 = at(admitted + later);
-        let day_at_t2_before = b.overview(&p, t2).into_iter().find(|l| l.policy == "rows-day").map(|l| l.used);
+        let day_at_t2_before = b.overview(&p, t2).into_iter().find(|l| &*l.policy == "rows-day").map(|l| l.used);
         b.release_admitted(&p, &rows, q, t1, t2);
-        let day_at_t2 = b.overview(&p, t2).into_iter().find(|l| l.policy == "rows-day").map(|l| l.used);
+        let day_at_t2 = b.overview(&p, t2).into_iter().find(|l| &*l.policy == "rows-day").map(|l| l.used);
         let same_day = t1.date() == t2.date();
         prop_assert_eq!(day_at_t2, day_at_t2_before.map(|u| if same_day { u - q } else { u }));
     }

@@ -4,67 +4,85 @@
 //! Owns the exact text of every header value and problem field the gateway emits, so that the
 //! edge only copies strings. Must never decide anything: it renders a `Decision`.
 
-use std::fmt::Write as _;
-
 use serde_json::{json, Value};
 
 use super::clock::Timestamp;
 use super::decision::{Decision, Level, LimitStatus};
 use super::lease::LeaseLimit;
 
-/// A policy name as an sf-string: the names are validated ids plus a period, so they never need
-/// escaping, but a stray quote or backslash is escaped all the same.
-fn sf_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len().saturating_add(2));
+/// Appends a policy name as an sf-string: the names are validated ids plus a period, so they
+/// never need escaping, but a stray quote or backslash is escaped all the same.
+fn push_sf_string(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        if (' '..='~').contains(&c) {
-            out.push(c);
+    if s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\') {
+        out.push_str(s);
+    } else {
+        for c in s.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            if (' '..='~').contains(&c) {
+                out.push(c);
+            }
         }
     }
     out.push('"');
-    out
+}
+
+/// Appends a number with no `fmt` machinery (this runs for every limit of every decision).
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 fn limited(statuses: &[LimitStatus]) -> impl Iterator<Item = &LimitStatus> {
     statuses.iter().filter(|l| l.limit.is_some())
 }
 
-/// One `RateLimit-Policy` item: `"requests-minute";q=10;w=60` (no `w` for lifetime).
-fn policy_item(policy: &str, q: u64, w: Option<u64>) -> String {
-    let mut item = format!("{};q={q}", sf_string(policy));
-    if let Some(w) = w {
-        let _ = write!(item, ";w={w}");
+/// Appends one structured-field item: `"requests-minute";q=10;w=60` (`RateLimit-Policy`) or
+/// `"requests-minute";r=3;t=42` (`RateLimit`); the second parameter is left out when `None`
+/// (lifetime limits have no window and no reset).
+fn push_item(out: &mut String, policy: &str, first: (&str, u64), second: (&str, Option<u64>)) {
+    if !out.is_empty() {
+        out.push_str(", ");
     }
-    item
+    push_sf_string(out, policy);
+    out.push(';');
+    out.push_str(first.0);
+    out.push('=');
+    push_u64(out, first.1);
+    if let (key, Some(v)) = second {
+        out.push(';');
+        out.push_str(key);
+        out.push('=');
+        push_u64(out, v);
+    }
 }
 
-/// One `RateLimit` item: `"requests-minute";r=3;t=42` (no `t` for lifetime).
-fn limit_item(policy: &str, r: u64, t: Option<u64>) -> String {
-    let mut item = format!("{};r={r}", sf_string(policy));
-    if let Some(t) = t {
-        let _ = write!(item, ";t={t}");
+/// The items joined by `, `; `None` when there are none.
+fn joined<T>(items: impl Iterator<Item = T>, mut item: impl FnMut(&mut String, T)) -> Option<String> {
+    // Two limits' items fit without growing.
+    let mut out = String::with_capacity(128);
+    for i in items {
+        item(&mut out, i);
     }
-    item
+    (!out.is_empty()).then_some(out)
 }
 
-fn joined(items: impl Iterator<Item = String>) -> Option<String> {
-    let items: Vec<String> = items.collect();
-    (!items.is_empty()).then(|| items.join(", "))
+fn number(n: u64) -> String {
+    itoa::Buffer::new().format(n).to_owned()
 }
 
 /// `RateLimit-Policy`: `"requests-minute";q=10;w=60, "requests-month";q=1000;w=2592000`.
 /// Lifetime limits have no window and carry no `w`. `None` when nothing is limited.
 pub fn ratelimit_policy(statuses: &[LimitStatus]) -> Option<String> {
-    joined(limited(statuses).map(|l| policy_item(&l.policy, l.limit.unwrap_or(0), l.window_secs)))
+    joined(limited(statuses), |out, l| push_item(out, &l.policy, ("q", l.limit.unwrap_or(0)), ("w", l.window_secs)))
 }
 
 /// `RateLimit`: `"requests-minute";r=3;t=42, …`: remaining units and seconds to reset.
 pub fn ratelimit(statuses: &[LimitStatus], now: Timestamp) -> Option<String> {
-    joined(limited(statuses).map(|l| limit_item(&l.policy, l.remaining.unwrap_or(0), l.reset_secs(now))))
+    joined(limited(statuses), |out, l| {
+        push_item(out, &l.policy, ("r", l.remaining.unwrap_or(0)), ("t", l.reset_secs(now)));
+    })
 }
 
 /// The headers of a request admitted from a lease, in the same order and wording as
@@ -75,17 +93,17 @@ pub fn lease_headers(grant: &[LeaseLimit], unspent: u64, now: Timestamp) -> Vec<
     let limits = grant;
     let mut h = Vec::with_capacity(6);
     let secs = |l: &LeaseLimit| l.reset_ms.map(|r| r.saturating_sub(now.millis()).div_ceil(1000));
-    if let Some(v) = joined(limits.iter().map(|l| policy_item(&l.policy, l.limit, l.window_secs))) {
+    if let Some(v) = joined(limits.iter(), |out, l| push_item(out, &l.policy, ("q", l.limit), ("w", l.window_secs))) {
         h.push(("RateLimit-Policy", v));
     }
-    if let Some(v) = joined(limits.iter().map(|l| limit_item(&l.policy, remaining(l), secs(l)))) {
+    if let Some(v) = joined(limits.iter(), |out, l| push_item(out, &l.policy, ("r", remaining(l)), ("t", secs(l)))) {
         h.push(("RateLimit", v));
     }
     if let Some(l) = limits.iter().min_by_key(|l| (remaining(l), l.reset_ms.unwrap_or(u64::MAX))) {
-        h.push(("X-RateLimit-Limit", l.limit.to_string()));
-        h.push(("X-RateLimit-Remaining", remaining(l).to_string()));
+        h.push(("X-RateLimit-Limit", number(l.limit)));
+        h.push(("X-RateLimit-Remaining", number(remaining(l))));
         if let Some(reset) = l.reset_ms {
-            h.push(("X-RateLimit-Reset", reset.div_ceil(1000).to_string()));
+            h.push(("X-RateLimit-Reset", number(reset.div_ceil(1000))));
         }
     }
     let level = limits
@@ -101,7 +119,7 @@ pub fn lease_headers(grant: &[LeaseLimit], unspent: u64, now: Timestamp) -> Vec<
 /// most constrained limit (`X-RateLimit-Reset` in epoch seconds of its reset; absent for
 /// lifetime), `X-Quota-Status`, and `Retry-After` on a 429.
 pub fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
-    let mut h = Vec::new();
+    let mut h = Vec::with_capacity(7);
     if let Some(v) = ratelimit_policy(&d.limits) {
         h.push(("RateLimit-Policy", v));
     }
@@ -109,15 +127,15 @@ pub fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
         h.push(("RateLimit", v));
     }
     if let Some(l) = d.most_constrained() {
-        h.push(("X-RateLimit-Limit", l.limit.unwrap_or(0).to_string()));
-        h.push(("X-RateLimit-Remaining", l.remaining.unwrap_or(0).to_string()));
+        h.push(("X-RateLimit-Limit", number(l.limit.unwrap_or(0))));
+        h.push(("X-RateLimit-Remaining", number(l.remaining.unwrap_or(0))));
         if let Some(reset) = l.reset {
-            h.push(("X-RateLimit-Reset", reset.millis().div_ceil(1000).to_string()));
+            h.push(("X-RateLimit-Reset", number(reset.millis().div_ceil(1000))));
         }
     }
     h.push(("X-Quota-Status", d.level().as_str().to_owned()));
     if let Some(s) = d.retry_after() {
-        h.push(("Retry-After", s.to_string()));
+        h.push(("Retry-After", number(s)));
     }
     h
 }
@@ -184,6 +202,11 @@ mod tests {
 
     #[test]
     fn sf_strings_escape() {
-        assert_eq!(sf_string("a\"b\\c\n"), "\"a\\\"b\\\\c\"");
+        let mut out = String::new();
+        push_sf_string(&mut out, "a\"b\\c\n");
+        assert_eq!(out, "\"a\\\"b\\\\c\"");
+        out.clear();
+        push_sf_string(&mut out, "requests-minute");
+        assert_eq!(out, "\"requests-minute\"");
     }
 }

@@ -5,6 +5,7 @@
 //! from unchecked input: the only constructor is `parse`.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,17 +39,19 @@ fn check_id(s: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+// Ids are shared, not copied: a decision hands its meter and org to every limit status, log
+// line and lease key, and a clone of an `Arc<str>` is a count, not an allocation.
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             pub fn parse(s: &str) -> Result<Self, IdError> {
                 check_id(s)?;
-                Ok(Self(s.to_owned()))
+                Ok(Self(Arc::from(s)))
             }
 
             pub fn as_str(&self) -> &str {
@@ -60,13 +63,13 @@ macro_rules! id_type {
             type Error = IdError;
             fn try_from(s: String) -> Result<Self, IdError> {
                 check_id(&s)?;
-                Ok(Self(s))
+                Ok(Self(Arc::from(s)))
             }
         }
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.as_ref().to_owned()
             }
         }
 
@@ -86,7 +89,7 @@ id_type!(
 impl MeterId {
     /// The default meter of proxied requests.
     pub fn requests() -> Self {
-        Self("requests".to_owned())
+        Self(Arc::from("requests"))
     }
 }
 id_type!(
@@ -96,7 +99,7 @@ id_type!(
 impl PlanId {
     /// `none`: the plan of usage whose org no longer has one.
     pub fn unassigned() -> Self {
-        Self("none".to_owned())
+        Self(Arc::from("none"))
     }
 }
 

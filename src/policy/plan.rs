@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::Arc;
 
 use serde_json::Value;
 use time::Date;
@@ -129,12 +130,26 @@ pub struct Limit {
     pub period: Period,
     pub cap: Cap,
     pub on_exceed: OnExceed,
+    /// `meter-period`, made once here: every decision looks its counter up by it and hands it to
+    /// the limit's status, and a `format!` per limit per decision was the largest cost of the
+    /// native decision.
+    name: Arc<str>,
 }
 
 impl Limit {
+    pub fn new(meter: MeterId, period: Period, cap: Cap, on_exceed: OnExceed) -> Self {
+        let name = Arc::from(format!("{meter}-{period}"));
+        Self { meter, period, cap, on_exceed, name }
+    }
+
     /// The policy name used in `RateLimit` headers and problem bodies, e.g. `requests-minute`.
-    pub fn policy_name(&self) -> String {
-        format!("{}-{}", self.meter, self.period)
+    pub fn policy_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The policy name, shared (a limit status carries it without copying it).
+    pub fn shared_name(&self) -> Arc<str> {
+        Arc::clone(&self.name)
     }
 
     /// A refusal by this limit needs an upgrade: lifetime limits never reset.
@@ -272,7 +287,7 @@ fn parse_limit(path: &str, v: &Value, meters: &BTreeMap<MeterId, MeterSpec>) -> 
         (_, Period::Lifetime) | (Some(OnExceed::Upgrade), _) => OnExceed::Upgrade,
         (Some(OnExceed::Retry) | None, _) => OnExceed::Retry,
     };
-    Ok(Limit { meter, period, cap, on_exceed })
+    Ok(Limit::new(meter, period, cap, on_exceed))
 }
 
 fn parse_limits(
@@ -446,12 +461,7 @@ impl Policy {
             for part in meters.get(&l.meter).map(|m| m.parts.as_slice()).unwrap_or_default() {
                 let known = |x: &Limit| &x.meter == part && x.period == l.period;
                 if !limits.iter().any(known) && !implicit.iter().any(known) {
-                    implicit.push(Limit {
-                        meter: part.clone(),
-                        period: l.period,
-                        cap: Cap::Unlimited,
-                        on_exceed: OnExceed::Retry,
-                    });
+                    implicit.push(Limit::new(part.clone(), l.period, Cap::Unlimited, OnExceed::Retry));
                 }
             }
         }

@@ -91,7 +91,7 @@ fn unlimited_and_windows() {
         {"meter": "requests", "limit": 100, "period": "minute", "window": 5}]}));
     let plan = plan.unwrap_or_else(|e| unreachable!("{e}"));
     assert_eq!(plan.limits.first().map(|l| l.cap), Some(Cap::Hard { limit: 100 }));
-    assert_eq!(plan.limits.first().map(Limit::policy_name), Some("requests-5minute".to_owned()));
+    assert_eq!(plan.limits.first().map(Limit::policy_name), Some("requests-5minute"));
     assert_eq!(plan.limits.get(1).map(|l| l.cap), Some(Cap::Unlimited));
 }
 

@@ -132,7 +132,7 @@ impl OrgMachine {
             .iter()
             .filter_map(|l| {
                 Some(LeaseLimit {
-                    policy: l.policy.clone(),
+                    policy: l.policy.to_string(),
                     limit: l.limit?,
                     remaining: l.remaining?,
                     window_secs: l.window_secs,

@@ -522,15 +522,14 @@ fn book_of(rows: &BTreeMap<String, String>) -> Result<Book, OrgError> {
 
 /// A meter's counter row as the book holds it now: only the policy's current limits.
 fn meter_row(policy: &Policy, book: &Book, meter: &MeterId) -> String {
-    let keys: Vec<String> = policy.limits_for(meter).map(crate::policy::Limit::policy_name).collect();
-    encode_counters(keys.iter().filter_map(|k| book.counters.get_key_value(k)))
+    encode_counters(policy.limits_for(meter).filter_map(|l| book.counters.get_key_value(l.policy_name())))
 }
 
 /// The alerts fired in the limits' current windows, with their delivery state.
 fn alerts_view(alerts: &[AlertView], statuses: &[LimitStatus]) -> Vec<Value> {
     alerts
         .iter()
-        .filter(|r| statuses.iter().any(|l| l.policy == r.policy && l.window_start.millis() == r.window_start))
+        .filter(|r| statuses.iter().any(|l| *l.policy == *r.policy && l.window_start.millis() == r.window_start))
         .filter_map(|r| {
             let mut v: Value = serde_json::from_str(&r.payload).ok()?;
             v.as_object_mut()?.insert("delivery".into(), json!({"status": r.status, "attempts": r.attempts}));
