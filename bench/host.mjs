@@ -45,8 +45,18 @@ const shared = Object.fromEntries(
   Object.entries(durableObjects).map(([binding, d]) => [binding, { ...d, scriptName: spec.name }]),
 );
 const replicas = (spec.replicas ?? []).map((port, i) => worker(`${spec.name}-replica-${i + 1}`, port, shared));
+// workerd writes every console line to its stdout as structured JSON, which Miniflare parses
+// here. By default this host prints only warnings and errors: re-printing each decision log line
+// would add two more processes' work per request (this one's write and its reader's), which no
+// deployed Worker pays, on the same cores as the contender. HOST_LOGS=all prints every line.
+const printAll = process.env.HOST_LOGS === "all";
+const handleStructuredLogs = ({ level, message }) => {
+  if (level === "error" || level === "warn") console.error(message);
+  else if (printAll) console.log(message);
+};
 const mf = new Miniflare(convertV4MiniflareOptions({
   log: new Log(LogLevel[process.env.HOST_LOG_LEVEL ?? "WARN"]),
+  handleStructuredLogs,
   workers: [worker(spec.name, spec.port, durableObjects), ...replicas],
   // The layout wrangler uses for --persist-to DIR (DIR/v3/<plugin>), so migrations applied with
   // wrangler are the ones this runtime sees.

@@ -54,6 +54,15 @@ function perf(r) {
       "",
     );
   }
+  const alog = q("a+log/a");
+  if (alog && by["a+log"] && by.a && by.c1 && by.c5) {
+    const perLine = by["a+log"].cpu_us_per_request.workerd - by.a.cpu_us_per_request.workerd;
+    const c1c5 = by.c1.cpu_us_per_request.workerd - by.c5.cpu_us_per_request.workerd;
+    lines.push(
+      `The cost of a log line is the runtime's console, not the line's making: the same preformatted line written by the bare pass-through Worker (a+log) costs it ${perLine} µs of workerd CPU per request and leaves it ${x(alog.rps)} of its req/s. quotagate's own difference between \`DECISION_LOG=all\` and \`refusals\` in this run is ${c1c5} µs per request; building the line (\`DecisionLine::render\`, one \`String\`) is a few hundred nanoseconds of that.`,
+      "",
+    );
+  }
   lines.push(
     "### Throughput and tail",
     "",
@@ -82,7 +91,7 @@ function perf(r) {
     "",
     "### Where the CPU goes (µs of CPU per request, median of rounds)",
     "",
-    "Read from /proc: utime + stime of each contender's processes over the measured seconds, divided by its requests. `node` under a Worker is the Miniflare host (it relays the Worker's log lines), not part of the request path.",
+    "Read from /proc: utime + stime of each contender's processes over the measured seconds, divided by its requests. `node` under a Worker is the Miniflare host, which parses workerd's structured log lines (it prints only warnings and errors), not part of the request path.",
     "",
     "| contender | workerd | node | redis | origin |",
     "|---|--:|--:|--:|--:|",

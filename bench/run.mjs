@@ -6,7 +6,7 @@
 // ledger's flush figures and the native decision cost. Writes bench/results.json and
 // bench/RESULTS.md (through bench/render.mjs).
 //
-// Knobs (environment): BENCH_DURATION (s, 6), BENCH_WARMUP (s, 2), BENCH_CONNECTIONS (32),
+// Knobs (environment): BENCH_DURATION (s, 4), BENCH_WARMUP (s, 1), BENCH_CONNECTIONS (32),
 // BENCH_ROUNDS (3), BENCH_SUSTAIN (s, 300; 0 skips), BENCH_OUT (directory, bench/), BENCH_ONLY
 // (comma-separated contender ids; a and b always run), BENCH_BUNDLE (another quotagate bundle's
 // entry module, e.g. an older build's `wrangler deploy --dry-run` output, to measure it instead).
@@ -21,8 +21,8 @@ import { bundle, startFaithful, QUOTAGATE_D1 } from "./faithful.mjs";
 import { render } from "./render.mjs";
 import { profileWhile } from "./profile.mjs";
 
-const DURATION = Number(process.env.BENCH_DURATION ?? 6);
-const WARMUP = Number(process.env.BENCH_WARMUP ?? 2);
+const DURATION = Number(process.env.BENCH_DURATION ?? 4);
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 1);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SUSTAIN = Number(process.env.BENCH_SUSTAIN ?? 300);
@@ -33,7 +33,9 @@ const LOG_LEVEL = process.env.BENCH_LOG_LEVEL ?? "warn";
 const LUA = path.join(ROOT, "bench/lua/load.lua");
 const ROUTES = '[{"method": "POST", "path": "/v1/ai/**", "meter": "ai_tokens", "cost": "reported"}]';
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const log = (...a) => console.log("[bench]", ...a);
+const t0run = performance.now();
+// Each line says how far into the run it is, so the budget can be read phase by phase.
+const log = (...a) => console.log(`[bench ${Math.round((performance.now() - t0run) / 1000)} s]`, ...a);
 
 const children = [];
 function run(cmd, args, opts = {}) {
@@ -275,7 +277,7 @@ function wasmSize(script) {
 
 function criterion() {
   log("criterion: cargo bench --bench decision");
-  execFileSync("cargo", ["bench", "--locked", "--bench", "decision", "--", "--warm-up-time", "2", "--measurement-time", "5"], {
+  execFileSync("cargo", ["bench", "--locked", "--bench", "decision", "--", "--warm-up-time", "1", "--measurement-time", "4"], {
     cwd: ROOT,
     stdio: ["ignore", "ignore", "inherit"],
   });
@@ -421,6 +423,7 @@ async function main() {
   const health = "/_bench/health";
   log("starting the Workers");
   const passthrough = await track(startFaithful({ name: "bench-passthrough", script: contenderScript("passthrough"), vars: { ORIGIN_URL }, health }));
+  const passthroughLog = await track(startFaithful({ name: "bench-passthrough-log", script: contenderScript("passthrough"), vars: { ORIGIN_URL, LOG_LINE: "1" }, health }));
   const doCounter = await track(startFaithful({ name: "bench-do-counter", script: contenderScript("do-counter"), vars: { ORIGIN_URL }, durableObjects: { COUNTER: "Counter" }, health }));
   const ratelimit = await track(
     startFaithful({ name: "bench-ratelimit", script: contenderScript("ratelimit"), vars: { ORIGIN_URL }, ratelimits: { LIMITER: { namespace_id: "1001", simple: { limit: 1_000_000_000, period: 60 } } }, health }),
@@ -442,6 +445,7 @@ async function main() {
   const contenders = [
     { id: "origin", name: "origin alone (no gateway)", url: ORIGIN_URL, pgid: origin.child.pid, keysFile: hotKeys },
     { id: "a", name: "(a) pass-through Worker", url: passthrough.url, pgid: passthrough.pid, keysFile: hotKeys },
+    { id: "a+log", name: "(a) pass-through Worker, one log line per request", url: passthroughLog.url, pgid: passthroughLog.pid, keysFile: hotKeys },
     { id: "b", name: "(b) minimal DO counter Worker", url: doCounter.url, pgid: doCounter.pid, keysFile: hotKeys },
     { id: "c1", name: "(c) quotagate, one hot org", url: gw.url, pgid: gw.pid, keysFile: hotKeys },
     { id: "c2", name: "(c) quotagate, 100 orgs", url: gw.url, pgid: gw.pid, keysFile: keyFile("many", keys.many) },
@@ -488,12 +492,12 @@ async function main() {
         // Every admitted request is counted: wrk's total, plus at most the requests still in
         // flight when wrk stopped (one per connection). In lease mode the counter also holds
         // the isolate's open lease (pre-debited, up to max_units).
-        await sleep(500);
+        await sleep(300);
         r.counted = (await api.used(countedOrg, "requests-month")) - used0;
       }
       runs[c.id].push(r);
       log(`round ${round} ${c.id}: ${r.rps.toFixed(0)} req/s p50 ${r.p50_ms.toFixed(2)} ms p99 ${r.p99_ms.toFixed(2)} ms p99.9 ${r.p999_ms.toFixed(2)} ms non-2xx ${r.non_2xx} cpu ${JSON.stringify(r.cpu_us_per_request)}`);
-      await sleep(500);
+      await sleep(200);
     }
   }
   const pick = (xs, k) => median(xs.map((x) => x[k]));
@@ -543,12 +547,13 @@ async function main() {
     ratio(h.id, "e");
   }
   ratio("c1", "c5");
+  ratio("a+log", "a");
   ratio("c6", "c1");
   ratio("c1@1", "b@1");
   ratio("c6@1", "c1@1");
   ratio("b@1", "a@1");
   if (by["c1@1"] && by["b@1"]) results.single_client_p50_gap_ms = by["c1@1"].p50_ms - by["b@1"].p50_ms;
-  for (const g of [passthrough, doCounter, ratelimit, quiet]) await g.stop();
+  for (const g of [passthrough, passthroughLog, doCounter, ratelimit, quiet]) await g.stop();
 
   // The org DO's work per proxied request, read from the DO itself; and cold start.
   log("work per request and cold start");
@@ -594,7 +599,7 @@ async function main() {
         await papi.org("bench-hot", { plan: "bench-quota" });
         keysFile = keyFile("profile", [(await papi.key("bench-hot")).key]);
       }
-      const p = await profileWhile(host.inspector, async () => wrk(host.url, { keysFile, seconds: 5 }));
+      const p = await profileWhile(host.inspector, async () => wrk(host.url, { keysFile, seconds: 4 }));
       results.profile[id] = { rps_while_profiled: Math.round(p.load.rps), total_ms: Math.round(p.total_ms), categories: p.categories, top: p.top.slice(0, 12) };
       log(`profile ${id}: ${JSON.stringify(p.categories)}`);
     } catch (e) {
