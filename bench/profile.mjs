@@ -89,7 +89,9 @@ function category(name) {
   if (name === "(idle)") return "idle (isolate waiting on I/O)";
   if (name === "(garbage collector)") return "garbage collector";
   if (name === "(program)") return "V8 / runtime outside JS (program)";
-  if (/\.wasm/.test(name) || name.startsWith("wasm-to-js") || name.startsWith("js-to-wasm")) return "Rust compiled to wasm";
+  // Named frames carry the module's URL (`[quotagate.wasm-…]`); a wasm without its names section
+  // shows `wasm-function[N]`.
+  if (/\.wasm/.test(name) || /^(wasm-function\[|wasm-to-js|js-to-wasm)/.test(name)) return "Rust compiled to wasm";
   if (/\[(shim|index|worker|entry)\.js/.test(name)) return "JavaScript (the Worker's own, or wasm-bindgen glue)";
   return "runtime APIs (SQLite exec, fetch, Request/Response, streams, JSON, microtasks)";
 }

@@ -402,6 +402,17 @@ async function main() {
   // The deployable bundles, built as `wrangler deploy` would.
   const bundles = path.join(os.tmpdir(), `quotagate-bench-bundles-${process.pid}`);
   const qgScript = process.env.BENCH_BUNDLE ? path.resolve(process.env.BENCH_BUNDLE) : bundle(path.join(ROOT, "wrangler.toml"), path.join(bundles, "quotagate"));
+  // The profile reads Rust frames by name: the same bundle with the wasm as it was before its
+  // function names were stripped (`make build` keeps that copy in target/), when there is one.
+  const namedScript = (script) => {
+    const named = path.join(ROOT, "target/index_bg.named.wasm");
+    if (process.env.BENCH_BUNDLE || !fs.existsSync(named)) return script;
+    const dir = path.join(bundles, "quotagate-named");
+    fs.cpSync(path.dirname(script), dir, { recursive: true });
+    const wasm = fs.readdirSync(dir).find((f) => f.endsWith(".wasm"));
+    fs.copyFileSync(named, path.join(dir, wasm));
+    return path.join(dir, path.basename(script));
+  };
   const contenderScript = (dir) => bundle(path.join(ROOT, "bench/contenders", dir, "wrangler.toml"), path.join(bundles, dir));
   results.bundle = process.env.BENCH_BUNDLE ? process.env.BENCH_BUNDLE : "this checkout (wrangler deploy --dry-run)";
 
@@ -586,7 +597,7 @@ async function main() {
   results.profile = {};
   for (const [id, start] of [
     ["b", (p) => startFaithful({ name: "bench-do-counter", script: contenderScript("do-counter"), vars: { ORIGIN_URL }, durableObjects: { COUNTER: "Counter" }, health, inspectorPort: p })],
-    ["c5", (p) => quotagate({ DECISION_LOG: "refusals" }, { inspectorPort: p })],
+    ["c5", (p) => quotagate({ DECISION_LOG: "refusals" }, { inspectorPort: p, script: namedScript(qgScript) })],
   ]) {
     if (!contenders.some((c) => c.id === id)) continue;
     let host;

@@ -551,7 +551,19 @@ fn counter_rows_round_trip_and_refuse_damage() {
     assert_eq!(row, format!("requests-minute=g,{},{};requests-month=w,{T0},7,2", T0 + 5, u64::MAX));
     assert_eq!(decode_counters(&row), Some(c));
     assert_eq!(decode_counters(""), Some(BTreeMap::new()));
-    for bad in ["x", "a=q,1,2", "a=g,1", "a=w,1,2,x"] {
+    for bad in [
+        "x",
+        "a=q,1,2",
+        "a=g,1",
+        "a=w,1,2,x",
+        "a=g,1,2,3",
+        "a=w,1,,2",
+        "a=w,1,2,3,",
+        "a=g,+1,2",
+        "a=g,18446744073709551616,1",
+        "a=",
+        "a=g1,2",
+    ] {
         assert_eq!(decode_counters(bad), None, "{bad}");
     }
 }
