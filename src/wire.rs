@@ -1,5 +1,6 @@
 //! The JSON shapes on the wire: request bodies of the HTTP API (parsed with exact, field-named
-//! errors), the Worker ↔ Durable Object protocol, and the JSON views of decisions.
+//! errors), the Worker ↔ Durable Object protocol, and the JSON views of decisions; and the parts
+//! of a request's serialized URL the gateway forwards (path and query).
 //!
 //! Pure like the core, so every refusal message is tested natively. It must never decide usage
 //! (that is `policy`) nor touch the platform (that is `edge`).
