@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use crate::policy::headers::HeaderList;
 use crate::policy::lease::{Grant, LeaseClosing, Slot, Spend};
 use crate::policy::{MeterId, OrgId, Timestamp};
 
@@ -48,7 +49,7 @@ fn with<T>(k: &LeaseKey, make: bool, f: impl FnOnce(&mut Slot) -> T) -> Option<T
 pub struct Taken {
     pub spend: Spend,
     pub plan: String,
-    pub headers: Vec<(String, String)>,
+    pub headers: HeaderList,
 }
 
 /// Spends one request from the key's lease; the headers and plan come with an admission.
@@ -57,7 +58,7 @@ pub fn take(k: &LeaseKey, now: Timestamp) -> Taken {
     with(k, false, |s| {
         let spend = s.spend(now);
         let (plan, headers) = if matches!(spend, Spend::Taken { .. }) {
-            (s.plan().to_owned(), s.headers(now).into_iter().map(|(n, v)| (n.to_owned(), v)).collect())
+            (s.plan().to_owned(), s.headers(now))
         } else {
             (String::new(), Vec::new())
         };

@@ -15,6 +15,7 @@ use super::ledger;
 use super::platform::{call_do, now, random_hex, settings};
 use crate::org::{Caller, DecideKind, KeyHash, OrgMsg, OrgOp, OrgReply};
 use crate::policy::classify::{usage_header_meter, Cost};
+use crate::policy::headers::HeaderList;
 use crate::policy::keys::{origin_signature, origin_signing_string, VerifiedKey};
 use crate::policy::lease::{LeaseClosing, Spend};
 use crate::policy::{EventId, FailMode, MeterId, OrgId, Plan, PlanId, Timestamp};
@@ -36,7 +37,7 @@ enum Source {
 
 struct Admitted {
     plan: String,
-    headers: Vec<(String, String)>,
+    headers: HeaderList,
     source: Source,
 }
 

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::policy::headers::HeaderList;
 use crate::policy::lease::Grant;
 pub use crate::policy::lease::LeaseClosing;
 use crate::policy::{EventId, MeterId, OrgId, PlanId};
@@ -235,7 +236,7 @@ impl OrgMsg {
 pub struct OrgReply {
     pub status: u16,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<(String, String)>,
+    pub headers: HeaderList,
     /// `null` for an allowed proxied decision: the Worker needs only the headers.
     #[serde(default)]
     pub body: Value,

@@ -4,6 +4,8 @@
 //! Owns the exact text of every header value and problem field the gateway emits, so that the
 //! edge only copies strings. Must never decide anything: it renders a `Decision`.
 
+use std::borrow::Cow;
+
 use serde_json::{json, Value};
 
 use super::clock::Timestamp;
@@ -85,25 +87,29 @@ pub fn ratelimit(statuses: &[LimitStatus], now: Timestamp) -> Option<String> {
     })
 }
 
+/// Header names and values as an answer carries them. The gateway's own names are static, so
+/// they are borrowed, not copied per decision; a name read back from a DO reply is owned.
+pub type HeaderList = Vec<(Cow<'static, str>, String)>;
+
 /// The headers of a request admitted from a lease, in the same order and wording as
 /// `decision_headers`: the limits are the lease's view (the org's remaining as the DO last
 /// said, plus `unspent`, what this holder has not spent yet).
-pub fn lease_headers(grant: &[LeaseLimit], unspent: u64, now: Timestamp) -> Vec<(&'static str, String)> {
+pub fn lease_headers(grant: &[LeaseLimit], unspent: u64, now: Timestamp) -> HeaderList {
     let remaining = |l: &LeaseLimit| l.remaining.saturating_add(unspent).min(l.limit);
     let limits = grant;
     let mut h = Vec::with_capacity(6);
     let secs = |l: &LeaseLimit| l.reset_ms.map(|r| r.saturating_sub(now.millis()).div_ceil(1000));
     if let Some(v) = joined(limits.iter(), |out, l| push_item(out, &l.policy, ("q", l.limit), ("w", l.window_secs))) {
-        h.push(("RateLimit-Policy", v));
+        h.push((Cow::Borrowed("RateLimit-Policy"), v));
     }
     if let Some(v) = joined(limits.iter(), |out, l| push_item(out, &l.policy, ("r", remaining(l)), ("t", secs(l)))) {
-        h.push(("RateLimit", v));
+        h.push((Cow::Borrowed("RateLimit"), v));
     }
     if let Some(l) = limits.iter().min_by_key(|l| (remaining(l), l.reset_ms.unwrap_or(u64::MAX))) {
-        h.push(("X-RateLimit-Limit", number(l.limit)));
-        h.push(("X-RateLimit-Remaining", number(remaining(l))));
+        h.push((Cow::Borrowed("X-RateLimit-Limit"), number(l.limit)));
+        h.push((Cow::Borrowed("X-RateLimit-Remaining"), number(remaining(l))));
         if let Some(reset) = l.reset_ms {
-            h.push(("X-RateLimit-Reset", number(reset.div_ceil(1000))));
+            h.push((Cow::Borrowed("X-RateLimit-Reset"), number(reset.div_ceil(1000))));
         }
     }
     let level = limits
@@ -111,31 +117,31 @@ pub fn lease_headers(grant: &[LeaseLimit], unspent: u64, now: Timestamp) -> Vec<
         .map(|l| Level::of(l.limit.saturating_sub(remaining(l)), Some(l.limit)))
         .max()
         .unwrap_or(Level::Ok);
-    h.push(("X-Quota-Status", level.as_str().to_owned()));
+    h.push((Cow::Borrowed("X-Quota-Status"), level.as_str().to_owned()));
     h
 }
 
 /// The headers of a decision, in order: `RateLimit-Policy`, `RateLimit`, the legacy trio for the
 /// most constrained limit (`X-RateLimit-Reset` in epoch seconds of its reset; absent for
 /// lifetime), `X-Quota-Status`, and `Retry-After` on a 429.
-pub fn decision_headers(d: &Decision) -> Vec<(&'static str, String)> {
+pub fn decision_headers(d: &Decision) -> HeaderList {
     let mut h = Vec::with_capacity(7);
     if let Some(v) = ratelimit_policy(&d.limits) {
-        h.push(("RateLimit-Policy", v));
+        h.push((Cow::Borrowed("RateLimit-Policy"), v));
     }
     if let Some(v) = ratelimit(&d.limits, d.now) {
-        h.push(("RateLimit", v));
+        h.push((Cow::Borrowed("RateLimit"), v));
     }
     if let Some(l) = d.most_constrained() {
-        h.push(("X-RateLimit-Limit", number(l.limit.unwrap_or(0))));
-        h.push(("X-RateLimit-Remaining", number(l.remaining.unwrap_or(0))));
+        h.push((Cow::Borrowed("X-RateLimit-Limit"), number(l.limit.unwrap_or(0))));
+        h.push((Cow::Borrowed("X-RateLimit-Remaining"), number(l.remaining.unwrap_or(0))));
         if let Some(reset) = l.reset {
-            h.push(("X-RateLimit-Reset", number(reset.millis().div_ceil(1000))));
+            h.push((Cow::Borrowed("X-RateLimit-Reset"), number(reset.millis().div_ceil(1000))));
         }
     }
-    h.push(("X-Quota-Status", d.level().as_str().to_owned()));
+    h.push((Cow::Borrowed("X-Quota-Status"), d.level().as_str().to_owned()));
     if let Some(s) = d.retry_after() {
-        h.push(("Retry-After", number(s)));
+        h.push((Cow::Borrowed("Retry-After"), number(s)));
     }
     h
 }

@@ -258,7 +258,7 @@ impl Slot {
     }
 
     /// The `RateLimit` headers of a request just admitted from the lease.
-    pub fn headers(&self, now: Timestamp) -> Vec<(&'static str, String)> {
+    pub fn headers(&self, now: Timestamp) -> super::headers::HeaderList {
         self.lease.as_ref().map(|l| super::headers::lease_headers(&l.grant.limits, l.left, now)).unwrap_or_default()
     }
 

@@ -48,7 +48,7 @@ impl ApiLimiter {
         self.policy.meter(&meter)?;
         let decision = self.book.record(&self.policy, &meter, 1, true, now).ok()?;
         let body = refusal_problem(&decision, plan, None)?;
-        let headers = decision_headers(&decision).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let headers = decision_headers(&decision);
         Some(OrgReply { status: decision.status(), headers, body, plan: Some(plan.to_owned()), ..OrgReply::EMPTY })
     }
 }

@@ -11,7 +11,7 @@ use crate::org::buckets::BucketKey;
 use crate::org::io::{OutboxRow, Snapshot, Writes};
 use crate::org::msg::{DecideKind, OrgReply, SettleAction};
 use crate::org::rules::{crossings, earliest, FLUSH_DELAY_MS};
-use crate::policy::headers::{decision_headers, refusal_problem};
+use crate::policy::headers::{decision_headers, refusal_problem, HeaderList};
 use crate::policy::{
     Aggregation, Book, Decision, EventId, LimitStatus, MeterId, ReserveAs, Settlement, Timestamp, UsageError,
 };
@@ -154,8 +154,7 @@ impl OrgMachine {
                 source,
             );
         }
-        let mut headers: Vec<(String, String)> =
-            decision_headers(&decision).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let mut headers: HeaderList = decision_headers(&decision);
         if is_replay {
             headers.push(("Idempotent-Replayed".into(), "true".into()));
         }
