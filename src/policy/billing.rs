@@ -48,7 +48,7 @@ pub fn range_totals(policy: &Policy, meter: &MeterId, days: &[DailyUsage]) -> Ra
         // Usage per window of this limit's period, aggregated as the meter aggregates.
         let mut windows: BTreeMap<Timestamp, u64> = BTreeMap::new();
         for d in &sorted {
-            let start = limit.period.window(Timestamp::from_date(d.day), policy.billing_anchor).start;
+            let start = limit.period().window(Timestamp::from_date(d.day), policy.billing_anchor).start;
             let w = windows.entry(start).or_insert(0);
             *w = match agg {
                 Aggregation::Sum => w.saturating_add(d.quantity),

@@ -125,7 +125,10 @@ mod tests {
         assert_eq!(p.composites_of(&m("tin")), [m("all"), m("tokens")], "nested composites included");
         assert_eq!(p.composites_of(&m("extra")), [m("all")]);
         // Parts get an unlimited limit of their composite's period, for the breakdown.
-        assert!(p.limits.iter().any(|l| l.meter == m("tin") && l.period == Period::Month && l.cap == Cap::Unlimited));
+        assert!(p
+            .limits
+            .iter()
+            .any(|l| *l.meter() == m("tin") && l.period() == Period::Month && l.cap == Cap::Unlimited));
         let mut b = Book::default();
         assert!(b.record(&p, &m("tin"), 70, true, at(0)).unwrap_or_else(|e| unreachable!("{e}")).allowed());
         let refused = b.record(&p, &m("tout"), 31, true, at(1)).unwrap_or_else(|e| unreachable!("{e}"));

@@ -127,13 +127,13 @@ fn sat(x: u128) -> u64 {
 
 /// A limit's counter, brought up to `now`: a rolled window, a drained GCRA backlog.
 fn current(limit: &Limit, counter: Option<&Counter>, policy: &Policy, now: Timestamp) -> Counter {
-    current_in(limit, counter, limit.period.window(now, policy.billing_anchor), now)
+    current_in(limit, counter, limit.period().window(now, policy.billing_anchor), now)
 }
 
 /// `current`, given the limit's window at `now` (a month's bounds are calendar arithmetic: a
 /// decision works them out once per limit).
 fn current_in(limit: &Limit, counter: Option<&Counter>, window: Window, now: Timestamp) -> Counter {
-    if limit.period.is_rate() {
+    if limit.period().is_rate() {
         let n = limit.cap.limit().unwrap_or(0);
         return match counter {
             Some(&Counter::Gcra { at, backlog }) if at < now => {
@@ -156,7 +156,7 @@ fn current_in(limit: &Limit, counter: Option<&Counter>, window: Window, now: Tim
 fn in_use(limit: &Limit, c: Counter) -> u64 {
     match c {
         Counter::Gcra { backlog, .. } => {
-            let w = limit.period.rate_millis().unwrap_or(1).max(1);
+            let w = limit.period().rate_millis().unwrap_or(1).max(1);
             backlog.div_ceil(w)
         }
         Counter::Window { used, reserved, .. } => used.saturating_add(reserved),
@@ -166,7 +166,9 @@ fn in_use(limit: &Limit, c: Counter) -> u64 {
 /// What the counter would hold after admitting `q`.
 fn proposed(limit: &Limit, agg: Aggregation, c: Counter, q: u64) -> u128 {
     match (c, agg) {
-        (Counter::Gcra { backlog, .. }, _) => u128::from(backlog) + scaled(q, limit.period.rate_millis().unwrap_or(1)),
+        (Counter::Gcra { backlog, .. }, _) => {
+            u128::from(backlog) + scaled(q, limit.period().rate_millis().unwrap_or(1))
+        }
         (Counter::Window { used, reserved, .. }, Aggregation::Sum) => {
             u128::from(used) + u128::from(reserved) + u128::from(q)
         }
@@ -177,7 +179,7 @@ fn proposed(limit: &Limit, agg: Aggregation, c: Counter, q: u64) -> u128 {
 
 /// The cap `proposed` is compared with: `limit`, or `W·n` for GCRA.
 fn capacity(limit: &Limit, n: u64) -> u128 {
-    match limit.period.rate_millis() {
+    match limit.period().rate_millis() {
         Some(w) => scaled(n, w),
         None => u128::from(n),
     }
@@ -189,13 +191,13 @@ fn wait_secs(limit: &Limit, c: Counter, q: u64, n: u64, policy: &Policy, now: Ti
     if q > n || limit.needs_upgrade() {
         return None;
     }
-    match (c, limit.period.rate_millis()) {
+    match (c, limit.period().rate_millis()) {
         (Counter::Gcra { backlog, .. }, Some(w)) => {
             let excess = (u128::from(backlog) + scaled(q, w)).saturating_sub(scaled(n, w));
             let ms = excess.div_ceil(u128::from(n.max(1)));
             Some(sat(ms).div_ceil(1000).max(1))
         }
-        _ => limit.period.window(now, policy.billing_anchor).seconds_until_reset(now).map(|s| s.max(1)),
+        _ => limit.period().window(now, policy.billing_anchor).seconds_until_reset(now).map(|s| s.max(1)),
     }
 }
 
@@ -207,7 +209,7 @@ fn status(limit: &Limit, c: Counter, window: Window, now: Timestamp) -> LimitSta
         // ratelimit-headers-10: `t` is the time until more quota is available), which is also
         // what `Retry-After` says for one unit. An untouched window has nothing to wait for.
         Counter::Gcra { backlog, .. } => {
-            let w = limit.period.rate_millis().unwrap_or(1).max(1);
+            let w = limit.period().rate_millis().unwrap_or(1).max(1);
             let per_ms = n.unwrap_or(1).max(1);
             // Overdrawn (usage recorded past the cap) counts from the cap: the wait is for
             // `remaining` to become one again.
@@ -225,14 +227,14 @@ fn status(limit: &Limit, c: Counter, window: Window, now: Timestamp) -> LimitSta
     };
     LimitStatus {
         policy: limit.shared_name(),
-        meter: limit.meter.clone(),
-        period: limit.period,
+        meter: limit.meter().clone(),
+        period: limit.period(),
         mode: limit.cap.mode_name(),
         limit: n,
         used,
         remaining: n.map(|n| n.saturating_sub(used)),
         window_start: window.start,
-        window_secs: limit.period.rate_millis().map_or_else(|| window.length_secs(), |w| Some(w / 1000)),
+        window_secs: limit.period().rate_millis().map_or_else(|| window.length_secs(), |w| Some(w / 1000)),
         reset,
         level: Level::of(used, n),
         overage,
@@ -295,7 +297,7 @@ impl Book {
         let mut limits: Vec<(&Limit, Window, Counter)> = policy
             .enforced_for(&spec.id)
             .map(|l| {
-                let w = l.period.window(now, policy.billing_anchor);
+                let w = l.period().window(now, policy.billing_anchor);
                 (l, w, current_in(l, self.counters.get(l.policy_name()), w, now))
             })
             .collect();
@@ -465,7 +467,7 @@ impl Book {
             let c = current(limit, self.counters.get(&hold.key), policy, now);
             let next = match (c, hold.window) {
                 (Counter::Gcra { at, backlog }, None) => {
-                    let w = limit.period.rate_millis().unwrap_or(1);
+                    let w = limit.period().rate_millis().unwrap_or(1);
                     let b = u128::from(backlog).saturating_sub(scaled(r.quantity, w)) + scaled(actual, w);
                     Counter::Gcra { at, backlog: sat(b) }
                 }
@@ -508,11 +510,11 @@ impl Book {
                 // An unlimited rate window never filled (see `admit`).
                 c @ Counter::Gcra { .. } if limit.cap.limit().is_none() => c,
                 Counter::Gcra { at, backlog } => {
-                    let w = limit.period.rate_millis().unwrap_or(1);
+                    let w = limit.period().rate_millis().unwrap_or(1);
                     Counter::Gcra { at, backlog: sat(u128::from(backlog).saturating_sub(scaled(q, w))) }
                 }
                 Counter::Window { start, used, reserved }
-                    if limit.period.window(admitted_at, policy.billing_anchor).start == start =>
+                    if limit.period().window(admitted_at, policy.billing_anchor).start == start =>
                 {
                     Counter::Window { start, used: used.saturating_sub(q), reserved }
                 }
@@ -525,11 +527,11 @@ impl Book {
     /// Zeroes the current window of every limit on `meter` (all meters when `None`). Open
     /// reservations stay open but no longer hold anything in the reset windows.
     pub fn reset(&mut self, policy: &Policy, meter: Option<&MeterId>, now: Timestamp) {
-        for l in policy.limits.iter().filter(|l| meter.is_none_or(|m| &l.meter == m)) {
-            let fresh = match l.period.rate_millis() {
+        for l in policy.limits.iter().filter(|l| meter.is_none_or(|m| l.meter() == m)) {
+            let fresh = match l.period().rate_millis() {
                 Some(_) => Counter::Gcra { at: now, backlog: 0 },
                 None => {
-                    Counter::Window { start: l.period.window(now, policy.billing_anchor).start, used: 0, reserved: 0 }
+                    Counter::Window { start: l.period().window(now, policy.billing_anchor).start, used: 0, reserved: 0 }
                 }
             };
             self.put(l, fresh);
@@ -547,13 +549,13 @@ impl Book {
         policy
             .limits
             .iter()
-            .filter(|l| !l.period.is_rate())
+            .filter(|l| !l.period().is_rate())
             .filter_map(|l| match current(l, self.counters.get(l.policy_name()), policy, now) {
                 Counter::Window { start, used, reserved } => Some(WindowUsage {
                     key: l.policy_name().to_owned(),
-                    meter: l.meter.clone(),
+                    meter: l.meter().clone(),
                     start,
-                    end: l.period.window(now, policy.billing_anchor).end,
+                    end: l.period().window(now, policy.billing_anchor).end,
                     used,
                     reserved,
                 }),
@@ -565,7 +567,7 @@ impl Book {
     /// Sets the committed usage of a fixed-window limit's current window (reconciliation repair:
     /// the ledger is the truth for committed usage). Held reservations are kept.
     pub fn repair(&mut self, policy: &Policy, key: &str, used: u64, now: Timestamp) {
-        let Some(l) = policy.limits.iter().find(|l| l.policy_name() == key && !l.period.is_rate()) else { return };
+        let Some(l) = policy.limits.iter().find(|l| l.policy_name() == key && !l.period().is_rate()) else { return };
         if let Counter::Window { start, reserved, .. } = current(l, self.counters.get(key), policy, now) {
             self.counters.insert(key.to_owned(), Counter::Window { start, used, reserved });
         }
@@ -577,7 +579,7 @@ impl Book {
             .limits
             .iter()
             .map(|l| {
-                let w = l.period.window(now, policy.billing_anchor);
+                let w = l.period().window(now, policy.billing_anchor);
                 status(l, current_in(l, self.counters.get(l.policy_name()), w, now), w, now)
             })
             .collect()
@@ -591,7 +593,7 @@ fn admit(limit: &Limit, agg: Aggregation, c: Counter, q: u64, apply: Apply) -> C
         // An unlimited rate window never drains, so it must never fill either.
         (Counter::Gcra { .. }, _) if limit.cap.limit().is_none() => c,
         (Counter::Gcra { at, backlog }, _) => {
-            let w = limit.period.rate_millis().unwrap_or(1);
+            let w = limit.period().rate_millis().unwrap_or(1);
             Counter::Gcra { at, backlog: sat(u128::from(backlog) + scaled(q, w)) }
         }
         (Counter::Window { start, used, reserved }, Apply::Hold) => {

@@ -312,8 +312,8 @@ proptest! {
         let mut b = Book::default();
         let mut now = 0u64;
         let mut next = 0u32;
-        let day = p.limits.iter().find(|l| l.period == Period::Day).cloned().unwrap_or_else(|| unreachable!());
-        let gcra = p.limits.iter().find(|l| l.period.is_rate()).cloned().unwrap_or_else(|| unreachable!());
+        let day = p.limits.iter().find(|l| l.period() == Period::Day).cloned().unwrap_or_else(|| unreachable!());
+        let gcra = p.limits.iter().find(|l| l.period().is_rate()).cloned().unwrap_or_else(|| unreachable!());
         for op in ops {
             let t = at(now);
             match op {

@@ -123,11 +123,12 @@ pub enum OnExceed {
     Upgrade,
 }
 
-/// One limit of a plan. The (meter, period) pair is unique within a plan.
+/// One limit of a plan. The (meter, period) pair is unique within a plan. Meter and period are
+/// read through methods: they make the policy name, which is kept beside them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
-    pub meter: MeterId,
-    pub period: Period,
+    meter: MeterId,
+    period: Period,
     pub cap: Cap,
     pub on_exceed: OnExceed,
     /// `meter-period`, made once here: every decision looks its counter up by it and hands it to
@@ -140,6 +141,14 @@ impl Limit {
     pub fn new(meter: MeterId, period: Period, cap: Cap, on_exceed: OnExceed) -> Self {
         let name = Arc::from(format!("{meter}-{period}"));
         Self { meter, period, cap, on_exceed, name }
+    }
+
+    pub const fn meter(&self) -> &MeterId {
+        &self.meter
+    }
+
+    pub const fn period(&self) -> Period {
+        self.period
     }
 
     /// The policy name used in `RateLimit` headers and problem bodies, e.g. `requests-minute`.

@@ -369,7 +369,7 @@ impl OrgMachine {
                 // Validated before storing: a config that does not parse never reaches storage.
                 let loaded = parse_config(&cfg)?;
                 let book = book_of(&snap.rows)?;
-                let meters: BTreeSet<&MeterId> = loaded.policy.limits.iter().map(|l| &l.meter).collect();
+                let meters: BTreeSet<&MeterId> = loaded.policy.limits.iter().map(crate::policy::Limit::meter).collect();
                 for m in snap.rows.keys() {
                     if !meters.iter().any(|k| k.as_str() == m) {
                         writes.drop_counters.push(m.clone());
@@ -405,7 +405,7 @@ impl OrgMachine {
                 // admitted before it gives nothing back.
                 writes.meta.push((format!("reset:{mark}"), now.millis().to_string()));
                 self.resets.insert(mark, now);
-                let meters: BTreeSet<&MeterId> = loaded.policy.limits.iter().map(|l| &l.meter).collect();
+                let meters: BTreeSet<&MeterId> = loaded.policy.limits.iter().map(crate::policy::Limit::meter).collect();
                 for m in meters.into_iter().filter(|m| meter.as_ref().is_none_or(|x| x == *m)) {
                     writes.counters.push((m.to_string(), meter_row(&loaded.policy, &book, m)));
                 }
