@@ -168,9 +168,8 @@ fn clock_offset_ms() -> i64 {
 pub fn now() -> Timestamp {
     // `Date.now()`: one call and a number, where `worker::Date::now()` builds a `Date` object
     // and asks it for the time (two calls); a proxied request reads the clock several times.
-    // The platform's clock is whole milliseconds since the epoch, far below 2^53.
+    // Checked finite, positive and below 2^53, so the cast is exact after `trunc`.
     let ms = js_sys::Date::now();
-    // Checked: finite, positive and below 2^53, so the cast is exact after `trunc`.
     #[allow(clippy::as_conversions, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let real = if ms.is_finite() && ms > 0.0 && ms < 9_007_199_254_740_992.0 { ms.trunc() as u64 } else { 0 };
     Timestamp::from_millis(real.saturating_add_signed(clock_offset_ms()))

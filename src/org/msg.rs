@@ -269,14 +269,14 @@ impl OrgReply {
 
     /// A 200 with a JSON body and no headers.
     #[must_use]
-    pub const fn ok(body: Value, plan: Option<String>) -> Self {
-        Self { status: 200, headers: Vec::new(), body, plan, held: None, lease: None, no_lease: false }
+    pub fn ok(body: Value, plan: Option<String>) -> Self {
+        Self { body, plan, ..Self::EMPTY }
     }
 
     /// An answer with a problem body.
     #[must_use]
-    pub const fn problem(status: u16, body: Value) -> Self {
-        Self { status, headers: Vec::new(), body, plan: None, held: None, lease: None, no_lease: false }
+    pub fn problem(status: u16, body: Value) -> Self {
+        Self { status, body, ..Self::EMPTY }
     }
 }
 

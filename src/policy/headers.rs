@@ -16,16 +16,12 @@ use super::lease::LeaseLimit;
 /// never need escaping, but a stray quote or backslash is escaped all the same.
 fn push_sf_string(out: &mut String, s: &str) {
     out.push('"');
-    if s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\') {
-        out.push_str(s);
-    } else {
-        for c in s.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
-            if (' '..='~').contains(&c) {
-                out.push(c);
-            }
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        if (' '..='~').contains(&c) {
+            out.push(c);
         }
     }
     out.push('"');
