@@ -6,7 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::engine::{Counter, Reservation};
+use super::counter::Counter;
+use super::engine::Reservation;
 
 /// The version of the persisted counter and reservation encoding.
 pub const STATE_VERSION: u8 = 1;

@@ -5,9 +5,10 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
+use crate::policy::counter::in_use;
 use crate::policy::headers::{decision_headers, refusal_problem};
 use crate::policy::plan::{OrgTerms, Plan};
-use crate::policy::{Period, PlanId};
+use crate::policy::{Level, Period, PlanId};
 
 fn policy(limits: serde_json::Value) -> Policy {
     let body = json!({"meters": [{"id": "peak", "aggregation": "max"}, {"id": "disk", "aggregation": "latest", "unit": "bytes"}],

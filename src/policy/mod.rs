@@ -9,6 +9,7 @@ pub mod classify;
 pub mod clock;
 pub mod codec;
 pub mod composite;
+pub mod counter;
 pub mod decision;
 pub mod engine;
 pub mod headers;
@@ -21,8 +22,9 @@ pub mod plan;
 pub mod stripe;
 
 pub use clock::Timestamp;
+pub use counter::Counter;
 pub use decision::{Decision, Level, LimitStatus, Refusal, RefusalKind};
-pub use engine::{Book, Counter, Reservation, ReservationKind, ReserveAs, Settled, Settlement, UsageError};
+pub use engine::{Book, Reservation, ReservationKind, ReserveAs, Settled, Settlement, UsageError};
 pub use ids::{EventId, MeterId, OrgId, PlanId};
 pub use period::{Period, RateUnit, Window};
 pub use plan::{Aggregation, Cap, FailMode, Limit, MeterSpec, OnExceed, OrgTerms, Plan, PlanError, Policy};
