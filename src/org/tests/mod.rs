@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::buckets::{self, Bucket, BucketKey};
-use super::rules::{self, decode_counters, encode_counters, Wake};
+use super::rules::{self, decode_counters};
 use super::*;
-use crate::policy::{Counter, EventId, Level, MeterId, OrgId, PlanId, Reservation, Timestamp};
+use crate::policy::{EventId, Level, MeterId, OrgId, PlanId, Reservation, Timestamp};
 use crate::wire::UsageEvent;
 
 /// 2026-11-23T10:00:00Z
@@ -543,48 +543,6 @@ fn a_bad_plan_is_refused_and_nothing_is_stored() {
 }
 
 #[test]
-fn counter_rows_round_trip_and_refuse_damage() {
-    let mut c = BTreeMap::new();
-    c.insert("requests-minute".to_owned(), Counter::Gcra { at: at(5), backlog: u64::MAX });
-    c.insert("requests-month".to_owned(), Counter::Window { start: at(0), used: 7, reserved: 2 });
-    let row = encode_counters(c.iter());
-    assert_eq!(row, format!("requests-minute=g,{},{};requests-month=w,{T0},7,2", T0 + 5, u64::MAX));
-    assert_eq!(decode_counters(&row), Some(c));
-    assert_eq!(decode_counters(""), Some(BTreeMap::new()));
-    for bad in [
-        "x",
-        "a=q,1,2",
-        "a=g,1",
-        "a=w,1,2,x",
-        "a=g,1,2,3",
-        "a=w,1,,2",
-        "a=w,1,2,3,",
-        "a=g,+1,2",
-        "a=g,18446744073709551616,1",
-        "a=",
-        "a=g1,2",
-    ] {
-        assert_eq!(decode_counters(bad), None, "{bad}");
-    }
-}
-
-#[test]
-fn the_wake_is_the_earliest_need_and_a_retry_replaces_the_outbox_time() {
-    let w = Wake {
-        outbox_ready: Some(at(50)),
-        flush_retry: Some(at(90)),
-        alert_due: None,
-        reservation_expires: Some(at(70)),
-        counts_due: None,
-        ledger_due: Some(at(40)),
-        report_due: None,
-    };
-    assert_eq!(w.next(), Some(at(70)));
-    assert_eq!(Wake { reservation_expires: None, ..w }.next(), Some(at(90)));
-    assert_eq!(Wake::default().next(), None);
-}
-
-#[test]
 fn alerts_fire_on_crossings_only() {
     let mut o = Org::new(json!([{"meter": "requests", "limit": 10, "period": "month", "mode": "hard"}]));
     for i in 0..7 {
@@ -616,4 +574,5 @@ fn alerts_fire_on_crossings_only() {
 mod lease;
 mod ledger;
 mod props;
+mod rows_and_wake;
 pub mod sim;
