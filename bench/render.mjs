@@ -58,9 +58,14 @@ function perf(r) {
   if (alog && by["a+log"] && by.a && by.c1 && by.c5) {
     const perLine = by["a+log"].cpu_us_per_request.workerd - by.a.cpu_us_per_request.workerd;
     const c1c5 = by.c1.cpu_us_per_request.workerd - by.c5.cpu_us_per_request.workerd;
+    // How far one contender's rounds lie apart, in workerd µs per request: the noise to read a difference against.
+    const spread = (h) => {
+      const cpu = h.rounds.map((q) => q.cpu_us_per_request.workerd ?? 0);
+      return Math.max(...cpu) - Math.min(...cpu);
+    };
     const hostPerLine = (by["a+log"].cpu_us_per_request.node ?? 0) - (by.a.cpu_us_per_request.node ?? 0);
     lines.push(
-      `The cost of a log line is the runtime's console and this harness's log reader, not the line's making. The same preformatted line written by the bare pass-through Worker (a+log) costs it ${perLine} µs of workerd CPU per request, and the Miniflare host's Node process ${hostPerLine} µs more to read and parse workerd's structured log line (a cost no deployed Worker pays, but here it runs on the same ${m.cores} cores as the contender); a+log keeps ${x(alog.rps)} of (a)'s req/s. quotagate's own workerd difference between \`DECISION_LOG=all\` (c1) and \`refusals\` (c5) in this run is ${c1c5} µs per request, within the noise; building the line (\`DecisionLine::render\`, one \`String\`) is well under a microsecond of it.`,
+      `The cost of a log line is the runtime's console and this harness's log reader, not the line's making. The same preformatted line written by the bare pass-through Worker (a+log) costs it ${perLine} µs of workerd CPU per request, and the Miniflare host's Node process ${hostPerLine} µs more to read and parse workerd's structured log line (a cost no deployed Worker pays, but here it runs on the same ${m.cores} cores as the contender); a+log keeps ${x(alog.rps)} of (a)'s req/s. quotagate's own workerd difference between \`DECISION_LOG=all\` (c1) and \`refusals\` (c5) in this run is ${c1c5} µs per request, while c1's own rounds spread over ${spread(by.c1)} µs and c5's over ${spread(by.c5)} µs; building the line (\`DecisionLine::render\`, one \`String\`) is well under a microsecond of it.`,
       "",
     );
   }
