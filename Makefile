@@ -25,7 +25,7 @@ export SCHEMATHESIS := $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)/bin/st
 export PATH := $(NODE_BIN):$(CARGO_BIN):$(PATH)
 export WRANGLER_SEND_METRICS := false
 
-.PHONY: help setup wasm-target chromium screenshots build dev test test-core test-e2e lint fmt deploy deploy-dry-run clean bench bench-setup reliability test-reliability sim
+.PHONY: help setup setup-parallel wasm-target chromium screenshots build bundle dev test test-core test-e2e test-dev lint fmt deploy deploy-dry-run clean bench bench-setup reliability test-reliability sim
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-15s %s\n", $$1, $$2 }'
@@ -44,13 +44,17 @@ node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
+# The build tools are compiled at opt-level 1: on a fresh 2-core machine their compile is most of
+# the set-up time, and they run for seconds per build either way.
+TOOL_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=false
+
 $(WORKER_BUILD):
-	cargo install worker-build --version $(WORKER_BUILD_VERSION) --locked --root $(TOOLS_DIR)/worker-build-$(WORKER_BUILD_VERSION)
+	$(TOOL_PROFILE) cargo install worker-build --version $(WORKER_BUILD_VERSION) --locked --root $(TOOLS_DIR)/worker-build-$(WORKER_BUILD_VERSION)
 
 # No --locked: wasm-bindgen-cli's own lockfile pins a crate version that has since been yanked.
 $(WASM_BINDGEN_BIN):
 	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "no wasm-bindgen in Cargo.lock" >&2; exit 1; }
-	cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)
+	$(TOOL_PROFILE) cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)
 
 $(SCHEMATHESIS):
 	python3 -m venv $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)
@@ -61,43 +65,76 @@ $(SCHEMATHESIS):
 # with the same feature set worker-build enables (the wasm uses exception handling).
 WASM_FEATURES := mutable-globals sign-ext nontrapping-float-to-int bulk-memory multivalue reference-types exception-handling
 
-build: setup ## Build the Worker (build/index.js + build/index_bg.wasm)
+build: setup build/.built ## Build the Worker (build/index.js + build/index_bg.wasm)
+
+# Rebuilt only when the Rust sources or the manifests change: `make test` and `make dev` build once.
+BUILD_INPUTS := Cargo.toml Cargo.lock $(shell find src -type f)
+build/.built: $(BUILD_INPUTS) | setup
 	$(WORKER_BUILD) --release
 	@mkdir -p target && cp build/index_bg.wasm target/index_bg.named.wasm  # for `make bench`'s profile
 	$(WASM_OPT_BIN) build/index_bg.wasm --strip-debug --strip-producers $(addprefix --enable-,$(WASM_FEATURES)) -o build/index_bg.wasm
+	@touch $@
+
+# What the tests and benchmarks run (tests/support/bundle.mjs): the `wrangler deploy --dry-run`
+# bundle, wrangler.toml's bindings, and a migrated local ledger each test gateway starts from.
+bundle: build ## The deployable bundle and a migrated ledger under build/bundle (remade when stale)
+	node tests/support/bundle.mjs
 
 .dev.vars:
 	cp .dev.vars.example .dev.vars
 	@echo "created .dev.vars from .dev.vars.example (ADMIN_TOKEN=dev-admin-token)"
 
+# DEV_STATE: where the local DO and D1 state lives (wrangler's own default; the smoke test gives
+# its own). PORT and DEMO_ORIGIN_PORT move the gateway and the demo origin.
 dev: build .dev.vars ## Build, migrate the local D1, start the demo origin and the gateway on 127.0.0.1:8787
-	wrangler d1 migrations apply LEDGER --local
 	scripts/dev.sh
 
-test: setup lint test-core test-e2e test-reliability ## Lint, then every test: the core natively, the worker end to end in workerd, the reliability suite at small scale
+# Each phase is timed, and the table is printed at the end, a failed phase included. The set-up's
+# pieces are independent: downloads (apt, npm, PyPI) run beside the compiles.
+TEST_PHASES := setup-parallel lint build test-core test-e2e test-reliability test-dev
+
+setup-parallel:
+	@$(MAKE) --no-print-directory -j3 --output-sync=target setup
+test: ## Lint, then every test: the core natively, the worker end to end in workerd, the reliability suite at small scale, the `make dev` smoke test
+	@MAKE="$(MAKE)" scripts/phases.sh $(TEST_PHASES)
 
 test-core: ## The pure policy core: unit and property tests, natively
 	cargo test --locked
 
-test-e2e: build ## The built worker under wrangler dev (workerd) against a real origin
-	node --disable-warning=ExperimentalWarning --test --test-concurrency=1 --test-timeout=300000 --test-reporter=spec 'tests/e2e/*.test.mjs'
+# Every test file is a process of its own with its own runtime, ports and state directory, run two
+# at a time (one per core). The files that measure (the lease race counts how many admissions
+# needed no DO call), kill processes or run `make dev` run alone, after the others.
+SOLO_E2E := tests/e2e/lease.test.mjs
+SOLO_TESTS := $(SOLO_E2E) tests/reliability/crash.test.mjs tests/e2e/devsmoke.test.mjs
+NODE_TEST := node --disable-warning=ExperimentalWarning --test --test-reporter=spec
+E2E_TESTS := $(filter-out $(SOLO_TESTS),$(sort $(wildcard tests/e2e/*.test.mjs)))
+RELIABILITY_TESTS := $(filter-out $(SOLO_TESTS),$(sort $(wildcard tests/reliability/*.test.mjs)))
+
+test-e2e: bundle ## The built bundle in workerd (the faithful host) against a real origin, two files at a time
+	$(NODE_TEST) --test-concurrency=2 --test-timeout=300000 $(E2E_TESTS)
+	$(NODE_TEST) --test-concurrency=1 --test-timeout=300000 $(SOLO_E2E)
+
+test-dev: build ## The `make dev` smoke test: the README walk-through against wrangler dev
+	$(NODE_TEST) --test-timeout=600000 tests/e2e/devsmoke.test.mjs
 
 # The reliability suite (tests/reliability): overshoot, SIGKILL restarts, D1 failure, idempotent
 # retries, the bad-input corpus, fuzzing, security. Small counts in `make test`; `make reliability`
 # runs it in full and publishes the summary table in bench/RESULTS.md.
-RELIABILITY_RUN = node --disable-warning=ExperimentalWarning --test --test-concurrency=1 --test-timeout=1800000 --test-reporter=spec 'tests/reliability/*.test.mjs'
+RELIABILITY_RUN = $(NODE_TEST) --test-timeout=1800000
 
-test-reliability: build ## The reliability suite with small counts (part of `make test`)
+test-reliability: bundle ## The reliability suite with small counts (part of `make test`)
 	rm -f target/reliability-small.jsonl
-	RELIABILITY_SCALE=small RELIABILITY_REPORT=$(CURDIR)/target/reliability-small.jsonl $(RELIABILITY_RUN)
+	RELIABILITY_SCALE=small RELIABILITY_REPORT=$(CURDIR)/target/reliability-small.jsonl $(RELIABILITY_RUN) --test-concurrency=2 $(RELIABILITY_TESTS)
+	RELIABILITY_SCALE=small RELIABILITY_REPORT=$(CURDIR)/target/reliability-small.jsonl $(RELIABILITY_RUN) tests/reliability/crash.test.mjs
 	node bench/reliability.mjs target/reliability-small.jsonl target/reliability-small.json
 
-reliability: build ## The reliability suite in full (≥ 20 kills, 5 orgs × 10 overshoot rounds, 100k fuzz cases) → bench/RESULTS.md
+# In full, one file at a time: the counts are large enough to load both cores alone.
+reliability: bundle ## The reliability suite in full (≥ 20 kills, 5 orgs × 10 overshoot rounds, 100k fuzz cases) → bench/RESULTS.md
 	rm -f target/reliability-full.jsonl
-	RELIABILITY_SCALE=full RELIABILITY_REPORT=$(CURDIR)/target/reliability-full.jsonl $(RELIABILITY_RUN)
+	RELIABILITY_SCALE=full RELIABILITY_REPORT=$(CURDIR)/target/reliability-full.jsonl $(RELIABILITY_RUN) --test-concurrency=1 tests/reliability/*.test.mjs
 	node bench/reliability.mjs target/reliability-full.jsonl target/reliability-full.json --publish
 
-screenshots: build ## Refresh the dashboard screenshots in docs/
+screenshots: bundle ## Refresh the dashboard screenshots in docs/
 	DOCS_SCREENSHOTS=1 node --disable-warning=ExperimentalWarning --test --test-reporter=spec tests/e2e/dashboard.test.mjs
 
 lint: setup ## rustfmt --check, clippy -D warnings for native and wasm32, the OpenAPI document is current
@@ -113,7 +150,7 @@ fmt: ## Format the Rust code
 bench-setup: setup
 	@command -v wrk >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk redis-server; }
 
-bench: build bench-setup ## Every contender under the same load → bench/RESULTS.md + bench/results.json (≈ 12 min)
+bench: bundle bench-setup ## Every contender under the same load → bench/RESULTS.md + bench/results.json (≈ 12 min)
 	cargo bench --locked --bench decision --no-run  # compiled before the measured run starts
 	node --disable-warning=ExperimentalWarning bench/run.mjs
 

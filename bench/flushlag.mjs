@@ -4,11 +4,11 @@
 // Usage: node bench/flushlag.mjs   (after `make build`; prints JSON)
 import { startGateway, ledgerQuery } from "../tests/support/gateway.mjs";
 import { createOrigin } from "../tests/support/origin.mjs";
-import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../tests/support/client.mjs";
+import { client } from "../tests/support/client.mjs";
 
 const origin = createOrigin();
 const port = await origin.listen();
-const gw = await startGateway({ vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}` } });
+const gw = await startGateway({ vars: { ORIGIN_URL: `http://127.0.0.1:${port}` } });
 const api = client(gw.url);
 try {
   await api.plan("lag", { limits: [{ meter: "requests", limit: null, period: "month" }] });

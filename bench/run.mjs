@@ -15,9 +15,10 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import zlib from "node:zlib";
-import { startGateway, freePort, ledgerQuery, lockLedger, ROOT } from "../tests/support/gateway.mjs";
+import { startGateway, startWorker, freePort, ledgerQuery, lockLedger, ROOT } from "../tests/support/gateway.mjs";
+import { startWranglerDev } from "../tests/support/dev.mjs";
 import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../tests/support/client.mjs";
-import { bundle, startFaithful, QUOTAGATE_D1 } from "./faithful.mjs";
+import { quotagateBundle, bundleOf, entryModule } from "../tests/support/bundle.mjs";
 import { render } from "./render.mjs";
 import { profileWhile } from "./profile.mjs";
 
@@ -395,13 +396,13 @@ async function main() {
   const started = performance.now();
   const results = {
     machine: machine(),
-    settings: { duration_s: DURATION, warmup_s: WARMUP, connections: CONNECTIONS, rounds: ROUNDS, sustain_s: SUSTAIN, slice_s: SLICE, load: "wrk, 1 thread, closed loop", runtime: "Miniflare API, direct sockets, no inspector (bench/host.mjs)" },
+    settings: { duration_s: DURATION, warmup_s: WARMUP, connections: CONNECTIONS, rounds: ROUNDS, sustain_s: SUSTAIN, slice_s: SLICE, load: "wrk, 1 thread, closed loop", runtime: "Miniflare API, direct sockets, no inspector (tests/support/host.mjs)" },
   };
   log(JSON.stringify(results.machine));
 
   // The deployable bundles, built as `wrangler deploy` would.
   const bundles = path.join(os.tmpdir(), `quotagate-bench-bundles-${process.pid}`);
-  const qgScript = process.env.BENCH_BUNDLE ? path.resolve(process.env.BENCH_BUNDLE) : bundle(path.join(ROOT, "wrangler.toml"), path.join(bundles, "quotagate"));
+  const qgScript = process.env.BENCH_BUNDLE ? path.resolve(process.env.BENCH_BUNDLE) : entryModule(path.join(await quotagateBundle(), "worker"));
   // The profile reads Rust frames by name: the same bundle with the wasm as it was before its
   // function names were stripped (`make build` keeps that copy in target/), when there is one.
   const namedScript = (script) => {
@@ -413,7 +414,7 @@ async function main() {
     fs.copyFileSync(named, path.join(dir, wasm));
     return path.join(dir, path.basename(script));
   };
-  const contenderScript = (dir) => bundle(path.join(ROOT, "bench/contenders", dir, "wrangler.toml"), path.join(bundles, dir));
+  const contenderScript = (dir) => bundleOf(path.join(ROOT, "bench/contenders", dir, "wrangler.toml"), path.join(bundles, dir));
   results.bundle = process.env.BENCH_BUNDLE ? process.env.BENCH_BUNDLE : "this checkout (wrangler deploy --dry-run)";
 
   // The origin, redis, and every contender, all on loopback.
@@ -433,15 +434,15 @@ async function main() {
   };
   const health = "/_bench/health";
   log("starting the Workers");
-  const passthrough = await track(startFaithful({ name: "bench-passthrough", script: contenderScript("passthrough"), vars: { ORIGIN_URL }, health }));
-  const passthroughLog = await track(startFaithful({ name: "bench-passthrough-log", script: contenderScript("passthrough"), vars: { ORIGIN_URL, LOG_LINE: "1" }, health }));
-  const doCounter = await track(startFaithful({ name: "bench-do-counter", script: contenderScript("do-counter"), vars: { ORIGIN_URL }, durableObjects: { COUNTER: "Counter" }, health }));
+  const passthrough = await track(startWorker({ name: "bench-passthrough", script: contenderScript("passthrough"), vars: { ORIGIN_URL }, health }));
+  const passthroughLog = await track(startWorker({ name: "bench-passthrough-log", script: contenderScript("passthrough"), vars: { ORIGIN_URL, LOG_LINE: "1" }, health }));
+  const doCounter = await track(startWorker({ name: "bench-do-counter", script: contenderScript("do-counter"), vars: { ORIGIN_URL }, durableObjects: { COUNTER: "Counter" }, health }));
   const ratelimit = await track(
-    startFaithful({ name: "bench-ratelimit", script: contenderScript("ratelimit"), vars: { ORIGIN_URL }, ratelimits: { LIMITER: { namespace_id: "1001", simple: { limit: 1_000_000_000, period: 60 } } }, health }),
+    startWorker({ name: "bench-ratelimit", script: contenderScript("ratelimit"), vars: { ORIGIN_URL }, ratelimits: { LIMITER: { namespace_id: "1001", simple: { limit: 1_000_000_000, period: 60 } } }, health }),
   );
-  const qgVars = { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL, ROUTES };
+  const qgVars = { ORIGIN_URL, ROUTES };
   const quotagate = (vars = {}, extra = {}) =>
-    track(startFaithful({ name: "quotagate", script: qgScript, vars: { ...qgVars, ...vars }, durableObjects: { ORG_QUOTA: "OrgQuota" }, d1: QUOTAGATE_D1, migrations: true, health: "/_quota/healthz", ...extra }));
+    track(startGateway({ script: qgScript, vars: { ...qgVars, ...vars }, logs: "warn", ...extra }));
   const gw = await quotagate();
   const api = client(gw.url);
   const keys = await provision(api);
@@ -596,7 +597,7 @@ async function main() {
   // the DO counter, each on a host of its own with the inspector on (untimed runs).
   results.profile = {};
   for (const [id, start] of [
-    ["b", (p) => startFaithful({ name: "bench-do-counter", script: contenderScript("do-counter"), vars: { ORIGIN_URL }, durableObjects: { COUNTER: "Counter" }, health, inspectorPort: p })],
+    ["b", (p) => startWorker({ name: "bench-do-counter", script: contenderScript("do-counter"), vars: { ORIGIN_URL }, durableObjects: { COUNTER: "Counter" }, health, inspectorPort: p })],
     ["c5", (p) => quotagate({ DECISION_LOG: "refusals" }, { inspectorPort: p, script: namedScript(qgScript) })],
   ]) {
     if (!contenders.some((c) => c.id === id)) continue;
@@ -630,8 +631,8 @@ async function main() {
   // What `make dev` users feel: the DO counter and quotagate under wrangler dev, one round.
   log("wrangler dev: b and c1");
   {
-    const devB = await track(startGateway({ config: path.join(ROOT, "bench/contenders/do-counter/wrangler.toml"), migrateFirst: false, health, logLevel: LOG_LEVEL, vars: { ORIGIN_URL } }));
-    const devC = await track(startGateway({ logLevel: LOG_LEVEL, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL } }));
+    const devB = await track(startWranglerDev({ config: path.join(ROOT, "bench/contenders/do-counter/wrangler.toml"), health, logLevel: LOG_LEVEL, vars: { ORIGIN_URL } }));
+    const devC = await track(startWranglerDev({ migrate: true, logLevel: LOG_LEVEL, vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL } }));
     const dapi = client(devC.url);
     await dapi.plan("bench-quota", { limits: [{ meter: "requests", limit: 1_000_000_000_000, period: "month", mode: "hard" }] });
     await dapi.org("bench-hot", { plan: "bench-quota" });

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# `make dev`: the demo origin (unless ORIGIN_URL points elsewhere) and the gateway on
-# 127.0.0.1:8787 under wrangler dev. ORIGIN_URL, STRIPE_API_BASE and ALERT_WEBHOOK_URL are passed
-# from the environment to the Worker when they are set.
+# `make dev`: applies the D1 migrations to the local ledger, then runs the demo origin (unless
+# ORIGIN_URL points elsewhere) and the gateway on 127.0.0.1:8787 under wrangler dev.
+# ORIGIN_URL, STRIPE_API_BASE and ALERT_WEBHOOK_URL are passed from the environment to the Worker
+# when they are set. PORT moves the gateway, DEMO_ORIGIN_PORT the demo origin, and DEV_STATE the
+# local Durable Object and D1 state (wrangler's own default, .wrangler/state).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+state="${DEV_STATE:-.wrangler/state}"
+wrangler d1 migrations apply LEDGER --local --persist-to "$state"
 
 vars=()
 origin_pid=""
@@ -23,4 +28,4 @@ done
 cleanup() { [ -n "$origin_pid" ] && kill "$origin_pid" 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-wrangler dev --ip 127.0.0.1 --port "${PORT:-8787}" "${vars[@]}"
+wrangler dev --ip 127.0.0.1 --port "${PORT:-8787}" --persist-to "$state" "${vars[@]}"

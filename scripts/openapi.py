@@ -32,26 +32,51 @@ CALLS = "USAGE_API_CALLS_PER_MINUTE, default 6000 a minute, policy usage_api_cal
 READS = "USAGE_API_READS_PER_MINUTE, default 10 a minute, policy usage_api_reads-minute"
 
 
-def body(schema):
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
+def body(schema, example=None):
+    media = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    return {"required": True, "content": {"application/json": media}}
 
 
 def ref(name):
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def path_param(name, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$"):
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": pattern}}
+def path_param(name, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", example=None):
+    p = {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": pattern}}
+    if example is not None:
+        p["example"] = example
+    return p
 
 
-def query(name, schema, required=False):
-    return {"name": name, "in": "query", "required": required, "schema": schema}
+def query(name, schema, required=False, example=None):
+    q = {"name": name, "in": "query", "required": required, "schema": schema}
+    if example is not None:
+        q["example"] = example
+    return q
+
+
+# The examples describe one small deployment: a plan "free" metering `requests` and `rows`, and
+# an org "acme" on it (the README's walk-through uses the same names).
+ORG_ID = path_param("org_id", example="acme")
+PLAN_EXAMPLE = {"name": "Free", "limits": [{"meter": "requests", "limit": 1000000, "period": "month"},
+                                           {"meter": "rows", "limit": None, "period": "day"}]}
 
 
 INT = {"type": "integer", "minimum": 0, "maximum": 9007199254740991}
+INT_POSITIVE = {**INT, "minimum": 1}
+RATE_PERIODS = ["second", "minute", "hour"]
 DATE = {"type": "string", "format": "date", "example": "2026-11-23"}
 ID = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"}
 EVENT_ID = {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"}
+# A reservation id in a path: "." and ".." are path segments a URL resolves away, never an id.
+RESERVATION_ID = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$"
+# What one event's metadata may hold (at most 2048 bytes of JSON on the wire); this shape always
+# fits: up to 4 keys of at most 32 characters, each a scalar or a string of at most 32.
+METADATA = {"type": "object", "maxProperties": 4, "propertyNames": {"maxLength": 32},
+            "additionalProperties": {"type": ["string", "number", "boolean", "null"], "maxLength": 32},
+            "description": "Free-form: any JSON object of at most 2048 bytes"}
 
 schemas = {
     "Problem": {
@@ -65,32 +90,43 @@ schemas = {
         "required": ["meter", "limit", "period"],
         "additionalProperties": False,
         "properties": {
-            "meter": ID, "limit": {"type": ["integer", "null"], "minimum": 0},
+            "meter": ID, "limit": {"type": ["integer", "null"], "minimum": 0, "maximum": 9007199254740991},
             "period": {"enum": ["second", "minute", "hour", "day", "month", "lifetime"]},
-            "mode": {"enum": ["hard", "soft"]}, "window": {"type": "integer", "minimum": 1},
+            "mode": {"enum": ["hard", "soft"]}, "window": {"type": "integer", "minimum": 1, "maximum": 4294967295},
             "on_exceed": {"enum": ["retry", "upgrade"]},
             "overage_price": {"type": "object", "required": ["per_units", "cents"], "additionalProperties": False,
-                              "properties": {"per_units": {"type": "integer", "minimum": 1}, "cents": INT}},
+                              "properties": {"per_units": INT_POSITIVE, "cents": INT}},
+        },
+        # The rules across fields: a rate window is hard and admits at least 1; a window multiplier
+        # is for rate periods; an overage price is for a soft limit with a number.
+        "if": {"required": ["period"], "properties": {"period": {"enum": RATE_PERIODS}}},
+        "then": {"properties": {"mode": {"const": "hard"}, "limit": {"type": ["integer", "null"], "minimum": 1}}},
+        "dependentSchemas": {
+            "window": {"properties": {"period": {"enum": RATE_PERIODS}}},
+            "overage_price": {"required": ["mode", "limit"], "properties": {"mode": {"const": "soft"}, "limit": {"type": "integer"}}},
         },
     },
     "Plan": {
         "type": "object",
+        "description": "A plan as PUT takes it. The body may also carry an `id`; it must equal the plan id in the path.",
         "required": ["limits"],
         "additionalProperties": False,
         "properties": {
-            "id": ID, "name": {"type": "string", "maxLength": 200}, "on_failure": {"enum": ["closed", "open"]},
-            "upgrade_url": {"type": "string", "format": "uri"},
-            "meters": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
+            "name": {"type": "string", "maxLength": 200}, "on_failure": {"enum": ["closed", "open"]},
+            "upgrade_url": {"type": "string", "format": "uri", "pattern": "^https?://"},
+            "meters": {"type": "array", "items": {"type": "object", "required": ["id"], "additionalProperties": False, "properties": {
                 "id": ID, "unit": {"type": "string"}, "aggregation": {"enum": ["sum", "max", "latest"]},
-                "event_name": {"type": "string"},
+                "event_name": {"type": "string", "minLength": 1, "maxLength": 100},
                 # Also keep one ledger row per usage event, with its metadata (an audit trail).
                 "audit": {"type": "boolean"},
                 # A composite meter: the sum of these meters (usage is recorded on them).
-                "sum_of": {"type": "array", "minItems": 2, "items": ID}}}},
+                "sum_of": {"type": "array", "minItems": 2, "uniqueItems": True, "items": ID}},
+                # A composite meter is a sum.
+                "dependentSchemas": {"sum_of": {"properties": {"aggregation": {"const": "sum"}}}}}},
             "limits": {"type": "array", "items": ref("Limit"), "maxItems": 64},
             # Lease mode: Worker isolates admit proxied requests of fixed cost from pre-debited leases.
             "lease": {"type": ["object", "null"], "additionalProperties": False, "properties": {
-                "max_units": {"type": "integer", "minimum": 1},
+                "max_units": INT_POSITIVE,
                 "ttl_secs": {"type": "integer", "minimum": 1, "maximum": 10}}},
         },
     },
@@ -98,7 +134,9 @@ schemas = {
     "StoredPlan": {
         "type": "object",
         "required": ["id", "name", "limits", "created_at", "updated_at", "version"],
-        "properties": {"id": ID, "name": {"type": "string"}, "limits": {"type": "array", "items": ref("Limit")},
+        "properties": {"id": ID, "name": {"type": "string"},
+                       # As stored: the document as it was accepted (a null it carried included).
+                       "limits": {"type": "array", "items": {"type": "object", "required": ["meter", "limit", "period"]}},
                        "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
                        # Raised by every PUT; each org's DO adopts a newer one within PLAN_REFRESH_SECS.
                        "version": {"type": "integer", "minimum": 1},
@@ -163,16 +201,21 @@ paths = {
         "security": ORG,
         "requestBody": body({"type": "object", "required": ["meter"], "additionalProperties": False, "properties": {
             "meter": ID, "quantity": INT, "reserve": {"type": "boolean"},
-            "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 86400}}}),
+            "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 86400}},
+            # A reservation's ttl only applies to a reservation.
+            "dependentSchemas": {"ttl_seconds": {"required": ["reserve"], "properties": {"reserve": {"const": True}}}}},
+            {"meter": "requests", "quantity": 1}),
         "responses": limited(ok(ref("Decision")), CALLS)}},
     "/_quota/v1/reservations/{id}/commit": {"post": {
+        "operationId": "commitReservation",
         "summary": "Commit a reservation with the quantity used", "security": ORG,
-        "parameters": [path_param("id", r"^[A-Za-z0-9._:-]{1,128}$")],
+        "parameters": [path_param("id", RESERVATION_ID)],
         "requestBody": body({"type": "object", "additionalProperties": False, "properties": {"quantity": INT}}),
         "responses": ok({"type": "object", "required": ["id", "outcome", "quantity"]})}},
     "/_quota/v1/reservations/{id}/release": {"post": {
+        "operationId": "releaseReservation",
         "summary": "Release a reservation", "security": ORG,
-        "parameters": [path_param("id", r"^[A-Za-z0-9._:-]{1,128}$")],
+        "parameters": [path_param("id", RESERVATION_ID)],
         "responses": ok({"type": "object", "required": ["id", "outcome"]})}},
     "/_quota/v1/events": {"post": {
         "summary": "Record usage events, idempotent by id", "security": ORG,
@@ -182,7 +225,8 @@ paths = {
                 "type": "object", "required": ["id", "meter", "quantity"], "additionalProperties": False,
                 "properties": {"id": EVENT_ID, "meter": ID, "quantity": INT,
                                "timestamp": {"type": "string", "format": "date-time"},
-                               "metadata": {"type": "object"}}}}}}),
+                               "metadata": METADATA}}}}},
+            {"events": [{"id": "evt_1", "meter": "rows", "quantity": 250}]}),
         "responses": limited(ok({"type": "object", "required": ["results"], "properties": {"results": {"type": "array", "items": {
             "type": "object", "required": ["id", "status"],
             "properties": {"status": {"enum": ["accepted", "duplicate", "rejected"]}}}}}}), CALLS)}},
@@ -196,46 +240,48 @@ paths = {
         "responses": limited(ok({"type": "object", "required": ["org_id", "period_days", "total_events", "generated_at", "summary_by_type"]}), READS)}},
     "/_quota/v1/usage/history": {"get": {
         "summary": "Daily series of one meter from the ledger", "security": ORG,
-        "parameters": [query("meter", ID, True), query("from", DATE, True), query("to", DATE, True)],
+        "parameters": [query("meter", ID, True, "requests"), query("from", DATE, True), query("to", DATE, True)],
         "responses": limited(ok({"type": "object", "required": ["org_id", "meter", "days"]}), READS)}},
     "/_quota/admin/plans": {"get": {"summary": "All plans", "security": ADMIN, "responses": ok({
         "type": "object", "required": ["plans"], "properties": {"plans": {"type": "array", "items": ref("StoredPlan")}}})}},
     "/_quota/admin/plans/{plan_id}": {
-        "parameters": [path_param("plan_id")],
+        "parameters": [path_param("plan_id", example="pro")],
         "get": {"summary": "One plan", "security": ADMIN, "responses": ok(ref("StoredPlan"))},
         "put": {"summary": "Create or replace a plan (its version rises); every org on it adopts it within PLAN_REFRESH_SECS", "security": ADMIN,
-                "requestBody": body(ref("Plan")),
+                "requestBody": body(ref("Plan"), PLAN_EXAMPLE),
                 "responses": {**ok(ref("StoredPlan")), "201": {"description": "Created", "content": {"application/json": {"schema": ref("StoredPlan")}}}}}},
     "/_quota/admin/orgs/{org_id}": {
-        "parameters": [path_param("org_id")],
-        "get": {"summary": "An org with its live state", "security": ADMIN, "responses": ok(ref("Org"))},
-        "put": {"summary": "Create or update an org", "security": ADMIN,
+        "get": {"summary": "An org with its live state", "security": ADMIN, "parameters": [ORG_ID], "responses": ok(ref("Org"))},
+        # Its example names another org than the others' ("acme"): a PUT moves an org's plan.
+        "put": {"summary": "Create or update an org", "security": ADMIN, "parameters": [path_param("org_id", example="beta")],
                 "requestBody": body({"type": "object", "required": ["plan"], "additionalProperties": False, "properties": {
                     "plan": ID, "name": {"type": "string", "maxLength": 200}, "billing_anchor": DATE,
-                    "stripe_customer_id": {"type": "string", "pattern": "^cus_"}, "webhook_url": {"type": "string", "format": "uri"},
-                    "overrides": {"type": "array", "items": ref("Limit")}}}),
+                    "stripe_customer_id": {"type": "string", "pattern": "^cus_", "maxLength": 255},
+                    "webhook_url": {"type": "string", "format": "uri", "pattern": "^https?://", "maxLength": 2048},
+                    "overrides": {"type": "array", "items": ref("Limit")}}},
+                    {"plan": "free", "name": "Acme"}),
                 "responses": {**ok(ref("Org")), "201": {"description": "Created", "content": {"application/json": {"schema": ref("Org")}}}}}},
     "/_quota/admin/orgs/{org_id}/usage": {"get": {"summary": "The org's usage overview", "security": ADMIN,
-                                                  "parameters": [path_param("org_id")], "responses": ok(ref("Usage"))}},
+                                                  "parameters": [ORG_ID], "responses": ok(ref("Usage"))}},
     "/_quota/admin/orgs/{org_id}/keys": {
-        "parameters": [path_param("org_id")],
+        "parameters": [ORG_ID],
         "get": {"summary": "The org's keys (never the plaintext)", "security": ADMIN,
                 "responses": ok({"type": "object", "required": ["org_id", "keys"]})},
         "post": {"summary": "Create a key; the plaintext is shown once", "security": ADMIN,
                  "responses": ok({"type": "object", "required": ["key_id", "key"]}, status="201", desc="Created")}},
     "/_quota/admin/orgs/{org_id}/keys/{key_id}": {"delete": {
         "summary": "Revoke a key, effective on the next request", "security": ADMIN,
-        "parameters": [path_param("org_id"), path_param("key_id", r"^key_[0-9a-f]{16}$")],
+        "parameters": [ORG_ID, path_param("key_id", r"^key_[0-9a-f]{16}$")],
         "responses": ok({"type": "object", "required": ["key_id", "revoked_at"]})}},
     "/_quota/admin/orgs/{org_id}/reset": {"post": {
-        "summary": "Zero the current windows of a meter (or all)", "security": ADMIN, "parameters": [path_param("org_id")],
+        "summary": "Zero the current windows of a meter (or all)", "security": ADMIN, "parameters": [ORG_ID],
         "requestBody": {"content": {"application/json": {"schema": {"type": "object", "additionalProperties": False, "properties": {"meter": ID}}}}},
         "responses": ok(ref("OrgState"))}},
     "/_quota/admin/orgs/{org_id}/flush": {"post": {
-        "summary": "Drain the org's outbox to D1 now", "security": ADMIN, "parameters": [path_param("org_id")],
+        "summary": "Drain the org's outbox to D1 now", "security": ADMIN, "parameters": [ORG_ID],
         "responses": ok({"type": "object", "required": ["flushed", "pending"]})}},
     "/_quota/admin/orgs/{org_id}/reconcile": {
-        "parameters": [path_param("org_id")],
+        "parameters": [ORG_ID],
         "get": {"summary": "Counters against the ledger", "security": ADMIN,
                 "responses": ok({"type": "object", "required": ["org_id", "total_drift", "limits"]})},
         "post": {"summary": "Repair counters from the ledger", "security": ADMIN,

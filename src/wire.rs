@@ -255,6 +255,7 @@ pub fn usage_error_status(e: &UsageError) -> (u16, &'static str, &'static str) {
         UsageError::DuplicateReservation(_) => (409, "duplicate-reservation", "Reservation exists"),
         UsageError::UnknownReservation(_) => (404, "unknown-reservation", "No such reservation"),
         UsageError::Composite { .. } => (400, "composite-meter", "Record usage on the parts"),
+        UsageError::CountCeiling { .. } => (422, "count-ceiling", "Count ceiling"),
     }
 }
 

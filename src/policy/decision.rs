@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::clock::Timestamp;
 use super::ids::MeterId;
 use super::period::Period;
+use super::plan::MAX_SAFE_INTEGER;
 
 /// How close a limit is to its cap: ok below 80%, warning from 80%, critical from 95%, over
 /// at or beyond 100%.
@@ -99,14 +100,15 @@ impl LimitStatus {
         self.reset.map(|r| r.since(now).div_ceil(1000))
     }
 
-    /// `used / limit` as a whole percentage, rounded down (`None` for unlimited).
+    /// `used / limit` as a whole percentage, rounded down (`None` for unlimited), and at most
+    /// `MAX_SAFE_INTEGER`, which it reads for any use of a limit of 0: JSON carries it exactly.
     pub fn percentage(&self) -> Option<u64> {
         let limit = self.limit?;
         if limit == 0 {
-            return Some(if self.used == 0 { 100 } else { u64::MAX });
+            return Some(if self.used == 0 { 100 } else { MAX_SAFE_INTEGER });
         }
         let pct = u128::from(self.used) * 100 / u128::from(limit);
-        Some(u64::try_from(pct).unwrap_or(u64::MAX))
+        Some(u64::try_from(pct).map_or(MAX_SAFE_INTEGER, |p| p.min(MAX_SAFE_INTEGER)))
     }
 }
 

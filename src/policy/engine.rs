@@ -14,7 +14,7 @@ use super::counter::{admit, capacity, current, current_in, proposed, sat, scaled
 use super::decision::{Decision, LimitStatus, Refusal, RefusalKind};
 use super::ids::{EventId, MeterId};
 use super::period::Window;
-use super::plan::{Aggregation, Cap, Limit, MeterSpec, Policy};
+use super::plan::{Aggregation, Cap, Limit, MeterSpec, Policy, MAX_SAFE_INTEGER};
 
 /// The committed usage of one fixed window, for reconciliation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +95,10 @@ pub enum UsageError {
     UnknownReservation(EventId),
     #[error("meter '{meter}' is the sum of {parts}: record usage on those meters")]
     Composite { meter: MeterId, parts: String },
+    /// The count would pass `MAX_SAFE_INTEGER`, the largest that JSON, D1 and the DO's storage keep
+    /// exactly; nothing is counted.
+    #[error("'{policy}' would pass {max}, the largest count the gateway keeps", max = MAX_SAFE_INTEGER)]
+    CountCeiling { policy: String },
 }
 
 /// The counters and open reservations a caller loaded for one org.
@@ -132,7 +136,8 @@ impl Book {
 
     /// Evaluates `q` units on `meter`; admits and applies them unless a hard limit refuses (and
     /// `enforce` is set). Returns the decision and, for a reservation, the holds it made; a plain
-    /// record needs none and allocates none.
+    /// record needs none and allocates none. Usage that would take a window's count past
+    /// `MAX_SAFE_INTEGER` is an error, and changes nothing.
     fn decide(
         &mut self,
         policy: &Policy,
@@ -141,7 +146,7 @@ impl Book {
         enforce: bool,
         apply: Apply,
         now: Timestamp,
-    ) -> (Decision, Vec<Hold>) {
+    ) -> Result<(Decision, Vec<Hold>), UsageError> {
         // The meter's own limits and those of every composite it is part of: one atomic decision.
         // Each with its window at `now` and its counter brought up to `now`.
         let mut limits: Vec<(&Limit, Window, Counter)> = policy
@@ -180,6 +185,15 @@ impl Book {
 
         let mut holds = Vec::new();
         let refusal = if violated.is_empty() {
+            // Only a fixed window counts without a bound of its own (a soft or unlimited limit); a
+            // rate window's backlog is bounded by its hard limit.
+            let past = |&&(l, _, c): &&(&Limit, Window, Counter)| {
+                matches!(c, Counter::Window { .. })
+                    && proposed(l, spec.aggregation, c, q) > u128::from(MAX_SAFE_INTEGER)
+            };
+            if let Some(&(l, ..)) = limits.iter().find(past).filter(|_| !matches!(apply, Apply::Nothing)) {
+                return Err(UsageError::CountCeiling { policy: l.policy_name().to_owned() });
+            }
             let holding =
                 matches!(apply, Apply::Use { reservation: true } | Apply::Hold) && spec.aggregation == Aggregation::Sum;
             for (l, _, c) in &mut limits {
@@ -208,13 +222,13 @@ impl Book {
 
         // `limits` now holds the counters that were just put.
         let statuses = limits.iter().map(|&(l, w, c)| status(l, c, w, now)).collect();
-        (Decision { meter: spec.id.clone(), quantity: q, now, limits: statuses, refusal }, holds)
+        Ok((Decision { meter: spec.id.clone(), quantity: q, now, limits: statuses, refusal }, holds))
     }
 
     /// Asks whether `q` units would be admitted now, changing no usage.
     pub fn check(&mut self, policy: &Policy, meter: &MeterId, q: u64, now: Timestamp) -> Result<Decision, UsageError> {
         let spec = Self::meter_spec(policy, meter)?;
-        Ok(self.decide(policy, spec, q, true, Apply::Nothing, now).0)
+        Ok(self.decide(policy, spec, q, true, Apply::Nothing, now)?.0)
     }
 
     /// Records usage that happened (usage events): counted at once. With `enforce`, usage that
@@ -228,7 +242,7 @@ impl Book {
         now: Timestamp,
     ) -> Result<Decision, UsageError> {
         let spec = Self::recordable(policy, meter)?;
-        Ok(self.decide(policy, spec, q, enforce, Apply::Use { reservation: false }, now).0)
+        Ok(self.decide(policy, spec, q, enforce, Apply::Use { reservation: false }, now)?.0)
     }
 
     /// Checks and, when admitted, reserves `q` units as `how` says.
@@ -252,7 +266,7 @@ impl Book {
             ReservationKind::Optimistic => Apply::Use { reservation: true },
             ReservationKind::Provisional => Apply::Hold,
         };
-        let (decision, holds) = self.decide(policy, spec, q, true, apply, now);
+        let (decision, holds) = self.decide(policy, spec, q, true, apply, now)?;
         if decision.allowed() {
             let expires = now.saturating_add_ms(ttl_ms);
             let r =
@@ -304,11 +318,14 @@ impl Book {
         settlement: Settlement,
         now: Timestamp,
     ) -> Result<Settled, UsageError> {
-        let r = self.reservations.remove(id).ok_or_else(|| UsageError::UnknownReservation(id.clone()))?;
+        let r = self.reservations.get(id).ok_or_else(|| UsageError::UnknownReservation(id.clone()))?;
         let actual = match settlement {
             Settlement::Committed { quantity } => quantity,
             Settlement::Released => 0,
         };
+        // Every counter's next value first: a commit that would pass the ceiling changes nothing
+        // and leaves the reservation open.
+        let mut next_counters = Vec::with_capacity(r.holds.len());
         for hold in &r.holds {
             // A limit removed from the plan since the reservation has nothing to give back.
             let Some(limit) = policy.limits.iter().find(|l| l.policy_name() == hold.key) else {
@@ -323,22 +340,28 @@ impl Book {
                 }
                 // Only the window the reservation was counted in is adjusted: once it has rolled
                 // over, that usage belongs to the past window (and to the ledger).
-                (Counter::Window { start, used, reserved }, Some(ws)) if ws == start => match r.kind {
-                    ReservationKind::Provisional => Counter::Window {
-                        start,
-                        used: used.saturating_add(actual),
-                        reserved: reserved.saturating_sub(r.quantity),
-                    },
-                    ReservationKind::Optimistic => Counter::Window {
-                        start,
-                        used: sat((u128::from(used) + u128::from(actual)).saturating_sub(u128::from(r.quantity))),
-                        reserved,
-                    },
-                },
+                (Counter::Window { start, used, reserved }, Some(ws)) if ws == start => {
+                    let used = match r.kind {
+                        ReservationKind::Provisional => u128::from(used) + u128::from(actual),
+                        ReservationKind::Optimistic => {
+                            (u128::from(used) + u128::from(actual)).saturating_sub(u128::from(r.quantity))
+                        }
+                    };
+                    let reserved = match r.kind {
+                        ReservationKind::Provisional => reserved.saturating_sub(r.quantity),
+                        ReservationKind::Optimistic => reserved,
+                    };
+                    if used + u128::from(reserved) > u128::from(MAX_SAFE_INTEGER) {
+                        return Err(UsageError::CountCeiling { policy: hold.key.clone() });
+                    }
+                    Counter::Window { start, used: sat(used), reserved }
+                }
                 (c, _) => c,
             };
-            self.counters.insert(hold.key.clone(), next);
+            next_counters.push((hold.key.clone(), next));
         }
+        let r = self.reservations.remove(id).ok_or_else(|| UsageError::UnknownReservation(id.clone()))?;
+        self.counters.extend(next_counters);
         Ok(Settled { reservation: r, settlement })
     }
 

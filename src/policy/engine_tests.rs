@@ -143,6 +143,41 @@ fn provisional_reservation_commit_and_release_once() {
     assert_eq!(b.counters.get("rows-day").map(|c| in_use(&p.limits[0], *c)), Some(2));
 }
 
+/// No counter passes `MAX_SAFE_INTEGER` (the largest count JSON, D1 and the DO's storage keep exactly):
+/// usage that would take one past it is refused whole, and changes nothing.
+#[test]
+fn no_counter_passes_the_largest_exact_count() {
+    let p = policy(json!([
+        {"meter": "rows", "limit": null, "period": "month"},
+        {"meter": "ai_tokens", "limit": 0, "period": "day", "mode": "soft"}]));
+    let mut b = Book::default();
+    let (rows, ai) = (m("rows"), m("ai_tokens"));
+    assert!(b.record(&p, &rows, MAX_SAFE_INTEGER, false, at(0)).is_ok_and(|d| d.allowed()));
+    let before = b.clone();
+    let ceiling = Err(UsageError::CountCeiling { policy: "rows-month".into() });
+    assert_eq!(b.record(&p, &rows, 1, false, at(1)).map(|d| d.allowed()), ceiling);
+    assert_eq!(b.record(&p, &rows, 1, true, at(1)).map(|d| d.allowed()), ceiling);
+    let how = |id: &str| ReserveAs { id: eid(id), kind: ReservationKind::Optimistic, ttl_ms: 60_000 };
+    assert_eq!(b.reserve(&p, &rows, 1, how("r1"), at(1)).map(|d| d.allowed()), ceiling);
+    assert_eq!(b, before, "a refused count changes nothing");
+
+    // A commit of more than was reserved is held to the same ceiling, and stays open.
+    assert!(b.reserve(&p, &ai, MAX_SAFE_INTEGER - 1, how("r2"), at(2)).is_ok_and(|d| d.allowed()));
+    assert_eq!(
+        b.commit(&p, &eid("r2"), MAX_SAFE_INTEGER, at(3)).map(|s| s.settlement),
+        Ok(Settlement::Committed { quantity: MAX_SAFE_INTEGER })
+    );
+    assert!(b.reserve(&p, &ai, 0, how("r3"), at(4)).is_ok_and(|d| d.allowed()));
+    assert_eq!(
+        b.commit(&p, &eid("r3"), 1, at(5)).map(|s| s.settlement),
+        Err(UsageError::CountCeiling { policy: "ai_tokens-day".into() })
+    );
+    assert!(b.reservations.contains_key(&eid("r3")), "the refused commit leaves the reservation open");
+    // A soft limit of 0: the percentage stays a number JSON carries exactly.
+    let d = b.check(&p, &ai, 0, at(6)).unwrap_or_else(|e| unreachable!("{e}"));
+    assert_eq!(d.limits.first().and_then(LimitStatus::percentage), Some(MAX_SAFE_INTEGER));
+}
+
 #[test]
 fn optimistic_reservation_counts_at_once_and_releases() {
     let p = design();
@@ -423,9 +458,10 @@ proptest! {
         prop_assert_eq!(usage(&b), after_first);
     }
 
-    /// Header rendering never panics and always yields printable ASCII.
+    /// Header rendering never panics and always yields printable ASCII, for any count the book
+    /// keeps (none passes `MAX_SAFE_INTEGER`).
     #[test]
-    fn headers_render_printable(used in any::<u64>(), limit in 1u64..=crate::policy::plan::MAX_SAFE_INTEGER, now in 0u64..253_402_300_799_999) {
+    fn headers_render_printable(used in 0u64..=MAX_SAFE_INTEGER, limit in 1u64..=MAX_SAFE_INTEGER, now in 0u64..253_402_300_799_999) {
         let p = policy(json!([{"meter": "rows", "limit": limit, "period": "month"}, {"meter": "rows", "limit": null, "period": "day"}]));
         let mut b = Book::default();
         let d = b.record(&p, &m("rows"), used, false, Timestamp::from_millis(now)).unwrap_or_else(|e| unreachable!("{e}"));

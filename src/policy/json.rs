@@ -37,7 +37,14 @@ pub const fn kind(v: &Value) -> &'static str {
 /// API, headers): no count the gateway accepts may exceed it.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
-/// A JSON whole number from 0 to 2^53 − 1.
+/// A non-negative float with no fraction, as a u64, when it is at most 2^53 − 1 (so exact).
+#[allow(clippy::as_conversions, clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+fn exact_whole(f: f64) -> Option<u64> {
+    // Both casts are exact here: every whole number up to 2^53 is an f64, and `f` is one.
+    (f >= 0.0 && f <= MAX_SAFE_INTEGER as f64).then_some(f as u64)
+}
+
+/// A JSON whole number from 0 to 2^53 − 1, written as an integer or as a float with no fraction.
 pub fn whole_number(v: &Value) -> Result<u64, String> {
     match v {
         Value::Number(n) => {
@@ -50,8 +57,10 @@ pub fn whole_number(v: &Value) -> Result<u64, String> {
                 Err(format!("must not be negative (got {n})"))
             } else if n.as_f64().is_some_and(|f| f < 0.0) {
                 Err(format!("must be a whole number that is not negative (got {n})"))
-            } else if n.as_f64().is_some_and(|f| f.fract() == 0.0) {
-                Err(format!("is too large (got {n})"))
+            } else if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0) {
+                // A JSON number is a number: `519.0` is the whole number 519 (JSON Schema's
+                // `integer` says so too, and so do clients whose numbers are all floats).
+                exact_whole(f).ok_or_else(|| format!("must be at most {MAX_SAFE_INTEGER} (got {n})"))
             } else {
                 Err(format!("must be a whole number (got {n})"))
             }
@@ -116,10 +125,11 @@ impl<'a> Obj<'a> {
         self.str_opt(key)?.map_or_else(|| err(self.at(key), "is required"), Ok)
     }
 
-    /// A string of at most `max` bytes.
+    /// A string of at most `max` characters (Unicode scalar values, as JSON Schema's `maxLength`
+    /// counts them).
     pub fn string_max(&self, key: &str, max: usize) -> Result<Option<String>, FieldError> {
         match self.str_opt(key)? {
-            Some(s) if s.len() > max => err(self.at(key), format!("must be at most {max} characters")),
+            Some(s) if s.chars().count() > max => err(self.at(key), format!("must be at most {max} characters")),
             s => Ok(s.map(str::to_owned)),
         }
     }
@@ -201,6 +211,18 @@ mod tests {
         assert!(whole_number(&json!(9_007_199_254_740_992u64)).is_err());
         assert_eq!(whole_number(&json!(-1)), Err("must not be negative (got -1)".into()));
         assert_eq!(whole_number(&json!(1.5)), Err("must be a whole number (got 1.5)".into()));
+        // A float with no fraction is that whole number, up to the same bound.
+        assert_eq!(whole_number(&json!(519.0)), Ok(519));
+        assert_eq!(whole_number(&json!(-0.0)), Ok(0));
+        assert_eq!(whole_number(&json!(9_007_199_254_740_991.0)), Ok(MAX_SAFE_INTEGER));
+        assert_eq!(
+            whole_number(&json!(9_007_199_254_740_992.0)),
+            Err("must be at most 9007199254740991 (got 9007199254740992.0)".into())
+        );
+        assert_eq!(whole_number(&json!(1e300)), Err("must be at most 9007199254740991 (got 1e+300)".into()));
+        // Read from text, a float is the f64 nearest to it (serde_json's float_roundtrip).
+        let parsed: Value = serde_json::from_str("2074485636551161.0").unwrap_or_default();
+        assert_eq!(whole_number(&parsed), Ok(2_074_485_636_551_161));
         assert_eq!(whole_number(&json!("5")), Err("must be a whole number, got a string".into()));
     }
 }

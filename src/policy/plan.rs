@@ -343,7 +343,7 @@ impl Plan {
             }
         }
         let name = o.str_opt("name")?.unwrap_or(path_id.as_str()).to_owned();
-        if name.len() > 200 {
+        if name.chars().count() > 200 {
             return err("name", "must be at most 200 characters");
         }
         let on_failure =
@@ -388,7 +388,7 @@ fn parse_meters(v: &Value) -> Result<BTreeMap<MeterId, MeterSpec>, PlanError> {
             .unwrap_or(Aggregation::Sum);
         let unit = o.str_opt("unit")?.unwrap_or("units").to_owned();
         let event_name = o.str_opt("event_name")?.unwrap_or(id_s).to_owned();
-        if event_name.is_empty() || event_name.len() > 100 {
+        if event_name.is_empty() || event_name.chars().count() > 100 {
             return err(o.at("event_name"), "must be 1 to 100 characters");
         }
         let audit = o.flag("audit")?;

@@ -1,37 +1,28 @@
 // Threshold alerts end to end: fired by decisions at 80%, 95% and 100%, once per level per
 // window even under a concurrent burst, delivered as signed webhooks to a real receiver, retried
 // with backoff, recorded in D1, and dead after ALERT_MAX_ATTEMPTS.
-import { test, before, after } from "node:test";
+import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
-import { startGateway, ledgerQuery } from "../support/gateway.mjs";
+import { ledgerQuery } from "../support/gateway.mjs";
 import { createReceiver } from "../support/receiver.mjs";
-import { client, eventually, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
+import { eventually } from "../support/client.mjs";
+import { useGateway } from "../support/harness.mjs";
 
 const WEBHOOK_SECRET = "test-webhook-secret";
-let gw, rx, api, base;
-
-before(async () => {
-  rx = createReceiver();
-  base = `http://127.0.0.1:${await rx.listen()}`;
-  gw = await startGateway({
-    vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: "http://127.0.0.1:9", WEBHOOK_SECRET,
-            ALERT_WEBHOOK_URL: `${base}/ok/default`, ALERT_MAX_ATTEMPTS: "3" },
-  });
-  api = client(gw.url);
+const rx = createReceiver();
+const base = `http://127.0.0.1:${await rx.listen()}`;
+after(() => rx.close());
+const fx = useGateway({ vars: { WEBHOOK_SECRET, ALERT_WEBHOOK_URL: `${base}/ok/default`, ALERT_MAX_ATTEMPTS: "3" }, setup: async ({ api }) => {
   await api.plan("alerting", { limits: [{ meter: "rows", limit: 100, period: "month", mode: "hard" }, { meter: "rows", limit: 1000, period: "minute" }] });
-});
-after(async () => {
-  await gw?.stop();
-  await rx?.close();
-});
+} });
 
 async function org(id, webhook) {
-  await api.org(id, webhook ? { plan: "alerting", webhook_url: `${base}${webhook}` } : { plan: "alerting" });
-  return (await api.key(id)).key;
+  await fx.api.org(id, webhook ? { plan: "alerting", webhook_url: `${base}${webhook}` } : { plan: "alerting" });
+  return (await fx.api.key(id)).key;
 }
 const events = (key, ids, enforce = true) =>
-  api.call("POST", "/_quota/v1/events", { key, body: { enforce, events: ids.map((id) => ({ id, meter: "rows", quantity: 1 })) } });
+  fx.api.call("POST", "/_quota/v1/events", { key, body: { enforce, events: ids.map((id) => ({ id, meter: "rows", quantity: 1 })) } });
 const seen = (orgId) => rx.requests.filter((r) => JSON.parse(r.body).org_id === orgId);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -58,11 +49,11 @@ test("a concurrent burst fires each level exactly once, signed; hovering never r
   assert.ok(got.every(verify), "a receiver can verify every signature");
   assert.ok(got.every((r) => r.url === "/ok/burst" && r.headers["x-quota-webhook-id"] === JSON.parse(r.body).id));
   // Hover around the thresholds in the same window: reset, climb past 80% and 95% again.
-  await api.admin("POST", "/orgs/al-burst/reset", { meter: "rows" });
+  await fx.api.admin("POST", "/orgs/al-burst/reset", { meter: "rows" });
   await events(key, Array.from({ length: 97 }, (_, i) => `h${i}`));
   await sleep(1_500);
   assert.equal(seen("al-burst").length, 3, "no re-fire within the period");
-  const usage = await api.call("GET", "/_quota/v1/usage", { key });
+  const usage = await fx.api.call("GET", "/_quota/v1/usage", { key });
   assert.deepEqual(usage.json.alerts.map((a) => [a.level, a.delivery.status]).sort(), [["critical", "delivered"], ["over", "delivered"], ["warning", "delivered"]]);
 });
 
@@ -76,7 +67,7 @@ test("a failing receiver gets retries with backoff; every attempt is in D1", asy
   const gaps = [got[1].at - got[0].at, got[2].at - got[1].at];
   assert.ok(gaps[0] >= 900 && gaps[1] >= 1_900, `exponential backoff: ${gaps}`);
   const rows = await eventually(async () => {
-    const r = await ledgerQuery(gw.persistTo, "SELECT attempt, status_code, outcome FROM alert_deliveries WHERE org_id = 'al-retry' ORDER BY attempt");
+    const r = await ledgerQuery(fx.gw.persistTo, "SELECT attempt, status_code, outcome FROM alert_deliveries WHERE org_id = 'al-retry' ORDER BY attempt");
     return r.length === 3 && r;
   });
   assert.deepEqual(rows.map((r) => [r.attempt, r.status_code, r.outcome]), [[1, 500, "retry"], [2, 500, "retry"], [3, 200, "delivered"]]);
@@ -86,13 +77,13 @@ test("after ALERT_MAX_ATTEMPTS failures the alert is dead; orgs without a URL us
   const key = await org("al-dead", "/always-fail/dead");
   await events(key, Array.from({ length: 80 }, (_, i) => `d${i}`));
   const rows = await eventually(async () => {
-    const r = await ledgerQuery(gw.persistTo, "SELECT attempt, outcome FROM alert_deliveries WHERE org_id = 'al-dead' ORDER BY attempt");
+    const r = await ledgerQuery(fx.gw.persistTo, "SELECT attempt, outcome FROM alert_deliveries WHERE org_id = 'al-dead' ORDER BY attempt");
     return r.length === 3 && r;
   }, { timeout: 15_000 });
   assert.deepEqual(rows.map((r) => r.outcome), ["retry", "retry", "dead"]);
   await sleep(4_500);
   assert.equal(seen("al-dead").length, 3, "no attempt after dead");
-  const usage = await api.call("GET", "/_quota/v1/usage", { key });
+  const usage = await fx.api.call("GET", "/_quota/v1/usage", { key });
   assert.deepEqual(usage.json.alerts.map((a) => [a.level, a.delivery.status, a.delivery.attempts]), [["warning", "dead", 3]]);
   const plain = await org("al-default");
   await events(plain, Array.from({ length: 80 }, (_, i) => `p${i}`));

@@ -2,23 +2,22 @@
 // coloured green / amber / red by percentage, the banner, soft-limit overage, admin mode, loading
 // and error states, the 30-second refresh, and a phone-width layout. Screenshots of each colour
 // level go to tests/artifacts/ (and to docs/ with DOCS_SCREENSHOTS=1).
-import { test, before, after } from "node:test";
+import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
-import { startGateway, ROOT } from "../support/gateway.mjs";
-import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
+import { ROOT } from "../support/gateway.mjs";
+import { useGateway } from "../support/harness.mjs";
+import { ADMIN_TOKEN } from "../support/client.mjs";
 
 const SHOTS = process.env.DOCS_SCREENSHOTS ? path.join(ROOT, "docs") : path.join(ROOT, "tests/artifacts");
 const COLOURS = { green: "rgb(26, 127, 55)", amber: "rgb(179, 89, 0)", red: "rgb(207, 34, 46)" };
-let gw, api, browser;
+let browser;
 const keys = {};
 
-before(async () => {
+const fx = useGateway({ setup: async ({ api }) => {
   fs.mkdirSync(SHOTS, { recursive: true });
-  gw = await startGateway({ vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: "http://127.0.0.1:9" } });
-  api = client(gw.url);
   await api.plan("dash", {
     meters: [{ id: "ai_tokens", unit: "tokens" }],
     limits: [
@@ -39,16 +38,15 @@ before(async () => {
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
            "--disable-component-update", "--disable-sync"],
   });
-});
+} });
 after(async () => {
   await browser?.close();
-  await gw?.stop();
 });
 
 async function open(hash, { width = 1100, height = 800, clock = false } = {}) {
   const page = await browser.newPage({ viewport: { width, height } });
   if (clock) await page.clock.install();
-  await page.goto(`${gw.url}/_quota/dashboard#${hash}`);
+  await page.goto(`${fx.gw.url}/_quota/dashboard#${hash}`);
   return page;
 }
 
@@ -107,7 +105,7 @@ test("loading and error states", async () => {
     await held;
     await route.continue();
   });
-  await page.goto(`${gw.url}/_quota/dashboard#key=${encodeURIComponent(keys.green)}`);
+  await page.goto(`${fx.gw.url}/_quota/dashboard#key=${encodeURIComponent(keys.green)}`);
   await page.locator("#state.loading").waitFor();
   assert.equal(await page.locator("#state").textContent(), "Loading usage…");
   release();
@@ -123,13 +121,13 @@ test("loading and error states", async () => {
 });
 
 test("the page refreshes itself every 30 seconds", async () => {
-  await api.org("dash-live", { plan: "dash" });
-  const key = (await api.key("dash-live")).key;
+  await fx.api.org("dash-live", { plan: "dash" });
+  const key = (await fx.api.key("dash-live")).key;
   const page = await open(`key=${encodeURIComponent(key)}`, { clock: true });
   const nums = page.locator('[data-policy="requests-month"] .nums');
   await nums.waitFor();
   assert.equal(await nums.textContent(), "0 / 100 requests");
-  await api.call("POST", "/_quota/v1/events", { key, body: { events: [{ id: "x", meter: "requests", quantity: 81 }] } });
+  await fx.api.call("POST", "/_quota/v1/events", { key, body: { events: [{ id: "x", meter: "requests", quantity: 81 }] } });
   await page.clock.fastForward(29_000);
   assert.equal(await nums.textContent(), "0 / 100 requests", "not before 30 s");
   await page.clock.fastForward(1_500);

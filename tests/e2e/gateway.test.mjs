@@ -1,10 +1,9 @@
 // The edge gateway end to end: the built worker under workerd, real DO SQLite and D1, a real
 // HTTP origin. Each test uses its own org so their counters never mix.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway } from "../support/gateway.mjs";
-import { createOrigin } from "../support/origin.mjs";
-import { client, eventually, verifyOriginSignature, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
+import { gatewayWithOrigin } from "../support/harness.mjs";
+import { eventually, verifyOriginSignature } from "../support/client.mjs";
 
 const ROUTES = JSON.stringify([
   { method: "POST", path: "/v1/ai/**", meter: "ai_tokens", cost: "reported" },
@@ -23,29 +22,11 @@ const FREE = {
   ],
 };
 
-let gw, origin, api;
-let n = 0;
-/** A fresh org on the free plan with one key. */
-async function newOrg(plan = "free") {
-  const id = `org-${++n}`;
-  await api.org(id, { plan, name: `Org ${n}` });
-  const key = await api.key(id);
-  return { id, key: key.key, keyId: key.key_id };
-}
-
-before(async () => {
-  origin = createOrigin();
-  const port = await origin.listen();
-  gw = await startGateway({
-    vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}`, ROUTES, PLAN_REFRESH_SECS: "1" },
-  });
-  api = client(gw.url);
+const fx = gatewayWithOrigin({ ROUTES, PLAN_REFRESH_SECS: "1" }, async ({ api }) => {
   await api.plan("free", FREE);
 });
-after(async () => {
-  await gw?.stop();
-  await origin?.close();
-});
+/** A fresh org on the free plan with one key. */
+const newOrg = (plan = "free") => fx.api.newOrg(plan);
 
 function monthBounds(now = new Date()) {
   const start = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1);
@@ -57,9 +38,9 @@ test("allowed requests carry exact RateLimit headers, then 429 at the burst limi
   const o = await newOrg();
   const { start, end } = monthBounds();
   const monthW = (end - start) / 1000;
-  const before = origin.requests.length;
+  const before = fx.origin.requests.length;
   const t0 = Date.now();
-  const first = await api.call("GET", "/hello?x=1", { key: o.key });
+  const first = await fx.api.call("GET", "/hello?x=1", { key: o.key });
   assert.equal(first.status, 200);
   assert.equal(first.json.origin, "demo");
   assert.equal(first.headers.get("ratelimit-policy"), `"requests-minute";q=10;w=60, "requests-month";q=1000;w=${monthW}`);
@@ -72,11 +53,11 @@ test("allowed requests carry exact RateLimit headers, then 429 at the burst limi
   assert.ok(Math.abs(Number(first.headers.get("x-ratelimit-reset")) - Math.ceil((t0 + 6000) / 1000)) <= 2);
   assert.equal(first.headers.get("x-quota-status"), "ok");
   for (let i = 2; i <= 10; i++) {
-    const r = await api.call("GET", "/hello", { key: o.key });
+    const r = await fx.api.call("GET", "/hello", { key: o.key });
     assert.equal(r.status, 200, `request ${i}`);
     assert.equal(r.headers.get("x-ratelimit-remaining"), String(10 - i));
   }
-  const refused = await api.call("GET", "/hello", { key: o.key });
+  const refused = await fx.api.call("GET", "/hello", { key: o.key });
   assert.equal(refused.status, 429);
   assert.equal(refused.headers.get("content-type"), "application/problem+json");
   assert.ok(["5", "6"].includes(refused.headers.get("retry-after")), refused.headers.get("retry-after"));
@@ -90,15 +71,15 @@ test("allowed requests carry exact RateLimit headers, then 429 at the burst limi
   assert.deepEqual(p["violated-policies"], ["requests-minute"]);
   assert.ok(!Number.isNaN(Date.parse(p.reset)));
   assert.equal(p.upgrade_url, undefined);
-  // Exactly the ten admitted requests reached the origin.
-  assert.equal(origin.requests.length - before, 10);
-  assert.equal(await api.used(o.id, "requests-month"), 10);
+  // Exactly the ten admitted requests reached the fx.origin.
+  assert.equal(fx.origin.requests.length - before, 10);
+  assert.equal(await fx.api.used(o.id, "requests-month"), 10);
 });
 
 test("a lifetime limit refuses with 402 and the upgrade URL", async () => {
   const o = await newOrg();
-  for (let i = 0; i < 3; i++) assert.equal((await api.call("POST", "/v1/profiles", { key: o.key, body: {} })).status, 200);
-  const r = await api.call("POST", "/v1/profiles", { key: o.key, body: {} });
+  for (let i = 0; i < 3; i++) assert.equal((await fx.api.call("POST", "/v1/profiles", { key: o.key, body: {} })).status, 200);
+  const r = await fx.api.call("POST", "/v1/profiles", { key: o.key, body: {} });
   assert.equal(r.status, 402);
   assert.equal(r.headers.get("retry-after"), null);
   assert.deepEqual([r.json.meter, r.json.limit, r.json.used, r.json.upgrade_url, r.json.reset],
@@ -108,45 +89,45 @@ test("a lifetime limit refuses with 402 and the upgrade URL", async () => {
 
 test("post-response metering commits X-Usage headers, strips them, and soft limits price the overage", async () => {
   const o = await newOrg();
-  const r1 = await api.call("POST", "/v1/ai/chat?usage=ai_tokens:80", { key: o.key, body: { prompt: "hi" } });
+  const r1 = await fx.api.call("POST", "/v1/ai/chat?usage=ai_tokens:80", { key: o.key, body: { prompt: "hi" } });
   assert.equal(r1.status, 200);
   assert.equal(r1.headers.get("x-usage-ai-tokens"), null, "X-Usage headers never reach the client");
   assert.equal(r1.json.body, JSON.stringify({ prompt: "hi" }), "the body reached the origin");
-  assert.equal(await eventually(async () => (await api.used(o.id, "ai_tokens-month")) === 80), true);
+  assert.equal(await eventually(async () => (await fx.api.used(o.id, "ai_tokens-month")) === 80), true);
   // Something remains (20 of 100), so the next one is admitted and overshoots by its own cost.
-  const r2 = await api.call("POST", "/v1/ai/chat?usage=ai_tokens:70", { key: o.key });
+  const r2 = await fx.api.call("POST", "/v1/ai/chat?usage=ai_tokens:70", { key: o.key });
   assert.equal(r2.status, 200);
-  await eventually(async () => (await api.used(o.id, "ai_tokens-month")) === 150);
-  const l = (await api.state(o.id)).limits.find((l) => l.policy === "ai_tokens-month");
+  await eventually(async () => (await fx.api.used(o.id, "ai_tokens-month")) === 150);
+  const l = (await fx.api.state(o.id)).limits.find((l) => l.policy === "ai_tokens-month");
   assert.deepEqual([l.used, l.mode, l.overage, l.overage_cost_cents, l.level], [150, "soft", 50, 15, "over"]);
   // A soft limit never refuses.
-  assert.equal((await api.call("POST", "/v1/ai/chat?usage=ai_tokens:5", { key: o.key })).status, 200);
+  assert.equal((await fx.api.call("POST", "/v1/ai/chat?usage=ai_tokens:5", { key: o.key })).status, 200);
 });
 
 test("an origin error or an unreachable origin releases the reservation", async () => {
   const o = await newOrg();
-  assert.equal((await api.call("GET", "/ok", { key: o.key })).status, 200);
-  const r = await api.call("GET", "/boom?status=503", { key: o.key });
+  assert.equal((await fx.api.call("GET", "/ok", { key: o.key })).status, 200);
+  const r = await fx.api.call("GET", "/boom?status=503", { key: o.key });
   assert.equal(r.status, 503);
   assert.equal(r.json.origin, "demo", "the origin's own answer is passed on");
-  assert.equal(await eventually(async () => (await api.used(o.id, "requests-month")) === 1), true);
+  assert.equal(await eventually(async () => (await fx.api.used(o.id, "requests-month")) === 1), true);
   // A replayed Idempotency-Key that meets an origin error must not release the original.
-  assert.equal((await api.call("GET", "/ok", { key: o.key, headers: { "idempotency-key": "idem-1" } })).status, 200);
-  const replay = await api.call("GET", "/boom?status=500", { key: o.key, headers: { "idempotency-key": "idem-1" } });
+  assert.equal((await fx.api.call("GET", "/ok", { key: o.key, headers: { "idempotency-key": "idem-1" } })).status, 200);
+  const replay = await fx.api.call("GET", "/boom?status=500", { key: o.key, headers: { "idempotency-key": "idem-1" } });
   assert.deepEqual([replay.status, replay.headers.get("idempotent-replayed")], [500, "true"]);
   await new Promise((res) => setTimeout(res, 500)); // any release would have run by now
-  assert.equal(await api.used(o.id, "requests-month"), 2, "the original stays counted");
+  assert.equal(await fx.api.used(o.id, "requests-month"), 2, "the original stays counted");
 });
 
 test("client X-Quota-* headers are stripped and the origin gets signed tenant headers", async () => {
   const o = await newOrg();
-  const before = origin.requests.length;
-  const r = await api.call("GET", "/whoami?a=b", {
+  const before = fx.origin.requests.length;
+  const r = await fx.api.call("GET", "/whoami?a=b", {
     key: o.key,
     headers: { "x-quota-org": "org-evil", "x-quota-plan": "enterprise", "x-quota-signature": "v1=forged", "x-custom": "kept" },
   });
   assert.equal(r.status, 200);
-  const seen = origin.requests.slice(before).find((q) => q.path === "/whoami");
+  const seen = fx.origin.requests.slice(before).find((q) => q.path === "/whoami");
   assert.equal(seen.headers["x-quota-org"], o.id);
   assert.equal(seen.headers["x-quota-plan"], "free");
   assert.equal(seen.headers["x-custom"], "kept");
@@ -157,64 +138,64 @@ test("client X-Quota-* headers are stripped and the origin gets signed tenant he
 
 test("missing, forged, unknown and revoked keys all get the same 401; revocation is immediate", async () => {
   const o = await newOrg();
-  assert.equal((await api.call("GET", "/x", { key: o.key })).status, 200);
-  const revoked = await api.admin("DELETE", `/orgs/${o.id}/keys/${o.keyId}`);
+  assert.equal((await fx.api.call("GET", "/x", { key: o.key })).status, 200);
+  const revoked = await fx.api.admin("DELETE", `/orgs/${o.id}/keys/${o.keyId}`);
   assert.equal(revoked.status, 200);
   assert.ok(revoked.json.revoked_at);
   const forged = o.key.slice(0, -1) + (o.key.endsWith("0") ? "1" : "0");
   const bodies = [];
   for (const key of [undefined, "nonsense", forged, o.key]) {
-    const r = await api.call("GET", "/x", { key });
+    const r = await fx.api.call("GET", "/x", { key });
     assert.equal(r.status, 401, `key ${key}`);
     assert.equal(r.headers.get("www-authenticate"), "Bearer");
     bodies.push(r.text);
   }
   assert.equal(new Set(bodies).size, 1, "all 401s look the same");
   // A key of an org that was never configured also looks the same.
-  const other = await api.call("GET", "/x", { headers: { authorization: `Bearer ${o.key.replace(o.id, "org-none")}` } });
+  const other = await fx.api.call("GET", "/x", { headers: { authorization: `Bearer ${o.key.replace(o.id, "org-none")}` } });
   assert.equal(other.text, bodies[0]);
-  assert.equal((await api.admin("DELETE", `/orgs/${o.id}/keys/key_nope`)).status, 404);
+  assert.equal((await fx.api.admin("DELETE", `/orgs/${o.id}/keys/key_nope`)).status, 404);
 });
 
 test("one org's key can never read or spend another org's quota", async () => {
   const a = await newOrg();
   const b = await newOrg();
   // b reserves; a tries to settle b's reservation.
-  const res = await api.call("POST", "/_quota/v1/check", { key: b.key, body: { meter: "requests", quantity: 5, reserve: true } });
+  const res = await fx.api.call("POST", "/_quota/v1/check", { key: b.key, body: { meter: "requests", quantity: 5, reserve: true } });
   assert.equal(res.status, 200);
   const id = res.json.reservation.id;
-  const steal = await api.call("POST", `/_quota/v1/reservations/${id}/commit`, { key: a.key, body: {} });
+  const steal = await fx.api.call("POST", `/_quota/v1/reservations/${id}/commit`, { key: a.key, body: {} });
   assert.equal(steal.status, 404);
   // a's traffic never moves b's counters.
-  for (let i = 0; i < 3; i++) await api.call("GET", "/x", { key: a.key });
-  assert.equal(await api.used(a.id, "requests-month"), 3);
-  assert.equal(await api.used(b.id, "requests-month"), 5);
+  for (let i = 0; i < 3; i++) await fx.api.call("GET", "/x", { key: a.key });
+  assert.equal(await fx.api.used(a.id, "requests-month"), 3);
+  assert.equal(await fx.api.used(b.id, "requests-month"), 5);
   // An org-key cannot use the admin API.
-  assert.equal((await api.call("GET", `/_quota/admin/orgs/${b.id}`, { headers: { authorization: `Bearer ${a.key}` } })).status, 401);
+  assert.equal((await fx.api.call("GET", `/_quota/admin/orgs/${b.id}`, { headers: { authorization: `Bearer ${a.key}` } })).status, 401);
 });
 
 test("/v1/check decides without proxying; reservations commit and release exactly once", async () => {
   const o = await newOrg();
-  const before = origin.requests.length;
-  const c = await api.call("POST", "/_quota/v1/check", { key: o.key, body: { meter: "requests", quantity: 4 } });
+  const before = fx.origin.requests.length;
+  const c = await fx.api.call("POST", "/_quota/v1/check", { key: o.key, body: { meter: "requests", quantity: 4 } });
   assert.equal(c.status, 200);
   assert.deepEqual([c.json.allowed, c.json.status, c.json.meter, c.json.quantity], [true, 200, "requests", 4]);
-  assert.equal(await api.used(o.id, "requests-month"), 0, "a check counts nothing");
-  const big = await api.call("POST", "/_quota/v1/check", { key: o.key, body: { meter: "requests", quantity: 11 } });
+  assert.equal(await fx.api.used(o.id, "requests-month"), 0, "a check counts nothing");
+  const big = await fx.api.call("POST", "/_quota/v1/check", { key: o.key, body: { meter: "requests", quantity: 11 } });
   assert.deepEqual([big.json.allowed, big.json.status], [false, 402]);
-  const r = await api.call("POST", "/_quota/v1/check", { key: o.key, body: { meter: "requests", quantity: 6, reserve: true, ttl_seconds: 60 } });
+  const r = await fx.api.call("POST", "/_quota/v1/check", { key: o.key, body: { meter: "requests", quantity: 6, reserve: true, ttl_seconds: 60 } });
   assert.equal(r.json.allowed, true);
-  assert.equal(await api.used(o.id, "requests-month"), 6, "a reservation holds its units");
-  const commit = await api.call("POST", `/_quota/v1/reservations/${r.json.reservation.id}/commit`, { key: o.key, body: { quantity: 2 } });
+  assert.equal(await fx.api.used(o.id, "requests-month"), 6, "a reservation holds its units");
+  const commit = await fx.api.call("POST", `/_quota/v1/reservations/${r.json.reservation.id}/commit`, { key: o.key, body: { quantity: 2 } });
   assert.deepEqual([commit.status, commit.json.outcome, commit.json.quantity], [200, "committed", 2]);
-  assert.equal(await api.used(o.id, "requests-month"), 2);
-  const again = await api.call("POST", `/_quota/v1/reservations/${r.json.reservation.id}/release`, { key: o.key });
+  assert.equal(await fx.api.used(o.id, "requests-month"), 2);
+  const again = await fx.api.call("POST", `/_quota/v1/reservations/${r.json.reservation.id}/release`, { key: o.key });
   assert.equal(again.status, 404);
-  const r2 = await api.call("POST", "/_quota/v1/check", { key: o.key, body: { meter: "requests", quantity: 3, reserve: true } });
-  const rel = await api.call("POST", `/_quota/v1/reservations/${r2.json.reservation.id}/release`, { key: o.key });
+  const r2 = await fx.api.call("POST", "/_quota/v1/check", { key: o.key, body: { meter: "requests", quantity: 3, reserve: true } });
+  const rel = await fx.api.call("POST", `/_quota/v1/reservations/${r2.json.reservation.id}/release`, { key: o.key });
   assert.deepEqual([rel.status, rel.json.outcome], [200, "released"]);
-  assert.equal(await api.used(o.id, "requests-month"), 2);
-  assert.equal(origin.requests.length, before, "nothing was proxied");
+  assert.equal(await fx.api.used(o.id, "requests-month"), 2);
+  assert.equal(fx.origin.requests.length, before, "nothing was proxied");
 });
 
 test("admin: plans and orgs validate with field-named 400s; unknown resources are 404", async () => {
@@ -225,15 +206,15 @@ test("admin: plans and orgs validate with field-named 400s; unknown resources ar
     [{ limits: [{ meter: "requests", limit: 5, period: "day" }, { meter: "requests", limit: 6, period: "day" }] }, "limits[1]: duplicate limit for meter 'requests' and period 'day' (first at limits[0])"],
   ];
   for (const [doc, detail] of bad) {
-    const r = await api.admin("PUT", "/plans/broken", doc);
+    const r = await fx.api.admin("PUT", "/plans/broken", doc);
     assert.equal(r.status, 400, JSON.stringify(doc));
     assert.equal(r.json.detail, detail);
   }
-  assert.equal((await api.admin("GET", "/plans/broken")).status, 404);
-  const created = await api.admin("PUT", "/plans/tiny", { limits: [{ meter: "requests", limit: 2, period: "day" }] });
+  assert.equal((await fx.api.admin("GET", "/plans/broken")).status, 404);
+  const created = await fx.api.admin("PUT", "/plans/tiny", { limits: [{ meter: "requests", limit: 2, period: "day" }] });
   assert.equal(created.status, 201);
-  assert.equal((await api.admin("PUT", "/plans/tiny", { limits: [{ meter: "requests", limit: 2, period: "day" }] })).status, 200);
-  assert.equal((await api.admin("GET", "/plans")).json.plans.some((p) => p.id === "tiny"), true);
+  assert.equal((await fx.api.admin("PUT", "/plans/tiny", { limits: [{ meter: "requests", limit: 2, period: "day" }] })).status, 200);
+  assert.equal((await fx.api.admin("GET", "/plans")).json.plans.some((p) => p.id === "tiny"), true);
   const orgBad = [
     [{ plan: "nope" }, "plan: unknown plan 'nope'"],
     [{ plan: "tiny", billing_anchor: "2026-02-30" }, "billing_anchor: '2026-02-30' is not a valid date in the form YYYY-MM-DD"],
@@ -241,43 +222,43 @@ test("admin: plans and orgs validate with field-named 400s; unknown resources ar
     [{ name: "x" }, "plan: is required"],
   ];
   for (const [doc, detail] of orgBad) {
-    const r = await api.admin("PUT", "/orgs/org-bad", doc);
+    const r = await fx.api.admin("PUT", "/orgs/org-bad", doc);
     assert.equal(r.status, 400, JSON.stringify(doc));
     assert.equal(r.json.detail, detail);
   }
-  assert.equal((await api.admin("GET", "/orgs/org-bad")).status, 404);
-  assert.equal((await api.admin("GET", "/orgs/Bad_Org")).status, 400);
-  assert.equal((await api.admin("POST", "/orgs/org-bad/keys")).status, 404);
-  assert.equal((await api.admin("PATCH", "/plans/tiny")).status, 405);
-  assert.equal((await api.call("GET", "/_quota/admin/plans")).status, 401);
-  assert.equal((await api.call("GET", "/_quota/admin/plans", { token: "wrong" })).status, 401);
+  assert.equal((await fx.api.admin("GET", "/orgs/org-bad")).status, 404);
+  assert.equal((await fx.api.admin("GET", "/orgs/Bad_Org")).status, 400);
+  assert.equal((await fx.api.admin("POST", "/orgs/org-bad/keys")).status, 404);
+  assert.equal((await fx.api.admin("PATCH", "/plans/tiny")).status, 405);
+  assert.equal((await fx.api.call("GET", "/_quota/admin/plans")).status, 401);
+  assert.equal((await fx.api.call("GET", "/_quota/admin/plans", { token: "wrong" })).status, 401);
 });
 
 test("admin: overrides and plan updates reach the org's DO without a fan-out; reset zeroes a meter", async () => {
-  await api.plan("two", { limits: [{ meter: "requests", limit: 2, period: "day" }] });
-  await api.org("org-ov", { plan: "two", overrides: [{ meter: "requests", limit: 3, period: "day" }] });
-  const { key } = await api.key("org-ov");
+  await fx.api.plan("two", { limits: [{ meter: "requests", limit: 2, period: "day" }] });
+  await fx.api.org("org-ov", { plan: "two", overrides: [{ meter: "requests", limit: 3, period: "day" }] });
+  const { key } = await fx.api.key("org-ov");
   const codes = [];
-  for (let i = 0; i < 4; i++) codes.push((await api.call("GET", "/x", { key })).status);
+  for (let i = 0; i < 4; i++) codes.push((await fx.api.call("GET", "/x", { key })).status);
   assert.deepEqual(codes, [200, 200, 200, 429]);
   // A plan change is written to D1 only; the org's DO adopts the new version by itself on its
   // first request once its copy is PLAN_REFRESH_SECS (1 s here) old.
-  const up = await api.admin("PUT", "/plans/two", { limits: [{ meter: "requests", limit: 2, period: "day" }, { meter: "requests", limit: 100, period: "month" }] });
+  const up = await fx.api.admin("PUT", "/plans/two", { limits: [{ meter: "requests", limit: 2, period: "day" }, { meter: "requests", limit: 100, period: "month" }] });
   assert.deepEqual([up.json.orgs, up.json.version, up.json.adopted_within_secs], [1, 2, 1]);
-  assert.equal((await api.state("org-ov")).plan_version, 1, "nothing was pushed");
+  assert.equal((await fx.api.state("org-ov")).plan_version, 1, "nothing was pushed");
   await new Promise((r) => setTimeout(r, 1_100));
-  assert.equal((await api.call("GET", "/x", { key })).status, 429, "decided on the new plan, still over today's limit");
-  const state = await api.state("org-ov");
+  assert.equal((await fx.api.call("GET", "/x", { key })).status, 429, "decided on the new plan, still over today's limit");
+  const state = await fx.api.state("org-ov");
   assert.deepEqual([state.limits.length, state.plan_version], [2, 2]);
-  const reset = await api.admin("POST", "/orgs/org-ov/reset", { meter: "requests" });
+  const reset = await fx.api.admin("POST", "/orgs/org-ov/reset", { meter: "requests" });
   assert.equal(reset.status, 200);
   assert.equal(reset.json.limits.every((l) => l.used === 0), true);
-  assert.equal((await api.call("GET", "/x", { key })).status, 200);
+  assert.equal((await fx.api.call("GET", "/x", { key })).status, 200);
 });
 
 test("bad input gets a precise 4xx and changes no counter", async () => {
   const o = await newOrg();
-  await api.call("GET", "/x", { key: o.key });
+  await fx.api.call("GET", "/x", { key: o.key });
   const cases = [
     [{ raw: "{\"meter\": ", headers: { "content-type": "application/json" } }, 400, /^request body is not valid JSON/],
     [{ body: { meter: "requests", quantity: -1 } }, 400, /^quantity: must not be negative \(got -1\)$/],
@@ -289,15 +270,15 @@ test("bad input gets a precise 4xx and changes no counter", async () => {
     [{ raw: JSON.stringify({ meter: "requests", pad: "x".repeat(70_000) }), headers: { "content-type": "application/json" } }, 413, /larger than 65536 bytes/],
   ];
   for (const [opts, status, detail] of cases) {
-    const r = await api.call("POST", "/_quota/v1/check", { key: o.key, ...opts });
+    const r = await fx.api.call("POST", "/_quota/v1/check", { key: o.key, ...opts });
     assert.equal(r.status, status, r.text);
     assert.equal(r.headers.get("content-type"), "application/problem+json");
     assert.match(r.json.detail, detail);
   }
-  const badIdem = await api.call("GET", "/x", { key: o.key, headers: { "idempotency-key": "has spaces" } });
+  const badIdem = await fx.api.call("GET", "/x", { key: o.key, headers: { "idempotency-key": "has spaces" } });
   assert.equal(badIdem.status, 400);
   assert.match(badIdem.json.detail, /^Idempotency-Key header: /);
-  assert.equal((await api.call("POST", "/_quota/v1/reservations/not%20an%20id/commit", { key: o.key, body: {} })).status, 400);
-  assert.equal((await api.call("GET", "/_quota/v1/check", { key: o.key })).status, 405);
-  assert.equal(await api.used(o.id, "requests-month"), 1, "no bad request counted anything");
+  assert.equal((await fx.api.call("POST", "/_quota/v1/reservations/not%20an%20id/commit", { key: o.key, body: {} })).status, 400);
+  assert.equal((await fx.api.call("GET", "/_quota/v1/check", { key: o.key })).status, 405);
+  assert.equal(await fx.api.used(o.id, "requests-month"), 1, "no bad request counted anything");
 });

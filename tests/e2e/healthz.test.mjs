@@ -1,19 +1,13 @@
 // The pipeline end to end: the built worker under workerd answers /_quota/healthz after a real
 // round trip to the migrated D1 ledger and to a SQLite-backed Durable Object.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway } from "../support/gateway.mjs";
+import { useGateway } from "../support/harness.mjs";
 
-let gw;
-before(async () => {
-  gw = await startGateway();
-});
-after(async () => {
-  await gw?.stop();
-});
+const fx = useGateway();
 
 test("healthz reports the ledger and the org DO", async () => {
-  const r = await fetch(`${gw.url}/_quota/healthz`);
+  const r = await fetch(`${fx.gw.url}/_quota/healthz`);
   assert.equal(r.status, 200);
   assert.equal(r.headers.get("content-type"), "application/json");
   const body = await r.json();
@@ -23,7 +17,7 @@ test("healthz reports the ledger and the org DO", async () => {
 });
 
 test("healthz refuses other methods with a problem body", async () => {
-  const r = await fetch(`${gw.url}/_quota/healthz`, { method: "POST" });
+  const r = await fetch(`${fx.gw.url}/_quota/healthz`, { method: "POST" });
   assert.equal(r.status, 405);
   assert.equal(r.headers.get("content-type"), "application/problem+json");
   const body = await r.json();
@@ -32,7 +26,7 @@ test("healthz refuses other methods with a problem body", async () => {
 });
 
 test("unknown gateway endpoints are 404 problems", async () => {
-  const r = await fetch(`${gw.url}/_quota/nope`);
+  const r = await fetch(`${fx.gw.url}/_quota/nope`);
   assert.equal(r.status, 404);
   assert.equal((await r.json()).detail, "no endpoint /_quota/nope");
 });

@@ -12,11 +12,8 @@ import { gatewayWithOrigin } from "../support/harness.mjs";
 
 const fx = gatewayWithOrigin({ QUOTA_DEBUG_WORK: "1" });
 
-async function newOrg(id, limits) {
-  await fx.api.plan(`plan-${id}`, { limits });
-  await fx.api.org(id, { plan: `plan-${id}` });
-  return (await fx.api.key(id)).key;
-}
+/** An org with a plan of its own holding `limits`; its key. */
+const newOrg = async (id, limits) => (await fx.api.newOrg(`plan-${id}`, { id, limits })).key;
 
 function work(r) {
   const w = r.headers.get("x-quota-debug-work");

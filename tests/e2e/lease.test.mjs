@@ -3,43 +3,15 @@
 // isolate admits from its own pre-debited lease without a DO call; the DO shrinks leases near
 // the limit and decides the last units strictly. The admitted total must equal the limit
 // exactly, the origin must see exactly those requests, and the ledger must match.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import os from "node:os";
-import path from "node:path";
-import fs from "node:fs";
-import { bundle, startFaithful, QUOTAGATE_D1 } from "../../bench/faithful.mjs";
-import { ROOT, ledgerQuery } from "../support/gateway.mjs";
-import { createOrigin } from "../support/origin.mjs";
-import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
+import { ledgerQuery } from "../support/gateway.mjs";
+import { useGateway } from "../support/harness.mjs";
+import { ADMIN_TOKEN } from "../support/client.mjs";
 
 const LIMIT = 3000;
 const ISOLATES = 4;
-const fx = {};
-const bundles = fs.mkdtempSync(path.join(os.tmpdir(), "quotagate-lease-bundle-"));
-
-before(async () => {
-  fx.origin = createOrigin();
-  const port = await fx.origin.listen();
-  const script = bundle(path.join(ROOT, "wrangler.toml"), path.join(bundles, "quotagate"));
-  fx.host = await startFaithful({
-    name: "quotagate",
-    script,
-    vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}`, LEDGER_FLUSH_SECS: "1", METRICS_FLUSH_SECS: "0" },
-    durableObjects: { ORG_QUOTA: "OrgQuota" },
-    d1: QUOTAGATE_D1,
-    migrations: true,
-    health: "/_quota/healthz",
-    replicas: ISOLATES - 1,
-  });
-  fx.api = client(fx.host.url);
-});
-
-after(async () => {
-  await fx.host?.stop();
-  await fx.origin?.close();
-  fs.rmSync(bundles, { recursive: true, force: true });
-});
+const fx = useGateway({ origin: true, vars: { LEDGER_FLUSH_SECS: "1", METRICS_FLUSH_SECS: "0" }, replicas: ISOLATES - 1 });
 
 /** `n` requests to one isolate, `width` at a time; returns the status counts. */
 async function hammer(url, key, n, width, tag) {
@@ -85,7 +57,7 @@ test("four isolates race for a hard limit in lease mode: exactly the limit is ad
   const { key } = await fx.api.key("org-lease");
 
   // The first request at an isolate goes to the DO and comes back with a lease.
-  const first = await fetch(`${fx.host.urls[1]}/lease/first`, { headers: { "x-api-key": key } });
+  const first = await fetch(`${fx.gw.urls[1]}/lease/first`, { headers: { "x-api-key": key } });
   await first.arrayBuffer();
   assert.equal(first.status, 200);
   // RFC 9651 parsing of the fields is gateway.test's; here the org's remaining is what counts.
@@ -96,20 +68,20 @@ test("four isolates race for a hard limit in lease mode: exactly the limit is ad
   assert.ok(used > 1, `a lease is counted the moment it is granted (used ${used})`);
 
   // A leased request's headers say the org's remaining (the DO's figure plus this lease's).
-  const leased = await fetch(`${fx.host.urls[1]}/lease/second`, { headers: { "x-api-key": key } });
+  const leased = await fetch(`${fx.gw.urls[1]}/lease/second`, { headers: { "x-api-key": key } });
   await leased.arrayBuffer();
   const r = Number(/"requests-month";r=(\d+)/.exec(leased.headers.get("ratelimit"))[1]);
   assert.equal(r, LIMIT - 2, "remaining after two requests, as one isolate sees it alone");
 
   // The race: 4 isolates × 1,200 requests, 24 at a time each, for 3,000 units.
   const before = fx.origin.requests.length;
-  const runs = await Promise.all(fx.host.urls.map((u, i) => hammer(u, key, 1200, 24, `race${i}`)));
+  const runs = await Promise.all(fx.gw.urls.map((u, i) => hammer(u, key, 1200, 24, `race${i}`)));
   const total = runs.reduce(add, { 200: 2 });
   // Leases of isolates that stopped spending expire (2 s) and are closed by their next request;
   // keep asking every isolate until a whole round is refused.
   for (let round = 0; round < 20; round++) {
     await new Promise((res) => setTimeout(res, 2_500));
-    const more = await Promise.all(fx.host.urls.map((u, i) => hammer(u, key, 30, 3, `drain${round}-${i}`)));
+    const more = await Promise.all(fx.gw.urls.map((u, i) => hammer(u, key, 30, 3, `drain${round}-${i}`)));
     const got = more.reduce(add, {});
     add(total, got);
     if (!got[200] && (await fx.api.used("org-lease", "requests-month")) === LIMIT) break;
@@ -128,7 +100,7 @@ test("four isolates race for a hard limit in lease mode: exactly the limit is ad
   // The ledger matches once flushed: hourly buckets of the org sum to the limit.
   const flush = await fx.api.admin("POST", "/orgs/org-lease/flush");
   assert.equal(flush.status, 200, flush.text);
-  const rows = await ledgerQuery(fx.host.persistTo, "SELECT COALESCE(SUM(quantity), 0) AS q FROM usage_hourly WHERE org_id = ? AND meter = 'requests'", "org-lease");
+  const rows = await ledgerQuery(fx.gw.persistTo, "SELECT COALESCE(SUM(quantity), 0) AS q FROM usage_hourly WHERE org_id = ? AND meter = 'requests'", "org-lease");
   assert.equal(Number(rows[0].q), LIMIT, "the ledger holds exactly the admitted units");
 });
 
@@ -139,7 +111,7 @@ test("a failed origin call gives a leased request's units back", async () => {
   });
   await fx.api.org("org-lease-fail", { plan: "leased-small" });
   const { key } = await fx.api.key("org-lease-fail");
-  const url = fx.host.urls[2];
+  const url = fx.gw.urls[2];
   const ok = await fetch(`${url}/ok`, { headers: { "x-api-key": key } });
   await ok.arrayBuffer();
   // Served from the lease, failed by the origin: back into the lease, not counted.

@@ -36,12 +36,7 @@ const fx = gatewayWithOrigin(
     });
   },
 );
-let n = 0;
-async function newOrg(plan = "ai") {
-  const id = `par-${++n}`;
-  await fx.api.org(id, { plan });
-  return { id, key: (await fx.api.key(id)).key };
-}
+const newOrg = (plan = "ai") => fx.api.newOrg(plan, { prefix: "par" });
 const events = (o, list, enforce = false) =>
   fx.api.call("POST", "/_quota/v1/events", { key: o.key, body: { events: list, enforce } });
 

@@ -7,7 +7,8 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import { startGateway, tempDir } from "../support/gateway.mjs";
-import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
+import { client } from "../support/client.mjs";
+import { NO_ORIGIN } from "../support/harness.mjs";
 
 const dir = tempDir("quotagate-rollover-");
 let gw;
@@ -23,7 +24,7 @@ test("day and anniversary-month windows roll over at midnight UTC; the ledger ke
   while (midnight.getUTCDate() === 1) midnight = new Date(midnight.getTime() + 86_400_000);
   const day1 = new Date(midnight.getTime() - 86_400_000).toISOString().slice(0, 10);
   const day2 = midnight.toISOString().slice(0, 10);
-  const base = { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: "http://127.0.0.1:9" };
+  const base = { ORIGIN_URL: NO_ORIGIN };
   const at = (ms) => ({ ...base, QUOTA_CLOCK_OFFSET_MS: String(ms - Date.now()) });
 
   gw = await startGateway({ vars: at(midnight.getTime() - 90_000), persistTo: dir });
@@ -50,7 +51,7 @@ test("day and anniversary-month windows roll over at midnight UTC; the ledger ke
   for (const org of ["org-cal", "org-anniv"]) await api.admin("POST", `/orgs/${org}/flush`);
   await gw.stop();
 
-  gw = await startGateway({ vars: at(midnight.getTime() + 60_000), persistTo: dir, migrateFirst: false });
+  gw = await startGateway({ vars: at(midnight.getTime() + 60_000), persistTo: dir });
   api = client(gw.url);
   for (const [name, key] of Object.entries(keys)) {
     assert.equal((await send(key, `${name}-c`)).json.results[0].status, "accepted", `${name}: a new day`);

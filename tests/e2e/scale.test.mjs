@@ -10,7 +10,8 @@ import { execFileSync } from "node:child_process";
 import { startGateway, tempDir, ROOT } from "../support/gateway.mjs";
 import { createOrigin } from "../support/origin.mjs";
 import { createStripe } from "../support/stripe.mjs";
-import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
+import { client, ADMIN_TOKEN } from "../support/client.mjs";
+import { WRANGLER_ENV } from "../support/bundle.mjs";
 
 const CONFIG = path.join(ROOT, ".scale.wrangler.toml");
 const REFRESH_SECS = 2;
@@ -38,7 +39,8 @@ async function query(sql, ...params) {
 }
 
 before(async () => {
-  // wrangler.toml plus a second ledger shard, LEDGER_1: the configuration the README describes.
+  // wrangler.toml plus a second ledger shard, LEDGER_1: the configuration the README describes,
+  // whose migrations wrangler applies to both databases as a deploy would.
   const base = fs.readFileSync(path.join(ROOT, "wrangler.toml"), "utf8");
   fs.writeFileSync(CONFIG, `${base}
 [[d1_databases]]
@@ -50,7 +52,7 @@ migrations_dir = "migrations"
   dir = tempDir();
   for (const binding of ["LEDGER", "LEDGER_1"]) {
     execFileSync(path.join(ROOT, "node_modules/.bin/wrangler"), ["d1", "migrations", "apply", binding, "--local", "--persist-to", dir, "--config", CONFIG], {
-      cwd: ROOT, env: { ...process.env, CI: "true", WRANGLER_SEND_METRICS: "false" }, stdio: "pipe",
+      cwd: ROOT, env: WRANGLER_ENV, stdio: "pipe",
     });
   }
   origin = createOrigin();
@@ -58,10 +60,9 @@ migrations_dir = "migrations"
   stripe = createStripe(STRIPE_KEY);
   const stripePort = await stripe.listen();
   gw = await startGateway({
-    config: CONFIG,
     persistTo: dir,
-    migrateFirst: false,
-    vars: { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: `http://127.0.0.1:${port}`, LEDGER_SHARDS: "2", PLAN_REFRESH_SECS: String(REFRESH_SECS),
+    d1: { LEDGER_1: "00000000-0000-0000-0000-000000000001" },
+    vars: { ORIGIN_URL: `http://127.0.0.1:${port}`, LEDGER_SHARDS: "2", PLAN_REFRESH_SECS: String(REFRESH_SECS),
       STRIPE_SECRET_KEY: STRIPE_KEY, STRIPE_API_BASE: `http://127.0.0.1:${stripePort}` },
   });
   api = client(gw.url);

@@ -1,19 +1,20 @@
-// The worker process (wrangler + workerd) killed with SIGKILL in the middle of a load, then
-// restarted on its persisted state (--persist-to), several times. Every acknowledged event must be
+// The worker process (the faithful host: Node + workerd) killed with SIGKILL in the middle of a
+// load, then restarted on its persisted state, several times. Every acknowledged event must be
 // in the ledger afterwards, exactly once; batches that got no answer are retried with the same
 // ids, as a client would, and are counted once too.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import { startGateway, ledgerQuery, tempDir } from "../support/gateway.mjs";
-import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../support/client.mjs";
+import { client } from "../support/client.mjs";
+import { NO_ORIGIN } from "../support/harness.mjs";
 import { record, scaled } from "../support/report.mjs";
 
 // CRASH_ROUNDS overrides the scale's count (3 in `make test`, 20 in `make reliability`).
 const ROUNDS = Number(process.env.CRASH_ROUNDS ?? scaled(3, 20));
 const dir = tempDir("quotagate-crash-");
 // The ledger flush every 2 s, so the alarm's own flushes are what the test waits for.
-const vars = { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET, ORIGIN_URL: "http://127.0.0.1:9", LEDGER_FLUSH_SECS: "2" };
+const vars = { ORIGIN_URL: NO_ORIGIN, LEDGER_FLUSH_SECS: "2" };
 let gw;
 after(async () => {
   await gw?.stop();
@@ -53,7 +54,7 @@ test(`SIGKILL mid-load and restart, ${ROUNDS} times: acknowledged = ledger, no d
     await gw.kill(); // mid-load: requests are in flight
     stop = true;
     await Promise.all(load);
-    gw = await startGateway({ vars, persistTo: dir, migrateFirst: false });
+    gw = await startGateway({ vars, persistTo: dir });
     api = client(gw.url);
     // Retry what got no answer, with the same ids: counted at most once.
     for (const batch of unanswered) {

@@ -5,6 +5,9 @@ export const ADMIN_TOKEN = "test-admin-token";
 export const KEY_SECRET = "test-key-secret";
 export const ORIGIN_SECRET = "test-origin-secret";
 
+// Org ids made by `newOrg`, numbered per test process (one process per test file).
+let orgs = 0;
+
 export function client(baseUrl) {
   async function call(method, path, { token, key, body, headers = {}, raw } = {}) {
     const h = { ...headers };
@@ -41,6 +44,18 @@ export function client(baseUrl) {
       const r = await admin("POST", `/orgs/${org}/keys`);
       if (r.status !== 201) throw new Error(`POST key ${org}: ${r.status} ${r.text}`);
       return r.json;
+    },
+    /**
+     * A fresh org on `plan` with one key: { id, key, keyId }. The id is `<prefix>-<n>` unless
+     * `id` is given; `limits` first puts a plan of that id with those limits; other fields go
+     * into the org's PUT body.
+     */
+    async newOrg(plan, { id, prefix = "org", limits, ...fields } = {}) {
+      if (limits) await this.plan(plan, { limits });
+      const orgId = id ?? `${prefix}-${++orgs}`;
+      await this.org(orgId, { plan, ...fields });
+      const k = await this.key(orgId);
+      return { id: orgId, key: k.key, keyId: k.key_id };
     },
     async state(org) {
       const r = await admin("GET", `/orgs/${org}`);

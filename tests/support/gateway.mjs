@@ -1,15 +1,20 @@
-// Starts the built worker under `wrangler dev` (workerd) for end-to-end tests: the same
-// wrangler.toml as `make dev`, with the D1 migrations applied to a fresh persistence directory.
-import { spawn, execFileSync } from "node:child_process";
+// Starts Workers in the faithful runtime for the tests and the benchmarks: the deployable bundle
+// in workerd through the Miniflare API (tests/support/host.mjs), on a direct socket, with
+// SQLite-backed Durable Objects and local D1 persisted in a directory of the caller's. Each host
+// is a process group of its own (Node + workerd), so a test can SIGKILL it as a crash and restart
+// on the same state, and a benchmark can read its CPU apart from the load generator's.
+//
+// Each test file runs in its own process with its own ports and state directories, so files run
+// in parallel. `wrangler dev` is not used here: it is for `make dev` (and its smoke test).
+import { spawn } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
+import { ROOT, quotagateBundle, entryModule } from "./bundle.mjs";
+import { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "./client.mjs";
 
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const WRANGLER = path.join(ROOT, "node_modules/.bin/wrangler");
-const ENV = { ...process.env, CI: "true", WRANGLER_SEND_METRICS: "false", NO_COLOR: "1" };
+export { ROOT };
 
 export function freePort() {
   return new Promise((resolve, reject) => {
@@ -26,44 +31,16 @@ export function tempDir(prefix = "quotagate-e2e-") {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
-/** Applies the D1 migrations to the local ledger under `persistTo`. */
-export function migrate(persistTo) {
-  execFileSync(WRANGLER, ["d1", "migrations", "apply", "LEDGER", "--local", "--persist-to", persistTo], {
-    cwd: ROOT,
-    env: ENV,
-    stdio: "pipe",
-  });
-}
-
 // Output kept per process: the tail of a long load run, not all of it.
 const LOG_CAP = 32 * 1024 * 1024;
 
 /**
- * Starts `wrangler dev` and waits until /_quota/healthz answers 200.
- * `vars` become `--var NAME:value`. Returns { url, port, persistTo, logs(), stop(), kill() }.
- * `config` starts another Worker (the benchmark's contenders) with its own wrangler.toml;
- * `health` is the path that must answer 200 first.
+ * Spawns a server as a process group of its own (`detached`, so a signal reaches every process in
+ * it) and waits until each of `healthUrls` answers 200, in order. Returns { pid, logs(), kill(), terminate() }:
+ * `kill` is SIGKILL to the group, a crash; `terminate` is SIGTERM, then SIGKILL after 5 s.
  */
-export async function startGateway({
-  vars = {},
-  persistTo = null,
-  migrateFirst = true,
-  keep = false,
-  config = null,
-  health = "/_quota/healthz",
-  logLevel = "log",
-} = {}) {
-  const dir = persistTo ?? tempDir();
-  // A directory the harness made is removed on stop, unless the test restarts on it.
-  const owned = persistTo === null && !keep;
-  if (migrateFirst) migrate(dir);
-  const port = await freePort();
-  const inspector = await freePort();
-  const args = ["dev", "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(inspector),
-    "--persist-to", dir, "--log-level", logLevel, "--show-interactive-dev-session=false"];
-  if (config) args.push("--config", config);
-  for (const [k, v] of Object.entries(vars)) args.push("--var", `${k}:${v}`);
-  const child = spawn(WRANGLER, args, { cwd: ROOT, env: ENV, stdio: ["ignore", "pipe", "pipe"], detached: true });
+export async function spawnServer(command, args, { env, healthUrls, what, everyMs }) {
+  const child = spawn(command, args, { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"], detached: true });
   let out = "";
   const keepTail = (d) => {
     out += d;
@@ -71,47 +48,139 @@ export async function startGateway({
   };
   child.stdout.on("data", keepTail);
   child.stderr.on("data", keepTail);
-  const url = `http://127.0.0.1:${port}`;
-  await waitHealthy(child, `${url}${health}`, "wrangler dev", () => out, 250);
-  const kill = (signal) => {
+  const logs = () => out;
+  for (const u of healthUrls) await waitHealthy(child, u, what, logs, everyMs);
+  const signal = (sig) => {
     try {
-      process.kill(-child.pid, signal);
+      process.kill(-child.pid, sig);
     } catch {}
   };
+  const exited = () => child.exitCode !== null || child.signalCode !== null;
   return {
-    url,
-    port,
-    inspector,
     pid: child.pid,
-    persistTo: dir,
-    logs: () => out,
-    vars,
-    /** SIGKILL the whole process group (wrangler and workerd): a crash, not a shutdown. */
+    logs,
     async kill() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = new Promise((r) => child.once("exit", r));
-      kill("SIGKILL");
-      await exited;
+      if (exited()) return;
+      const done = new Promise((r) => child.once("exit", r));
+      signal("SIGKILL");
+      await done;
     },
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) {
-        const exited = new Promise((r) => child.once("exit", r));
-        kill("SIGTERM");
-        const t = setTimeout(() => kill("SIGKILL"), 5_000);
-        await exited;
-        clearTimeout(t);
-      }
-      if (owned) fs.rmSync(dir, { recursive: true, force: true });
+    async terminate() {
+      if (exited()) return;
+      const done = new Promise((r) => child.once("exit", r));
+      signal("SIGTERM");
+      const t = setTimeout(() => signal("SIGKILL"), 5_000);
+      await done;
+      clearTimeout(t);
     },
   };
 }
 
 /**
- * Waits until `healthUrl` answers 200 from a process group started with `detached: true`;
- * kills the group and throws with its output if it exits or is not healthy in 60 s.
+ * Starts one Worker (and `replicas` more isolates of it) in the faithful host and waits until
+ * `health` answers 200 on every socket. `script` is a bundle's entry module; `vars` are its
+ * plain-text bindings; `durableObjects` maps a binding to a class; `d1` maps a binding to a
+ * database id. `persistTo` reuses a state directory (kept on stop); otherwise a fresh one is made
+ * and removed on stop. `logs: "all"` keeps every console line (the tests read decision lines);
+ * the default keeps warnings and errors only (a benchmark host must not pay for printing).
+ * Returns { url, urls, entry, pid, persistTo, startedMs, logs(), kill(), stop() }.
  */
-export async function waitHealthy(child, healthUrl, what, logs, everyMs) {
-  const deadline = Date.now() + 60_000;
+export async function startWorker({
+  name, script, vars = {}, durableObjects, d1, ratelimits, health, inspectorPort, persistTo: given, replicas = 0,
+  compatibilityDate = "2026-10-01", logs = "warn",
+}) {
+  const persistTo = given ?? tempDir("quotagate-host-");
+  const port = await freePort();
+  const replicaPorts = [];
+  for (let i = 0; i < replicas; i++) replicaPorts.push(await freePort());
+  const spec = path.join(persistTo, "host.json");
+  fs.writeFileSync(spec, JSON.stringify({
+    name, script, port, persist: persistTo, vars, durableObjects, d1, ratelimits, inspectorPort, replicas: replicaPorts, compatibilityDate,
+  }));
+  const url = `http://127.0.0.1:${port}`;
+  const urls = [url, ...replicaPorts.map((p) => `http://127.0.0.1:${p}`)];
+  const t0 = performance.now();
+  // Polled often: the time to the first healthy answer is the benchmarks' cold-start figure (the
+  // replicas come up with the first Worker, in the same workerd).
+  const server = await spawnServer(process.execPath, [path.join(ROOT, "tests/support/host.mjs"), spec], {
+    env: { ...process.env, NO_COLOR: "1", HOST_LOGS: logs === "all" ? "all" : "" },
+    healthUrls: urls.map((u) => `${u}${health}`), what: `host for ${name}`, everyMs: 50,
+  });
+  const startedMs = performance.now() - t0;
+  return {
+    url,
+    /** Every isolate's address: the first Worker's, then each replica's. */
+    urls,
+    /** Miniflare's entry socket (serves /cdn-cgi/local/scheduled), as the host printed it. */
+    get entry() {
+      return server.logs().match(/^ENTRY (\S+?)\/?$/m)?.[1] ?? null;
+    },
+    port,
+    inspector: inspectorPort,
+    pid: server.pid,
+    persistTo,
+    startedMs,
+    logs: server.logs,
+    /** SIGKILL the whole process group (Node and workerd): a crash, not a shutdown. */
+    kill: server.kill,
+    async stop() {
+      await server.terminate();
+      if (!given) fs.rmSync(persistTo, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * Starts quotagate's bundle with wrangler.toml's bindings, in the faithful host.
+ * - `vars` add to (or override) wrangler.toml's [vars] and the test secrets (ADMIN_TOKEN,
+ *   KEY_SECRET, ORIGIN_SECRET; `secrets: false` leaves them out, as a deploy that forgot them).
+ * - `persistTo` starts on that state directory (a restart keeps it); a directory with no D1 yet
+ *   gets a copy of the migrated ledger. Without it, a fresh directory is made and removed on stop.
+ * - `d1` adds D1 bindings (a second ledger shard); `replicas` adds isolates of the same Worker
+ *   bound to the same Durable Object namespace and D1 (several locations serving one org).
+ * - `logs: "warn"` keeps only warnings and errors (a benchmark host); `script` runs another build
+ *   of the bundle (the benchmark's profile reads one with function names); `inspectorPort` opens
+ *   the V8 inspector (profiling only).
+ * Returns what `startWorker` returns, plus `scheduled()`, which fires the cron handler.
+ */
+export async function startGateway({
+  vars = {}, secrets = true, persistTo = null, d1 = {}, replicas = 0, logs = "all", script = null, inspectorPort,
+} = {}) {
+  const dir = await quotagateBundle();
+  const config = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
+  const state = persistTo ?? tempDir();
+  if (!fs.existsSync(path.join(state, "v3/d1"))) fs.cpSync(path.join(dir, "ledger"), state, { recursive: true });
+  const host = await startWorker({
+    name: "quotagate",
+    script: script ?? entryModule(path.join(dir, "worker")),
+    vars: { ...config.vars, ...(secrets ? { ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } : {}), ...vars },
+    durableObjects: config.durableObjects,
+    d1: { ...config.d1, ...d1 },
+    compatibilityDate: config.compatibilityDate,
+    health: "/_quota/healthz",
+    persistTo: state,
+    replicas,
+    logs,
+    inspectorPort,
+  });
+  const stop = host.stop;
+  return Object.assign(host, {
+    vars,
+    /** Fires the Worker's scheduled handler (the cron) as Cloudflare would. */
+    scheduled: () => fetch(`${host.entry}/cdn-cgi/local/scheduled`),
+    async stop() {
+      await stop();
+      if (persistTo === null) fs.rmSync(state, { recursive: true, force: true });
+    },
+  });
+}
+
+/**
+ * Waits until `healthUrl` answers 200 from a process group started with `detached: true`;
+ * kills the group and throws with its output if it exits or is not healthy in `timeoutMs`.
+ */
+export async function waitHealthy(child, healthUrl, what, logs, everyMs, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`${what} exited ${child.exitCode}:\n${logs()}`);
     try {
@@ -120,7 +189,7 @@ export async function waitHealthy(child, healthUrl, what, logs, everyMs) {
     } catch {}
     if (Date.now() > deadline) {
       process.kill(-child.pid, "SIGKILL");
-      throw new Error(`${what} did not become healthy in 60 s:\n${logs()}`);
+      throw new Error(`${what} did not become healthy in ${timeoutMs / 1000} s:\n${logs()}`);
     }
     await new Promise((r) => setTimeout(r, everyMs));
   }

@@ -28,7 +28,10 @@ pub struct SummaryRow {
 pub async fn summary(db: &D1Database, org: &OrgId, from_day: &str) -> Result<Vec<SummaryRow>, EdgeError> {
     rows(
         db,
-        "SELECT meter, SUM(events) AS events, SUM(quantity) AS quantity, MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts \
+        // Sums are read at most 2^53 − 1 (`MAX_SAFE_INTEGER`): a JS number carries no more exactly, and
+        // the ledger's totals can pass it where counters cannot (a reset, a month of days).
+        "SELECT meter, MIN(SUM(events), 9007199254740991) AS events, MIN(SUM(quantity), 9007199254740991) AS quantity, \
+         MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts \
          FROM usage_daily WHERE org_id = ? AND day >= ? GROUP BY meter ORDER BY meter",
         &[s(org.as_str()), s(from_day)],
         "usage_daily query",
@@ -59,7 +62,7 @@ pub async fn history(
 ) -> Result<Vec<DailyRow>, EdgeError> {
     rows(
         db,
-        "SELECT org_id, meter, day, quantity, events, max_value, last_value FROM usage_daily \
+        "SELECT org_id, meter, day, MIN(quantity, 9007199254740991) AS quantity, events, max_value, last_value FROM usage_daily \
          WHERE org_id = ? AND meter = ? AND day >= ? AND day <= ? ORDER BY day",
         &[s(org.as_str()), s(meter), s(from), s(to)],
         "usage_daily query",
@@ -71,7 +74,7 @@ pub async fn history(
 pub async fn daily_range(db: &D1Database, from: &str, to: &str) -> Result<Vec<DailyRow>, EdgeError> {
     rows(
         db,
-        "SELECT org_id, meter, day, quantity, events, max_value, last_value FROM usage_daily \
+        "SELECT org_id, meter, day, MIN(quantity, 9007199254740991) AS quantity, events, max_value, last_value FROM usage_daily \
          WHERE day >= ? AND day <= ? ORDER BY org_id, meter, day",
         &[s(from), s(to)],
         "usage_daily query",
@@ -310,7 +313,7 @@ pub async fn window_aggregate(
 ) -> Result<crate::org::rules::LedgerAgg, EdgeError> {
     let row = db
         .prepare(
-            "SELECT COALESCE(SUM(quantity), 0) AS total, COALESCE(MAX(max_value), 0) AS peak, \
+            "SELECT COALESCE(MIN(SUM(quantity), 9007199254740991), 0) AS total, COALESCE(MAX(max_value), 0) AS peak, \
              (SELECT last_value FROM usage_hourly WHERE org_id = ?1 AND meter = ?2 AND start >= ?3 AND start < ?4 \
               AND last_ts > 0 ORDER BY last_ts DESC LIMIT 1) AS last, NULLIF(MAX(last_ts), 0) AS last_ts \
              FROM usage_hourly WHERE org_id = ?1 AND meter = ?2 AND start >= ?3 AND start < ?4",

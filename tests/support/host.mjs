@@ -1,17 +1,19 @@
-// A faithful local runtime for benchmarks: one Worker bundle (as `wrangler deploy --dry-run
-// --outdir` writes it) in workerd through the Miniflare API, reached on a direct socket. No
-// wrangler dev proxy, no proxy Durable Object, no inspector: what a request costs here is what
-// the Worker costs. Durable Objects are SQLite-backed and D1 is local, persisted under the
+// The faithful local runtime, for the tests and the benchmarks alike: one Worker bundle (as
+// `wrangler deploy --dry-run --outdir` writes it) in workerd through the Miniflare API, reached on
+// a direct socket. No wrangler dev proxy, no proxy Durable Object, no inspector: what a request
+// does and costs here is what the Worker does and costs. Durable Objects are SQLite-backed and D1 is local, persisted under the
 // spec's directory (the same layout `wrangler d1 migrations apply --persist-to` writes).
 //
-// Usage: node bench/host.mjs SPEC.json, where SPEC is
+// Usage: node tests/support/host.mjs SPEC.json (tests/support/gateway.mjs writes it), where SPEC is
 //   { name, script, port, persist?, vars?, durableObjects?: {BINDING: "Class"},
 //     d1?: {BINDING: "database_id"}, ratelimits?: {BINDING: {simple: {limit, period}}},
-//     inspectorPort?, replicas?: [port, …] }
+//     inspectorPort?, replicas?: [port, …], compatibilityDate? }
 // `replicas` runs more copies of the same Worker, each its own isolate on its own socket, all
 // bound to the first one's Durable Object namespace and the same D1: several isolates serving
 // one org, as several Cloudflare locations would (the lease mode's end-to-end test).
-// It prints "READY <url> [<replica url> …]" once the sockets answer, and runs until killed.
+// It prints "READY <url> [<replica url> …]" once the sockets answer, then "ENTRY <url>": Miniflare's
+// own entry socket, which serves /cdn-cgi/local/scheduled (the cron trigger) for the first Worker.
+// It runs until killed; SIGTERM disposes of the runtime first.
 import fs from "node:fs";
 import path from "node:path";
 import { convertV4MiniflareOptions, Log, LogLevel, Miniflare } from "miniflare";
@@ -33,7 +35,7 @@ const worker = (name, port, objects) => ({
       .filter((f) => f.endsWith(".wasm"))
       .map((f) => ({ type: "CompiledWasm", path: path.join(path.dirname(path.resolve(spec.script)), f) })),
   ],
-  compatibilityDate: "2026-10-01",
+  compatibilityDate: spec.compatibilityDate ?? "2026-10-01",
   bindings: spec.vars ?? {},
   durableObjects: objects,
   d1Databases: spec.d1 ?? {},
@@ -63,13 +65,16 @@ const mf = new Miniflare(convertV4MiniflareOptions({
   resourcePersistencePath: persist,
   // No Request.cf download (there is no network here, and nothing reads it).
   cf: false,
+  // /cdn-cgi/local/scheduled on the entry socket: the tests fire the cron handler through it.
+  unsafeTriggerHandlers: true,
   // Only for a profiling host: a benchmark host runs with no inspector.
   ...(spec.inspectorPort ? { inspectorPort: spec.inspectorPort } : {}),
 }));
-await mf.ready;
+const entry = await mf.ready;
 const urls = [await mf.unsafeGetDirectURL(spec.name)];
 for (const r of replicas) urls.push(await mf.unsafeGetDirectURL(r.name));
 console.log(`READY ${urls.map((u) => u.href).join(" ")}`);
+console.log(`ENTRY ${entry.href}`);
 const stop = async () => {
   await mf.dispose().catch(() => {});
   process.exit(0);
