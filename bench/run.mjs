@@ -1,4 +1,4 @@
-// `make bench`: every contender in a faithful local runtime (bench/host.mjs: the deployable bundle
+// `make bench`: every contender in a faithful local runtime (tests/support/host.mjs: the deployable bundle
 // in workerd through the Miniflare API on a direct socket; no wrangler dev proxy, no inspector),
 // the same wrk load at each in interleaved rounds at 32 connections and at 1, then one sustained
 // run on one hot org in 10 s slices, the work the org's DO does per request, D1 growth, cold
