@@ -44,17 +44,13 @@ node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
-# The build tools are compiled at opt-level 1: on a fresh 2-core machine their compile is most of
-# the set-up time, and they run for seconds per build either way.
-TOOL_PROFILE := CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=false
-
 $(WORKER_BUILD):
-	$(TOOL_PROFILE) cargo install worker-build --version $(WORKER_BUILD_VERSION) --locked --root $(TOOLS_DIR)/worker-build-$(WORKER_BUILD_VERSION)
+	cargo install worker-build --version $(WORKER_BUILD_VERSION) --locked --root $(TOOLS_DIR)/worker-build-$(WORKER_BUILD_VERSION)
 
 # No --locked: wasm-bindgen-cli's own lockfile pins a crate version that has since been yanked.
 $(WASM_BINDGEN_BIN):
 	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "no wasm-bindgen in Cargo.lock" >&2; exit 1; }
-	$(TOOL_PROFILE) cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)
+	cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)
 
 $(SCHEMATHESIS):
 	python3 -m venv $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)
