@@ -60,7 +60,7 @@ def query(name, schema, required=False, example=None):
 # The examples describe one small deployment: a plan "free" metering `requests` and `rows`, and
 # an org "acme" on it (the README's walk-through uses the same names).
 ORG_ID = path_param("org_id", example="acme")
-PLAN_EXAMPLE = {"name": "Free", "limits": [{"meter": "requests", "limit": 1000000, "period": "month"},
+PLAN_EXAMPLE = {"name": "Pro", "limits": [{"meter": "requests", "limit": 1000000, "period": "month"},
                                            {"meter": "rows", "limit": None, "period": "day"}]}
 
 

@@ -191,7 +191,7 @@ impl Book {
                 matches!(c, Counter::Window { .. })
                     && proposed(l, spec.aggregation, c, q) > u128::from(MAX_SAFE_INTEGER)
             };
-            if let Some(&(l, ..)) = limits.iter().find(past).filter(|_| !matches!(apply, Apply::Nothing)) {
+            if let Some(&(l, ..)) = (!matches!(apply, Apply::Nothing)).then(|| limits.iter().find(past)).flatten() {
                 return Err(UsageError::CountCeiling { policy: l.policy_name().to_owned() });
             }
             let holding =
@@ -341,15 +341,10 @@ impl Book {
                 // Only the window the reservation was counted in is adjusted: once it has rolled
                 // over, that usage belongs to the past window (and to the ledger).
                 (Counter::Window { start, used, reserved }, Some(ws)) if ws == start => {
-                    let used = match r.kind {
-                        ReservationKind::Provisional => u128::from(used) + u128::from(actual),
-                        ReservationKind::Optimistic => {
-                            (u128::from(used) + u128::from(actual)).saturating_sub(u128::from(r.quantity))
-                        }
-                    };
-                    let reserved = match r.kind {
-                        ReservationKind::Provisional => reserved.saturating_sub(r.quantity),
-                        ReservationKind::Optimistic => reserved,
+                    let with_actual = u128::from(used) + u128::from(actual);
+                    let (used, reserved) = match r.kind {
+                        ReservationKind::Provisional => (with_actual, reserved.saturating_sub(r.quantity)),
+                        ReservationKind::Optimistic => (with_actual.saturating_sub(u128::from(r.quantity)), reserved),
                     };
                     if used + u128::from(reserved) > u128::from(MAX_SAFE_INTEGER) {
                         return Err(UsageError::CountCeiling { policy: hold.key.clone() });

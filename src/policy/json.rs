@@ -224,5 +224,7 @@ mod tests {
         let parsed: Value = serde_json::from_str("2074485636551161.0").unwrap_or_default();
         assert_eq!(whole_number(&parsed), Ok(2_074_485_636_551_161));
         assert_eq!(whole_number(&json!("5")), Err("must be a whole number, got a string".into()));
+        // The SQL literal the ledger's reads cap counts at is this constant.
+        assert_eq!(max_safe_sql!(), MAX_SAFE_INTEGER.to_string());
     }
 }

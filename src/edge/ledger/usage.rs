@@ -30,9 +30,14 @@ pub async fn summary(db: &D1Database, org: &OrgId, from_day: &str) -> Result<Vec
         db,
         // Sums are read at most 2^53 − 1 (`MAX_SAFE_INTEGER`): a JS number carries no more exactly, and
         // the ledger's totals can pass it where counters cannot (a reset, a month of days).
-        "SELECT meter, MIN(SUM(events), 9007199254740991) AS events, MIN(SUM(quantity), 9007199254740991) AS quantity, \
-         MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts \
-         FROM usage_daily WHERE org_id = ? AND day >= ? GROUP BY meter ORDER BY meter",
+        concat!(
+            "SELECT meter, MIN(SUM(events), ",
+            max_safe_sql!(),
+            ") AS events, MIN(SUM(quantity), ",
+            max_safe_sql!(),
+            ") AS quantity, MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts \
+             FROM usage_daily WHERE org_id = ? AND day >= ? GROUP BY meter ORDER BY meter"
+        ),
         &[s(org.as_str()), s(from_day)],
         "usage_daily query",
     )
@@ -62,8 +67,12 @@ pub async fn history(
 ) -> Result<Vec<DailyRow>, EdgeError> {
     rows(
         db,
-        "SELECT org_id, meter, day, MIN(quantity, 9007199254740991) AS quantity, events, max_value, last_value FROM usage_daily \
-         WHERE org_id = ? AND meter = ? AND day >= ? AND day <= ? ORDER BY day",
+        concat!(
+            "SELECT org_id, meter, day, MIN(quantity, ",
+            max_safe_sql!(),
+            ") AS quantity, events, max_value, last_value FROM usage_daily \
+             WHERE org_id = ? AND meter = ? AND day >= ? AND day <= ? ORDER BY day"
+        ),
         &[s(org.as_str()), s(meter), s(from), s(to)],
         "usage_daily query",
     )
@@ -74,8 +83,12 @@ pub async fn history(
 pub async fn daily_range(db: &D1Database, from: &str, to: &str) -> Result<Vec<DailyRow>, EdgeError> {
     rows(
         db,
-        "SELECT org_id, meter, day, MIN(quantity, 9007199254740991) AS quantity, events, max_value, last_value FROM usage_daily \
-         WHERE day >= ? AND day <= ? ORDER BY org_id, meter, day",
+        concat!(
+            "SELECT org_id, meter, day, MIN(quantity, ",
+            max_safe_sql!(),
+            ") AS quantity, events, max_value, last_value FROM usage_daily \
+             WHERE day >= ? AND day <= ? ORDER BY org_id, meter, day"
+        ),
         &[s(from), s(to)],
         "usage_daily query",
     )
@@ -312,12 +325,14 @@ pub async fn window_aggregate(
     to: u64,
 ) -> Result<crate::org::rules::LedgerAgg, EdgeError> {
     let row = db
-        .prepare(
-            "SELECT COALESCE(MIN(SUM(quantity), 9007199254740991), 0) AS total, COALESCE(MAX(max_value), 0) AS peak, \
-             (SELECT last_value FROM usage_hourly WHERE org_id = ?1 AND meter = ?2 AND start >= ?3 AND start < ?4 \
-              AND last_ts > 0 ORDER BY last_ts DESC LIMIT 1) AS last, NULLIF(MAX(last_ts), 0) AS last_ts \
-             FROM usage_hourly WHERE org_id = ?1 AND meter = ?2 AND start >= ?3 AND start < ?4",
-        )
+        .prepare(concat!(
+            "SELECT COALESCE(MIN(SUM(quantity), ",
+            max_safe_sql!(),
+            "), 0) AS total, COALESCE(MAX(max_value), 0) AS peak, \
+                 (SELECT last_value FROM usage_hourly WHERE org_id = ?1 AND meter = ?2 AND start >= ?3 AND start < ?4 \
+                  AND last_ts > 0 ORDER BY last_ts DESC LIMIT 1) AS last, NULLIF(MAX(last_ts), 0) AS last_ts \
+                 FROM usage_hourly WHERE org_id = ?1 AND meter = ?2 AND start >= ?3 AND start < ?4"
+        ))
         .bind(&[s(org.as_str()), s(meter), js_int(from)?, js_int(to)?])
         .map_err(EdgeError::platform("bind"))?
         .first(None)

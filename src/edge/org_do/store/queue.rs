@@ -62,9 +62,13 @@ impl Store {
     pub fn queued(&self, meter: &str, from: u64, to: u64) -> StoreResult<LedgerAgg> {
         let rows: Vec<LedgerAgg> = self.all(
             // At most 2^53 − 1, as every count read back through JS (see ledger::usage).
-            "SELECT COALESCE(MIN(SUM(quantity), 9007199254740991), 0) AS total, COALESCE(MAX(quantity), 0) AS peak, \
-             (SELECT quantity FROM ledger_outbox WHERE audit = 0 AND meter = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts DESC, seq DESC LIMIT 1) AS last, \
-             MAX(ts) AS last_ts FROM ledger_outbox WHERE audit = 0 AND meter = ?1 AND ts >= ?2 AND ts < ?3",
+            concat!(
+                "SELECT COALESCE(MIN(SUM(quantity), ",
+                max_safe_sql!(),
+                "), 0) AS total, COALESCE(MAX(quantity), 0) AS peak, \
+                 (SELECT quantity FROM ledger_outbox WHERE audit = 0 AND meter = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts DESC, seq DESC LIMIT 1) AS last, \
+                 MAX(ts) AS last_ts FROM ledger_outbox WHERE audit = 0 AND meter = ?1 AND ts >= ?2 AND ts < ?3"
+            ),
             vec![text(meter), int(from)?, int(to)?],
         )?;
         Ok(rows.into_iter().next().unwrap_or_default())
