@@ -8,15 +8,12 @@ CARGO_BIN := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
 # Tools are installed per version under a per-user cache, so clones share them and a version bump
 # installs the new one beside the old.
 TOOLS_DIR ?= $(HOME)/.cache/quotagate/tools
-WORKER_BUILD_VERSION := 0.8.7
 # wasm-bindgen-cli must match the wasm-bindgen library in Cargo.lock exactly.
 WASM_BINDGEN_VERSION := $(shell awk '$$1 == "name" && $$3 == "\"wasm-bindgen\"" { getline; gsub(/"/, "", $$3); print $$3 }' Cargo.lock)
-WORKER_BUILD := $(TOOLS_DIR)/worker-build-$(WORKER_BUILD_VERSION)/bin/worker-build
 export WASM_BINDGEN_BIN := $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen
 NODE_BIN := $(CURDIR)/node_modules/.bin
-# esbuild comes from npm (wrangler's own); worker-build would otherwise download it.
+# esbuild (wrangler's own) and wasm-opt (binaryen, a devDependency) come from npm.
 export ESBUILD_BIN := $(NODE_BIN)/esbuild
-# wasm-opt likewise, from npm's binaryen (a devDependency pinned to the version worker-build expects).
 export WASM_OPT_BIN := $(NODE_BIN)/wasm-opt
 # schemathesis (PyPI), for the OpenAPI conformance run, in its own venv.
 SCHEMATHESIS_VERSION := 4.32.5
@@ -25,12 +22,14 @@ export SCHEMATHESIS := $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)/bin/st
 export PATH := $(NODE_BIN):$(CARGO_BIN):$(PATH)
 export WRANGLER_SEND_METRICS := false
 
-.PHONY: help setup setup-parallel wasm-target chromium screenshots build bundle dev test test-core test-e2e test-dev lint fmt deploy deploy-dry-run clean bench bench-setup reliability test-reliability sim
+.PHONY: help setup compile-wasm wasm-target chromium screenshots build bundle dev test test-core test-e2e test-dev lint fmt deploy deploy-dry-run clean bench bench-setup reliability test-reliability sim
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-15s %s\n", $$1, $$2 }'
 
-setup: wasm-target chromium node_modules/.package-lock.json $(WORKER_BUILD) $(WASM_BINDGEN_BIN) $(SCHEMATHESIS) ## Install the toolchain pieces that are missing
+# Its pieces are independent: the downloads (apt, npm, PyPI) run beside the one compile.
+setup: wasm-target ## Install the toolchain pieces that are missing
+	@$(MAKE) --no-print-directory -j4 --output-sync=target chromium node_modules/.package-lock.json $(WASM_BINDGEN_BIN) $(SCHEMATHESIS)
 
 # Debian's Chromium, for the dashboard test in a real browser (playwright-core drives it).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -44,31 +43,26 @@ node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
-$(WORKER_BUILD):
-	cargo install worker-build --version $(WORKER_BUILD_VERSION) --locked --root $(TOOLS_DIR)/worker-build-$(WORKER_BUILD_VERSION)
-
 # No --locked: wasm-bindgen-cli's own lockfile pins a crate version that has since been yanked.
+# No default features: they are TLS for the test runner's downloads, which the build never uses.
 $(WASM_BINDGEN_BIN):
 	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "no wasm-bindgen in Cargo.lock" >&2; exit 1; }
-	cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)
+	cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --no-default-features --bin wasm-bindgen --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)
 
 $(SCHEMATHESIS):
 	python3 -m venv $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)
 	$(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)/bin/pip install -q schemathesis==$(SCHEMATHESIS_VERSION)
 
-# worker-build runs wasm-opt -Oz but always keeps the wasm's function names (--debuginfo): about
-# 210 KiB raw, 50 KiB gzip, and only panics' stack traces read them. They are stripped after it,
-# with the same feature set worker-build enables (the wasm uses exception handling).
-WASM_FEATURES := mutable-globals sign-ext nontrapping-float-to-int bulk-memory multivalue reference-types exception-handling
-
 build: setup build/.built ## Build the Worker (build/index.js + build/index_bg.wasm)
 
 # Rebuilt only when the Rust sources or the manifests change: `make test` and `make dev` build once.
-BUILD_INPUTS := Cargo.toml Cargo.lock $(shell find src -type f)
-build/.built: $(BUILD_INPUTS) | setup
-	$(WORKER_BUILD) --release
-	@mkdir -p target && cp build/index_bg.wasm target/index_bg.named.wasm  # for `make bench`'s profile
-	$(WASM_OPT_BIN) build/index_bg.wasm --strip-debug --strip-producers $(addprefix --enable-,$(WASM_FEATURES)) -o build/index_bg.wasm
+# The compile needs only cargo, so `make test` runs it beside the tool installs.
+WASM_OUT := target/wasm32-unknown-unknown/release/quotagate.wasm
+$(WASM_OUT): Cargo.toml Cargo.lock $(shell find src -type f) | wasm-target
+	scripts/build-worker.sh compile
+compile-wasm: $(WASM_OUT)
+build/.built: $(WASM_OUT) scripts/build-worker.sh | setup
+	scripts/build-worker.sh package
 	@touch $@
 
 # What the tests and benchmarks run (tests/support/bundle.mjs): the `wrangler deploy --dry-run`
@@ -85,12 +79,12 @@ bundle: build ## The deployable bundle and a migrated ledger under build/bundle 
 dev: build .dev.vars ## Build, migrate the local D1, start the demo origin and the gateway on 127.0.0.1:8787
 	scripts/dev.sh
 
-# Each phase is timed, and the table is printed at the end, a failed phase included. The set-up's
-# pieces are independent: downloads (apt, npm, PyPI) run beside the compiles.
-TEST_PHASES := setup-parallel lint build test-core test-e2e test-reliability test-dev
+# Each phase is timed, and the table is printed at the end, a failed phase included. Targets
+# joined by a comma run at the same time (scripts/phases.sh): on a fresh machine the tool compile
+# (wasm-bindgen-cli) leaves a core free for the lint and the Worker's own compile, and packaging
+# the wasm (one core) leaves one for the native tests.
+TEST_PHASES := wasm-target setup,lint,compile-wasm build,test-core test-e2e test-reliability test-dev
 
-setup-parallel:
-	@$(MAKE) --no-print-directory -j3 --output-sync=target setup
 test: ## Lint, then every test: the core natively, the worker end to end in workerd, the reliability suite at small scale, the `make dev` smoke test
 	@MAKE="$(MAKE)" scripts/phases.sh $(TEST_PHASES)
 
@@ -133,7 +127,7 @@ reliability: bundle ## The reliability suite in full (≥ 20 kills, 5 orgs × 10
 screenshots: bundle ## Refresh the dashboard screenshots in docs/
 	DOCS_SCREENSHOTS=1 node --disable-warning=ExperimentalWarning --test --test-reporter=spec tests/e2e/dashboard.test.mjs
 
-lint: setup ## rustfmt --check, clippy -D warnings for native and wasm32, the OpenAPI document is current
+lint: wasm-target ## rustfmt --check, clippy -D warnings for native and wasm32, the OpenAPI document is current
 	python3 scripts/openapi.py --check
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings

@@ -1,35 +1,101 @@
-// The Worker's entry module, as wrangler bundles it: the Rust build (worker-build's
-// build/index.js) plus one declaration the runtime needs. Workers RPC reaches only a Durable
-// Object class that extends `DurableObject`, and worker-build's class does not, so `OrgQuota`
-// here extends it and hands every call to the Rust object: `fetch` (health and ledger
-// messages), `alarm`, and `call`, the RPC method the gateway's hot path uses (one JSON string
-// each way, no Request or Response; a message that must first look its plan up in D1 goes to
-// the Rust side's fetch instead). Nothing else lives here.
-import { DurableObject } from "cloudflare:workers";
-import worker, { OrgQuota as RustOrgQuota } from "../build/index.js";
+// The Worker's entry module, as wrangler bundles it: the Rust build's glue (build/index.js, made
+// by scripts/build-worker.sh) plus what the runtime needs around it. Nothing else lives here.
+//
+// - The default export is the Worker's entrypoint: `fetch` and `scheduled` hand the request or
+//   the cron event to the Rust handlers with the entrypoint's env and ctx.
+// - `OrgQuota` is the org's Durable Object. Workers RPC reaches only a class that extends
+//   `DurableObject`, so this one does and hands every call to the Rust object: `fetch` (health
+//   and ledger messages), `alarm`, and `call`, the RPC method the gateway's hot path uses (one
+//   JSON string each way, no Request or Response; a message that must first look its plan up in
+//   D1 goes to the Rust side's fetch instead).
+// - Panic recovery. A Rust panic aborts the wasm instance (`WebAssembly.RuntimeError`, or the
+//   worker crate's panic hook setting `criticalError`). The next call into Rust first makes a
+//   fresh instance (`__wbg_reset_state`, from wasm-bindgen's --experimental-reset-state-function)
+//   and the Durable Object makes a fresh Rust object on it, so one bad request cannot leave the
+//   isolate answering "Module terminated" until it is evicted.
+import { DurableObject, WorkerEntrypoint } from "cloudflare:workers";
+import * as rust from "../build/index.js";
 
-export default worker;
+Error.stackTraceLimit = 100;
+const state = rust.__worker_init_state();
+
+function recover() {
+  if (!state.criticalError) return;
+  console.log("quotagate: reinitializing the wasm instance after a critical error");
+  rust.__wbg_reset_state();
+  state.criticalError = false;
+  state.instanceId++;
+}
+
+function noteCritical(e) {
+  if (e instanceof WebAssembly.RuntimeError) {
+    console.error("quotagate: critical error in the wasm instance", e);
+    state.criticalError = true;
+  }
+}
+
+addEventListener("error", (e) => noteCritical(e.error));
+
+/** Calls into Rust after recovering from an earlier abort, and notes an abort in this call. */
+function guarded(call) {
+  recover();
+  let out;
+  try {
+    out = call();
+  } catch (e) {
+    noteCritical(e);
+    throw e;
+  }
+  if (out instanceof Promise) {
+    return out.catch((e) => {
+      noteCritical(e);
+      throw e;
+    });
+  }
+  return out;
+}
+
+export default class Gateway extends WorkerEntrypoint {
+  fetch(request) {
+    return guarded(() => rust.fetch(request, this.env, this.ctx));
+  }
+
+  scheduled(controller) {
+    return guarded(() => rust.scheduled(controller, this.env, this.ctx));
+  }
+}
 
 export class OrgQuota extends DurableObject {
   constructor(ctx, env) {
     super(ctx, env);
-    this.rust = new RustOrgQuota(ctx, env);
+    this.rustObj = guarded(() => new rust.OrgQuota(ctx, env));
+    this.instanceId = state.instanceId;
+  }
+
+  /** The Rust object, made again on the new instance after a recovery (the old one is gone). */
+  get rust() {
+    recover();
+    if (this.instanceId !== state.instanceId) {
+      this.rustObj = new rust.OrgQuota(this.ctx, this.env);
+      this.instanceId = state.instanceId;
+    }
+    return this.rustObj;
   }
 
   fetch(request) {
-    return this.rust.fetch(request);
+    return guarded(() => this.rust.fetch(request));
   }
 
   alarm(info) {
-    return this.rust.alarm(info);
+    return guarded(() => this.rust.alarm(info));
   }
 
   // "refresh": the org's copy of its plan is older than PLAN_REFRESH_SECS, and the Rust side
   // must ask D1 (an await) before deciding; its fetch handler does both.
   call(msg) {
-    const reply = this.rust.call(msg);
+    const reply = guarded(() => this.rust.call(msg));
     if (reply !== "refresh") return reply;
     const req = new Request("https://org.do/refresh", { method: "POST", body: msg });
-    return this.rust.fetch(req).then((res) => res.text());
+    return guarded(() => this.rust.fetch(req)).then((res) => res.text());
   }
 }

@@ -95,9 +95,22 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response, EdgeE
             | "/_quota/v1/usage/history",
         ) => Err(EdgeError::MethodNotAllowed(format!("{} does not take {:?}", path, req.method()))),
         (_, "/_quota/v1/check") => Err(EdgeError::MethodNotAllowed("check takes POST".into())),
+        (Method::Get, "/_quota/fault/panic" | "/_quota/fault/panic-do") if platform::settings(env).fault_panic => {
+            injected_panic(env, &path).await
+        }
         (_, p) if p == "/_quota" || p.starts_with("/_quota/") => Err(EdgeError::NotFound(format!("no endpoint {p}"))),
         _ => proxy::handle(req, env, ctx).await,
     }
+}
+
+/// `QUOTA_FAULTS=panic` (tests only): a panic in this isolate, or in a Durable Object's, so the
+/// tests see worker/entry.mjs make a fresh wasm instance and the next request answer.
+async fn injected_panic(env: &Env, path: &str) -> Result<Response, EdgeError> {
+    assert!(path != "/_quota/fault/panic", "fault injected: panic");
+    let ns = env.durable_object("ORG_QUOTA").map_err(EdgeError::platform("ORG_QUOTA binding"))?;
+    let stub = ns.get_by_name("_health").map_err(EdgeError::platform("DO stub"))?;
+    let res = stub.fetch_with_str("https://org-quota/panic").await.map_err(EdgeError::platform("DO panic"))?;
+    Ok(res)
 }
 
 /// Liveness plus a real round trip to both backing stores: the D1 ledger (its schema must be

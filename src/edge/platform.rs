@@ -51,6 +51,9 @@ pub struct Settings {
     pub release_window_ms: u64,
     /// `QUOTA_FAULTS=do_unavailable` (tests only): the gateway acts as if the DO did not answer.
     pub fault_do_unavailable: bool,
+    /// `QUOTA_FAULTS=panic` (tests only): `GET /_quota/fault/panic` panics in the Worker and
+    /// `GET /_quota/fault/panic-do` in a Durable Object, so the tests see the isolate recover.
+    pub fault_panic: bool,
     pub decision_log: DecisionLog,
     /// `QUOTA_CLOCK_OFFSET_MS` (tests only): shifts this isolate's clock so end-to-end tests can
     /// cross a real period boundary. Zero unless set.
@@ -100,10 +103,8 @@ impl Settings {
             origin_secret: var("ORIGIN_SECRET"),
             routes: Routes::parse(&var("ROUTES").unwrap_or_default()).map(std::rc::Rc::new),
             release_window_ms: release.unwrap_or(DEFAULT_RELEASE_WINDOW_SECS).saturating_mul(1000),
-            fault_do_unavailable: var("QUOTA_FAULTS")
-                .unwrap_or_default()
-                .split(',')
-                .any(|f| f.trim() == "do_unavailable"),
+            fault_do_unavailable: fault(var("QUOTA_FAULTS").as_deref(), "do_unavailable"),
+            fault_panic: fault(var("QUOTA_FAULTS").as_deref(), "panic"),
             decision_log: DecisionLog::parse(var("DECISION_LOG").as_deref()),
             clock_offset_ms: var("QUOTA_CLOCK_OFFSET_MS").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0),
             metrics_flush_ms: var("METRICS_FLUSH_SECS")
@@ -142,6 +143,11 @@ impl Settings {
             debug_work: var("QUOTA_DEBUG_WORK").is_some(),
         }
     }
+}
+
+/// Whether the comma-separated `QUOTA_FAULTS` list names `name`.
+fn fault(list: Option<&str>, name: &str) -> bool {
+    list.unwrap_or_default().split(',').any(|f| f.trim() == name)
 }
 
 /// A number of seconds in `range` (else the default), in ms.

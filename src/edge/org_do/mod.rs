@@ -96,6 +96,8 @@ impl DurableObject for OrgQuota {
     /// message comes by RPC (`call`).
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         super::platform::set_clock(&self.env);
+        let injected = req.path() == "/panic" && settings(&self.env).fault_panic;
+        assert!(!injected, "fault injected: panic in the org DO");
         if req.path() == "/ping" {
             let ok = self.store().map_err(worker::Error::RustError)?.ping()?;
             return Response::from_json(&serde_json::json!({"ok": ok, "storage": "sqlite"}));
@@ -141,8 +143,8 @@ fn respond(r: &OrgReply) -> Result<Response> {
     Response::ok(body)
 }
 
-/// The Worker's hot path: one message in, one answer out, as a JS RPC method (worker-build
-/// exposes a Durable Object's `wasm_bindgen` methods to RPC). A step is synchronous, so no
+/// The Worker's hot path: one message in, one answer out, as a JS RPC method
+/// (`worker/entry.mjs`'s `OrgQuota.call` hands it here). A step is synchronous, so no
 /// Request, Response or body stream is built for it; an alarm it needs is armed without
 /// holding the answer (the output gate still waits for that write before the answer leaves).
 #[wasm_bindgen]
