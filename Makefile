@@ -8,9 +8,13 @@ CARGO_BIN := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
 # Tools are installed per version under a per-user cache, so clones share them and a version bump
 # installs the new one beside the old.
 TOOLS_DIR ?= $(HOME)/.cache/quotagate/tools
-# wasm-bindgen-cli must match the wasm-bindgen library in Cargo.lock exactly.
+# The wasm-bindgen step is tools/bindgen: wasm-bindgen-cli-support alone (the CLI also compiles a
+# test runner, an HTTP client and server: 5 of a fresh machine's minutes). It must match the
+# wasm-bindgen library in Cargo.lock exactly; its cache directory is named for its sources.
 WASM_BINDGEN_VERSION := $(shell awk '$$1 == "name" && $$3 == "\"wasm-bindgen\"" { getline; gsub(/"/, "", $$3); print $$3 }' Cargo.lock)
-export WASM_BINDGEN_BIN := $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)/bin/wasm-bindgen
+BINDGEN_SOURCES := tools/bindgen/Cargo.toml tools/bindgen/Cargo.lock tools/bindgen/src/main.rs
+BINDGEN_HASH := $(shell cat $(BINDGEN_SOURCES) | sha256sum | cut -c1-12)
+export WASM_BINDGEN_BIN := $(TOOLS_DIR)/bindgen-$(BINDGEN_HASH)/bin/quotagate-bindgen
 NODE_BIN := $(CURDIR)/node_modules/.bin
 # esbuild (wrangler's own) and wasm-opt (binaryen, a devDependency) come from npm.
 export ESBUILD_BIN := $(NODE_BIN)/esbuild
@@ -43,11 +47,11 @@ node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
-# No --locked: wasm-bindgen-cli's own lockfile pins a crate version that has since been yanked.
-# No default features: they are TLS for the test runner's downloads, which the build never uses.
 $(WASM_BINDGEN_BIN):
 	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "no wasm-bindgen in Cargo.lock" >&2; exit 1; }
-	cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --no-default-features --bin wasm-bindgen --root $(TOOLS_DIR)/wasm-bindgen-$(WASM_BINDGEN_VERSION)
+	@grep -q '^wasm-bindgen-cli-support = "=$(WASM_BINDGEN_VERSION)"' tools/bindgen/Cargo.toml || { \
+	  echo "tools/bindgen/Cargo.toml must pin wasm-bindgen-cli-support = \"=$(WASM_BINDGEN_VERSION)\", the wasm-bindgen of Cargo.lock" >&2; exit 1; }
+	cargo install --path tools/bindgen --locked --root $(TOOLS_DIR)/bindgen-$(BINDGEN_HASH) --target-dir $(CURDIR)/target/tools
 
 $(SCHEMATHESIS):
 	python3 -m venv $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)
@@ -61,7 +65,7 @@ WASM_OUT := target/wasm32-unknown-unknown/release/quotagate.wasm
 $(WASM_OUT): Cargo.toml Cargo.lock $(shell find src -type f) | wasm-target
 	scripts/build-worker.sh compile
 compile-wasm: $(WASM_OUT)
-build/.built: $(WASM_OUT) scripts/build-worker.sh | setup
+build/.built: $(WASM_OUT) scripts/build-worker.sh $(BINDGEN_SOURCES) | setup
 	scripts/build-worker.sh package
 	@touch $@
 

@@ -5,8 +5,11 @@
 # This is the part of worker-build the project uses, done with tools it already has, because
 # compiling worker-build itself took 6 min (622 CPU-seconds) of a fresh machine's set-up:
 #   1. cargo builds the library for wasm32 (release profile: opt-level s, LTO);
-#   2. wasm-bindgen (the CLI matching Cargo.lock) writes the ES-module glue, with the reset-state
-#      function and the abort handler that worker/entry.mjs's panic recovery calls;
+#   2. wasm-bindgen writes the ES-module glue, with the reset-state function and the abort
+#      handler that worker/entry.mjs's panic recovery calls. It is tools/bindgen, the library the
+#      wasm-bindgen CLI calls, with the CLI's settings for `--target module --out-name index
+#      --no-typescript --experimental-reset-state-function --force-enable-abort-handler`: its
+#      output was compared byte for byte with the CLI's (0.2.130) and is identical;
 #   3. wasm-opt -Oz (npm's binaryen) shrinks the wasm; a copy that keeps the function names goes
 #      to target/ for `make bench`'s profile, and the shipped one is stripped of names and
 #      producers (about 210 KiB raw, 50 KiB gzip, read only by a panic's stack trace);
@@ -39,9 +42,7 @@ ENABLE=("${FEATURES[@]/#/--enable-}")
 
 stage=build/.stage
 rm -rf "$stage" && mkdir -p "$stage" target
-"$WASM_BINDGEN_BIN" "$WASM" \
-  --out-dir "$stage" --out-name index --target module --no-typescript \
-  --experimental-reset-state-function --force-enable-abort-handler
+"$WASM_BINDGEN_BIN" "$WASM" "$stage"
 
 "$WASM_OPT_BIN" "$stage/index_bg.wasm" -Oz --debuginfo "${ENABLE[@]}" -o target/index_bg.named.wasm
 "$WASM_OPT_BIN" target/index_bg.named.wasm --strip-debug --strip-producers "${ENABLE[@]}" -o "$stage/index_bg.wasm"

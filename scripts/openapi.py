@@ -94,6 +94,11 @@ schemas = {
             "period": {"enum": ["second", "minute", "hour", "day", "month", "lifetime"]},
             "mode": {"enum": ["hard", "soft"]}, "window": {"type": "integer", "minimum": 1, "maximum": 4294967295},
             "on_exceed": {"enum": ["retry", "upgrade"]},
+            "counts": {"enum": ["successes", "attempts"],
+                       "description": "What the limit counts of proxied requests of known cost: `successes` (2xx; "
+                                      "a failed request gives its units back) or `attempts` (every request "
+                                      "forwarded to the origin). Rate windows default to attempts, quota periods "
+                                      "to successes."},
             "overage_price": {"type": "object", "required": ["per_units", "cents"], "additionalProperties": False,
                               "properties": {"per_units": INT_POSITIVE, "cents": INT}},
         },
@@ -301,7 +306,20 @@ paths = {
 doc = {
     "openapi": "3.1.0",
     "info": {"title": "quotagate", "version": "1.0.0",
-             "description": "Edge quota checker: the gateway's own endpoints under /_quota. Every other path is proxied to the origin."},
+             "description": (
+                 "Edge quota checker: the gateway's own endpoints under /_quota. Every other path is proxied to the origin.\n\n"
+                 "**Proxied paths** are normalized once (RFC 3986: unreserved percent-escapes decoded, dot and empty "
+                 "segments resolved) and then priced, signed and forwarded as normalized. An encoded `/` or `\\` "
+                 "(`%2F`, `%5C`), an encoded control character or a malformed escape is a 400.\n\n"
+                 "**Idempotency-Key on a proxied request** (draft-ietf-httpapi-idempotency-key-header) is bound for "
+                 "48 hours to the org and to a fingerprint of the request: method, normalized path and query, the "
+                 "route's meter and cost, and a SHA-256 of the body (at most 1 MiB; larger is a 413). The same key "
+                 "and fingerprint again is a replay: admitted, not counted, answered with `Idempotent-Replayed: true` "
+                 "and forwarded with a signed `X-Quota-Replay: true`, so the origin answers from its own record. "
+                 "The same key with another fingerprint is a 422 (`idempotency-key-reused`); a key whose first "
+                 "request has not been answered yet is a 409 (`idempotency-key-in-flight`). Neither reaches the "
+                 "origin. A first request that failed (no 2xx) gives its key up. Event ids of `/_quota/v1/events` "
+                 "are a namespace of their own.")},
     "servers": [{"url": "/"}],
     "paths": paths,
     "components": {

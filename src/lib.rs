@@ -13,6 +13,7 @@ macro_rules! max_safe_sql {
     };
 }
 
+pub mod config;
 pub mod org;
 pub mod policy;
 pub mod telemetry;

@@ -23,13 +23,14 @@ pub enum DecisionLog {
 }
 
 impl DecisionLog {
-    /// `all`, `refusals` or `off`; anything else (or unset) logs every decision.
+    /// `all`, `refusals` or `off` (`DECISION_LOG`; `config` reports any other value).
     #[must_use]
-    pub fn parse(value: Option<&str>) -> Self {
-        match value.map(str::trim) {
-            Some("refusals") => Self::Refusals,
-            Some("off") => Self::Off,
-            _ => Self::All,
+    pub fn named(value: &str) -> Option<Self> {
+        match value {
+            "all" => Some(Self::All),
+            "refusals" => Some(Self::Refusals),
+            "off" => Some(Self::Off),
+            _ => None,
         }
     }
 
@@ -316,14 +317,14 @@ mod tests {
 
     #[test]
     fn decision_log_levels() {
-        assert_eq!(DecisionLog::parse(None), DecisionLog::All);
-        assert_eq!(DecisionLog::parse(Some("typo")), DecisionLog::All, "an unknown value keeps every line");
-        assert_eq!(DecisionLog::parse(Some(" refusals ")), DecisionLog::Refusals);
+        assert_eq!(DecisionLog::named("all"), Some(DecisionLog::All));
+        assert_eq!(DecisionLog::named("typo"), None, "config reports an unknown value");
+        assert_eq!(DecisionLog::named("refusals"), Some(DecisionLog::Refusals));
         assert!(DecisionLog::All.wants(Outcome::Allowed));
         assert!(!DecisionLog::Refusals.wants(Outcome::Allowed));
         assert!(!DecisionLog::Refusals.wants(Outcome::Accepted));
         assert!(DecisionLog::Refusals.wants(Outcome::Refused));
         assert!(DecisionLog::Refusals.wants(Outcome::Unavailable));
-        assert!(!DecisionLog::parse(Some("off")).wants(Outcome::Refused));
+        assert!(!DecisionLog::Off.wants(Outcome::Refused));
     }
 }

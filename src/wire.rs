@@ -15,6 +15,9 @@ use crate::policy::{
 
 /// The largest JSON body the API reads; larger ones get 413.
 pub const MAX_JSON_BODY: usize = 64 * 1024;
+/// The largest body of a proxied request with an `Idempotency-Key`: the key is bound to the
+/// body's digest, so the gateway reads the body whole before deciding. Larger ones get 413.
+pub const MAX_IDEMPOTENT_BODY: usize = 1024 * 1024;
 pub use crate::policy::plan::MAX_SAFE_INTEGER;
 /// Bounds on how long an explicit reservation may stay open.
 pub const DEFAULT_RESERVATION_SECS: u64 = 300;

@@ -43,6 +43,7 @@ fn rfc(ms: u64) -> String {
 /// Routes `/_quota/admin/...`; `rest` is the path after `/_quota/admin/`.
 pub async fn route(mut req: Request, env: &Env, rest: &str) -> Handled {
     authorize_admin(&req, env)?;
+    settings(env).check(crate::config::Need::Admin).map_err(EdgeError::Misconfigured)?;
     let parts: Vec<&str> = rest.split('/').collect();
     let method = req.method();
     match (method.clone(), parts.as_slice()) {

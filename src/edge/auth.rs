@@ -10,24 +10,23 @@ use super::error::EdgeError;
 use super::platform::settings;
 use crate::policy::keys::{secrets_equal, verify, VerifiedKey};
 
-/// The presented key and the header it came in: `X-API-Key`, else `Authorization: Bearer`.
-pub fn presented_key(req: &Request) -> (&'static str, String) {
+/// The presented key: `X-API-Key`, else `Authorization: Bearer`. (The proxy withholds both
+/// headers from the origin, whichever carried the key.)
+fn presented_key(req: &Request) -> String {
     let h = req.headers();
     if let Some(k) = h.get("X-API-Key").ok().flatten().filter(|k| !k.is_empty()) {
-        return ("x-api-key", k.trim().to_owned());
+        return k.trim().to_owned();
     }
     let auth = h.get("Authorization").ok().flatten().unwrap_or_default();
     let key = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")).unwrap_or_default();
-    ("authorization", key.trim().to_owned())
+    key.trim().to_owned()
 }
 
 /// Verifies the key's tag with no I/O: a forged, mangled or missing key dies here.
-pub fn authenticate(req: &Request, env: &Env) -> Result<(&'static str, VerifiedKey), EdgeError> {
+pub fn authenticate(req: &Request, env: &Env) -> Result<VerifiedKey, EdgeError> {
     let s = settings(env);
     let secret = s.key_secret.as_deref().ok_or(EdgeError::NotConfigured("KEY_SECRET"))?;
-    let (header, presented) = presented_key(req);
-    let key = verify(&presented, secret.as_bytes()).map_err(|_| EdgeError::Unauthorized)?;
-    Ok((header, key))
+    verify(&presented_key(req), secret.as_bytes()).map_err(|_| EdgeError::Unauthorized)
 }
 
 /// The admin API's bearer token, compared in constant time.

@@ -15,6 +15,11 @@ use super::stripe;
 /// The cron's work: Stripe reporting, then tiered retention.
 pub async fn run(env: &Env) {
     let started = now();
+    // A bad setting stops the cron's work (loudly) rather than pruning or billing on a guess.
+    if let Err(e) = settings(env).check(crate::config::Need::Cron) {
+        worker::console_error!("{}", json!({"msg": "cron skipped", "error": e}));
+        return;
+    }
     match stripe::sync(env, false).await {
         Ok(summary) => worker::console_log!("{}", json!({"msg": "stripe sync", "summary": summary})),
         Err(e) => worker::console_error!("{}", json!({"msg": "stripe sync failed", "error": e.to_string()})),

@@ -9,7 +9,7 @@ use worker::{console_error, Headers, Response};
 
 use crate::org::OrgReply;
 use crate::policy::PlanError;
-use crate::wire::{problem_body, unauthorized_body, InputError, MAX_JSON_BODY};
+use crate::wire::{problem_body, unauthorized_body, InputError, MAX_IDEMPOTENT_BODY, MAX_JSON_BODY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -28,11 +28,19 @@ pub enum EdgeError {
     Plan(#[from] PlanError),
     #[error("request body is larger than {MAX_JSON_BODY} bytes")]
     TooLarge,
+    #[error(
+        "a request with an Idempotency-Key is bound to a digest of its body, which may be at most \
+         {MAX_IDEMPOTENT_BODY} bytes; send a larger body without the key"
+    )]
+    IdempotentBodyTooLarge,
     /// The org's Durable Object answered with a refusal or an error of its own: passed through.
     #[error("org DO answered {}", .0.status)]
     Do(OrgReply),
-    #[error("{0} is not configured")]
+    #[error("{0} is not set")]
     NotConfigured(&'static str),
+    /// A setting this request needs is set and wrong (`config::Settings::check`).
+    #[error("{0}")]
+    Misconfigured(String),
     /// The platform failed (a binding, D1, a DO call): logged, answered as 503.
     #[error("{context}: {source}")]
     Platform { context: &'static str, source: worker::Error },
@@ -53,9 +61,14 @@ impl EdgeError {
             Self::BadRequest(d) => (400, "bad-request", "Bad request", d.clone()),
             Self::Input(e) => (400, "invalid-input", "Invalid input", e.to_string()),
             Self::Plan(e) => (400, "invalid-plan", "Invalid plan", e.to_string()),
-            Self::TooLarge => (413, "too-large", "Payload too large", self.to_string()),
+            Self::TooLarge | Self::IdempotentBodyTooLarge => (413, "too-large", "Payload too large", self.to_string()),
             Self::Do(reply) => return reply_response(reply),
-            Self::NotConfigured(_) | Self::Platform { .. } | Self::Internal(_) => {
+            // The deployment's own mistake, named exactly: it fails closed and says why.
+            Self::NotConfigured(_) | Self::Misconfigured(_) => {
+                console_error!("{}", json!({"level": "error", "component": "config", "error": self.to_string()}));
+                (503, "misconfigured", "Service misconfigured", self.to_string())
+            }
+            Self::Platform { .. } | Self::Internal(_) => {
                 console_error!("{}", json!({"level": "error", "component": "worker", "error": self.to_string()}));
                 (
                     503,

@@ -95,7 +95,7 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response, EdgeE
             | "/_quota/v1/usage/history",
         ) => Err(EdgeError::MethodNotAllowed(format!("{} does not take {:?}", path, req.method()))),
         (_, "/_quota/v1/check") => Err(EdgeError::MethodNotAllowed("check takes POST".into())),
-        (Method::Get, "/_quota/fault/panic" | "/_quota/fault/panic-do") if platform::settings(env).fault_panic => {
+        (Method::Get, "/_quota/fault/panic" | "/_quota/fault/panic-do") if platform::settings(env).faults.panic => {
             injected_panic(env, &path).await
         }
         (_, p) if p == "/_quota" || p.starts_with("/_quota/") => Err(EdgeError::NotFound(format!("no endpoint {p}"))),
@@ -116,6 +116,14 @@ async fn injected_panic(env: &Env, path: &str) -> Result<Response, EdgeError> {
 /// Liveness plus a real round trip to both backing stores: the D1 ledger (its schema must be
 /// migrated) and a Durable Object's `SQLite` storage.
 async fn healthz(env: &Env) -> Result<Response, EdgeError> {
+    // Every setting that is set and wrong, by name: the deployment answers 503 until it is fixed.
+    let cfg = platform::settings(env);
+    if !cfg.errors.is_empty() {
+        let errors: Vec<serde_json::Value> =
+            cfg.errors.iter().map(|e| json!({"var": e.var, "reason": e.reason, "message": e.to_string()})).collect();
+        let body = json!({"status": "misconfigured", "service": "quotagate", "version": env!("CARGO_PKG_VERSION"), "errors": errors});
+        return json_response(503, &body, "application/json").map_err(EdgeError::platform("response"));
+    }
     let plans = ledger::plan_count(&ledger::db(env)?).await?;
     let ns = env.durable_object("ORG_QUOTA").map_err(EdgeError::platform("ORG_QUOTA binding"))?;
     // Org ids never start with '_', so this object never holds an org's counters.

@@ -8,7 +8,7 @@ use worker::{Env, Request, Response};
 
 use super::auth::authenticate;
 use super::error::{reply_response, EdgeError};
-use super::platform::{call_do, random_hex, read_json};
+use super::platform::{call_do, random_hex, read_json, settings};
 use crate::org::{Caller, DecideKind, KeyHash, OrgMsg, OrgOp, SettleAction};
 use crate::policy::EventId;
 use crate::wire::{parse_commit, CheckRequest, InputError};
@@ -16,7 +16,8 @@ use crate::wire::{parse_commit, CheckRequest, InputError};
 type Handled = Result<Response, EdgeError>;
 
 pub async fn check(mut req: Request, env: &Env) -> Handled {
-    let (_, key) = authenticate(&req, env)?;
+    settings(env).check(crate::config::Need::UsageApi).map_err(EdgeError::Misconfigured)?;
+    let key = authenticate(&req, env)?;
     let body = CheckRequest::parse(&read_json(&mut req).await?)?;
     let id = EventId::parse(&format!("rsv_{}", random_hex::<12>()?)).map_err(|e| EdgeError::Internal(e.to_string()))?;
     let op = OrgOp::Decide {
@@ -25,7 +26,7 @@ pub async fn check(mut req: Request, env: &Env) -> Handled {
         kind: if body.reserve { DecideKind::Reserve } else { DecideKind::Check },
         id,
         ttl_ms: body.ttl_secs.saturating_mul(1000),
-        replayable: false,
+        idempotency: None,
         lease: false,
     };
     let reply = call_do(env, &key.org, &OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash)), op }).await?;
@@ -34,7 +35,8 @@ pub async fn check(mut req: Request, env: &Env) -> Handled {
 
 /// `POST /_quota/v1/reservations/{id}/commit|release`.
 pub async fn settle(mut req: Request, env: &Env, rest: &str) -> Handled {
-    let (_, key) = authenticate(&req, env)?;
+    settings(env).check(crate::config::Need::UsageApi).map_err(EdgeError::Misconfigured)?;
+    let key = authenticate(&req, env)?;
     let (raw_id, action) = match rest.split('/').collect::<Vec<_>>().as_slice() {
         [id, "commit"] => (*id, SettleAction::Commit { quantity: parse_commit(&read_json(&mut req).await?)? }),
         [id, "release"] => (*id, SettleAction::Release),

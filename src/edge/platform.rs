@@ -10,9 +10,7 @@ use wasm_bindgen_futures::JsFuture;
 use worker::{Env, Method, Request, RequestInit};
 
 use super::error::EdgeError;
-use crate::org::rules::DEFAULT_ALERT_ATTEMPTS;
 use crate::org::{OrgMsg, OrgReply};
-use crate::policy::classify::Routes;
 use crate::policy::keys::hex;
 use crate::policy::{OrgId, Timestamp};
 use crate::telemetry::{BucketRow, DecisionLog, Recorder};
@@ -24,140 +22,11 @@ thread_local! {
     static SETTINGS: std::cell::OnceCell<std::rc::Rc<Settings>> = const { std::cell::OnceCell::new() };
 }
 
-/// How long a failed origin call may still give its request's units back (the DO keeps the hold
-/// in memory only): `PROXY_RELEASE_WINDOW_SECS`, 1 to 3600. The ledger does not wait for it.
-const DEFAULT_RELEASE_WINDOW_SECS: u64 = 120;
-/// How often an org's open ledger buckets go to D1 (at most one D1 batch per org per interval):
-/// `LEDGER_FLUSH_SECS`, 1 to 300.
-const DEFAULT_LEDGER_FLUSH_SECS: u64 = 30;
-/// How old an org DO's copy of its plan may grow before it re-reads the plan's version from D1:
-/// `PLAN_REFRESH_SECS`, 1 to 3600.
-const DEFAULT_PLAN_REFRESH_SECS: u64 = 60;
-/// How often an active org reconciles its counters with the ledger and publishes its gauges:
-/// `ORG_REPORT_SECS`, 1 to 86400.
-const DEFAULT_ORG_REPORT_SECS: u64 = 300;
-/// Hourly ledger rows are kept at least this many days (Stripe accepts usage 35 days back).
-pub const MIN_HOURLY_RETENTION_DAYS: u64 = 40;
-
-/// The deployment's variables, read and validated once per isolate: a deployment's vars never
-/// change under a running isolate, so the hot path reads none of them.
-#[derive(Debug)]
-pub struct Settings {
-    pub key_secret: Option<String>,
-    pub origin_url: Option<String>,
-    pub origin_secret: Option<String>,
-    /// `ROUTES`, parsed; the error is reported on each request that needs it.
-    pub routes: Result<std::rc::Rc<Routes>, String>,
-    pub release_window_ms: u64,
-    /// `QUOTA_FAULTS=do_unavailable` (tests only): the gateway acts as if the DO did not answer.
-    pub fault_do_unavailable: bool,
-    /// `QUOTA_FAULTS=panic` (tests only): `GET /_quota/fault/panic` panics in the Worker and
-    /// `GET /_quota/fault/panic-do` in a Durable Object, so the tests see the isolate recover.
-    pub fault_panic: bool,
-    pub decision_log: DecisionLog,
-    /// `QUOTA_CLOCK_OFFSET_MS` (tests only): shifts this isolate's clock so end-to-end tests can
-    /// cross a real period boundary. Zero unless set.
-    pub clock_offset_ms: i64,
-    pub metrics_flush_ms: u64,
-    /// The admin API's bearer token; empty or unset locks the admin API.
-    pub admin_token: Option<String>,
-    /// Daily ledger rows and audit rows older than this many days are pruned by the cron
-    /// (default 400).
-    pub retention_days: u64,
-    /// Hourly ledger rows are pruned after this many days (`HOURLY_RETENTION_DAYS`, at least 40).
-    pub hourly_retention_days: u64,
-    pub ledger_flush_ms: u64,
-    pub plan_refresh_ms: u64,
-    /// How often an active org's DO reconciles and publishes its gauges (`ORG_REPORT_SECS`).
-    pub report_every_ms: u64,
-    /// The usage API's own limits per org and minute (`USAGE_API_READS_PER_MINUTE`, default 10;
-    /// `USAGE_API_CALLS_PER_MINUTE`, default 6000; 0 turns one off).
-    pub api_reads_per_minute: u64,
-    pub api_calls_per_minute: u64,
-    /// An org's own report repairs drift of at most this percent of what the ledger expects
-    /// (`RECONCILE_AUTOFIX_PCT`, default 5; 0 repairs nothing by itself).
-    pub reconcile_autofix_pct: u64,
-    /// How many ledger shards (`LEDGER`, `LEDGER_1`, …) new orgs are spread over (`LEDGER_SHARDS`).
-    pub ledger_shards: u32,
-    /// Where alerts go for orgs without a `webhook_url`.
-    pub alert_webhook_url: Option<String>,
-    /// Delivery attempts before an alert is dead: 1..20, default 8.
-    pub alert_max_attempts: u32,
-    /// Signs threshold-alert webhooks.
-    pub webhook_secret: String,
-    pub stripe_api_base: String,
-    /// Reporting to Stripe is skipped without it.
-    pub stripe_secret_key: Option<String>,
-    /// `QUOTA_DEBUG_WORK` (tests and benchmarks): the org DO reports its `SQLite` work.
-    pub debug_work: bool,
-}
-
-impl Settings {
-    fn read(env: &Env) -> Self {
-        let var = |n: &str| config(env, n);
-        let release =
-            var("PROXY_RELEASE_WINDOW_SECS").and_then(|v| v.parse::<u64>().ok()).filter(|s| (1..=3600).contains(s));
-        Self {
-            key_secret: var("KEY_SECRET"),
-            origin_url: var("ORIGIN_URL"),
-            origin_secret: var("ORIGIN_SECRET"),
-            routes: Routes::parse(&var("ROUTES").unwrap_or_default()).map(std::rc::Rc::new),
-            release_window_ms: release.unwrap_or(DEFAULT_RELEASE_WINDOW_SECS).saturating_mul(1000),
-            fault_do_unavailable: fault(var("QUOTA_FAULTS").as_deref(), "do_unavailable"),
-            fault_panic: fault(var("QUOTA_FAULTS").as_deref(), "panic"),
-            decision_log: DecisionLog::parse(var("DECISION_LOG").as_deref()),
-            clock_offset_ms: var("QUOTA_CLOCK_OFFSET_MS").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0),
-            metrics_flush_ms: var("METRICS_FLUSH_SECS")
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(10)
-                .saturating_mul(1000),
-            admin_token: var("ADMIN_TOKEN"),
-            retention_days: var("RETENTION_DAYS").and_then(|d| d.parse::<u64>().ok()).unwrap_or(400),
-            hourly_retention_days: var("HOURLY_RETENTION_DAYS")
-                .and_then(|d| d.parse::<u64>().ok())
-                .unwrap_or(MIN_HOURLY_RETENTION_DAYS)
-                .max(MIN_HOURLY_RETENTION_DAYS),
-            ledger_flush_ms: secs(var("LEDGER_FLUSH_SECS"), 1..=300, DEFAULT_LEDGER_FLUSH_SECS),
-            plan_refresh_ms: secs(var("PLAN_REFRESH_SECS"), 1..=3600, DEFAULT_PLAN_REFRESH_SECS),
-            report_every_ms: secs(var("ORG_REPORT_SECS"), 1..=86_400, DEFAULT_ORG_REPORT_SECS),
-            api_reads_per_minute: var("USAGE_API_READS_PER_MINUTE").and_then(|v| v.parse::<u64>().ok()).unwrap_or(10),
-            api_calls_per_minute: var("USAGE_API_CALLS_PER_MINUTE")
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(6_000),
-            reconcile_autofix_pct: var("RECONCILE_AUTOFIX_PCT")
-                .and_then(|v| v.parse::<u64>().ok())
-                .filter(|p| *p <= 100)
-                .unwrap_or(5),
-            ledger_shards: var("LEDGER_SHARDS")
-                .and_then(|v| v.parse::<u32>().ok())
-                .filter(|n| (1..=64).contains(n))
-                .unwrap_or(1),
-            alert_webhook_url: var("ALERT_WEBHOOK_URL"),
-            alert_max_attempts: var("ALERT_MAX_ATTEMPTS")
-                .and_then(|v| v.parse::<u32>().ok())
-                .filter(|n| (1..=20).contains(n))
-                .unwrap_or(DEFAULT_ALERT_ATTEMPTS),
-            webhook_secret: var("WEBHOOK_SECRET").unwrap_or_default(),
-            stripe_api_base: var("STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com".to_owned()),
-            stripe_secret_key: var("STRIPE_SECRET_KEY"),
-            debug_work: var("QUOTA_DEBUG_WORK").is_some(),
-        }
-    }
-}
-
-/// Whether the comma-separated `QUOTA_FAULTS` list names `name`.
-fn fault(list: Option<&str>, name: &str) -> bool {
-    list.unwrap_or_default().split(',').any(|f| f.trim() == name)
-}
-
-/// A number of seconds in `range` (else the default), in ms.
-fn secs(v: Option<String>, range: std::ops::RangeInclusive<u64>, default: u64) -> u64 {
-    v.and_then(|v| v.parse::<u64>().ok()).filter(|s| range.contains(s)).unwrap_or(default).saturating_mul(1000)
-}
+pub use crate::config::Settings;
 
 /// This isolate's settings.
 pub fn settings(env: &Env) -> std::rc::Rc<Settings> {
-    SETTINGS.with(|c| std::rc::Rc::clone(c.get_or_init(|| std::rc::Rc::new(Settings::read(env)))))
+    SETTINGS.with(|c| std::rc::Rc::clone(c.get_or_init(|| std::rc::Rc::new(Settings::parse(&|n| config(env, n))))))
 }
 
 /// Makes sure this isolate has read its settings (and so its clock offset); called at every
@@ -194,7 +63,7 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], EdgeError> {
     Ok(buf)
 }
 
-/// A configured string (secret or var), `None` when unset or empty. Read by `Settings` alone.
+/// A configured string (secret or var), `None` when unset. Read by `Settings::parse` alone.
 fn config(env: &Env, name: &str) -> Option<String> {
     env.secret(name)
         .map(|s| s.to_string())

@@ -2,8 +2,10 @@
 //! origin with signed tenant headers, and settle after the answer without making the client wait.
 //!
 //! It translates between HTTP and the decision the DO returns. It must never count anything
-//! itself, never forward a client's `X-Quota-*` header, and never pass silently when no decision
-//! could be had: the plan's fail mode says closed (503) or open (forward, flagged).
+//! itself, never forward a client's credential, `X-Quota-*` or `X-Usage-*` header, never price a
+//! path other than the one it forwards (the path is normalized once, `policy::path`), and never
+//! pass silently when no decision could be had: the plan's fail mode says closed (503) or open
+//! (forward, flagged).
 
 use serde_json::json;
 use worker::{console_log, Context, Env, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response};
@@ -13,14 +15,16 @@ use super::error::{reply_response, EdgeError};
 use super::leases::{self, LeaseKey};
 use super::ledger;
 use super::platform::{call_do, now, random_hex, settings};
+use crate::config::Need;
 use crate::org::{Caller, DecideKind, KeyHash, OrgMsg, OrgOp, OrgReply};
-use crate::policy::classify::{usage_header_meter, Cost};
+use crate::policy::classify::{usage_header_meter, Classified, Cost, Routes, USAGE_HEADER_PREFIX};
 use crate::policy::headers::HeaderList;
-use crate::policy::keys::{origin_signature, origin_signing_string, VerifiedKey};
+use crate::policy::keys::{origin_signature, Fingerprint, Signed, VerifiedKey};
 use crate::policy::lease::{LeaseClosing, Spend};
+use crate::policy::path::normalize;
 use crate::policy::{EventId, FailMode, MeterId, OrgId, Plan, PlanId, Timestamp};
 use crate::telemetry::{DecisionLine, Outcome};
-use crate::wire::{path_and_query, problem_body, InputError, MAX_SAFE_INTEGER};
+use crate::wire::{path_and_query, problem_body, InputError, MAX_IDEMPOTENT_BODY, MAX_SAFE_INTEGER};
 
 type Handled = Result<Response, EdgeError>;
 
@@ -39,6 +43,18 @@ struct Admitted {
     plan: String,
     headers: HeaderList,
     source: Source,
+    /// A replay of an `Idempotency-Key` whose first request was served (signed to the origin).
+    replayed: bool,
+}
+
+/// The request as the gateway prices and forwards it.
+struct Target<'a> {
+    method: Method,
+    /// The normalized path and the query as it came: classified, signed and forwarded.
+    path_and_query: String,
+    key_id: &'a str,
+    /// The body, when it was read whole to fingerprint an `Idempotency-Key` (else it streams).
+    body: Option<Vec<u8>>,
 }
 
 /// What the decision log line of a proxied request says besides its outcome.
@@ -68,7 +84,7 @@ impl Logged<'_> {
     }
 }
 
-/// The request's event id, and whether it is the client's Idempotency-Key (replayable).
+/// The request's event id: the client's `Idempotency-Key` (replayable), or a random one.
 fn request_id(req: &Request) -> Result<(EventId, bool), EdgeError> {
     match req.headers().get("Idempotency-Key").ok().flatten() {
         Some(k) => EventId::parse(&k).map(|id| (id, true)).map_err(|e| {
@@ -80,14 +96,74 @@ fn request_id(req: &Request) -> Result<(EventId, bool), EdgeError> {
     }
 }
 
-pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
+/// The normalized path with the query as it came. A path that cannot be normalized is a 400:
+/// never priced on a guess.
+fn normalized_target(req: &Request) -> Result<String, EdgeError> {
+    let url = req.inner().url();
+    let pq = path_and_query(&url);
+    let (raw, query) = pq.split_once('?').map_or((pq, None), |(p, q)| (p, Some(q)));
+    let path = normalize(raw)
+        .map_err(|e| EdgeError::Input(InputError::Field { field: "path".into(), reason: e.to_string() }))?;
+    // `/_quota/…` is the gateway's own: a path that only normalizes to it is not proxied.
+    if path == "/_quota" || path.starts_with("/_quota/") {
+        return Err(EdgeError::NotFound(format!("no endpoint {path}")));
+    }
+    Ok(match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    })
+}
+
+/// What the gateway prices a request by: where it goes, the route's (meter, cost), the id it is
+/// counted under, and the fingerprint its `Idempotency-Key` is bound to (if it has one).
+struct Priced<'a> {
+    target: Target<'a>,
+    class: Classified,
+    id: EventId,
+    idempotency: Option<Fingerprint>,
+}
+
+async fn price<'a>(req: &mut Request, routes: &Routes, key: &'a VerifiedKey) -> Result<Priced<'a>, EdgeError> {
+    let path_and_query = normalized_target(req)?;
+    let method = req.method();
+    let class = routes.classify(method.as_ref(), path_and_query.split('?').next().unwrap_or("/"));
+    let (id, replayable) = request_id(req)?;
+    // An Idempotency-Key is bound to the request's fingerprint, its body's digest included.
+    let (body, idempotency) = if replayable {
+        let body = read_body(req).await?;
+        let cost = match class.cost {
+            Cost::Fixed(n) => n.to_string(),
+            Cost::Reported => "reported".to_owned(),
+        };
+        let fp = Fingerprint::of(method.as_ref(), &path_and_query, class.meter.as_str(), &cost, &body);
+        (Some(body), Some(fp))
+    } else {
+        (None, None)
+    };
+    Ok(Priced { target: Target { method, path_and_query, key_id: &key.key_id, body }, class, id, idempotency })
+}
+
+/// The whole body of a request with an `Idempotency-Key`, for its fingerprint (bounded).
+async fn read_body(req: &mut Request) -> Result<Vec<u8>, EdgeError> {
+    let declared = req.headers().get("Content-Length").ok().flatten().and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_IDEMPOTENT_BODY) {
+        return Err(EdgeError::IdempotentBodyTooLarge);
+    }
+    let bytes = req.bytes().await.map_err(|e| EdgeError::BadRequest(format!("request body could not be read: {e}")))?;
+    if bytes.len() > MAX_IDEMPOTENT_BODY {
+        return Err(EdgeError::IdempotentBodyTooLarge);
+    }
+    Ok(bytes)
+}
+
+pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Handled {
     let started = now();
     let cfg = settings(env);
+    cfg.check(Need::Proxy).map_err(EdgeError::Misconfigured)?;
     // A forged, mangled or missing key dies here, with no I/O.
-    let (key_header, key) = authenticate(&req, env)?;
-    let routes = cfg.routes.as_ref().map_err(|e| EdgeError::Internal(format!("ROUTES: {e}")))?;
-    let class = routes.classify(req.method().as_ref(), &req.path());
-    let (id, replayable) = request_id(&req)?;
+    let key = authenticate(&req, env)?;
+    let Priced { target, class, id, idempotency } = price(&mut req, &cfg.routes, &key).await?;
+    let replayable = idempotency.is_some();
     let (kind, quantity) = match class.cost {
         Cost::Fixed(n) => (DecideKind::Proxy, n),
         Cost::Reported => (DecideKind::ProxyReported, 0),
@@ -117,9 +193,10 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
         };
         if let Some(source) = source {
             logged.log(env, Outcome::Leased, 200, "lease");
-            let admitted = Admitted { plan: taken.plan, headers: taken.headers, source: source.clone() };
-            let settle = Settler { env: env.clone(), org: key.org.clone(), id, source, lease_key };
-            return forward(req, env, ctx, key_header, &admitted, &settle).await;
+            let admitted =
+                Admitted { plan: taken.plan, headers: taken.headers, source: source.clone(), replayed: false };
+            let settle = Settler { env: env.clone(), org: key.org.clone(), id, source, lease_key, idempotent: false };
+            return forward(req, env, ctx, &target, &admitted, &settle).await;
         }
     }
     let asking = lease_key.as_ref().is_some_and(|k| leases::ask(k, started));
@@ -129,11 +206,11 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
         kind,
         id: id.clone(),
         ttl_ms: cfg.release_window_ms,
-        replayable,
+        idempotency,
         lease: asking,
     };
     let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash.clone())), op };
-    let decided = if cfg.fault_do_unavailable {
+    let decided = if cfg.faults.do_unavailable {
         Err(EdgeError::Internal("fault injected: do_unavailable".into()))
     } else {
         call_do(env, &key.org, &msg).await
@@ -142,18 +219,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
         leases::asked(k);
     }
     let admitted = match decided {
-        Ok(reply) if reply.status == 200 => {
-            let plan = reply.plan.unwrap_or_default();
-            if let (true, Some(k)) = (reply.no_lease, &lease_key) {
-                leases::no_lease(k, started);
-            }
-            if let (Some(grant), Some(k)) = (reply.lease, lease_key.clone()) {
-                if let Some(closing) = leases::install(&k, grant, plan.clone(), now()) {
-                    send_closings(env, ctx, k, vec![closing]);
-                }
-            }
-            Admitted { plan, headers: reply.headers, source: Source::Do { held: reply.held } }
-        }
+        Ok(reply) if reply.status == 200 => admitted_by_do(reply, lease_key.as_ref(), started, env, ctx),
         // The DO answered but could not decide (its storage failed): the same as no answer.
         Ok(reply) if reply.status >= 500 => {
             worker::console_error!(
@@ -177,8 +243,35 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Handled {
     };
     let source = if admitted.source == Source::FailOpen { "fail-open" } else { "proxy" };
     logged.log(env, Outcome::Allowed, 200, source);
-    let settle = Settler { env: env.clone(), org: key.org.clone(), id, source: admitted.source.clone(), lease_key };
-    forward(req, env, ctx, key_header, &admitted, &settle).await
+    let settle = Settler {
+        env: env.clone(),
+        org: key.org.clone(),
+        id,
+        source: admitted.source.clone(),
+        lease_key,
+        idempotent: replayable && !admitted.replayed,
+    };
+    forward(req, env, ctx, &target, &admitted, &settle).await
+}
+
+/// An admission by the org's DO, with the lease it may carry installed in this isolate.
+fn admitted_by_do(
+    reply: OrgReply,
+    lease_key: Option<&LeaseKey>,
+    started: Timestamp,
+    env: &Env,
+    ctx: &Context,
+) -> Admitted {
+    let plan = reply.plan.unwrap_or_default();
+    if let (true, Some(k)) = (reply.no_lease, lease_key) {
+        leases::no_lease(k, started);
+    }
+    if let (Some(grant), Some(k)) = (reply.lease, lease_key) {
+        if let Some(closing) = leases::install(k, grant, plan.clone(), now()) {
+            send_closings(env, ctx, k.clone(), vec![closing]);
+        }
+    }
+    Admitted { plan, headers: reply.headers, source: Source::Do { held: reply.held }, replayed: reply.replayed }
 }
 
 /// Asks for the key's next lease off the client's path, closing the one it replaced.
@@ -246,7 +339,9 @@ async fn close_now(env: &Env, k: &LeaseKey, closings: Vec<LeaseClosing>) {
 /// No decision could be had: the plan's fail mode says forward (open) or refuse with 503 (closed).
 async fn fail_over(env: &Env, key: &VerifiedKey, logged: &Logged<'_>) -> Result<Admitted, EdgeError> {
     match fail_mode(env, key).await {
-        Ok((FailMode::Open, plan)) => Ok(Admitted { plan, headers: Vec::new(), source: Source::FailOpen }),
+        Ok((FailMode::Open, plan)) => {
+            Ok(Admitted { plan, headers: Vec::new(), source: Source::FailOpen, replayed: false })
+        }
         // The ledger could vouch for no such key: the same 401 as ever.
         Err(EdgeError::Unauthorized) => Err(EdgeError::Unauthorized),
         Ok((FailMode::Closed, _)) | Err(_) => {
@@ -272,6 +367,9 @@ struct Settler {
     id: EventId,
     source: Source,
     lease_key: Option<LeaseKey>,
+    /// The first request of an `Idempotency-Key`: the org hears how it ended either way (its
+    /// key is busy until then), a 2xx by `Report` and anything else by `Release` or `Forget`.
+    idempotent: bool,
 }
 
 impl Settler {
@@ -304,49 +402,74 @@ impl Settler {
                     self.send(ctx, op, "release failed");
                 }
             }
+            // A reported-cost request holds nothing; its key is given up so a retry is new.
+            Source::Do { held: None } if self.idempotent => {
+                self.send(ctx, OrgOp::Forget { id: self.id.clone() }, "idempotency key release failed");
+            }
             Source::Do { held: None } | Source::FailOpen => {}
         }
     }
 
+    /// After a 2xx: the usage the origin reported, and the end of an idempotent request's flight.
     fn report(&self, ctx: &Context, usage: Vec<(MeterId, u64)>) {
-        if matches!(self.source, Source::Do { .. } | Source::Lease { .. }) {
+        let wanted = !usage.is_empty() || self.idempotent;
+        if wanted && matches!(self.source, Source::Do { .. } | Source::Lease { .. }) {
             self.send(ctx, OrgOp::Report { id: self.id.clone(), usage }, "usage report failed");
         }
     }
 }
 
-/// The request to the origin: same method, path, query, body and headers, less the client's
-/// `X-Quota-*` and the quota key, plus the signed tenant headers.
+/// Whether a client header stays at the edge: every header a quota key may come in (both, not
+/// only the one it came in), the tenant headers (ours alone), `X-Usage-*` (the origin's report
+/// to us), `Host`, and any prefix the deployment reserves (`RESERVED_HEADER_PREFIXES`).
+fn withheld(name: &str, reserved: &[String]) -> bool {
+    name.starts_with("x-quota-")
+        || name.starts_with(USAGE_HEADER_PREFIX)
+        || matches!(name, "authorization" | "x-api-key" | "host")
+        || reserved.iter().any(|p| name.starts_with(p.as_str()))
+}
+
+/// The request to the origin: same method, normalized path, query, body and headers, less the
+/// withheld ones (`withheld`), plus the signed tenant headers.
 fn origin_request(
     req: &Request,
     env: &Env,
-    key_header: &str,
+    target: &Target<'_>,
     org: &OrgId,
     admitted: &Admitted,
+    id: &EventId,
 ) -> Result<Request, EdgeError> {
     let cfg = settings(env);
     let origin = cfg.origin_url.as_deref().ok_or(EdgeError::NotConfigured("ORIGIN_URL"))?;
     let origin_secret = cfg.origin_secret.as_deref().ok_or(EdgeError::NotConfigured("ORIGIN_SECRET"))?;
-    let url = req.inner().url();
-    let forwarded = path_and_query(&url);
-    let method = req.method();
-    // One copy in the runtime, then only the names are walked: tenant headers are ours alone,
-    // and the key stays at the edge.
+    // One copy in the runtime, then only the names are walked.
     let headers = copy_headers(req.headers())?;
     // Collected first: deleting while a header iterator runs may skip the next name.
     let names: Vec<String> = headers.keys().collect();
     for name in names {
-        if name.starts_with("x-quota-") || name == key_header || name == "host" {
+        if withheld(&name, &cfg.reserved_header_prefixes) {
             headers.delete(&name).map_err(EdgeError::platform("headers"))?;
         }
     }
     let ts = now().secs();
-    let signing = origin_signing_string(ts, org.as_str(), &admitted.plan, method.as_ref(), forwarded);
+    let signed = Signed {
+        ts_secs: ts,
+        org: org.as_str(),
+        plan: &admitted.plan,
+        key_id: target.key_id,
+        decision_id: id.as_str(),
+        replay: admitted.replayed,
+        method: target.method.as_ref(),
+        path_and_query: &target.path_and_query,
+    };
     let mut tenant = vec![
         ("X-Quota-Org", org.to_string()),
         ("X-Quota-Plan", admitted.plan.clone()),
+        ("X-Quota-Key-Id", target.key_id.to_owned()),
+        ("X-Quota-Decision-Id", id.to_string()),
+        ("X-Quota-Replay", admitted.replayed.to_string()),
         ("X-Quota-Timestamp", ts.to_string()),
-        ("X-Quota-Signature", origin_signature(origin_secret.as_bytes(), &signing)),
+        ("X-Quota-Signature", origin_signature(origin_secret.as_bytes(), &signed)),
     ];
     if admitted.source == Source::FailOpen {
         tenant.push(("X-Quota-Decision", "fail-open".to_owned()));
@@ -355,12 +478,15 @@ fn origin_request(
         headers.set(k, &v).map_err(EdgeError::platform("headers"))?;
     }
     let mut init = RequestInit::new();
-    init.with_method(method.clone()).with_headers(headers).with_redirect(RequestRedirect::Manual);
-    if !matches!(method, Method::Get | Method::Head) {
-        init.with_body(req.inner().body().map(Into::into));
+    init.with_method(target.method.clone()).with_headers(headers).with_redirect(RequestRedirect::Manual);
+    if !matches!(target.method, Method::Get | Method::Head) {
+        match &target.body {
+            Some(bytes) => init.with_body(Some(js_sys::Uint8Array::from(bytes.as_slice()).into())),
+            None => init.with_body(req.inner().body().map(Into::into)),
+        };
     }
-    let target = format!("{}{forwarded}", origin.trim_end_matches('/'));
-    Request::new_with_init(&target, &init).map_err(EdgeError::platform("origin request"))
+    let url = format!("{}{}", origin.trim_end_matches('/'), target.path_and_query);
+    Request::new_with_init(&url, &init).map_err(EdgeError::platform("origin request"))
 }
 
 /// A mutable copy of a header list, made by the runtime in one call.
@@ -399,11 +525,11 @@ async fn forward(
     req: Request,
     env: &Env,
     ctx: &Context,
-    key_header: &str,
+    target: &Target<'_>,
     admitted: &Admitted,
     settle: &Settler,
 ) -> Handled {
-    let fwd = origin_request(&req, env, key_header, &settle.org, admitted)?;
+    let fwd = origin_request(&req, env, target, &settle.org, admitted, &settle.id)?;
     let res = match Fetch::Request(fwd).send().await {
         Ok(res) => res,
         Err(e) => {
@@ -424,9 +550,7 @@ async fn forward(
     };
     let (headers, usage) = client_headers(&res, admitted)?;
     if (200..300).contains(&res.status_code()) {
-        if !usage.is_empty() {
-            settle.report(ctx, usage);
-        }
+        settle.report(ctx, usage);
     } else {
         settle.release(ctx);
     }

@@ -10,7 +10,7 @@ use worker::{Env, Request, Response};
 use super::auth::authenticate;
 use super::error::{json_response, reply_response, EdgeError};
 use super::ledger;
-use super::platform::{call_do, now, param, query, read_json};
+use super::platform::{call_do, now, param, query, read_json, settings};
 use crate::org::{Caller, KeyHash, OrgMsg, OrgOp};
 use crate::policy::{MeterId, Plan, PlanId, Timestamp};
 use crate::wire::{parse_days, parse_range, EventsRequest, InputError};
@@ -18,7 +18,8 @@ use crate::wire::{parse_days, parse_range, EventsRequest, InputError};
 type Handled = Result<Response, EdgeError>;
 
 pub async fn events(mut req: Request, env: &Env) -> Handled {
-    let (_, key) = authenticate(&req, env)?;
+    settings(env).check(crate::config::Need::UsageApi).map_err(EdgeError::Misconfigured)?;
+    let key = authenticate(&req, env)?;
     let body = EventsRequest::parse(&read_json(&mut req).await?, now())?;
     let op = OrgOp::Events { events: body.events, enforce: body.enforce };
     let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash)), op };
@@ -27,7 +28,8 @@ pub async fn events(mut req: Request, env: &Env) -> Handled {
 
 /// `GET /v1/usage` (`short` = false) and `GET /v1/usage/status` (`short` = true).
 pub async fn live(req: &Request, env: &Env, short: bool) -> Handled {
-    let (_, key) = authenticate(req, env)?;
+    settings(env).check(crate::config::Need::UsageApi).map_err(EdgeError::Misconfigured)?;
+    let key = authenticate(req, env)?;
     let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash)), op: OrgOp::Usage { short } };
     let reply = call_do(env, &key.org, &msg).await?;
     reply_response(&reply).map_err(EdgeError::platform("response"))
@@ -45,7 +47,8 @@ async fn gate(env: &Env, key: &crate::policy::keys::VerifiedKey) -> Result<Optio
 }
 
 pub async fn summary(req: &Request, env: &Env) -> Handled {
-    let (_, key) = authenticate(req, env)?;
+    settings(env).check(crate::config::Need::UsageApi).map_err(EdgeError::Misconfigured)?;
+    let key = authenticate(req, env)?;
     let q = query(req);
     let days = parse_days(param(&q, "days"))?;
     if let Some(refused) = gate(env, &key).await? {
@@ -70,7 +73,8 @@ pub async fn summary(req: &Request, env: &Env) -> Handled {
 }
 
 pub async fn history(req: &Request, env: &Env) -> Handled {
-    let (_, key) = authenticate(req, env)?;
+    settings(env).check(crate::config::Need::UsageApi).map_err(EdgeError::Misconfigured)?;
+    let key = authenticate(req, env)?;
     let q = query(req);
     let meter_raw =
         param(&q, "meter").ok_or_else(|| InputError::Field { field: "meter".into(), reason: "is required".into() })?;

@@ -7,7 +7,59 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::buckets::{Bucket, BucketKey};
 use super::msg::{KeyHash, StoredConfig};
 use super::rules::NewAlert;
+use crate::policy::keys::Fingerprint;
 use crate::policy::{EventId, MeterId, Reservation, Timestamp};
+
+/// An idempotency record's key. Event ids and proxied requests' `Idempotency-Key`s live in
+/// namespaces of their own, so neither can pre-empt the other: an event named like a request's
+/// report cannot stop that report from counting.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SeenKey {
+    /// A usage event's id (stored bare, as earlier builds stored it).
+    Event(EventId),
+    /// A proxied request's `Idempotency-Key`.
+    Request(EventId),
+    /// Usage an origin reported for a proxied request, per meter.
+    Reported(EventId, MeterId),
+}
+
+impl SeenKey {
+    /// The stored id. Event ids cannot contain '#', so the other namespaces never meet them.
+    pub fn stored(&self) -> String {
+        match self {
+            Self::Event(id) => id.to_string(),
+            Self::Request(id) => format!("req#{id}"),
+            Self::Reported(id, meter) => format!("req#{id}#{meter}"),
+        }
+    }
+}
+
+/// What became of the first use of an idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeenResult {
+    Accepted,
+    Rejected,
+}
+
+impl SeenResult {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// An idempotency record, as stored for its window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub result: SeenResult,
+    /// The fingerprint a proxied request's key is bound to (`None` for events and reports).
+    pub fingerprint: Option<Fingerprint>,
+    /// While the first request is in flight (its origin has not answered), until this time at
+    /// the latest: a second request with the key meanwhile is refused with 409.
+    pub busy_until: Option<Timestamp>,
+}
 
 /// One outbox row: a per-event ledger row of an audit meter (`audit = 1`), or a row an earlier
 /// build queued before usage was aggregated (`audit = 0`: D1 still counts it into the buckets,
@@ -70,8 +122,8 @@ pub struct Need {
     /// Counter rows of these meters (ignored when `all_counters`).
     pub meters: BTreeSet<MeterId>,
     pub all_counters: bool,
-    /// Idempotency records with these ids.
-    pub seen: Vec<String>,
+    /// Idempotency records with these keys.
+    pub seen: Vec<SeenKey>,
     /// This provisional reservation.
     pub reservation: Option<EventId>,
     /// Provisional reservations that expired by now.
@@ -85,8 +137,8 @@ pub struct Need {
 pub struct Snapshot {
     /// Counter rows by meter, as stored.
     pub rows: BTreeMap<String, String>,
-    /// Idempotency records found: id → the original status.
-    pub seen: BTreeMap<String, String>,
+    /// Idempotency records found.
+    pub seen: BTreeMap<SeenKey, Seen>,
     pub reservations: Vec<Reservation>,
     /// When the earliest provisional reservation left after `reservations` expires.
     pub next_expiry: Option<Timestamp>,
@@ -106,9 +158,11 @@ pub struct Writes {
     pub outbox_delete: Vec<u64>,
     pub reservation_put: Vec<Reservation>,
     pub reservation_delete: Vec<EventId>,
-    /// Idempotency records to add (id, status).
-    pub remember: Vec<(String, &'static str)>,
-    pub forget: Vec<String>,
+    /// Idempotency records to add (the first write of a key wins).
+    pub remember: Vec<(SeenKey, Seen)>,
+    /// Idempotency records whose request is no longer in flight.
+    pub settled: Vec<SeenKey>,
+    pub forget: Vec<SeenKey>,
     pub alerts: Vec<NewAlert>,
     pub meta: Vec<(String, String)>,
     pub key_put: Option<(String, KeyHash)>,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::policy::headers::HeaderList;
+use crate::policy::keys::Fingerprint;
 use crate::policy::lease::Grant;
 pub use crate::policy::lease::LeaseClosing;
 use crate::policy::{EventId, MeterId, OrgId, PlanId};
@@ -61,8 +62,10 @@ pub enum SettleAction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrgOp {
-    /// `replayable`: the id is the client's Idempotency-Key, so a replay within the idempotency
-    /// window is admitted without being counted again.
+    /// `idempotency`: the id is the client's `Idempotency-Key` (proxied requests only), bound to
+    /// this fingerprint of the request. The same key and fingerprint within the idempotency
+    /// window is a replay, admitted without being counted again; another fingerprint is refused
+    /// (422), and so is a key whose first request is still in flight (409).
     /// `lease`: the holder (a Worker isolate in lease mode) takes a lease with an admitted
     /// proxied request, if the plan leases and the room allows.
     Decide {
@@ -71,7 +74,8 @@ pub enum OrgOp {
         kind: DecideKind,
         id: EventId,
         ttl_ms: u64,
-        replayable: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency: Option<Fingerprint>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         lease: bool,
     },
@@ -106,8 +110,13 @@ pub enum OrgOp {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         closing: Option<LeaseClosing>,
     },
-    /// Usage the origin reported for a proxied request, counted without enforcement.
+    /// The origin answered a proxied request 2xx: the usage it reported (counted without
+    /// enforcement, once per request and meter), and for a request with an `Idempotency-Key`,
+    /// the end of its flight (a second request with the key is a replay from now on).
     Report { id: EventId, usage: Vec<(MeterId, u64)> },
+    /// A proxied request with an `Idempotency-Key` got no 2xx and held no units to release: the
+    /// key is forgotten, so a retry with it is a new request.
+    Forget { id: EventId },
     /// A ledger read (`/v1/usage/summary`, `/v1/usage/history`) asks to pass the usage API's own
     /// limit before the Worker reads D1.
     Gate,
@@ -131,7 +140,7 @@ impl OrgOp {
                 Self::Decide { .. } | Self::Events { .. } | Self::Settle { .. } | Self::Gate | Self::Lease { .. },
                 Caller::Key(_)
             ) | (Self::Usage { .. }, Caller::Key(_) | Caller::Admin)
-                | (Self::Release { .. } | Self::Report { .. }, Caller::Gateway)
+                | (Self::Release { .. } | Self::Report { .. } | Self::Forget { .. }, Caller::Gateway)
         )
     }
 }
@@ -214,6 +223,7 @@ impl OrgMsg {
                 OrgOp::Settle { .. } => "settle",
                 OrgOp::Release { .. } => "release",
                 OrgOp::Report { .. } => "report",
+                OrgOp::Forget { .. } => "forget",
                 OrgOp::Gate => "gate",
                 OrgOp::Lease { .. } => "lease",
             },
@@ -253,6 +263,10 @@ pub struct OrgReply {
     /// for a while (sent only then).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_lease: bool,
+    /// The request repeats an `Idempotency-Key` whose first request was served: admitted, not
+    /// counted again, and flagged to the origin.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
 impl OrgReply {
@@ -265,6 +279,7 @@ impl OrgReply {
         held: None,
         lease: None,
         no_lease: false,
+        replayed: false,
     };
 
     /// A 200 with a JSON body and no headers.
@@ -327,6 +342,7 @@ mod tests {
             held: Some(7),
             lease: None,
             no_lease: false,
+            replayed: false,
         };
         assert_eq!(
             serde_json::to_string(&r).unwrap_or_default(),

@@ -4,7 +4,8 @@
 //! Owns the route-rule format and its matching. Rules come from the `ROUTES` variable as JSON:
 //! `[{"method": "POST", "path": "/v1/ai/**", "meter": "ai_tokens", "cost": "reported"}]`.
 //! The first rule that matches wins; with none, a request costs 1 `requests`. It must never look
-//! at anything but the method and the path.
+//! at anything but the method and the path, and the path it is given is the normalized one the
+//! origin receives (`path::normalize`).
 
 use serde_json::Value;
 
@@ -94,8 +95,12 @@ fn matches(pattern: &[Segment], path: &str) -> bool {
                     return false;
                 }
             }
+            // Matched on the normalized path (`path::normalize`), without regard to ASCII case
+            // (many frameworks route case-insensitively) and without a `;param` suffix (servlet
+            // containers route without it): neither can reach a costly route at a cheaper price.
             Segment::Literal(l) => {
-                if parts.next() != Some(l.as_str()) {
+                let Some(part) = parts.next() else { return false };
+                if !part.split(';').next().unwrap_or_default().eq_ignore_ascii_case(l) {
                     return false;
                 }
             }
@@ -137,13 +142,14 @@ fn parse_rule(path: &str, v: &Value) -> Result<Rule, FieldError> {
     Ok(Rule { method, pattern, meter, cost })
 }
 
-const USAGE_PREFIX: &str = "x-usage-";
+/// The prefix of the origin's usage headers (lower case, as the runtime gives header names).
+pub const USAGE_HEADER_PREFIX: &str = "x-usage-";
 
 /// The meter an `X-Usage-<Meter>` header reports, case-insensitively with `-` read as `_`
 /// (`X-Usage-Ai-Tokens` → `ai_tokens`); `None` for any other header or an invalid meter name.
 pub fn usage_header_meter(name: &str) -> Option<MeterId> {
     let lower = name.to_ascii_lowercase();
-    let rest = lower.strip_prefix(USAGE_PREFIX)?;
+    let rest = lower.strip_prefix(USAGE_HEADER_PREFIX)?;
     MeterId::parse(&rest.replace('-', "_")).ok()
 }
 
@@ -182,6 +188,16 @@ mod tests {
         assert_eq!(c("PUT", "/v1/export/42/43/csv"), ("requests".into(), Cost::Fixed(1)));
         assert_eq!(c("GET", "/v1/profiles/"), ("mapping_profiles".into(), Cost::Fixed(1)));
         assert_eq!(c("GET", "/v1/profiles/x"), ("requests".into(), Cost::Fixed(1)));
+    }
+
+    #[test]
+    fn case_and_path_parameters_cannot_make_a_route_cheaper() {
+        assert_eq!(c("GET", "/V1/Export/42/CSV"), ("csv_rows".into(), Cost::Fixed(10)));
+        assert_eq!(c("GET", "/v1/export;jsessionid=1/42/csv;x"), ("csv_rows".into(), Cost::Fixed(10)));
+        assert_eq!(c("post", "/v1/AI/chat"), ("ai_tokens".into(), Cost::Reported));
+        // Through the normalization the proxy applies first.
+        let path = crate::policy::path::normalize("/v1/%65xport/./42/csv").unwrap();
+        assert_eq!(c("GET", &path), ("csv_rows".into(), Cost::Fixed(10)));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::counter::{admit, capacity, current, current_in, proposed, sat, scaled
 use super::decision::{Decision, LimitStatus, Refusal, RefusalKind};
 use super::ids::{EventId, MeterId};
 use super::period::Window;
-use super::plan::{Aggregation, Cap, Limit, MeterSpec, Policy, MAX_SAFE_INTEGER};
+use super::plan::{Aggregation, Cap, Counts, Limit, MeterSpec, Policy, MAX_SAFE_INTEGER};
 
 /// The committed usage of one fixed window, for reconciliation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -361,8 +361,9 @@ impl Book {
     }
 
     /// Gives back `q` units that a proxied request was admitted with at `admitted_at` (on its
-    /// meter and every composite it is part of): each rate window's backlog shrinks by `q`, and
-    /// each fixed window gives them back only if it is still the window they were counted in.
+    /// meter and every composite it is part of), to each limit that counts successes only (a
+    /// limit counting attempts keeps them): a rate window's backlog shrinks by `q`, and a fixed
+    /// window gives them back only if it is still the window they were counted in.
     /// The caller guarantees it runs at most once per admission (it drops the request's hold in
     /// the same step) and skips it when a reset came after `admitted_at`.
     pub fn release_admitted(
@@ -373,7 +374,8 @@ impl Book {
         admitted_at: Timestamp,
         now: Timestamp,
     ) {
-        for limit in policy.enforced_for(meter) {
+        // A limit that counts attempts keeps them: the request reached the origin.
+        for limit in policy.enforced_for(meter).filter(|l| l.counts == Counts::Successes) {
             let next = match current(limit, self.counters.get(limit.policy_name()), policy, now) {
                 // An unlimited rate window never filled (see `admit`).
                 c @ Counter::Gcra { .. } if limit.cap.limit().is_none() => c,

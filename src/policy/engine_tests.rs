@@ -86,6 +86,25 @@ fn burst_limit_refuses_the_eleventh_with_exact_headers() {
 }
 
 #[test]
+fn a_limit_counting_attempts_keeps_a_failed_request() {
+    let p = policy(json!([
+        {"meter": "rows", "limit": 100, "period": "month"},
+        {"meter": "rows", "limit": 10, "period": "minute"},
+        {"meter": "rows", "limit": 100, "period": "day", "counts": "attempts"}]));
+    let counts: BTreeMap<&str, &str> = p.limits.iter().map(|l| (l.policy_name(), l.counts.as_str())).collect();
+    let want = [("rows-day", "attempts"), ("rows-minute", "attempts"), ("rows-month", "successes")];
+    assert_eq!(counts, want.into_iter().collect(), "defaults: periods successes, rate windows attempts");
+    let rows = m("rows");
+    let mut b = Book::default();
+    b.record(&p, &rows, 3, true, at(0)).unwrap_or_else(|e| unreachable!("{e}"));
+    b.release_admitted(&p, &rows, 3, at(0), at(1));
+    let used: BTreeMap<String, u64> =
+        b.overview(&p, at(1)).into_iter().map(|l| (l.policy.to_string(), l.used)).collect();
+    let want = [("rows-day", 3), ("rows-minute", 3), ("rows-month", 0)];
+    assert_eq!(used, want.into_iter().map(|(k, v)| (k.to_owned(), v)).collect());
+}
+
+#[test]
 fn lifetime_refuses_with_402_and_upgrade_url() {
     let p = design();
     let mut b = Book::default();
@@ -514,9 +533,11 @@ proptest! {
     /// they were counted in, and never takes from a later window.
     #[test]
     fn release_admitted_gives_back_exactly_once(q in 1u64..5, before in 0u64..20, admitted in 0u64..200_000_000, later in 0u64..200_000_000) {
+        // Both limits count successes here (a rate window counts attempts by default, and keeps
+        // them: `a_limit_counting_attempts_keeps_a_failed_request`).
         let p = policy(json!([
             {"meter": "rows", "limit": 1000, "period": "day"},
-            {"meter": "rows", "limit": 1000, "period": "minute"}]));
+            {"meter": "rows", "limit": 1000, "period": "minute", "counts": "successes"}]));
         let rows = m("rows");
         let mut b = Book::default();
         let t1 = at(admitted);

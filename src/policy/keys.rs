@@ -130,25 +130,104 @@ pub fn verify(presented: &str, secret: &[u8]) -> Result<VerifiedKey, KeyError> {
     Ok(VerifiedKey { org, key_id: key_id(random), hash: sha256_hex(presented.as_bytes()) })
 }
 
-/// The string the origin signature covers, one field a line:
-/// `v1`, epoch seconds, org, plan, method, path (with query).
-pub fn origin_signing_string(ts_secs: u64, org: &str, plan: &str, method: &str, path_and_query: &str) -> String {
-    format!("v1\n{ts_secs}\n{org}\n{plan}\n{method}\n{path_and_query}")
+/// What the origin signature vouches for: every tenant header the origin receives, and the
+/// request line as forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signed<'a> {
+    pub ts_secs: u64,
+    pub org: &'a str,
+    pub plan: &'a str,
+    pub key_id: &'a str,
+    /// The id the org counted the request under: its Idempotency-Key, or one the gateway made.
+    pub decision_id: &'a str,
+    /// The request repeats an Idempotency-Key whose first request was served: it was not counted
+    /// again, and the origin should answer from its own record of the first.
+    pub replay: bool,
+    pub method: &'a str,
+    /// The normalized path and the query, exactly as forwarded.
+    pub path_and_query: &'a str,
 }
 
-/// `X-Quota-Signature`: `v1=<hex HMAC-SHA256(ORIGIN_SECRET, signing string)>`.
-pub fn origin_signature(secret: &[u8], signing_string: &str) -> String {
+impl Signed<'_> {
+    /// The string the origin signature covers, one field a line: `v2`, epoch seconds, org, plan,
+    /// key id, decision id, `replay` or `first`, method, path (with query).
+    pub fn signing_string(&self) -> String {
+        let replay = if self.replay { "replay" } else { "first" };
+        format!(
+            "v2\n{}\n{}\n{}\n{}\n{}\n{replay}\n{}\n{}",
+            self.ts_secs, self.org, self.plan, self.key_id, self.decision_id, self.method, self.path_and_query
+        )
+    }
+}
+
+/// `X-Quota-Signature`: `v2=<hex HMAC-SHA256(ORIGIN_SECRET, signing string)>`.
+pub fn origin_signature(secret: &[u8], signed: &Signed<'_>) -> String {
+    format!("v2={}", hmac_hex(secret, &signed.signing_string()))
+}
+
+fn hmac_hex(secret: &[u8], data: &str) -> String {
     let mut m = mac(secret);
-    m.update(signing_string.as_bytes());
-    format!("v1={}", hex(&m.finalize().into_bytes()))
+    m.update(data.as_bytes());
+    hex(&m.finalize().into_bytes())
+}
+
+/// A proxied request's fingerprint, to which its `Idempotency-Key` is bound: the method, the
+/// normalized path and query, the route's meter and cost, and the SHA-256 of the body (128 bits
+/// of a SHA-256 over them, as 32 hex digits). The same key with another fingerprint is refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Fingerprint(String);
+
+/// A fingerprint that is not 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a request fingerprint is 32 lowercase hex digits")]
+pub struct BadFingerprint;
+
+impl Fingerprint {
+    /// `cost` is the route's cost as the plan format writes it (`10`, or `reported`).
+    pub fn of(method: &str, path_and_query: &str, meter: &str, cost: &str, body: &[u8]) -> Self {
+        let mut h = Sha256::new();
+        // Each field is free of '\n' (a method token, a percent-encoded path, an id, a number),
+        // so the lines cannot be shifted into one another.
+        for field in ["quotagate-idempotency-v1", method, path_and_query, meter, cost] {
+            h.update(field.as_bytes());
+            h.update(b"\n");
+        }
+        h.update(Sha256::digest(body));
+        Self(hex(h.finalize().get(..16).unwrap_or_default()))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, BadFingerprint> {
+        let ok = s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(BadFingerprint)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Fingerprint {
+    type Error = BadFingerprint;
+    fn try_from(s: String) -> Result<Self, BadFingerprint> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Fingerprint> for String {
+    fn from(f: Fingerprint) -> String {
+        f.0
+    }
 }
 
 /// `X-Quota-Webhook-Signature: t=<epoch secs>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 /// Receivers recompute it and refuse a `t` older than a few minutes, which stops replays.
 pub fn webhook_signature(secret: &[u8], ts_secs: u64, body: &str) -> String {
-    let mut m = mac(secret);
-    m.update(format!("{ts_secs}.{body}").as_bytes());
-    format!("t={ts_secs},v1={}", hex(&m.finalize().into_bytes()))
+    format!("t={ts_secs},v1={}", hmac_hex(secret, &format!("{ts_secs}.{body}")))
 }
 
 #[cfg(test)]
@@ -203,14 +282,46 @@ mod tests {
         assert!(a.starts_with("t=100,v1=") && a.len() == "t=100,v1=".len() + 64);
         assert_ne!(a, webhook_signature(b"s", 101, "{}"));
         assert_ne!(a, webhook_signature(b"s", 100, "{ }"));
-        assert_eq!(a, format!("t=100,{}", origin_signature(b"s", "100.{}")));
+        assert_eq!(a, format!("t=100,v1={}", hmac_hex(b"s", "100.{}")));
     }
 
     #[test]
-    fn origin_signature_is_hmac_sha256() {
+    fn origin_signature_is_hmac_sha256_of_every_field() {
         // RFC 4231 test case 2.
-        let sig = origin_signature(b"Jefe", "what do ya want for nothing?");
-        assert_eq!(sig, "v1=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-        assert_eq!(origin_signing_string(1, "o", "p", "GET", "/x?y=1"), "v1\n1\no\np\nGET\n/x?y=1");
+        let mac = hmac_hex(b"Jefe", "what do ya want for nothing?");
+        assert_eq!(mac, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        let s = Signed {
+            ts_secs: 1,
+            org: "o",
+            plan: "p",
+            key_id: "k",
+            decision_id: "d",
+            replay: false,
+            method: "GET",
+            path_and_query: "/x?y=1",
+        };
+        assert_eq!(s.signing_string(), "v2\n1\no\np\nk\nd\nfirst\nGET\n/x?y=1");
+        assert_eq!(origin_signature(b"Jefe", &s), format!("v2={}", hmac_hex(b"Jefe", &s.signing_string())));
+        assert_eq!(Signed { replay: true, ..s }.signing_string(), "v2\n1\no\np\nk\nd\nreplay\nGET\n/x?y=1");
+    }
+
+    #[test]
+    fn fingerprints_bind_every_field() {
+        let base = Fingerprint::of("POST", "/v1/x?a=1", "requests", "1", b"{}");
+        assert_eq!(base.as_str().len(), 32);
+        assert_eq!(Fingerprint::parse(base.as_str()), Ok(base.clone()));
+        assert_eq!(base, Fingerprint::of("POST", "/v1/x?a=1", "requests", "1", b"{}"));
+        for other in [
+            Fingerprint::of("PUT", "/v1/x?a=1", "requests", "1", b"{}"),
+            Fingerprint::of("POST", "/v1/y?a=1", "requests", "1", b"{}"),
+            Fingerprint::of("POST", "/v1/x?a=2", "requests", "1", b"{}"),
+            Fingerprint::of("POST", "/v1/x?a=1", "tokens", "1", b"{}"),
+            Fingerprint::of("POST", "/v1/x?a=1", "requests", "2", b"{}"),
+            Fingerprint::of("POST", "/v1/x?a=1", "requests", "1", b"{ }"),
+        ] {
+            assert_ne!(base, other);
+        }
+        assert_eq!(Fingerprint::parse("ABC"), Err(BadFingerprint));
+        assert_eq!(Fingerprint::parse(&"G".repeat(32)), Err(BadFingerprint));
     }
 }

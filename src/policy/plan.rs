@@ -123,6 +123,35 @@ pub enum OnExceed {
     Upgrade,
 }
 
+/// What a limit counts of proxied requests of known cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counts {
+    /// Requests the origin answered 2xx: a failed one gives its units back. The default of quota
+    /// periods (day, month, lifetime), which bill what the origin served.
+    Successes,
+    /// Every request forwarded to the origin, whatever it answered. The default of rate windows
+    /// (second, minute, hour), which protect the origin: a scan of 404s or a retry storm spends
+    /// them like any traffic.
+    Attempts,
+}
+
+impl Counts {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Successes => "successes",
+            Self::Attempts => "attempts",
+        }
+    }
+
+    pub const fn default_for(period: Period) -> Self {
+        if period.is_rate() {
+            Self::Attempts
+        } else {
+            Self::Successes
+        }
+    }
+}
+
 /// One limit of a plan. The (meter, period) pair is unique within a plan. Meter and period are
 /// read through methods: they make the policy name, which is kept beside them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +160,7 @@ pub struct Limit {
     period: Period,
     pub cap: Cap,
     pub on_exceed: OnExceed,
+    pub counts: Counts,
     /// `meter-period`, made once here: every decision looks its counter up by it and hands it to
     /// the limit's status, and a `format!` per limit per decision was the largest cost of the
     /// native decision.
@@ -140,7 +170,7 @@ pub struct Limit {
 impl Limit {
     pub fn new(meter: MeterId, period: Period, cap: Cap, on_exceed: OnExceed) -> Self {
         let name = Arc::from(format!("{meter}-{period}"));
-        Self { meter, period, cap, on_exceed, name }
+        Self { meter, period, cap, on_exceed, counts: Counts::default_for(period), name }
     }
 
     pub const fn meter(&self) -> &MeterId {
@@ -218,7 +248,7 @@ enum ModeName {
     Soft,
 }
 
-const LIMIT_KEYS: &[&str] = &["meter", "limit", "period", "mode", "window", "overage_price", "on_exceed"];
+const LIMIT_KEYS: &[&str] = &["meter", "limit", "period", "mode", "window", "overage_price", "on_exceed", "counts"];
 
 fn parse_price(path: &str, v: &Value) -> Result<OveragePrice, PlanError> {
     let po = Obj::new(path, v, &["per_units", "cents"])?;
@@ -296,7 +326,10 @@ fn parse_limit(path: &str, v: &Value, meters: &BTreeMap<MeterId, MeterSpec>) -> 
         (_, Period::Lifetime) | (Some(OnExceed::Upgrade), _) => OnExceed::Upgrade,
         (Some(OnExceed::Retry) | None, _) => OnExceed::Retry,
     };
-    Ok(Limit::new(meter, period, cap, on_exceed))
+    let counts = o.choice("counts", &[("successes", Counts::Successes), ("attempts", Counts::Attempts)])?;
+    let mut limit = Limit::new(meter, period, cap, on_exceed);
+    limit.counts = counts.unwrap_or(limit.counts);
+    Ok(limit)
 }
 
 fn parse_limits(

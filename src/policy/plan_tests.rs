@@ -42,7 +42,7 @@ fn refusals_name_the_field_exactly() {
     let cases: Vec<(Value, &str)> = vec![
         (json!({"limits": [], "colour": "red"}), "colour: unknown field (expected one of: id, name, on_failure, upgrade_url, meters, limits, lease)"),
         (json!({"limits": [{"meter": "requests", "limit": 5, "period": "day", "perod": 1}]}),
-         "limits[0].perod: unknown field (expected one of: meter, limit, period, mode, window, overage_price, on_exceed)"),
+         "limits[0].perod: unknown field (expected one of: meter, limit, period, mode, window, overage_price, on_exceed, counts)"),
         (json!({"limits": [{"meter": "requests", "limit": -5, "period": "day"}]}),
          "limits[0].limit: must not be negative (got -5); use null for unlimited"),
         (json!({"limits": [{"meter": "requests", "limit": 1.5, "period": "day"}]}),

@@ -132,3 +132,41 @@ test("a failed origin call gives a leased request's units back", async () => {
   const used = s.limits.find((l) => l.policy === "requests-month").used;
   assert.equal(used - open, 12, `used ${used}, of which ${open} in the open lease`);
 });
+
+test("a revoked key stops within its lease's ttl_secs, the bound the README states", async () => {
+  const TTL = 2;
+  await fx.api.plan("leased-revoke", {
+    limits: [{ meter: "requests", limit: 100000, period: "month", mode: "hard" }],
+    lease: { max_units: 1000, ttl_secs: TTL },
+  });
+  await fx.api.org("org-lease-revoke", { plan: "leased-revoke" });
+  const { key, key_id } = await fx.api.key("org-lease-revoke");
+  const url = fx.gw.urls[1];
+  const get = async () => {
+    const r = await fetch(`${url}/r`, { headers: { "x-api-key": key } });
+    await r.arrayBuffer();
+    return r.status;
+  };
+  // A few requests: the isolate holds a lease now.
+  for (let i = 0; i < 5; i++) assert.equal(await get(), 200);
+  const revoked = Date.now();
+  assert.equal((await fx.api.admin("DELETE", `/orgs/org-lease-revoke/keys/${key_id}`)).status, 200);
+  let lastAdmitted = null;
+  let refused = 0;
+  // Poll for the bound plus a margin; after the first 401 every request must be a 401.
+  while (Date.now() - revoked < (TTL + 1.5) * 1000) {
+    const s = await get();
+    if (s === 200) {
+      assert.equal(refused, 0, "a request was admitted after the key was first refused");
+      lastAdmitted = Date.now();
+    } else {
+      assert.equal(s, 401);
+      refused += 1;
+    }
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  const lag = lastAdmitted === null ? 0 : lastAdmitted - revoked;
+  console.log(`revocation in lease mode: last admission ${lag} ms after the revoke (bound ${TTL * 1000} ms)`);
+  assert.ok(refused > 0, "the key was never refused");
+  assert.ok(lag <= TTL * 1000 + 500, `admitted ${lag} ms after the revoke`);
+});

@@ -71,12 +71,24 @@ export function client(baseUrl) {
   };
 }
 
-/** Verifies the X-Quota-Signature an origin received, exactly as an origin would. */
+/** Verifies the X-Quota-Signature an origin received, exactly as the README tells an origin to. */
 export function verifyOriginSignature(seen, secret = ORIGIN_SECRET) {
   const h = seen.headers;
-  const signing = ["v1", h["x-quota-timestamp"], h["x-quota-org"], h["x-quota-plan"], seen.method, `${seen.path}${seen.query}`].join("\n");
+  const signing = [
+    "v2",
+    h["x-quota-timestamp"],
+    h["x-quota-org"],
+    h["x-quota-plan"],
+    h["x-quota-key-id"],
+    h["x-quota-decision-id"],
+    h["x-quota-replay"] === "true" ? "replay" : "first",
+    seen.method,
+    `${seen.path}${seen.query}`,
+  ].join("\n");
   const mac = crypto.createHmac("sha256", secret).update(signing).digest("hex");
-  return h["x-quota-signature"] === `v1=${mac}`;
+  const given = Buffer.from(h["x-quota-signature"] ?? "");
+  const want = Buffer.from(`v2=${mac}`);
+  return given.length === want.length && crypto.timingSafeEqual(given, want);
 }
 
 /** Polls `fn` until it returns a truthy value (settlement runs after the response). */

@@ -141,10 +141,13 @@ export async function startWorker({
  * - `logs: "warn"` keeps only warnings and errors (a benchmark host); `script` runs another build
  *   of the bundle (the benchmark's profile reads one with function names); `inspectorPort` opens
  *   the V8 inspector (profiling only).
+ * - `up` is the path that must answer 200 before the gateway counts as started: healthz, unless
+ *   the test means to start a misconfigured gateway (whose healthz is a 503 by design).
  * Returns what `startWorker` returns, plus `scheduled()`, which fires the cron handler.
  */
 export async function startGateway({
   vars = {}, secrets = true, persistTo = null, d1 = {}, replicas = 0, logs = "all", script = null, inspectorPort,
+  up = "/_quota/healthz",
 } = {}) {
   const dir = await quotagateBundle();
   const config = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
@@ -157,7 +160,7 @@ export async function startGateway({
     durableObjects: config.durableObjects,
     d1: { ...config.d1, ...d1 },
     compatibilityDate: config.compatibilityDate,
-    health: "/_quota/healthz",
+    health: up,
     persistTo: state,
     replicas,
     logs,

@@ -2,7 +2,8 @@
 //
 // It echoes what reached it (method, path, query, headers, body) as JSON and records every
 // request, so tests can assert what the gateway forwarded. Query parameters steer the answer:
-//   ?status=503          answer with that status
+//   ?status=503          answer with that status (or the `x-origin-status` request header, which
+//                        leaves the query, and so an Idempotency-Key's fingerprint, unchanged)
 //   ?usage=ai_tokens:120 add `X-Usage-Ai-Tokens: 120` (post-response metering); repeatable
 //   ?delay=50            wait that many ms first
 import http from "node:http";
@@ -18,7 +19,7 @@ export function createOrigin() {
       const body = Buffer.concat(chunks).toString("utf8");
       const seen = { method: req.method, path: url.pathname, query: url.search, headers: req.headers, body };
       requests.push(seen);
-      const status = Number(url.searchParams.get("status") ?? 200);
+      const status = Number(url.searchParams.get("status") ?? req.headers["x-origin-status"] ?? 200);
       const headers = { "content-type": "application/json", "x-origin": "demo" };
       for (const u of url.searchParams.getAll("usage")) {
         const [meter, n] = u.split(":");

@@ -191,7 +191,10 @@ async fn report(q: &OrgQuota) {
             "threshold_pct": cfg.reconcile_autofix_pct, "limits": body.get("limits"), "timestamp": t.rfc3339()})
             .to_string();
         let (code, error) = match cfg.alert_webhook_url.as_deref() {
-            Some(url) => post_webhook(url, &id, &payload, cfg.webhook_secret.as_bytes(), t).await,
+            Some(url) => match cfg.webhook_secret.as_deref() {
+                Some(secret) => post_webhook(url, &id, &payload, secret.as_bytes(), t).await,
+                None => (None, Some("WEBHOOK_SECRET is not set: alerts are never sent unsigned".to_owned())),
+            },
             None => (None, Some("ALERT_WEBHOOK_URL is not set".to_owned())),
         };
         let line = serde_json::json!({"msg": "reconcile drift over threshold", "org": org, "total_drift": drift,
@@ -355,7 +358,7 @@ async fn deliver_alerts(q: &OrgQuota) -> DoResult<()> {
     let Some(org) = org else { return Ok(()) };
     let cfg = settings(&q.env);
     let target = hook.or_else(|| cfg.alert_webhook_url.clone());
-    let (max_attempts, secret) = (cfg.alert_max_attempts, cfg.webhook_secret.as_str());
+    let max_attempts = cfg.alert_max_attempts;
     let db = ledger::db(&q.env)?;
     for row in due {
         let t = now();
@@ -364,7 +367,11 @@ async fn deliver_alerts(q: &OrgQuota) -> DoResult<()> {
             continue;
         };
         let attempt = row.attempts.saturating_add(1);
-        let (code, error) = post_webhook(url, &row.id, &row.payload, secret.as_bytes(), t).await;
+        // Never unsigned: without its secret an alert is an attempt that failed, and retries.
+        let (code, error) = match cfg.webhook_secret.as_deref() {
+            Some(secret) => post_webhook(url, &row.id, &row.payload, secret.as_bytes(), t).await,
+            None => (None, Some("WEBHOOK_SECRET is not set: alerts are never sent unsigned".to_owned())),
+        };
         let outcome = AlertOutcome::of(code, attempt, max_attempts);
         let next = alert_retry_at(attempt, t);
         q.with_machine(|_, store, _| {

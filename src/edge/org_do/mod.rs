@@ -14,11 +14,13 @@ mod store;
 
 use std::cell::{Cell, OnceCell, RefCell};
 
+use wasm_bindgen::closure::ScopedClosure;
 use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::{JsCast, JsValue};
 use worker::{durable_object, DurableObject, Env, Request, Response, Result, State};
 
 use super::platform::{decision_log, now, settings};
-use crate::org::{OrgError, OrgMachine, OrgMsg, OrgReply, Step};
+use crate::org::{AdminOp, OrgError, OrgMachine, OrgMsg, OrgReply, Step};
 use crate::policy::Timestamp;
 use crate::wire::problem_body;
 use store::Store;
@@ -96,7 +98,7 @@ impl DurableObject for OrgQuota {
     /// message comes by RPC (`call`).
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         super::platform::set_clock(&self.env);
-        let injected = req.path() == "/panic" && settings(&self.env).fault_panic;
+        let injected = req.path() == "/panic" && settings(&self.env).faults.panic;
         assert!(!injected, "fault injected: panic in the org DO");
         if req.path() == "/ping" {
             let ok = self.store().map_err(worker::Error::RustError)?.ping()?;
@@ -154,8 +156,9 @@ impl OrgQuota {
         super::platform::set_clock(&self.env);
         let reply = match serde_json::from_str::<OrgMsg>(msg) {
             // The plan copy is older than PLAN_REFRESH_SECS: D1 must be asked first, which a
-            // synchronous call cannot; the entry module sends the message to `/refresh`.
-            Ok(OrgMsg::Org { .. }) if self.plan_stale() => return REFRESH.to_owned(),
+            // synchronous call cannot; the entry module sends the message to `/refresh`. The
+            // admin view asks too, so it shows the plan the org will decide under.
+            Ok(OrgMsg::Org { .. } | OrgMsg::Admin(AdminOp::State)) if self.plan_stale() => return REFRESH.to_owned(),
             Ok(msg) => self.handle(msg),
             Err(e) => bad_message(&e),
         };
@@ -173,6 +176,44 @@ impl OrgQuota {
         }
         serde_json::to_string(&reply).unwrap_or_default()
     }
+}
+
+#[wasm_bindgen]
+extern "C" {
+    /// The Durable Object's storage, for the one method workers-rs does not wrap.
+    #[wasm_bindgen(extends = js_sys::Object)]
+    type TxStorage;
+    #[wasm_bindgen(method, catch, js_name = transactionSync)]
+    fn transaction_sync(
+        this: &TxStorage,
+        body: &ScopedClosure<dyn FnMut() -> std::result::Result<(), JsValue>>,
+    ) -> std::result::Result<JsValue, JsValue>;
+}
+
+/// Runs `apply` in one `SQLite` transaction (`storage.transactionSync`): when it fails, none of
+/// the writes it made stay.
+fn atomically(state: &State, apply: impl FnOnce() -> Result<()>) -> Result<()> {
+    let storage: TxStorage = js_sys::Reflect::get(state.as_raw(), &JsValue::from_str("storage"))
+        .map_err(|e| worker::Error::RustError(format!("storage: {e:?}")))?
+        .unchecked_into();
+    let mut apply = Some(apply);
+    let mut failed: Option<worker::Error> = None;
+    let outcome = {
+        let mut body = || match apply.take().map(|f| f()) {
+            Some(Err(e)) => {
+                let thrown = JsValue::from_str(&e.to_string());
+                failed = Some(e);
+                Err(thrown)
+            }
+            _ => Ok(()),
+        };
+        let body = ScopedClosure::borrow_mut_aborting(&mut body);
+        storage.transaction_sync(&body)
+    };
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    outcome.map(drop).map_err(|e| worker::Error::RustError(format!("transaction: {e:?}")))
 }
 
 /// What `call` answers when the message must go through `/refresh` (see worker/entry.mjs).
@@ -259,7 +300,10 @@ impl OrgQuota {
         let result = self.with_machine(|m, store, now| {
             store.take_work();
             let mut step = f(m, store, now)?;
-            store.apply(&step.writes, now)?;
+            let fail_midway = settings(&self.env).faults.apply_fails;
+            // One transaction: a write that fails takes the step's earlier writes with it (and
+            // the machine is rebuilt from storage), so a retry finds nothing half done.
+            atomically(&self.state, || store.apply_with(&step.writes, now, fail_midway))?;
             let (statements, rows) = store.take_work();
             if settings(&self.env).debug_work {
                 step.reply

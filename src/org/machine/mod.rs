@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 
 use self::ops::{Cx, Held};
 use super::buckets::Buckets;
-use super::io::{AlertView, Boot, Need, Snapshot, Tallies, Writes};
+use super::io::{AlertView, Boot, Need, SeenKey, Snapshot, Tallies, Writes};
 use super::msg::{AdminOp, Caller, DecideKind, KeyHash, OrgOp, OrgReply, StoredConfig};
 use super::rules::{decode_counters, encode_counters, Wake, COUNTS_EVERY_MS, IDEMPOTENCY_MS};
 use crate::policy::{
@@ -51,6 +51,13 @@ pub enum OrgError {
     Usage(#[from] UsageError),
     #[error("stored state does not decode: {0}")]
     Corrupt(String),
+    #[error(
+        "Idempotency-Key '{0}' was first used for a different request (method, path, query, route \
+         or body); a new request needs a new key"
+    )]
+    KeyReused(EventId),
+    #[error("the first request with Idempotency-Key '{0}' is still in flight; retry once it has been answered")]
+    KeyInFlight(EventId),
 }
 
 impl OrgError {
@@ -72,6 +79,8 @@ impl OrgError {
             Self::Corrupt(_) => {
                 (500, "internal", "Internal error", "The org's quota state could not be read.".to_owned())
             }
+            Self::KeyReused(_) => (422, "idempotency-key-reused", "Idempotency-Key reused", self.to_string()),
+            Self::KeyInFlight(_) => (409, "idempotency-key-in-flight", "Request in flight", self.to_string()),
         };
         OrgReply::problem(status, problem_body(status, kind, title, &detail))
     }
@@ -231,10 +240,10 @@ impl OrgMachine {
     fn needs_org_own(&self, op: &OrgOp) -> Need {
         let mut need = Need::default();
         match op {
-            OrgOp::Decide { meter, id, kind, replayable, .. } => {
+            OrgOp::Decide { meter, id, kind, idempotency, .. } => {
                 need.meters.insert(meter.clone());
-                if *replayable && *kind == DecideKind::Proxy {
-                    need.seen.push(id.to_string());
+                if idempotency.is_some() && matches!(kind, DecideKind::Proxy | DecideKind::ProxyReported) {
+                    need.seen.push(SeenKey::Request(id.clone()));
                 }
                 // A reservation id in use is refused, not overwritten.
                 if *kind == DecideKind::Reserve {
@@ -243,7 +252,7 @@ impl OrgMachine {
             }
             OrgOp::Events { events, .. } => {
                 need.meters.extend(events.iter().map(|e| e.meter.clone()));
-                need.seen.extend(events.iter().map(|e| e.id.to_string()));
+                need.seen.extend(events.iter().map(|e| SeenKey::Event(e.id.clone())));
             }
             OrgOp::Usage { short } => {
                 need.all_counters = true;
@@ -264,9 +273,10 @@ impl OrgMachine {
             }
             OrgOp::Report { id, usage } => {
                 need.meters.extend(usage.iter().map(|(m, _)| m.clone()));
-                need.seen.extend(usage.iter().map(|(m, _)| format!("{id}:{m}")));
+                need.seen.push(SeenKey::Request(id.clone()));
+                need.seen.extend(usage.iter().map(|(m, _)| SeenKey::Reported(id.clone(), m.clone())));
             }
-            OrgOp::Gate => {}
+            OrgOp::Forget { .. } | OrgOp::Gate => {}
         }
         need
     }
@@ -312,7 +322,8 @@ impl OrgMachine {
         }
         let mut cx = Cx::new(&loaded, snap, now)?;
         let reply = match op {
-            OrgOp::Decide { meter, quantity, kind, id, ttl_ms, replayable, lease } => {
+            OrgOp::Decide { meter, quantity, kind, id, ttl_ms, idempotency, lease } => {
+                let replayable = idempotency.is_some();
                 // Lease mode: an admitted request of fixed cost also takes a lease for the next
                 // ones (a replayable one does not: its replays must be seen here), named after
                 // the request (unique: the holder's id). Without lease mode nothing more is done
@@ -322,7 +333,7 @@ impl OrgMachine {
                     .then(|| EventId::parse(&format!("{id}.lease")).ok())
                     .flatten();
                 let how = ReserveAs { id, kind: ReservationKind::Provisional, ttl_ms };
-                let mut reply = self.decide(&mut cx, &meter, quantity, kind, how, replayable)?;
+                let mut reply = self.decide(&mut cx, &meter, quantity, kind, how, idempotency)?;
                 if let (Some(_), Some(lease_id)) = (reply.held, lease_id) {
                     let want = quantity.saturating_mul(crate::policy::lease::FIRST_WANT);
                     reply.lease = self.grant(&mut cx, &meter, (quantity, want), lease_id);
@@ -346,6 +357,11 @@ impl OrgMachine {
                 self.lease(&mut cx, &meter, (cost, want), id, closing.as_ref())?
             }
             OrgOp::Report { id, usage } => self.report(&mut cx, &id, &usage),
+            // Only a request that reached the org counted anything; this one gave its key up.
+            OrgOp::Forget { id } => {
+                cx.writes.forget.push(SeenKey::Request(id));
+                OrgReply::ok(Value::Null, Some(loaded.policy.plan.to_string()))
+            }
             OrgOp::Gate => OrgReply::ok(json!({"allowed": true}), Some(loaded.policy.plan.to_string())),
         };
         Ok(cx.finish(self, reply))

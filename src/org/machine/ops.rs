@@ -8,10 +8,11 @@ use serde_json::{json, Value};
 
 use super::{book_of, meter_row, Loaded, OrgError, OrgMachine, Step};
 use crate::org::buckets::BucketKey;
-use crate::org::io::{OutboxRow, Snapshot, Writes};
+use crate::org::io::{OutboxRow, Seen, SeenKey, SeenResult, Snapshot, Writes};
 use crate::org::msg::{DecideKind, OrgReply, SettleAction};
 use crate::org::rules::{crossings, earliest, FLUSH_DELAY_MS};
 use crate::policy::headers::{decision_headers, refusal_problem, HeaderList};
+use crate::policy::keys::Fingerprint;
 use crate::policy::{
     Aggregation, Book, Decision, EventId, LimitStatus, MeterId, ReserveAs, Settlement, Timestamp, UsageError,
 };
@@ -50,6 +51,18 @@ impl OrgMachine {
         token
     }
 
+    /// Records an admitted proxied request's usage and holds its units for its release window;
+    /// returns the hold's token. Its audit row waits until it can no longer be released.
+    fn hold_proxied(&mut self, cx: &mut Cx<'_>, id: &EventId, meter: &MeterId, quantity: u64, ttl_ms: u64) -> u64 {
+        let now = cx.now;
+        let until = now.saturating_add_ms(ttl_ms);
+        let row =
+            OutboxRow { ready_at: until.millis(), ..OutboxRow::audit(id.to_string(), meter, quantity, "proxy", now) };
+        let (buckets, audit_seq) = self.record_usage(cx, meter, row);
+        let h = Held { id: id.clone(), meter: meter.clone(), quantity, buckets, admitted: now, until, audit_seq };
+        self.hold(h, now)
+    }
+
     /// Counts usage into its ledger bucket, and queues its audit row when the meter keeps them.
     /// Returns the bucket and the audit row's sequence.
     pub(super) fn record_usage(
@@ -83,15 +96,17 @@ impl OrgMachine {
         quantity: u64,
         kind: DecideKind,
         how: ReserveAs,
-        replayable: bool,
+        idempotency: Option<Fingerprint>,
     ) -> Result<OrgReply, OrgError> {
         let (policy, now) = (&cx.loaded.policy, cx.now);
         let (id, ttl_ms) = (how.id.clone(), how.ttl_ms);
-        let is_replay = kind == DecideKind::Proxy && replayable && cx.snap.seen.contains_key(id.as_str());
+        let idempotency = idempotency.filter(|_| matches!(kind, DecideKind::Proxy | DecideKind::ProxyReported));
+        let is_replay = replay_of(&cx.snap, &id, idempotency.as_ref(), now)?;
         let decision = match kind {
             DecideKind::Check => cx.book.check(policy, meter, quantity, now)?,
-            // A replayed Idempotency-Key is admitted and forwarded, but counted once only.
-            DecideKind::Proxy if is_replay => cx.book.check(policy, meter, 0, now)?,
+            // A replayed Idempotency-Key is admitted and forwarded, flagged, but counted once
+            // only: its first request was counted, and the origin answers from its record.
+            DecideKind::Proxy | DecideKind::ProxyReported if is_replay => cx.book.check(policy, meter, 0, now)?,
             // Admitted while one unit remains: see the overshoot bound in the README.
             DecideKind::ProxyReported => cx.book.check(policy, meter, 1, now)?,
             DecideKind::Proxy => {
@@ -118,19 +133,14 @@ impl OrgMachine {
             cx.alerts_for(&decision.limits);
         }
         if kind == DecideKind::Proxy && counts {
-            // An audit row waits until it can no longer be released.
-            let row = OutboxRow {
-                ready_at: now.saturating_add_ms(ttl_ms).millis(),
-                ..OutboxRow::audit(id.to_string(), meter, quantity, "proxy", now)
-            };
-            let (buckets, audit_seq) = self.record_usage(cx, meter, row);
-            let until = now.saturating_add_ms(ttl_ms);
-            let (hid, hmeter) = (id.clone(), meter.clone());
-            let h = Held { id: hid, meter: hmeter, quantity, buckets, admitted: now, until, audit_seq };
-            held = Some(self.hold(h, now));
-            if replayable {
-                cx.writes.remember.push((id.to_string(), "accepted"));
-            }
+            held = Some(self.hold_proxied(cx, &id, meter, quantity, ttl_ms));
+        }
+        if let (Some(fp), true, false) = (idempotency, allowed, is_replay) {
+            // In flight until the gateway reports the origin's answer, or the release window
+            // ends (a gateway that died before reporting).
+            let busy_until = Some(now.saturating_add_ms(ttl_ms));
+            let seen = Seen { result: SeenResult::Accepted, fingerprint: Some(fp), busy_until };
+            cx.writes.remember.push((SeenKey::Request(id.clone()), seen));
         }
         if kind == DecideKind::Reserve && allowed {
             if let Some(r) = cx.book.reservations.get(&id) {
@@ -166,7 +176,15 @@ impl OrgMachine {
                         OrgReply { status: decision.status(), headers, body: problem, plan, ..OrgReply::EMPTY }
                     }
                     // An allowed proxied request needs only the headers: no body is built.
-                    None => OrgReply { status: 200, headers, body: Value::Null, plan, held, ..OrgReply::EMPTY },
+                    None => OrgReply {
+                        status: 200,
+                        headers,
+                        body: Value::Null,
+                        plan,
+                        held,
+                        replayed: is_replay,
+                        ..OrgReply::EMPTY
+                    },
                 }
             }
             DecideKind::Reserve => {
@@ -190,8 +208,9 @@ impl OrgMachine {
         let mut results = Vec::with_capacity(events.len());
         let mut batch_seen: BTreeMap<&str, &'static str> = BTreeMap::new();
         for e in events {
+            let key = SeenKey::Event(e.id.clone());
             let original =
-                cx.snap.seen.get(e.id.as_str()).map(String::as_str).or_else(|| batch_seen.get(e.id.as_str()).copied());
+                cx.snap.seen.get(&key).map(|s| s.result.as_str()).or_else(|| batch_seen.get(e.id.as_str()).copied());
             if let Some(original) = original {
                 results.push(json!({"id": e.id.as_str(), "status": "duplicate", "original_status": original}));
                 continue;
@@ -202,7 +221,8 @@ impl OrgMachine {
                 Err(err) => ("rejected", Some(err.to_string())),
             };
             batch_seen.insert(e.id.as_str(), status);
-            cx.writes.remember.push((e.id.to_string(), status));
+            let result = if status == "accepted" { SeenResult::Accepted } else { SeenResult::Rejected };
+            cx.writes.remember.push((key, Seen { result, fingerprint: None, busy_until: None }));
             let outcome = if status == "accepted" { Outcome::Accepted } else { Outcome::Refused };
             self.count(&e.meter, if status == "accepted" { Outcome::Allowed } else { Outcome::Refused }, now);
             cx.log(&e.meter, e.quantity, outcome, if status == "accepted" { 200 } else { 422 }, "events");
@@ -295,7 +315,7 @@ impl OrgMachine {
                 cx.writes.outbox_delete.push(seq);
             }
             // The request was not counted, so a replay of its Idempotency-Key must count afresh.
-            cx.writes.forget.push(id.to_string());
+            cx.writes.forget.push(SeenKey::Request(id.clone()));
         }
         let body = json!({"id": id.as_str(), "outcome": "released", "meter": h.meter.as_str(), "quantity": 0});
         Ok(OrgReply::ok(body, Some(cx.loaded.policy.plan.to_string())))
@@ -323,11 +343,17 @@ impl OrgMachine {
         let (policy, now) = (&cx.loaded.policy, cx.now);
         let mut recorded = Vec::new();
         let mut ignored = Vec::new();
+        // A request with an Idempotency-Key: its flight ends here, and a replay of it reports
+        // again, so each (request, meter) is remembered and counts once. A request without one
+        // cannot be replayed, and its report leaves no record.
+        let idempotent = cx.snap.seen.contains_key(&SeenKey::Request(id.clone()));
+        if idempotent {
+            cx.writes.settled.push(SeenKey::Request(id.clone()));
+        }
         for (m, q) in usage {
-            // A replayed request (same Idempotency-Key) reports again: each (request, meter)
-            // counts once.
+            let key = SeenKey::Reported(id.clone(), m.clone());
             let event_id = format!("{id}:{m}");
-            if policy.meter(m).is_none() || cx.snap.seen.contains_key(&event_id) {
+            if policy.meter(m).is_none() || cx.snap.seen.contains_key(&key) {
                 if policy.meter(m).is_none() {
                     ignored.push(m.as_str().to_owned());
                 }
@@ -342,7 +368,11 @@ impl OrgMachine {
                 continue;
             }
             cx.persist(m);
-            cx.writes.remember.push((event_id.clone(), "accepted"));
+            if idempotent {
+                cx.writes
+                    .remember
+                    .push((key, Seen { result: SeenResult::Accepted, fingerprint: None, busy_until: None }));
+            }
             self.record_usage(cx, m, OutboxRow::audit(event_id, m, *q, "origin", now));
             recorded.push((m, *q));
         }
@@ -353,6 +383,20 @@ impl OrgMachine {
             Some(policy.plan.to_string()),
         )
     }
+}
+
+/// Whether a proxied request with an `Idempotency-Key` repeats a served first request. Its key is
+/// bound to the first request's fingerprint, and busy while that request is in flight: another
+/// fingerprint is refused (422), and so is any request meanwhile (409). Neither reaches the origin.
+fn replay_of(snap: &Snapshot, id: &EventId, fp: Option<&Fingerprint>, now: Timestamp) -> Result<bool, OrgError> {
+    let (Some(fp), Some(seen)) = (fp, snap.seen.get(&SeenKey::Request(id.clone()))) else { return Ok(false) };
+    if seen.fingerprint.as_ref() != Some(fp) {
+        return Err(OrgError::KeyReused(id.clone()));
+    }
+    if seen.busy_until.is_some_and(|t| t > now) {
+        return Err(OrgError::KeyInFlight(id.clone()));
+    }
+    Ok(true)
 }
 
 fn refusal_reason(d: &Decision) -> String {

@@ -61,9 +61,15 @@ impl OrgMachine {
     pub fn reconcile_windows(&self, snap: &Snapshot, now: Timestamp) -> Result<Vec<ReconcileWindow>, OrgError> {
         let loaded = self.loaded()?;
         let book = book_of(&snap.rows)?;
+        // A window that counts attempts holds failed requests the ledger (which bills what the
+        // origin served) never had: there is nothing to compare it with.
+        let attempts = |key: &str| {
+            loaded.policy.limits.iter().any(|l| l.policy_name() == key && l.counts == crate::policy::Counts::Attempts)
+        };
         Ok(book
             .window_usage(&loaded.policy, now)
             .into_iter()
+            .filter(|w| !attempts(&w.key))
             .map(|w| {
                 let reset = self.resets.get(w.meter.as_str()).or_else(|| self.resets.get("*"));
                 let from = reset.map_or(0, |t| t.millis()).max(w.start.millis());

@@ -73,7 +73,7 @@ fn strict(o: &mut Org, n: u64, now: Timestamp) -> OrgReply {
         kind: DecideKind::Proxy,
         id: eid(&format!("req_{n}")),
         ttl_ms: 120_000,
-        replayable: false,
+        idempotency: None,
         lease: true,
     };
     o.org(&key(), op, now).unwrap().reply
@@ -253,7 +253,7 @@ fn a_request_takes_a_lease_and_a_close_gives_back_the_rest() {
         kind: DecideKind::Proxy,
         id: eid("idem"),
         ttl_ms: 1000,
-        replayable: true,
+        idempotency: Some(super::fp("/idem")),
         lease: true,
     };
     assert!(o.org(&key(), op, now).unwrap().reply.lease.is_none());

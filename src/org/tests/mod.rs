@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::buckets::{self, Bucket, BucketKey};
 use super::rules::{self, decode_counters};
 use super::*;
+use crate::policy::keys::Fingerprint;
 use crate::policy::{EventId, Level, MeterId, OrgId, PlanId, Reservation, Timestamp};
 use crate::wire::UsageEvent;
 
@@ -42,6 +43,11 @@ fn m(s: &str) -> MeterId {
     MeterId::parse(s).unwrap()
 }
 
+/// A request fingerprint, different for each `path`.
+fn fp(path: &str) -> Fingerprint {
+    Fingerprint::of("GET", path, "requests", "1", b"")
+}
+
 /// The storage a `Writes` lands in: what the DO's tables hold, as maps.
 #[derive(Debug, Default, Clone)]
 struct Mem {
@@ -49,7 +55,7 @@ struct Mem {
     counters: BTreeMap<String, String>,
     outbox: BTreeMap<u64, OutboxRow>,
     reservations: BTreeMap<EventId, Reservation>,
-    seen: BTreeMap<String, String>,
+    seen: BTreeMap<SeenKey, Seen>,
     alerts: BTreeMap<(String, u64, Level), String>,
     alert_writes: u64,
     meta: BTreeMap<String, String>,
@@ -73,9 +79,9 @@ impl Mem {
                 s.rows.insert(k.clone(), v.clone());
             }
         }
-        for id in &need.seen {
-            if let Some(v) = self.seen.get(id) {
-                s.seen.insert(id.clone(), v.clone());
+        for k in &need.seen {
+            if let Some(v) = self.seen.get(k) {
+                s.seen.insert(k.clone(), v.clone());
             }
         }
         if let Some(id) = &need.reservation {
@@ -115,12 +121,18 @@ impl Mem {
         for id in &w.reservation_delete {
             self.reservations.remove(id);
         }
-        for (id, st) in &w.remember {
-            self.seen.entry(id.clone()).or_insert_with(|| (*st).to_owned());
+        for (k, seen) in &w.remember {
+            self.seen.entry(k.clone()).or_insert_with(|| seen.clone());
             self.rows_written += 1;
         }
-        for id in &w.forget {
-            self.seen.remove(id);
+        for k in &w.settled {
+            if let Some(s) = self.seen.get_mut(k) {
+                s.busy_until = None;
+                self.rows_written += 1;
+            }
+        }
+        for k in &w.forget {
+            self.seen.remove(k);
         }
         for a in &w.alerts {
             // The table's unique key is the backstop; count the attempts to see it is not needed.
@@ -276,17 +288,38 @@ impl Org {
         Ok(step)
     }
 
+    /// A proxied request; a replayable one carries an Idempotency-Key, bound to one fingerprint
+    /// per key, and is served (the gateway reports its 2xx) as soon as it is admitted.
     fn proxy(&mut self, id: &str, q: u64, replayable: bool, now: Timestamp) -> OrgReply {
+        let reply = self.proxy_as(id, q, replayable.then(|| fp(id)), now).unwrap();
+        if replayable && reply.held.is_some() {
+            self.served(id, now);
+        }
+        reply
+    }
+
+    fn proxy_as(
+        &mut self,
+        id: &str,
+        q: u64,
+        idempotency: Option<Fingerprint>,
+        now: Timestamp,
+    ) -> Result<OrgReply, OrgError> {
         let op = OrgOp::Decide {
             meter: m("requests"),
             quantity: q,
             kind: DecideKind::Proxy,
             id: eid(id),
             ttl_ms: 120_000,
-            replayable,
+            idempotency,
             lease: false,
         };
-        self.org(&key(), op, now).unwrap().reply
+        self.org(&key(), op, now).map(|s| s.reply)
+    }
+
+    /// The origin answered 2xx and reported no usage: what the gateway tells the org then.
+    fn served(&mut self, id: &str, now: Timestamp) {
+        self.org(&Caller::Gateway, OrgOp::Report { id: eid(id), usage: vec![] }, now).unwrap();
     }
 
     fn used(&mut self, policy: &str, now: Timestamp) -> u64 {
@@ -345,7 +378,7 @@ fn reserve(id: &str, q: u64, ttl_ms: u64) -> OrgOp {
         kind: DecideKind::Reserve,
         id: eid(id),
         ttl_ms,
-        replayable: false,
+        idempotency: None,
         lease: false,
     }
 }
@@ -394,8 +427,10 @@ fn a_replayed_idempotency_key_counts_once_and_a_release_does_not_undo_the_origin
     let mut o = month_and_minute();
     let first = o.proxy("idem-1", 1, true, at(0));
     assert!(first.held.is_some());
+    assert!(!first.replayed);
     let replay = o.proxy("idem-1", 1, true, at(5));
     assert_eq!(replay.status, 200);
+    assert!(replay.replayed, "the gateway flags a replay to the origin");
     assert!(replay.held.is_none(), "a replay holds nothing the Worker could release");
     assert!(replay.headers.iter().any(|(k, v)| k == "Idempotent-Replayed" && v == "true"));
     assert_eq!(o.used("requests-month", at(6)), 1);
@@ -409,14 +444,66 @@ fn a_replayed_idempotency_key_counts_once_and_a_release_does_not_undo_the_origin
 }
 
 #[test]
+fn an_idempotency_key_is_bound_to_its_request_and_busy_while_in_flight() {
+    let mut o = month_and_minute();
+    let first = o.proxy_as("idem-2", 1, Some(fp("/a")), at(0)).unwrap();
+    assert!(first.held.is_some());
+    // The origin has not answered yet: the same request again is a 409, another one a 422.
+    let busy = o.proxy_as("idem-2", 1, Some(fp("/a")), at(1)).unwrap_err();
+    assert_eq!(busy, OrgError::KeyInFlight(eid("idem-2")));
+    assert_eq!(busy.into_reply().status, 409);
+    let other = o.proxy_as("idem-2", 1, Some(fp("/b")), at(2)).unwrap_err();
+    assert_eq!(other, OrgError::KeyReused(eid("idem-2")));
+    assert_eq!(other.into_reply().status, 422);
+    assert_eq!(o.used("requests-month", at(3)), 1, "neither refusal counted");
+    // Served: the same request is a replay now, another one still a 422.
+    o.served("idem-2", at(4));
+    assert!(o.proxy_as("idem-2", 1, Some(fp("/a")), at(5)).unwrap().replayed);
+    assert_eq!(o.proxy_as("idem-2", 1, Some(fp("/b")), at(6)).unwrap_err(), OrgError::KeyReused(eid("idem-2")));
+    // A gateway that died before reporting: the flight ends with the release window.
+    o.proxy_as("idem-3", 1, Some(fp("/c")), at(10_000)).unwrap();
+    assert!(o.proxy_as("idem-3", 1, Some(fp("/c")), at(10_000 + 119_000)).is_err());
+    assert!(o.proxy_as("idem-3", 1, Some(fp("/c")), at(10_000 + 121_000)).unwrap().replayed);
+    assert_eq!(o.used("requests-month", at(200_000)), 2);
+}
+
+#[test]
+fn event_ids_and_idempotency_keys_live_apart() {
+    let mut o = month_and_minute();
+    // An event named like the request's key does not make the request a replay.
+    let ev = UsageEvent { id: eid("idem-4"), meter: m("requests"), quantity: 1, timestamp: None, metadata: None };
+    o.org(&key(), OrgOp::Events { events: vec![ev], enforce: false }, at(0)).unwrap();
+    let r = o.proxy_as("idem-4", 1, Some(fp("/d")), at(1)).unwrap();
+    assert!(r.held.is_some() && !r.replayed);
+    assert_eq!(o.used("requests-month", at(2)), 2);
+}
+
+#[test]
 fn a_replayed_origin_report_counts_once() {
     let mut o = Org::new(json!([{"meter": "ai_tokens", "limit": 1000, "period": "month", "mode": "soft"}]));
-    let op = OrgOp::Report { id: eid("idem-9"), usage: vec![(m("ai_tokens"), 40), (m("nope"), 1)] };
-    let r = o.org(&Caller::Gateway, op.clone(), at(0)).unwrap().reply;
+    let decide = |id: &str| OrgOp::Decide {
+        meter: m("ai_tokens"),
+        quantity: 0,
+        kind: DecideKind::ProxyReported,
+        id: eid(id),
+        ttl_ms: 120_000,
+        idempotency: Some(fp("/v1/ai/chat")),
+        lease: false,
+    };
+    let report = OrgOp::Report { id: eid("idem-9"), usage: vec![(m("ai_tokens"), 40), (m("nope"), 1)] };
+    assert!(!o.org(&key(), decide("idem-9"), at(0)).unwrap().reply.replayed);
+    let r = o.org(&Caller::Gateway, report.clone(), at(1)).unwrap().reply;
     assert_eq!(r.body["ignored"], json!(["nope"]));
-    o.org(&Caller::Gateway, op, at(1)).unwrap();
-    assert_eq!(o.used("ai_tokens-month", at(2)), 40);
+    // The replay is admitted and flagged, and its origin reports again: counted once.
+    assert!(o.org(&key(), decide("idem-9"), at(2)).unwrap().reply.replayed);
+    o.org(&Caller::Gateway, report, at(3)).unwrap();
+    assert_eq!(o.used("ai_tokens-month", at(4)), 40);
     assert_eq!(o.mem.queued("ai_tokens"), 40);
+    // A request without an Idempotency-Key reports once and leaves no record behind.
+    let before = o.mem.seen.len();
+    o.org(&Caller::Gateway, OrgOp::Report { id: eid("req_1"), usage: vec![(m("ai_tokens"), 2)] }, at(5)).unwrap();
+    assert_eq!(o.mem.seen.len(), before);
+    assert_eq!(o.used("ai_tokens-month", at(6)), 42);
 }
 
 #[test]
@@ -435,7 +522,7 @@ fn refusals_and_checks_write_nothing() {
         kind: DecideKind::Check,
         id: eid("c"),
         ttl_ms: 0,
-        replayable: false,
+        idempotency: None,
         lease: false,
     };
     assert_eq!(o.org(&key(), check, at(21)).unwrap().reply.body["allowed"], json!(false));

@@ -89,7 +89,7 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
                     kind: DecideKind::Reserve,
                     id: eid(&format!("rsv-{id}")),
                     ttl_ms: 60_000,
-                    replayable: false,
+                    idempotency: None,
                     lease: false,
                 };
                 let _ = o.org(&key(), op, now);

@@ -211,7 +211,7 @@ impl World {
                 kind: DecideKind::Proxy,
                 id: EventId::parse(&format!("req_{n}")).unwrap(),
                 ttl_ms: 120_000,
-                replayable: false,
+                idempotency: None,
                 lease: *asked,
             },
             Msg::Renew { want, closing } => {

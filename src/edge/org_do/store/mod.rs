@@ -17,7 +17,8 @@ use serde::Deserialize;
 use worker::{SqlCursor, SqlStorage, SqlStorageValue};
 
 use crate::org::buckets::{Bucket, BucketKey, Terms};
-use crate::org::{Boot, KeyHash, Need, Snapshot, StoredConfig, Tallies, Writes};
+use crate::org::{Boot, KeyHash, Need, Seen, SeenResult, Snapshot, StoredConfig, Tallies, Writes};
+use crate::policy::keys::Fingerprint;
 use crate::policy::{Reservation, Timestamp};
 
 /// A storage failure: the step that met it answers 500 and its machine is rebuilt from storage.
@@ -37,6 +38,16 @@ struct Text {
 struct Pair {
     k: String,
     v: String,
+}
+
+/// An idempotency record as stored: `fp` and `busy_until` (0: not in flight) are a proxied
+/// request's.
+#[derive(Deserialize)]
+struct SeenRow {
+    id: String,
+    result: String,
+    fp: Option<String>,
+    busy_until: i64,
 }
 
 #[derive(Deserialize)]
@@ -183,10 +194,25 @@ impl Store {
     pub fn load(&self, need: &Need, now: Timestamp) -> StoreResult<Snapshot> {
         let mut s = Snapshot { rows: self.counter_rows(need)?, ..Snapshot::default() };
         if !need.seen.is_empty() {
-            let marks = vec!["?"; need.seen.len()].join(",");
-            let q = format!("SELECT id AS k, result AS v FROM idempotency_keys WHERE id IN ({marks})");
-            let found: Vec<Pair> = self.all(&q, need.seen.iter().map(|i| text(i)).collect())?;
-            s.seen = found.into_iter().map(|p| (p.k, p.v)).collect();
+            let stored: Vec<String> = need.seen.iter().map(crate::org::SeenKey::stored).collect();
+            let marks = vec!["?"; stored.len()].join(",");
+            let q = format!("SELECT id, result, fp, busy_until FROM idempotency_keys WHERE id IN ({marks})");
+            let found: Vec<SeenRow> = self.all(&q, stored.iter().map(|i| text(i)).collect())?;
+            for row in found {
+                // Matched back to the key it was asked for: no stored id is parsed.
+                let Some(key) = stored.iter().position(|s| *s == row.id).and_then(|i| need.seen.get(i)) else {
+                    continue;
+                };
+                let result = if row.result == "rejected" { SeenResult::Rejected } else { SeenResult::Accepted };
+                let fingerprint = row
+                    .fp
+                    .as_deref()
+                    .map(Fingerprint::parse)
+                    .transpose()
+                    .map_err(|e| worker::Error::RustError(format!("idempotency record {}: {e}", row.id)))?;
+                let busy_until = (row.busy_until > 0).then(|| Timestamp::from_millis(uint(row.busy_until)));
+                s.seen.insert(key.clone(), Seen { result, fingerprint, busy_until });
+            }
         }
         if let Some(id) = &need.reservation {
             let found: Vec<Text> =
@@ -292,7 +318,39 @@ impl Store {
     }
 
     /// Writes a step's changes. Synchronous, so they commit together with the step's reads.
+    /// The step's idempotency records: added (the first write of a key wins), settled (no longer
+    /// in flight) and forgotten.
+    fn apply_seen(&self, w: &Writes, now: Timestamp) -> StoreResult<()> {
+        for (key, seen) in &w.remember {
+            self.write(
+                "INSERT INTO idempotency_keys (id, result, at, fp, busy_until) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT(id) DO NOTHING",
+                vec![
+                    text(&key.stored()),
+                    text(seen.result.as_str()),
+                    int(now.millis())?,
+                    seen.fingerprint.as_ref().map_or(SqlStorageValue::Null, |f| text(f.as_str())),
+                    int(seen.busy_until.map_or(0, Timestamp::millis))?,
+                ],
+            )?;
+        }
+        for key in &w.settled {
+            self.write("UPDATE idempotency_keys SET busy_until = 0 WHERE id = ?", vec![text(&key.stored())])?;
+        }
+        for key in &w.forget {
+            self.write("DELETE FROM idempotency_keys WHERE id = ?", vec![text(&key.stored())])?;
+        }
+        Ok(())
+    }
+
     pub fn apply(&self, w: &Writes, now: Timestamp) -> StoreResult<()> {
+        self.apply_with(w, now, false)
+    }
+
+    /// `apply`, failing after the counters when `fail_midway` (`QUOTA_FAULTS=apply_fails`, tests
+    /// only, and only for a step that records an idempotency key): the half-applied step the
+    /// Durable Object's transaction must undo.
+    pub fn apply_with(&self, w: &Writes, now: Timestamp, fail_midway: bool) -> StoreResult<()> {
         if let Some(cfg) = &w.config {
             let body = serde_json::to_string(cfg).map_err(|e| worker::Error::RustError(e.to_string()))?;
             self.write("INSERT OR REPLACE INTO config (id, body) VALUES (1, ?)", vec![text(&body)])?;
@@ -307,6 +365,9 @@ impl Store {
         for meter in &w.drop_counters {
             self.write("DELETE FROM meter_counters WHERE meter = ?", vec![text(meter)])?;
             self.cache_row(meter, None);
+        }
+        if fail_midway && !w.remember.is_empty() {
+            return Err(worker::Error::RustError("fault injected: apply_fails".into()));
         }
         for r in &w.outbox {
             let metadata = r.metadata.as_deref().map_or(SqlStorageValue::Null, text);
@@ -353,15 +414,7 @@ impl Store {
         for id in &w.reservation_delete {
             self.write("DELETE FROM reservations WHERE id = ?", vec![text(id.as_str())])?;
         }
-        for (id, status) in &w.remember {
-            self.write(
-                "INSERT INTO idempotency_keys (id, result, at) VALUES (?, ?, ?) ON CONFLICT(id) DO NOTHING",
-                vec![text(id), text(status), int(now.millis())?],
-            )?;
-        }
-        for id in &w.forget {
-            self.write("DELETE FROM idempotency_keys WHERE id = ?", vec![text(id)])?;
-        }
+        self.apply_seen(w, now)?;
         for a in &w.alerts {
             // The unique key is the backstop: a crossing seen again after a release fires nothing.
             self.write(

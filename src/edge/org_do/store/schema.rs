@@ -12,8 +12,9 @@ use crate::policy::{Counter, Reservation, ReservationKind, Timestamp};
 /// as rows, and an outbox with two secondary indexes; 2 is one integer row per meter, the
 /// outbox row as the reservation, and no secondary index on the hot path's tables; 3 adds the
 /// aggregated ledger buckets, and the outbox keeps only per-event audit rows (and rows an
-/// earlier build queued, which D1 still counts, exactly once by event id).
-const SCHEMA: u32 = 3;
+/// earlier build queued, which D1 still counts, exactly once by event id); 4 binds a proxied
+/// request's idempotency record to its fingerprint and marks it while in flight.
+const SCHEMA: u32 = 4;
 
 impl Store {
     pub(super) fn migrate(&self, now: Timestamp) -> StoreResult<()> {
@@ -35,7 +36,8 @@ impl Store {
              quantity INTEGER NOT NULL, ts INTEGER NOT NULL, source TEXT NOT NULL, metadata TEXT, ready_at INTEGER NOT NULL, \
              audit INTEGER NOT NULL DEFAULT 0)",
             // Keyed by the id alone, no rowid: recording a key writes one row.
-            "CREATE TABLE IF NOT EXISTS idempotency_keys (id TEXT PRIMARY KEY, result TEXT NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS idempotency_keys (id TEXT PRIMARY KEY, result TEXT NOT NULL, at INTEGER NOT NULL, \
+             fp TEXT, busy_until INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
             "CREATE TABLE IF NOT EXISTS alerts (id TEXT PRIMARY KEY, policy TEXT NOT NULL, window_start INTEGER NOT NULL, \
              level TEXT NOT NULL, payload TEXT NOT NULL, fired_at INTEGER NOT NULL, status TEXT NOT NULL, \
              attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL, last_error TEXT, UNIQUE (policy, window_start, level))",
@@ -61,6 +63,13 @@ impl Store {
             // Their release window held them back so that a release could delete them; this
             // build keeps releases in memory, so nothing can release them any more: they go now.
             self.write("UPDATE ledger_outbox SET ready_at = 0", Vec::new())?;
+        }
+        // Schema 3's idempotency records: events' and requests' alike, with no fingerprint. The
+        // requests' were stored under their bare key, which this build no longer looks up (its
+        // keys are `req#<key>`): a replay across the upgrade counts once more, and they age out.
+        if self.exec("SELECT fp FROM idempotency_keys LIMIT 0", Vec::new()).is_err() {
+            self.exec("ALTER TABLE idempotency_keys ADD COLUMN fp TEXT", Vec::new())?;
+            self.exec("ALTER TABLE idempotency_keys ADD COLUMN busy_until INTEGER NOT NULL DEFAULT 0", Vec::new())?;
         }
         if self.meta("ledger_epoch")?.is_none() {
             self.set_meta("ledger_epoch", &now.millis().to_string())?;
