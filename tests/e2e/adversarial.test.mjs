@@ -162,10 +162,14 @@ test("credentials, usage reports and reserved headers from the client never reac
 test("the admin view of an idle org shows the plan it will decide under, not the one it last used", async () => {
   await fx.api.plan("moving", { limits: [{ meter: "requests", limit: 5, period: "month" }] });
   const org = await fx.api.newOrg("moving", { prefix: "view" });
-  assert.equal((await fx.api.call("GET", "/v1/v", { key: org.key })).status, 200);
+  assert.equal((await fx.api.state(org.id)).limits.find((l) => l.policy === "requests-month").limit, 5);
   await fx.api.plan("moving", { limits: [{ meter: "requests", limit: 7, period: "month" }] });
-  // No request in between: the view alone must adopt the new version (PLAN_REFRESH_SECS=1 here).
+  // The org is idle (no usage, so no alarm of its own): the view alone must adopt the new
+  // version once its copy is older than PLAN_REFRESH_SECS (1 s here).
   await new Promise((r) => setTimeout(r, 1200));
   const limit = (await fx.api.state(org.id)).limits.find((l) => l.policy === "requests-month");
-  assert.deepEqual([limit.limit, limit.used], [7, 1]);
+  assert.deepEqual([limit.limit, limit.used], [7, 0]);
+  // And the org decides under it: the sixth and seventh requests are admitted.
+  for (let i = 0; i < 7; i++) assert.equal((await fx.api.call("GET", `/v1/v/${i}`, { key: org.key })).status, 200, `request ${i}`);
+  assert.equal((await fx.api.call("GET", "/v1/v/8", { key: org.key })).status, 429);
 });
