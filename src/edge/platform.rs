@@ -155,16 +155,23 @@ async fn send_do(env: &Env, org: &OrgId, msg: &OrgMsg) -> Result<OrgReply, EdgeE
     serde_json::from_str(&text).map_err(|e| EdgeError::Internal(format!("org DO reply: {e}")))
 }
 
-/// Reads a JSON body of at most `MAX_JSON_BODY` bytes; an empty body reads as `{}`.
-pub async fn read_json(req: &mut Request) -> Result<Value, EdgeError> {
+/// Reads a whole body of at most `max` bytes (refused by its `Content-Length` before reading
+/// when it declares more); `too_large` is the error past it.
+pub async fn read_bounded(req: &mut Request, max: usize, too_large: fn() -> EdgeError) -> Result<Vec<u8>, EdgeError> {
     let declared = req.headers().get("Content-Length").ok().flatten().and_then(|v| v.trim().parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_JSON_BODY) {
-        return Err(EdgeError::TooLarge);
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
     }
     let bytes = req.bytes().await.map_err(|e| EdgeError::BadRequest(format!("request body could not be read: {e}")))?;
-    if bytes.len() > MAX_JSON_BODY {
-        return Err(EdgeError::TooLarge);
+    if bytes.len() > max {
+        return Err(too_large());
     }
+    Ok(bytes)
+}
+
+/// Reads a JSON body of at most `MAX_JSON_BODY` bytes; an empty body reads as `{}`.
+pub async fn read_json(req: &mut Request) -> Result<Value, EdgeError> {
+    let bytes = read_bounded(req, MAX_JSON_BODY, || EdgeError::TooLarge).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(serde_json::Map::new()));
     }

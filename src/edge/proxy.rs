@@ -14,7 +14,7 @@ use super::auth::authenticate;
 use super::error::{reply_response, EdgeError};
 use super::leases::{self, LeaseKey};
 use super::ledger;
-use super::platform::{call_do, now, random_hex, settings};
+use super::platform::{call_do, now, random_hex, read_bounded, settings};
 use crate::config::Need;
 use crate::org::{Caller, DecideKind, KeyHash, OrgMsg, OrgOp, OrgReply};
 use crate::policy::classify::{usage_header_meter, Classified, Cost, Routes, USAGE_HEADER_PREFIX};
@@ -130,7 +130,8 @@ async fn price<'a>(req: &mut Request, routes: &Routes, key: &'a VerifiedKey) -> 
     let (id, replayable) = request_id(req)?;
     // An Idempotency-Key is bound to the request's fingerprint, its body's digest included.
     let (body, idempotency) = if replayable {
-        let body = read_body(req).await?;
+        // Read whole (bounded) for its digest; it is forwarded from these bytes.
+        let body = read_bounded(req, MAX_IDEMPOTENT_BODY, || EdgeError::IdempotentBodyTooLarge).await?;
         let cost = match class.cost {
             Cost::Fixed(n) => n.to_string(),
             Cost::Reported => "reported".to_owned(),
@@ -141,19 +142,6 @@ async fn price<'a>(req: &mut Request, routes: &Routes, key: &'a VerifiedKey) -> 
         (None, None)
     };
     Ok(Priced { target: Target { method, path_and_query, key_id: &key.key_id, body }, class, id, idempotency })
-}
-
-/// The whole body of a request with an `Idempotency-Key`, for its fingerprint (bounded).
-async fn read_body(req: &mut Request) -> Result<Vec<u8>, EdgeError> {
-    let declared = req.headers().get("Content-Length").ok().flatten().and_then(|v| v.trim().parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_IDEMPOTENT_BODY) {
-        return Err(EdgeError::IdempotentBodyTooLarge);
-    }
-    let bytes = req.bytes().await.map_err(|e| EdgeError::BadRequest(format!("request body could not be read: {e}")))?;
-    if bytes.len() > MAX_IDEMPOTENT_BODY {
-        return Err(EdgeError::IdempotentBodyTooLarge);
-    }
-    Ok(bytes)
 }
 
 pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Handled {
