@@ -230,6 +230,9 @@ impl OrgMachine {
     pub fn needs_org(&self, op: &OrgOp) -> Need {
         let mut need = self.needs_org_own(op);
         if let Some(policy) = self.policy() {
+            // A meter the plan does not know has no row to read, and asking for one would
+            // remember its absence: a client's random names must create no state at all.
+            need.meters.retain(|m| policy.meter(m).is_some());
             let composites: Vec<MeterId> =
                 need.meters.iter().flat_map(|m| policy.composites_of(m).iter().cloned()).collect();
             need.meters.extend(composites);

@@ -215,6 +215,14 @@ impl OrgMachine {
                 results.push(json!({"id": e.id.as_str(), "status": "duplicate", "original_status": original}));
                 continue;
             }
+            // An unknown meter is refused before anything is kept: no idempotency record, no
+            // decision count (a metric series), no counter row, whatever names a client sends.
+            if policy.meter(&e.meter).is_none() {
+                let reason = UsageError::UnknownMeter(e.meter.clone()).to_string();
+                cx.log(&e.meter, e.quantity, Outcome::Refused, 422, "events");
+                results.push(json!({"id": e.id.as_str(), "status": "rejected", "reason": reason}));
+                continue;
+            }
             let (status, reason) = match cx.book.record(policy, &e.meter, e.quantity, enforce, now) {
                 Ok(d) if d.allowed() => ("accepted", None),
                 Ok(d) => ("rejected", Some(refusal_reason(&d))),

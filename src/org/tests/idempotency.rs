@@ -1,6 +1,7 @@
 //! The org machine's idempotency rules: a replay counts once, a key is bound to its request's
 //! fingerprint and busy while that request is in flight, event ids and request keys live apart,
-//! and an origin's report of a replay counts once.
+//! and an origin's report of a replay counts once; and names a client makes up (unknown
+//! meters) create no state.
 
 use super::*;
 
@@ -86,4 +87,32 @@ fn a_replayed_origin_report_counts_once() {
     o.org(&Caller::Gateway, OrgOp::Report { id: eid("req_1"), usage: vec![(m("ai_tokens"), 2)] }, at(5)).unwrap();
     assert_eq!(o.mem.seen.len(), before);
     assert_eq!(o.used("ai_tokens-month", at(6)), 42);
+}
+
+#[test]
+fn unknown_meters_create_no_state() {
+    let mut o = month_and_minute();
+    let junk = |i: usize| UsageEvent {
+        id: eid(&format!("e{i}")),
+        meter: m(&format!("junk{i}")),
+        quantity: 1,
+        timestamp: None,
+        metadata: None,
+    };
+    let op = OrgOp::Events { events: (0..100).map(junk).collect(), enforce: false };
+    assert!(
+        o.m.needs_org(&op).meters.is_empty(),
+        "no counter row is read (or its absence cached) for an unknown meter"
+    );
+    let seen = o.mem.seen.len();
+    let step = o.org(&key(), op, at(0)).unwrap();
+    let results = step.reply.body["results"].as_array().unwrap();
+    assert!(results.iter().all(|r| r["status"] == "rejected" && r["reason"].as_str().unwrap().contains("junk")));
+    assert!(step.writes.remember.is_empty(), "no idempotency record");
+    assert!(step.writes.counters.is_empty() && step.writes.counts.is_empty() && step.writes.buckets.is_empty());
+    assert_eq!(o.mem.seen.len(), seen);
+    // A known meter in the same org still counts.
+    let ok = UsageEvent { id: eid("ok-1"), meter: m("requests"), quantity: 1, timestamp: None, metadata: None };
+    o.org(&key(), OrgOp::Events { events: vec![ok], enforce: false }, at(1)).unwrap();
+    assert_eq!(o.used("requests-month", at(2)), 1);
 }
