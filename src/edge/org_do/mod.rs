@@ -14,9 +14,7 @@ mod store;
 
 use std::cell::{Cell, OnceCell, RefCell};
 
-use wasm_bindgen::closure::ScopedClosure;
 use wasm_bindgen::prelude::wasm_bindgen;
-use wasm_bindgen::{JsCast, JsValue};
 use worker::{durable_object, DurableObject, Env, Request, Response, Result, State};
 
 use super::platform::{decision_log, now, settings};
@@ -178,44 +176,6 @@ impl OrgQuota {
     }
 }
 
-#[wasm_bindgen]
-extern "C" {
-    /// The Durable Object's storage, for the one method workers-rs does not wrap.
-    #[wasm_bindgen(extends = js_sys::Object)]
-    type TxStorage;
-    #[wasm_bindgen(method, catch, js_name = transactionSync)]
-    fn transaction_sync(
-        this: &TxStorage,
-        body: &ScopedClosure<dyn FnMut() -> std::result::Result<(), JsValue>>,
-    ) -> std::result::Result<JsValue, JsValue>;
-}
-
-/// Runs `apply` in one `SQLite` transaction (`storage.transactionSync`): when it fails, none of
-/// the writes it made stay.
-fn atomically(state: &State, apply: impl FnOnce() -> Result<()>) -> Result<()> {
-    let storage: TxStorage = js_sys::Reflect::get(state.as_raw(), &JsValue::from_str("storage"))
-        .map_err(|e| worker::Error::RustError(format!("storage: {e:?}")))?
-        .unchecked_into();
-    let mut apply = Some(apply);
-    let mut failed: Option<worker::Error> = None;
-    let outcome = {
-        let mut body = || match apply.take().map(|f| f()) {
-            Some(Err(e)) => {
-                let thrown = JsValue::from_str(&e.to_string());
-                failed = Some(e);
-                Err(thrown)
-            }
-            _ => Ok(()),
-        };
-        let body = ScopedClosure::borrow_mut_aborting(&mut body);
-        storage.transaction_sync(&body)
-    };
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    outcome.map(drop).map_err(|e| worker::Error::RustError(format!("transaction: {e:?}")))
-}
-
 /// What `call` answers when the message must go through `/refresh` (see worker/entry.mjs).
 const REFRESH: &str = "refresh";
 
@@ -264,7 +224,7 @@ impl OrgQuota {
         if let Some(s) = self.store.get() {
             return Ok(s);
         }
-        let s = Store::open(self.state.storage().sql(), now()).map_err(|e| e.to_string())?;
+        let s = Store::open(&self.state, now()).map_err(|e| e.to_string())?;
         Ok(self.store.get_or_init(|| s))
     }
 
@@ -300,10 +260,8 @@ impl OrgQuota {
         let result = self.with_machine(|m, store, now| {
             store.take_work();
             let mut step = f(m, store, now)?;
-            let fail_midway = settings(&self.env).faults.apply_fails;
-            // One transaction: a write that fails takes the step's earlier writes with it (and
-            // the machine is rebuilt from storage), so a retry finds nothing half done.
-            atomically(&self.state, || store.apply_with(&step.writes, now, fail_midway))?;
+            // One transaction (`Store::apply`): a failed write undoes the step's earlier ones.
+            store.apply_with(&step.writes, now, settings(&self.env).faults.apply_fails)?;
             let (statements, rows) = store.take_work();
             if settings(&self.env).debug_work {
                 step.reply

@@ -14,7 +14,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use worker::{SqlCursor, SqlStorage, SqlStorageValue};
+use wasm_bindgen::closure::ScopedClosure;
+use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::{SqlCursor, SqlStorage, SqlStorageValue, State};
 
 use crate::org::buckets::{Bucket, BucketKey, Terms};
 use crate::org::{Boot, KeyHash, Need, Seen, SeenResult, Snapshot, StoredConfig, Tallies, Writes};
@@ -72,11 +75,49 @@ fn uint(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+#[wasm_bindgen]
+extern "C" {
+    /// The Durable Object's storage, for the one method workers-rs does not wrap.
+    #[wasm_bindgen(extends = js_sys::Object)]
+    #[derive(Debug)]
+    type TxStorage;
+    #[wasm_bindgen(method, catch, js_name = transactionSync)]
+    fn transaction_sync(
+        this: &TxStorage,
+        body: &ScopedClosure<dyn FnMut() -> Result<(), JsValue>>,
+    ) -> Result<JsValue, JsValue>;
+}
+
+/// Runs `apply` in one `SQLite` transaction (`storage.transactionSync`): when it fails, none of
+/// the writes it made stay (and the caller rebuilds its machine from storage).
+fn atomically(storage: &TxStorage, apply: impl FnOnce() -> StoreResult<()>) -> StoreResult<()> {
+    let mut apply = Some(apply);
+    let mut failed: Option<worker::Error> = None;
+    let outcome = {
+        let mut body = || match apply.take().map(|f| f()) {
+            Some(Err(e)) => {
+                let thrown = JsValue::from_str(&e.to_string());
+                failed = Some(e);
+                Err(thrown)
+            }
+            _ => Ok(()),
+        };
+        let body = ScopedClosure::borrow_mut_aborting(&mut body);
+        storage.transaction_sync(&body)
+    };
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    outcome.map(drop).map_err(|e| worker::Error::RustError(format!("transaction: {e:?}")))
+}
+
 /// Synchronous access to one org's tables, with the work it did counted (for the rows-written
 /// check in the end-to-end tests and the benchmark).
 #[derive(Debug)]
 pub struct Store {
     sql: SqlStorage,
+    /// The storage object `transactionSync` is called on: every `apply` is one transaction.
+    tx: TxStorage,
     counters: RefCell<Cached>,
     statements: Cell<u64>,
     rows_written: Cell<u64>,
@@ -91,9 +132,13 @@ enum Cached {
 }
 
 impl Store {
-    pub fn open(sql: SqlStorage, now: Timestamp) -> StoreResult<Self> {
+    pub fn open(state: &State, now: Timestamp) -> StoreResult<Self> {
+        let tx = js_sys::Reflect::get(state.as_raw(), &JsValue::from_str("storage"))
+            .map(JsCast::unchecked_into)
+            .map_err(|e| worker::Error::RustError(format!("storage: {e:?}")))?;
         let store = Self {
-            sql,
+            sql: state.storage().sql(),
+            tx,
             counters: RefCell::new(Cached::Some(BTreeMap::new())),
             statements: Cell::new(0),
             rows_written: Cell::new(0),
@@ -349,8 +394,16 @@ impl Store {
 
     /// `apply`, failing after the counters when `fail_midway` (`QUOTA_FAULTS=apply_fails`, tests
     /// only, and only for a step that records an idempotency key): the half-applied step the
-    /// Durable Object's transaction must undo.
+    /// transaction must undo. Writes nothing, and calls nothing, when there is nothing to write
+    /// (a refusal, a check).
     pub fn apply_with(&self, w: &Writes, now: Timestamp, fail_midway: bool) -> StoreResult<()> {
+        if *w == Writes::default() {
+            return Ok(());
+        }
+        atomically(&self.tx, || self.write_all(w, now, fail_midway))
+    }
+
+    fn write_all(&self, w: &Writes, now: Timestamp, fail_midway: bool) -> StoreResult<()> {
         if let Some(cfg) = &w.config {
             let body = serde_json::to_string(cfg).map_err(|e| worker::Error::RustError(e.to_string()))?;
             self.write("INSERT OR REPLACE INTO config (id, body) VALUES (1, ?)", vec![text(&body)])?;
