@@ -133,6 +133,24 @@ function perf(r) {
       `- a minute burst limit plus a monthly quota: ${w("minute_and_month")}`,
     );
   }
+  if (r.refusal_storm) {
+    const m = r.refusal_storm.memory;
+    const n = r.refusal_storm.no_memory;
+    lines.push(
+      "",
+      `### Refusal storm: one key looping on a 429 (${s.connections} connections, one org over its monthly quota)`,
+      "",
+      "DO calls are the answers that carry the DO's `X-Quota-Debug-Work` (`QUOTA_DEBUG_WORK=1`); an answer from the isolate's memory carries none. Before: `REFUSAL_MEMORY_MS=0`, every refusal asks the org's DO.",
+      "",
+      "| | refusals/s | DO calls/s | workerd µs per refusal | p50 ms | p99 ms |",
+      "|---|--:|--:|--:|--:|--:|",
+      `| before (no refusal memory) | ${n.rps} | ${n.do_calls_per_s.toFixed(1)} | ${n.cpu_us_per_refusal} | ${ms(n.p50_ms)} | ${ms(n.p99_ms)} |`,
+      `| after (REFUSAL_MEMORY_MS=1000, the default) | ${m.rps} | ${m.do_calls_per_s.toFixed(1)} | ${m.cpu_us_per_refusal} | ${ms(m.p50_ms)} | ${ms(m.p99_ms)} |`,
+      `| after / before | ${(m.rps / n.rps).toFixed(2)}× | ${(m.do_calls_per_s / n.do_calls_per_s).toFixed(4)}× | ${(m.cpu_us_per_refusal / n.cpu_us_per_refusal).toFixed(2)}× | | |`,
+      "",
+      `Rounds (refusals/s, DO calls/s, µs): before ${n.rounds.map((x) => `${x.rps}/${x.do_calls_per_s.toFixed(1)}/${x.cpu_us_per_refusal}`).join(", ")}; after ${m.rounds.map((x) => `${x.rps}/${x.do_calls_per_s.toFixed(1)}/${x.cpu_us_per_refusal}`).join(", ")}.`,
+    );
+  }
   if (r.sustained) {
     const su = r.sustained;
     lines.push(

@@ -100,9 +100,10 @@ function groupCpu(pgid) {
 }
 
 // ---- load
-function wrk(url, { keysFile, method = "GET", path: p = "/v1/things", seconds, connections = CONNECTIONS }) {
+function wrk(url, { keysFile, method = "GET", path: p = "/v1/things", seconds, connections = CONNECTIONS, countHeader }) {
   const env = { ...process.env, BENCH_METHOD: method, BENCH_PATH: p };
   if (keysFile) env.BENCH_KEYS = keysFile;
+  if (countHeader) env.BENCH_COUNT_HEADER = countHeader;
   const out = execFileSync("wrk", ["-t1", `-c${connections}`, `-d${seconds}s`, "--timeout", "10s", "-s", LUA, url], {
     env,
     maxBuffer: 16 * 1024 * 1024,
@@ -114,6 +115,7 @@ function wrk(url, { keysFile, method = "GET", path: p = "/v1/things", seconds, c
   return {
     rps: r.requests / secs,
     requests: r.requests,
+    counted: r.counted,
     non_2xx: r.errors.status,
     socket_errors: r.errors.connect + r.errors.read + r.errors.write + r.errors.timeout,
     p50_ms: r.latency_us.p50 / 1000,
@@ -592,6 +594,60 @@ async function main() {
     log(`work: ${JSON.stringify(results.work)}`);
   }
   await probe.stop();
+
+  // A refusal storm: one org over its monthly quota, its key looping on the 429 at CONNECTIONS
+  // connections. The org's DO answers carry `X-Quota-Debug-Work` (QUOTA_DEBUG_WORK=1), an answer
+  // from the isolate's memory does not: DO calls per second, and workerd CPU per refused request,
+  // with the refusal memory (the default) and without it (REFUSAL_MEMORY_MS=0: every refusal asks
+  // the DO, as before the memory existed). Interleaved rounds; the median is published.
+  log("refusal storm");
+  {
+    const hosts = {};
+    for (const [id, vars] of [["memory", {}], ["no_memory", { REFUSAL_MEMORY_MS: "0" }]]) {
+      const host = await quotagate({ QUOTA_DEBUG_WORK: "1", ...vars });
+      const h = client(host.url);
+      await h.plan("bench-one", { limits: [{ meter: "requests", limit: 1, period: "month", mode: "hard" }] });
+      await h.org("bench-storm", { plan: "bench-one" });
+      const key = (await h.key("bench-storm")).key;
+      const codes = [];
+      for (let i = 0; i < 2; i++) codes.push((await h.call("GET", "/v1/things", { key })).status);
+      if (codes.join() !== "200,429") throw new Error(`refusal storm ${id}: the org answered ${codes}`);
+      hosts[id] = { host, keysFile: keyFile(`storm-${id}`, [key]), runs: [] };
+    }
+    for (let round = 1; round <= ROUNDS; round++) {
+      for (const [id, x] of Object.entries(hosts)) {
+        wrk(x.host.url, { keysFile: x.keysFile, seconds: WARMUP });
+        const cpu0 = groupCpu(x.host.pid).workerd ?? 0;
+        const r = wrk(x.host.url, { keysFile: x.keysFile, seconds: DURATION, countHeader: "x-quota-debug-work" });
+        const cpu1 = groupCpu(x.host.pid).workerd ?? 0;
+        const run = {
+          rps: r.rps,
+          refused: r.non_2xx,
+          do_calls_per_s: r.counted / DURATION,
+          cpu_us_per_refusal: ((cpu1 - cpu0) * 1000) / Math.max(1, r.requests),
+          p50_ms: r.p50_ms,
+          p99_ms: r.p99_ms,
+        };
+        if (r.non_2xx !== r.requests) throw new Error(`refusal storm ${id}: ${r.requests - r.non_2xx} of ${r.requests} admitted`);
+        x.runs.push(run);
+        log(`round ${round} storm ${id}: ${JSON.stringify(run)}`);
+      }
+    }
+    results.refusal_storm = Object.fromEntries(
+      Object.entries(hosts).map(([id, x]) => [
+        id,
+        {
+          rps: Math.round(median(x.runs.map((r) => r.rps))),
+          do_calls_per_s: median(x.runs.map((r) => r.do_calls_per_s)),
+          cpu_us_per_refusal: Math.round(median(x.runs.map((r) => r.cpu_us_per_refusal))),
+          p50_ms: median(x.runs.map((r) => r.p50_ms)),
+          p99_ms: median(x.runs.map((r) => r.p99_ms)),
+          rounds: x.runs.map((r) => ({ rps: Math.round(r.rps), do_calls_per_s: r.do_calls_per_s, cpu_us_per_refusal: Math.round(r.cpu_us_per_refusal) })),
+        },
+      ]),
+    );
+    for (const x of Object.values(hosts)) await x.host.stop();
+  }
 
   // Where the time goes: a V8 CPU profile of quotagate's isolate (DECISION_LOG=refusals) and of
   // the DO counter, each on a host of its own with the inspector on (untimed runs).

@@ -12,6 +12,7 @@ use std::rc::Rc;
 
 use crate::org::rules::DEFAULT_ALERT_ATTEMPTS;
 use crate::policy::classify::Routes;
+use crate::policy::recall;
 use crate::telemetry::DecisionLog;
 
 /// How long a failed origin call may still give its request's units back (the DO keeps the hold
@@ -68,7 +69,9 @@ impl fmt::Display for SettingError {
 fn needed_by(var: &str) -> &'static [Need] {
     use Need::{Admin, Cron, Org, Proxy, UsageApi};
     match var {
-        "ROUTES" | "ORIGIN_URL" | "RESERVED_HEADER_PREFIXES" | "PROXY_RELEASE_WINDOW_SECS" => &[Proxy],
+        "ROUTES" | "ORIGIN_URL" | "RESERVED_HEADER_PREFIXES" | "PROXY_RELEASE_WINDOW_SECS" | "REFUSAL_MEMORY_MS" => {
+            &[Proxy]
+        }
         "LEDGER_SHARDS" => &[Admin, Cron, UsageApi, Org],
         "WEBHOOK_SECRET" | "ALERT_WEBHOOK_URL" | "ALERT_MAX_ATTEMPTS" => &[Org, Cron],
         "STRIPE_API_BASE" => &[Cron, Admin],
@@ -88,6 +91,10 @@ pub struct Settings {
     pub origin_secret: Option<String>,
     pub routes: Rc<Routes>,
     pub release_window_ms: u64,
+    /// How long an isolate may answer a hard refusal from memory (`REFUSAL_MEMORY_MS`, 0 to
+    /// `policy::recall::MAX_MEMORY_MS`, default `DEFAULT_MEMORY_MS`; 0 asks the DO every time):
+    /// the bound on how late a reset, a plan change or a revocation reaches a refused client.
+    pub refusal_memory_ms: u64,
     /// `QUOTA_FAULTS` (tests only).
     pub faults: Faults,
     pub decision_log: DecisionLog,
@@ -267,6 +274,7 @@ impl Settings {
             origin_secret: r.secret("ORIGIN_SECRET"),
             routes: Rc::new(routes),
             release_window_ms: r.secs("PROXY_RELEASE_WINDOW_SECS", 1..=3600, DEFAULT_RELEASE_WINDOW_SECS),
+            refusal_memory_ms: r.number("REFUSAL_MEMORY_MS", 0..=recall::MAX_MEMORY_MS, recall::DEFAULT_MEMORY_MS),
             faults: Faults {
                 do_unavailable: faults.iter().any(|f| f == "do_unavailable"),
                 panic: faults.iter().any(|f| f == "panic"),
@@ -355,6 +363,10 @@ mod tests {
         assert_eq!(
             errors(&[("PROXY_RELEASE_WINDOW_SECS", "-5")]),
             ["PROXY_RELEASE_WINDOW_SECS: must be a whole number from 1 to 3600 (got \"-5\")"]
+        );
+        assert_eq!(
+            errors(&[("REFUSAL_MEMORY_MS", "60000")]),
+            ["REFUSAL_MEMORY_MS: must be a whole number from 0 to 10000 (got \"60000\")"]
         );
         assert_eq!(
             errors(&[("HOURLY_RETENTION_DAYS", "7")]),

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use worker::{console_error, Headers, Response};
 
 use crate::org::OrgReply;
+use crate::policy::headers::HeaderList;
 use crate::policy::PlanError;
 use crate::wire::{problem_body, unauthorized_body, InputError, MAX_IDEMPOTENT_BODY, MAX_JSON_BODY};
 
@@ -105,15 +106,21 @@ pub fn json_response(status: u16, body: &Value, content_type: &str) -> worker::R
 
 /// An org Durable Object's answer as the client's response.
 pub fn reply_response(reply: &OrgReply) -> worker::Result<Response> {
-    let ct = if reply.status >= 400 { "application/problem+json" } else { "application/json" };
+    answer(reply.status, &reply.headers, reply.body.to_string())
+}
+
+/// A decision's answer: its status, its headers and its JSON body text (a problem from 400 on),
+/// never cached.
+pub fn answer(status: u16, list: &HeaderList, body: String) -> worker::Result<Response> {
+    let ct = if status >= 400 { "application/problem+json" } else { "application/json" };
     let headers = Headers::new();
     headers.set("Content-Type", ct)?;
     headers.set("Cache-Control", "no-store")?;
-    for (k, v) in &reply.headers {
+    for (k, v) in list {
         headers.set(k, v)?;
     }
-    if reply.status == 401 {
+    if status == 401 {
         headers.set("WWW-Authenticate", "Bearer")?;
     }
-    Ok(Response::ok(reply.body.to_string())?.with_status(reply.status).with_headers(headers))
+    Ok(Response::ok(body)?.with_status(status).with_headers(headers))
 }

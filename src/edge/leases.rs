@@ -12,22 +12,26 @@ use crate::policy::headers::HeaderList;
 use crate::policy::lease::{Grant, LeaseClosing, Slot, Spend};
 use crate::policy::{MeterId, OrgId, Timestamp};
 
-/// Whose lease: an org's key (the DO checked that key when it granted it) for one request class.
+/// A request class of an org's key: whose lease (the DO checked that key when it granted it),
+/// and whose remembered refusal (`super::recalls`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct LeaseKey {
+pub struct ClassKey {
     pub org: OrgId,
     pub key_hash: String,
     pub meter: MeterId,
+    /// The route's fixed cost (0 for a reported-cost route).
     pub cost: u64,
+    /// A reported-cost route (never leased).
+    pub reported: bool,
 }
 
 thread_local! {
-    static SLOTS: RefCell<HashMap<LeaseKey, Slot>> = RefCell::new(HashMap::new());
+    static SLOTS: RefCell<HashMap<ClassKey, Slot>> = RefCell::new(HashMap::new());
 }
 
 /// Runs `f` on the key's slot (made empty if there is none and `make`); an idle slot goes.
 /// The common case (a slot exists) looks the key up without copying it.
-fn with<T>(k: &LeaseKey, make: bool, f: impl FnOnce(&mut Slot) -> T) -> Option<T> {
+fn with<T>(k: &ClassKey, make: bool, f: impl FnOnce(&mut Slot) -> T) -> Option<T> {
     SLOTS.with(|m| {
         let mut m = m.borrow_mut();
         if !m.contains_key(k) {
@@ -53,7 +57,7 @@ pub struct Taken {
 }
 
 /// Spends one request from the key's lease; the headers and plan come with an admission.
-pub fn take(k: &LeaseKey, now: Timestamp) -> Taken {
+pub fn take(k: &ClassKey, now: Timestamp) -> Taken {
     let none = || Taken { spend: Spend::Ask, plan: String::new(), headers: Vec::new() };
     with(k, false, |s| {
         let spend = s.spend(now);
@@ -67,26 +71,26 @@ pub fn take(k: &LeaseKey, now: Timestamp) -> Taken {
     .unwrap_or_else(none)
 }
 
-pub fn ask(k: &LeaseKey, now: Timestamp) -> bool {
+pub fn ask(k: &ClassKey, now: Timestamp) -> bool {
     with(k, true, |s| s.ask(now)).unwrap_or(false)
 }
 
-pub fn no_lease(k: &LeaseKey, now: Timestamp) {
+pub fn no_lease(k: &ClassKey, now: Timestamp) {
     with(k, true, |s| s.no_lease(now));
 }
 
-pub fn asked(k: &LeaseKey) {
+pub fn asked(k: &ClassKey) {
     with(k, false, Slot::asked);
 }
 
-pub fn install(k: &LeaseKey, grant: Grant, plan: String, now: Timestamp) -> Option<LeaseClosing> {
+pub fn install(k: &ClassKey, grant: Grant, plan: String, now: Timestamp) -> Option<LeaseClosing> {
     with(k, true, |s| s.install(grant, k.cost, plan, now)).flatten()
 }
 
-pub fn refused(k: &LeaseKey, failed: bool) -> Vec<LeaseClosing> {
+pub fn refused(k: &ClassKey, failed: bool) -> Vec<LeaseClosing> {
     with(k, false, |s| s.refused(failed)).unwrap_or_default()
 }
 
-pub fn give_back(k: &LeaseKey, token: u64, q: u64) -> bool {
+pub fn give_back(k: &ClassKey, token: u64, q: u64) -> bool {
     with(k, false, |s| s.give_back(token, q)).unwrap_or(false)
 }

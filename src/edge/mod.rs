@@ -16,6 +16,7 @@ mod org_api;
 mod org_do;
 mod platform;
 mod proxy;
+mod recalls;
 mod stripe;
 mod usage_api;
 

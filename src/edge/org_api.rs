@@ -28,6 +28,7 @@ pub async fn check(mut req: Request, env: &Env) -> Handled {
         ttl_ms: body.ttl_secs.saturating_mul(1000),
         idempotency: None,
         lease: false,
+        recalled: 0,
     };
     let reply = call_do(env, &key.org, &OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash)), op }).await?;
     reply_response(&reply).map_err(EdgeError::platform("response"))

@@ -11,10 +11,11 @@ use serde_json::json;
 use worker::{console_log, Context, Env, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response};
 
 use super::auth::authenticate;
-use super::error::{reply_response, EdgeError};
-use super::leases::{self, LeaseKey};
+use super::error::{answer, reply_response, EdgeError};
+use super::leases::{self, ClassKey};
 use super::ledger;
 use super::platform::{call_do, now, random_hex, read_bounded, settings};
+use super::recalls;
 use crate::config::Need;
 use crate::org::{Caller, DecideKind, KeyHash, OrgMsg, OrgOp, OrgReply};
 use crate::policy::classify::{usage_header_meter, Classified, Cost, Routes, USAGE_HEADER_PREFIX};
@@ -156,38 +157,31 @@ pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Handled {
         Cost::Fixed(n) => (DecideKind::Proxy, n),
         Cost::Reported => (DecideKind::ProxyReported, 0),
     };
-    // Lease mode covers fixed costs without an Idempotency-Key (a replay must reach the DO).
-    let lease_key = (kind == DecideKind::Proxy && !replayable && quantity > 0).then(|| LeaseKey {
+    // A request without an Idempotency-Key is one of its class (a replay must reach the DO):
+    // a refusal of the class may be remembered, and lease mode covers fixed costs.
+    let class_key = (!replayable).then(|| ClassKey {
         org: key.org.clone(),
         key_hash: key.hash.clone(),
         meter: class.meter.clone(),
         cost: quantity,
+        reported: kind == DecideKind::ProxyReported,
     });
     let logged = Logged { org: &key.org, meter: &class.meter, quantity, started };
-    if let Some(k) = &lease_key {
-        let taken = leases::take(k, started);
-        let source = match taken.spend {
-            Spend::Taken { token, id: lease_id, renew, want, to_close } => {
-                if renew {
-                    renew_lease(env, ctx, k.clone(), want, to_close);
-                }
-                Some(Source::Lease { token, id: lease_id })
-            }
-            Spend::AskAndClose(closings) => {
-                send_closings(env, ctx, k.clone(), closings);
-                None
-            }
-            Spend::Ask => None,
-        };
-        if let Some(source) = source {
-            logged.log(env, Outcome::Leased, 200, "lease");
-            let admitted =
-                Admitted { plan: taken.plan, headers: taken.headers, source: source.clone(), replayed: false };
-            let settle = Settler { env: env.clone(), org: key.org.clone(), id, source, lease_key, idempotent: false };
-            return forward(req, env, ctx, &target, &admitted, &settle).await;
-        }
+    if let Some((status, res)) = class_key.as_ref().and_then(|k| recalls::recall(k, started)) {
+        logged.log(env, Outcome::Refused, status, "recall");
+        return res.map_err(EdgeError::platform("response"));
     }
-    let asking = lease_key.as_ref().is_some_and(|k| leases::ask(k, started));
+    let leasable = class_key.as_ref().is_some_and(|k| !k.reported && k.cost > 0);
+    if let Some(admitted) = class_key.as_ref().filter(|_| leasable).and_then(|k| from_lease(env, ctx, k, started)) {
+        logged.log(env, Outcome::Leased, 200, "lease");
+        let source = admitted.source.clone();
+        let settle =
+            Settler { env: env.clone(), org: key.org.clone(), id, source, lease_key: class_key, idempotent: false };
+        return forward(req, env, ctx, &target, &admitted, &settle).await;
+    }
+    let lease_key = class_key.as_ref().filter(|_| leasable);
+    let asking = lease_key.is_some_and(|k| leases::ask(k, started));
+    let recalled = class_key.as_ref().map_or(0, recalls::take);
     let op = OrgOp::Decide {
         meter: class.meter.clone(),
         quantity,
@@ -196,6 +190,7 @@ pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Handled {
         ttl_ms: cfg.release_window_ms,
         idempotency,
         lease: asking,
+        recalled,
     };
     let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash.clone())), op };
     let decided = if cfg.faults.do_unavailable {
@@ -203,11 +198,11 @@ pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Handled {
     } else {
         call_do(env, &key.org, &msg).await
     };
-    if let (true, Some(k)) = (asking, &lease_key) {
+    if let (true, Some(k)) = (asking, lease_key) {
         leases::asked(k);
     }
     let admitted = match decided {
-        Ok(reply) if reply.status == 200 => admitted_by_do(reply, lease_key.as_ref(), started, env, ctx),
+        Ok(reply) if reply.status == 200 => admitted_by_do(reply, lease_key, started, env, ctx),
         // The DO answered but could not decide (its storage failed): the same as no answer.
         Ok(reply) if reply.status >= 500 => {
             worker::console_error!(
@@ -216,10 +211,14 @@ pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Handled {
             );
             fail_over(env, &key, &logged).await?
         }
-        Ok(reply) => {
+        Ok(mut reply) => {
             let outcome = if reply.status == 401 { Outcome::Unauthorized } else { Outcome::Refused };
             logged.log(env, outcome, reply.status, "proxy");
-            return reply_response(&reply).map_err(EdgeError::platform("response"));
+            let body = reply.body.to_string();
+            if let (Some(recall), Some(k), true) = (reply.recall.take(), class_key, cfg.refusal_memory_ms > 0) {
+                recalls::remember(k, *recall, reply.status, body.clone(), started, cfg.refusal_memory_ms);
+            }
+            return answer(reply.status, &reply.headers, body).map_err(EdgeError::platform("response"));
         }
         Err(e) => {
             worker::console_error!(
@@ -236,16 +235,36 @@ pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Handled {
         org: key.org.clone(),
         id,
         source: admitted.source.clone(),
-        lease_key,
+        lease_key: class_key.filter(|_| leasable),
         idempotent: replayable && !admitted.replayed,
     };
     forward(req, env, ctx, &target, &admitted, &settle).await
 }
 
+/// Spends one request of the class from this isolate's lease, if it holds one to spend
+/// (renewing it off the client's path when due), else closes what must close and says ask.
+fn from_lease(env: &Env, ctx: &Context, k: &ClassKey, started: Timestamp) -> Option<Admitted> {
+    let taken = leases::take(k, started);
+    let source = match taken.spend {
+        Spend::Taken { token, id, renew, want, to_close } => {
+            if renew {
+                renew_lease(env, ctx, k.clone(), want, to_close);
+            }
+            Source::Lease { token, id }
+        }
+        Spend::AskAndClose(closings) => {
+            send_closings(env, ctx, k.clone(), closings);
+            return None;
+        }
+        Spend::Ask => return None,
+    };
+    Some(Admitted { plan: taken.plan, headers: taken.headers, source, replayed: false })
+}
+
 /// An admission by the org's DO, with the lease it may carry installed in this isolate.
 fn admitted_by_do(
     reply: OrgReply,
-    lease_key: Option<&LeaseKey>,
+    lease_key: Option<&ClassKey>,
     started: Timestamp,
     env: &Env,
     ctx: &Context,
@@ -263,7 +282,7 @@ fn admitted_by_do(
 }
 
 /// Asks for the key's next lease off the client's path, closing the one it replaced.
-fn renew_lease(env: &Env, ctx: &Context, k: LeaseKey, want: u64, closing: Option<LeaseClosing>) {
+fn renew_lease(env: &Env, ctx: &Context, k: ClassKey, want: u64, closing: Option<LeaseClosing>) {
     let env = env.clone();
     ctx.wait_until(async move {
         // The new lease's id is this isolate's random, like a request id.
@@ -304,12 +323,12 @@ fn renew_lease(env: &Env, ctx: &Context, k: LeaseKey, want: u64, closing: Option
 }
 
 /// Closes leases this isolate stopped spending, off the client's path.
-fn send_closings(env: &Env, ctx: &Context, k: LeaseKey, closings: Vec<LeaseClosing>) {
+fn send_closings(env: &Env, ctx: &Context, k: ClassKey, closings: Vec<LeaseClosing>) {
     let env = env.clone();
     ctx.wait_until(async move { close_now(&env, &k, closings).await });
 }
 
-async fn close_now(env: &Env, k: &LeaseKey, closings: Vec<LeaseClosing>) {
+async fn close_now(env: &Env, k: &ClassKey, closings: Vec<LeaseClosing>) {
     for closing in closings {
         // Cost 0: close only. A lost close strands its units; it never admits past a limit.
         let op =
@@ -354,7 +373,7 @@ struct Settler {
     org: OrgId,
     id: EventId,
     source: Source,
-    lease_key: Option<LeaseKey>,
+    lease_key: Option<ClassKey>,
     /// The first request of an `Idempotency-Key`: the org hears how it ended either way (its
     /// key is busy until then), a 2xx by `Report` and anything else by `Release` or `Forget`.
     idempotent: bool,

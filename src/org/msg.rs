@@ -13,6 +13,7 @@ use crate::policy::headers::HeaderList;
 use crate::policy::keys::Fingerprint;
 use crate::policy::lease::Grant;
 pub use crate::policy::lease::LeaseClosing;
+use crate::policy::recall::Recall;
 use crate::policy::{EventId, MeterId, OrgId, PlanId};
 use crate::wire::UsageEvent;
 
@@ -78,6 +79,10 @@ pub enum OrgOp {
         idempotency: Option<Fingerprint>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         lease: bool,
+        /// Requests of this class the isolate refused from a remembered refusal since it last
+        /// asked (`policy::recall`): counted as refusals here, never as usage.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        recalled: u64,
     },
     /// Usage events (`POST /v1/events`), idempotent by event id.
     Events { events: Vec<UsageEvent>, enforce: bool },
@@ -267,6 +272,16 @@ pub struct OrgReply {
     /// counted again, and flagged to the origin.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
+    /// A hard refusal of a proxied request without an `Idempotency-Key`: the isolate may answer
+    /// its class from memory until `until_ms` (`policy::recall`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall: Option<Box<Recall>>,
+}
+
+/// Serde's test for a count left out of the message when zero.
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+const fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl OrgReply {
@@ -280,6 +295,7 @@ impl OrgReply {
         lease: None,
         no_lease: false,
         replayed: false,
+        recall: None,
     };
 
     /// A 200 with a JSON body and no headers.
@@ -343,6 +359,7 @@ mod tests {
             lease: None,
             no_lease: false,
             replayed: false,
+            recall: None,
         };
         assert_eq!(
             serde_json::to_string(&r).unwrap_or_default(),

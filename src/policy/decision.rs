@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::clock::Timestamp;
 use super::ids::MeterId;
@@ -14,7 +14,7 @@ use super::plan::MAX_SAFE_INTEGER;
 
 /// How close a limit is to its cap: ok below 80%, warning from 80%, critical from 95%, over
 /// at or beyond 100%.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Ok,

@@ -556,3 +556,45 @@ proptest! {
         prop_assert_eq!(day_at_t2, day_at_t2_before.map(|u| if same_day { u - q } else { u }));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A refusal an isolate remembers answers with the decision's own headers when recalled at
+    /// once, and later only with `t` and `Retry-After` counted down; it stands no longer than
+    /// the refusal's `Retry-After` nor the memory span.
+    #[test]
+    fn a_remembered_refusal_reads_like_the_decision(
+        minute in 1u64..20, month in 1u64..60, cost in 1u64..8, lifetime in any::<bool>(), later in 0u64..3_000,
+    ) {
+        use crate::policy::recall::{Recall, DEFAULT_MEMORY_MS};
+        let third = if lifetime { json!({"meter": "requests", "limit": 50, "period": "lifetime"}) }
+                    else { json!({"meter": "requests", "limit": 5, "period": "day", "mode": "soft"}) };
+        let p = policy(json!([
+            {"meter": "requests", "limit": minute, "period": "minute"},
+            {"meter": "requests", "limit": month, "period": "month"},
+            {"meter": "requests", "limit": null, "period": "hour"},
+            third]));
+        let req = m("requests");
+        let mut b = Book::default();
+        let mut refused = None;
+        for i in 0..200u64 {
+            let d = b.record(&p, &req, cost, true, at(i * 50)).unwrap_or_else(|e| unreachable!("{e}"));
+            if !d.allowed() { refused = Some(d); break; }
+        }
+        let d = refused.unwrap_or_else(|| unreachable!("a limit of at most 60 refuses within 200 requests"));
+        let r = Recall::of(&d).unwrap_or_else(|| unreachable!("refused"));
+        prop_assert_eq!(r.headers(d.now), decision_headers(&d));
+        let until = r.until(d.now, DEFAULT_MEMORY_MS).since(d.now);
+        prop_assert!(until <= DEFAULT_MEMORY_MS);
+        if let Some(s) = d.retry_after() { prop_assert!(until <= s * 1000); }
+        // Later, only the countdowns move.
+        let t = d.now.saturating_add_ms(later);
+        let (h0, h1) = (decision_headers(&d), r.headers(t));
+        prop_assert_eq!(h0.len(), h1.len());
+        for ((n0, v0), (n1, v1)) in h0.iter().zip(&h1) {
+            prop_assert_eq!(n0, n1);
+            if n0 != "RateLimit" && n0 != "Retry-After" { prop_assert_eq!(v0, v1); }
+        }
+    }
+}

@@ -92,8 +92,26 @@ pub type HeaderList = Vec<(Cow<'static, str>, String)>;
 /// said, plus `unspent`, what this holder has not spent yet).
 pub fn lease_headers(grant: &[LeaseLimit], unspent: u64, now: Timestamp) -> HeaderList {
     let remaining = |l: &LeaseLimit| l.remaining.saturating_add(unspent).min(l.limit);
-    let limits = grant;
-    let mut h = Vec::with_capacity(6);
+    let legacy = grant.iter().min_by_key(|l| (remaining(l), l.reset_ms.unwrap_or(u64::MAX)));
+    let level =
+        grant.iter().map(|l| Level::of(l.limit.saturating_sub(remaining(l)), Some(l.limit))).max().unwrap_or(Level::Ok);
+    view_headers(grant, unspent, legacy, level, None, now)
+}
+
+/// The headers of a decision seen through its limits (a lease's, or a remembered refusal's),
+/// in `decision_headers`' order and wording: `unspent` is added to each limit's remaining,
+/// `legacy` is the limit the `X-RateLimit-*` trio names, and `retry_at` what `Retry-After`
+/// counts down to.
+pub fn view_headers(
+    limits: &[LeaseLimit],
+    unspent: u64,
+    legacy: Option<&LeaseLimit>,
+    level: Level,
+    retry_at: Option<Timestamp>,
+    now: Timestamp,
+) -> HeaderList {
+    let remaining = |l: &LeaseLimit| l.remaining.saturating_add(unspent).min(l.limit);
+    let mut h = Vec::with_capacity(7);
     let secs = |l: &LeaseLimit| l.reset_ms.map(|r| r.saturating_sub(now.millis()).div_ceil(1000));
     if let Some(v) = joined(limits.iter(), |out, l| push_item(out, &l.policy, ("q", l.limit), ("w", l.window_secs))) {
         h.push((Cow::Borrowed("RateLimit-Policy"), v));
@@ -101,19 +119,17 @@ pub fn lease_headers(grant: &[LeaseLimit], unspent: u64, now: Timestamp) -> Head
     if let Some(v) = joined(limits.iter(), |out, l| push_item(out, &l.policy, ("r", remaining(l)), ("t", secs(l)))) {
         h.push((Cow::Borrowed("RateLimit"), v));
     }
-    if let Some(l) = limits.iter().min_by_key(|l| (remaining(l), l.reset_ms.unwrap_or(u64::MAX))) {
+    if let Some(l) = legacy {
         h.push((Cow::Borrowed("X-RateLimit-Limit"), number(l.limit)));
         h.push((Cow::Borrowed("X-RateLimit-Remaining"), number(remaining(l))));
         if let Some(reset) = l.reset_ms {
             h.push((Cow::Borrowed("X-RateLimit-Reset"), number(reset.div_ceil(1000))));
         }
     }
-    let level = limits
-        .iter()
-        .map(|l| Level::of(l.limit.saturating_sub(remaining(l)), Some(l.limit)))
-        .max()
-        .unwrap_or(Level::Ok);
     h.push((Cow::Borrowed("X-Quota-Status"), level.as_str().to_owned()));
+    if let Some(at) = retry_at {
+        h.push((Cow::Borrowed("Retry-After"), number(at.since(now).div_ceil(1000))));
+    }
     h
 }
 

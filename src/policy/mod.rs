@@ -20,6 +20,7 @@ pub mod lease;
 pub mod path;
 pub mod period;
 pub mod plan;
+pub mod recall;
 pub mod stripe;
 
 pub use clock::Timestamp;

@@ -12,7 +12,9 @@ const ROUTES = [
   { method: "GET", path: "/v1/export/*/csv", meter: "csv_rows", cost: 10 },
 ];
 
-const fx = gatewayWithOrigin({ ROUTES: JSON.stringify(ROUTES), RESERVED_HEADER_PREFIXES: "x-internal-, X-Tenant-", PLAN_REFRESH_SECS: "1" }, async ({ api }) => {
+// QUOTA_DEBUG_WORK: an answer the org's DO gave carries `X-Quota-Debug-Work`; one the isolate
+// gave from memory does not.
+const fx = gatewayWithOrigin({ ROUTES: JSON.stringify(ROUTES), RESERVED_HEADER_PREFIXES: "x-internal-, X-Tenant-", PLAN_REFRESH_SECS: "1", QUOTA_DEBUG_WORK: "1" }, async ({ api }) => {
   await api.plan("tiny", {
     limits: [
       { meter: "requests", limit: 5, period: "month" },
@@ -172,4 +174,39 @@ test("the admin view of an idle org shows the plan it will decide under, not the
   // And the org decides under it: the sixth and seventh requests are admitted.
   for (let i = 0; i < 7; i++) assert.equal((await fx.api.call("GET", `/v1/v/${i}`, { key: org.key })).status, 200, `request ${i}`);
   assert.equal((await fx.api.call("GET", "/v1/v/8", { key: org.key })).status, 429);
+});
+
+test("a client looping on 429s costs its org's DO one call per second, not one per request, and still gets the refusal's own answer", async () => {
+  const org = await fx.api.newOrg("tiny", { prefix: "storm" });
+  for (let i = 0; i < 5; i++) assert.equal((await fx.api.call("GET", `/v1/s/${i}`, { key: org.key })).status, 200);
+  const from = fx.origin.requests.length;
+  const first = await fx.api.call("GET", "/v1/storm", { key: org.key });
+  assert.equal(first.status, 429);
+  assert.ok(first.headers.get("x-quota-debug-work"), "the first refusal is the DO's");
+  const t0 = Date.now();
+  let refused = 0;
+  let fromDo = 0;
+  while (Date.now() - t0 < 2500) {
+    const r = await fx.api.call("GET", "/v1/storm", { key: org.key });
+    assert.equal(r.status, 429);
+    // The same problem and fields as the DO's, with the countdowns moved on.
+    assert.deepEqual(r.json, first.json);
+    assert.equal(r.headers.get("ratelimit-policy"), first.headers.get("ratelimit-policy"));
+    assert.equal(r.headers.get("x-quota-status"), "over");
+    assert.ok(Number(r.headers.get("retry-after")) >= 1);
+    refused++;
+    if (r.headers.get("x-quota-debug-work")) fromDo++;
+  }
+  const secs = (Date.now() - t0) / 1000;
+  assert.ok(refused >= 50, `only ${refused} requests in ${secs} s`);
+  // One DO call per second of memory (REFUSAL_MEMORY_MS, 1 s by default), plus the edges.
+  assert.ok(fromDo <= Math.ceil(secs) + 1, `${fromDo} of ${refused} refusals reached the DO in ${secs} s`);
+  assert.equal(seenFor(org.id, from).length, 0, "nothing reached the origin");
+  assert.equal(await fx.api.used(org.id, "requests-month"), 5, "nothing was counted as usage");
+  // Another key of the org, or an Idempotency-Key, is asked of the DO: memos are per class.
+  const other = await fx.api.key(org.id);
+  const r2 = await fx.api.call("GET", "/v1/storm", { key: other.key });
+  assert.ok(r2.status === 429 && r2.headers.get("x-quota-debug-work"));
+  const keyed = await fx.api.call("GET", "/v1/storm", { key: org.key, headers: { "idempotency-key": "storm-1" } });
+  assert.ok(keyed.status === 429 && keyed.headers.get("x-quota-debug-work"));
 });

@@ -325,8 +325,11 @@ impl OrgMachine {
         }
         let mut cx = Cx::new(&loaded, snap, now)?;
         let reply = match op {
-            OrgOp::Decide { meter, quantity, kind, id, ttl_ms, idempotency, lease } => {
+            OrgOp::Decide { meter, quantity, kind, id, ttl_ms, idempotency, lease, recalled } => {
                 let replayable = idempotency.is_some();
+                if loaded.policy.meter(&meter).is_some() {
+                    self.count_n(&meter, Outcome::Refused, recalled, now);
+                }
                 // Lease mode: an admitted request of fixed cost also takes a lease for the next
                 // ones (a replayable one does not: its replays must be seen here), named after
                 // the request (unique: the holder's id). Without lease mode nothing more is done

@@ -13,6 +13,7 @@ use crate::org::msg::{DecideKind, OrgReply, SettleAction};
 use crate::org::rules::{crossings, earliest, FLUSH_DELAY_MS};
 use crate::policy::headers::{decision_headers, refusal_problem, HeaderList};
 use crate::policy::keys::Fingerprint;
+use crate::policy::recall::Recall;
 use crate::policy::{
     Aggregation, Book, Decision, EventId, LimitStatus, MeterId, ReserveAs, Settlement, Timestamp, UsageError,
 };
@@ -101,6 +102,7 @@ impl OrgMachine {
         let (policy, now) = (&cx.loaded.policy, cx.now);
         let (id, ttl_ms) = (how.id.clone(), how.ttl_ms);
         let idempotency = idempotency.filter(|_| matches!(kind, DecideKind::Proxy | DecideKind::ProxyReported));
+        let remember = idempotency.is_none();
         let is_replay = replay_of(&cx.snap, &id, idempotency.as_ref(), now)?;
         let decision = match kind {
             DecideKind::Check => cx.book.check(policy, meter, quantity, now)?,
@@ -173,7 +175,10 @@ impl OrgMachine {
             DecideKind::Proxy | DecideKind::ProxyReported => {
                 match refusal_problem(&decision, policy.plan.as_str(), policy.upgrade_url.as_deref()) {
                     Some(problem) => {
-                        OrgReply { status: decision.status(), headers, body: problem, plan, ..OrgReply::EMPTY }
+                        // Without an Idempotency-Key the refusal stands for the whole class
+                        // (org, key, meter, cost) until its `t`: the isolate may remember it.
+                        let recall = if remember { Recall::of(&decision).map(Box::new) } else { None };
+                        OrgReply { status: decision.status(), headers, body: problem, plan, recall, ..OrgReply::EMPTY }
                     }
                     // An allowed proxied request needs only the headers: no body is built.
                     None => OrgReply {

@@ -72,6 +72,7 @@ fn a_replayed_origin_report_counts_once() {
         ttl_ms: 120_000,
         idempotency: Some(fp("/v1/ai/chat")),
         lease: false,
+        recalled: 0,
     };
     let report = OrgOp::Report { id: eid("idem-9"), usage: vec![(m("ai_tokens"), 40), (m("nope"), 1)] };
     assert!(!o.org(&key(), decide("idem-9"), at(0)).unwrap().reply.replayed);

@@ -75,6 +75,7 @@ fn strict(o: &mut Org, n: u64, now: Timestamp) -> OrgReply {
         ttl_ms: 120_000,
         idempotency: None,
         lease: true,
+        recalled: 0,
     };
     o.org(&key(), op, now).unwrap().reply
 }
@@ -255,6 +256,7 @@ fn a_request_takes_a_lease_and_a_close_gives_back_the_rest() {
         ttl_ms: 1000,
         idempotency: Some(super::fp("/idem")),
         lease: true,
+        recalled: 0,
     };
     assert!(o.org(&key(), op, now).unwrap().reply.lease.is_none());
 }

@@ -313,6 +313,7 @@ impl Org {
             ttl_ms: 120_000,
             idempotency,
             lease: false,
+            recalled: 0,
         };
         self.org(&key(), op, now).map(|s| s.reply)
     }
@@ -380,6 +381,7 @@ fn reserve(id: &str, q: u64, ttl_ms: u64) -> OrgOp {
         ttl_ms,
         idempotency: None,
         lease: false,
+        recalled: 0,
     }
 }
 
@@ -440,6 +442,7 @@ fn refusals_and_checks_write_nothing() {
         ttl_ms: 0,
         idempotency: None,
         lease: false,
+        recalled: 0,
     };
     assert_eq!(o.org(&key(), check, at(21)).unwrap().reply.body["allowed"], json!(false));
     assert_eq!(o.mem.rows_written, before);
@@ -460,6 +463,39 @@ fn decision_counts_are_kept_in_memory_and_saved_by_the_tick() {
     assert_eq!(o.m.wake(), Some(at(300_000)), "then the org's own report, one interval after its usage");
     o.m.reported(at(300_000));
     assert_eq!(o.m.wake(), None);
+}
+
+#[test]
+fn a_hard_refusal_may_be_remembered_and_what_it_refused_is_counted_later() {
+    let mut o = month_and_minute();
+    for i in 0..10 {
+        assert!(o.proxy(&format!("r{i}"), 1, false, at(i)).recall.is_none(), "an admission carries no memo");
+    }
+    let refused = o.proxy("r10", 1, false, at(20));
+    assert_eq!(refused.status, 429);
+    let recall = refused.recall.expect("a hard refusal without an Idempotency-Key is rememberable");
+    // The month's refusal: its own `t` is the month's end, far past any memory span.
+    assert_eq!(recall.until(at(20), 1_000), at(1_020));
+    assert_eq!(recall.headers(at(20)), refused.headers, "the memo renders the refusal's own headers");
+    // With an Idempotency-Key the refusal is the key's, not the class's: nothing to remember.
+    let keyed = o.proxy_as("k1", 1, Some(fp("k1")), at(30)).unwrap();
+    assert_eq!((keyed.status, keyed.recall.is_none()), (429, true));
+    // The isolate answered 7 more from memory; its next ask tells the DO, which counts them.
+    let op = OrgOp::Decide {
+        meter: m("requests"),
+        quantity: 1,
+        kind: DecideKind::Proxy,
+        id: eid("r11"),
+        ttl_ms: 120_000,
+        idempotency: None,
+        lease: false,
+        recalled: 7,
+    };
+    assert_eq!(o.org(&key(), op, at(1_100)).unwrap().reply.status, 429);
+    o.flush(false, false, at(1_000));
+    o.tick(at(rules::COUNTS_EVERY_MS));
+    assert_eq!(o.mem.counts[&("requests".to_owned(), "refused".to_owned())], 1 + 1 + 7 + 1);
+    assert_eq!(o.used("requests-month", at(rules::COUNTS_EVERY_MS)), 10, "refusals count no usage");
 }
 
 #[test]

@@ -91,6 +91,7 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
                     ttl_ms: 60_000,
                     idempotency: None,
                     lease: false,
+                    recalled: 0,
                 };
                 let _ = o.org(&key(), op, now);
             }

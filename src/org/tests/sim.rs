@@ -213,6 +213,7 @@ impl World {
                 ttl_ms: 120_000,
                 idempotency: None,
                 lease: *asked,
+                recalled: 0,
             },
             Msg::Renew { want, closing } => {
                 self.out.renewals += 1;
