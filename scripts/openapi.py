@@ -319,7 +319,17 @@ doc = {
                  "The same key with another fingerprint is a 422 (`idempotency-key-reused`); a key whose first "
                  "request has not been answered yet is a 409 (`idempotency-key-in-flight`). Neither reaches the "
                  "origin. A first request that failed (no 2xx) gives its key up. Event ids of `/_quota/v1/events` "
-                 "are a namespace of their own.")},
+                 "are a namespace of their own. An org keeps at most 1,000,000 idempotency records: past that the "
+                 "oldest settled ones go before their 48 hours (a retry of one is counted as new).\n\n"
+                 "**Refusals remembered.** A hard refusal (429 or 402) of a proxied request without an "
+                 "Idempotency-Key is answered again from the isolate's memory, with the same problem and headers "
+                 "(`t` and `Retry-After` counted down), until its `Retry-After` ends and for at most "
+                 "`REFUSAL_MEMORY_MS` (1 s by default): a reset, a plan change or a revoked key reaches a refused "
+                 "client within that.\n\n"
+                 "**Bounds per org.** Usage that would take a counter or an hour's ledger bucket past 2^53 - 1 is a "
+                 "422 (`count-ceiling`); at most 10,000 provisional reservations may be open (the next is a 429, "
+                 "`too-many-reservations`, with `Retry-After` until the first expires); a meter nobody declared "
+                 "leaves no row.")},
     "servers": [{"url": "/"}],
     "paths": paths,
     "components": {

@@ -202,7 +202,12 @@ pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Handled {
         leases::asked(k);
     }
     let admitted = match decided {
-        Ok(reply) if reply.status == 200 => admitted_by_do(reply, lease_key, started, env, ctx),
+        Ok(reply) if reply.status == 200 => {
+            if let Some(k) = &class_key {
+                recalls::forget(k);
+            }
+            admitted_by_do(reply, lease_key, started, env, ctx)
+        }
         // The DO answered but could not decide (its storage failed): the same as no answer.
         Ok(reply) if reply.status >= 500 => {
             worker::console_error!(
@@ -215,8 +220,12 @@ pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Handled {
             let outcome = if reply.status == 401 { Outcome::Unauthorized } else { Outcome::Refused };
             logged.log(env, outcome, reply.status, "proxy");
             let body = reply.body.to_string();
-            if let (Some(recall), Some(k), true) = (reply.recall.take(), class_key, cfg.refusal_memory_ms > 0) {
-                recalls::remember(k, *recall, reply.status, body.clone(), started, cfg.refusal_memory_ms);
+            match (reply.recall.take(), class_key) {
+                (Some(recall), Some(k)) if cfg.refusal_memory_ms > 0 => {
+                    recalls::remember(k, *recall, reply.status, body.clone(), started, cfg.refusal_memory_ms);
+                }
+                (_, Some(k)) => recalls::forget(&k),
+                (_, None) => {}
             }
             return answer(reply.status, &reply.headers, body).map_err(EdgeError::platform("response"));
         }

@@ -29,10 +29,15 @@ pub fn recall(k: &ClassKey, now: Timestamp) -> Option<(u16, worker::Result<Respo
     })
 }
 
-/// The class is asked of its DO: how many refusals its memo answered meanwhile (the DO counts
-/// them), and the memo goes.
+/// The class is asked of its DO: how many refusals its memo answered since the last ask (the
+/// DO counts them).
 pub fn take(k: &ClassKey) -> u64 {
     MEMOS.with(|m| m.borrow_mut().take(k))
+}
+
+/// The DO answered the class with anything but a refusal to remember: its memo goes.
+pub fn forget(k: &ClassKey) {
+    MEMOS.with(|m| m.borrow_mut().forget(k));
 }
 
 /// Remembers the DO's refusal of the class, with the body it answered, for at most `span_ms`.

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use super::rules::LedgerAgg;
+use crate::policy::plan::MAX_SAFE_INTEGER;
 
 /// A UTC hour in milliseconds.
 pub const HOUR_MS: u64 = 3_600_000;
@@ -101,6 +102,9 @@ pub struct Buckets {
     open: BTreeMap<BucketKey, Bucket>,
     sealed: Option<Sealed>,
     last_seq: u64,
+    /// At least the largest open bucket's quantity (a take-back does not lower it; a seal
+    /// does): while it leaves room, usage needs no bucket lookup to know it fits.
+    peak: i64,
 }
 
 impl Buckets {
@@ -109,6 +113,7 @@ impl Buckets {
         let mut out = Self { last_seq, ..Self::default() };
         for (batch, key, bucket) in rows {
             if batch == 0 {
+                out.peak = out.peak.max(bucket.quantity);
                 out.open.insert(key, bucket);
             } else {
                 out.last_seq = out.last_seq.max(batch);
@@ -126,11 +131,24 @@ impl Buckets {
     fn update(&mut self, key: &BucketKey, terms: impl FnOnce() -> Terms, f: impl FnOnce(&mut Bucket)) {
         if let Some(b) = self.open.get_mut(key) {
             f(b);
+            self.peak = self.peak.max(b.quantity);
             return;
         }
         let mut b = Bucket { terms: terms(), ..Bucket::default() };
         f(&mut b);
+        self.peak = self.peak.max(b.quantity);
         self.open.insert(key.clone(), b);
+    }
+
+    /// Whether `quantity` more fits in every one of `keys`' open buckets without passing
+    /// 2^53 − 1, the largest count the DO's storage and D1 keep exactly. `keys` is called only
+    /// when some open bucket is near that bound.
+    pub fn fits(&self, quantity: u64, keys: impl FnOnce() -> Vec<BucketKey>) -> bool {
+        let max = i128::from(MAX_SAFE_INTEGER);
+        if i128::from(self.peak) + i128::from(quantity) <= max {
+            return true;
+        }
+        keys().iter().all(|k| i128::from(self.open.get(k).map_or(0, |b| b.quantity)) + i128::from(quantity) <= max)
     }
 
     /// Counts `quantity` at `ts` into `key`'s bucket.
@@ -151,6 +169,7 @@ impl Buckets {
         }
         self.last_seq = self.last_seq.saturating_add(1);
         let buckets = std::mem::take(&mut self.open).into_iter().collect();
+        self.peak = 0;
         self.sealed = Some(Sealed { seq: self.last_seq, buckets });
         Some(self.last_seq)
     }

@@ -113,6 +113,11 @@ pub struct Tallies {
     pub open_reservations: u64,
     /// Per-event audit rows (and rows of an earlier build) not yet in D1.
     pub outbox_pending: u64,
+    /// Rows that must stay bounded whatever names and ids clients send: counter rows (one per
+    /// meter of the plan), decision-count series (meter × outcome) and idempotency records.
+    pub counter_rows: u64,
+    pub decision_series: u64,
+    pub idempotency_records: u64,
 }
 
 /// What a step needs loaded from storage.
@@ -191,6 +196,8 @@ pub struct Boot {
     pub outbox_ready: Option<Timestamp>,
     pub alert_due: Option<Timestamp>,
     pub reservation_expires: Option<Timestamp>,
+    /// How many provisional reservations are open.
+    pub open_reservations: u64,
     pub flush_failures: u32,
     /// Ledger buckets as stored: (batch, key, bucket); batch 0 is open.
     pub buckets: Vec<(u64, BucketKey, Bucket)>,

@@ -18,6 +18,16 @@ pub const MAX_FLUSH_BACKOFF_MS: u64 = 300_000;
 /// Idempotency records (Idempotency-Key, event ids, origin reports) are kept at least 24 hours;
 /// 48 here, so a client retrying for a day and a half still sees its first answer.
 pub const IDEMPOTENCY_MS: u64 = 48 * 3_600_000;
+/// The most proxied requests' holds an org keeps in memory for their release window. Past it
+/// the oldest hold goes early: its units stay counted (a failed origin call it covered is then
+/// charged), so eviction never loses counted usage.
+pub const MAX_HELD: usize = 50_000;
+/// The most provisional reservations one org may have open; the next is refused with 429
+/// until one is committed, released or expires.
+pub const MAX_OPEN_RESERVATIONS: u64 = 10_000;
+/// The most idempotency records one org keeps: past it the oldest settled ones go before their
+/// window ends, at the next ledger flush (a retry of one is then counted as new, never free).
+pub const MAX_IDEMPOTENCY_RECORDS: u64 = 1_000_000;
 /// In-memory decision counts reach storage at most this long after they were counted.
 pub const COUNTS_EVERY_MS: u64 = 10_000;
 /// Alert deliveries: at most this many attempts unless `ALERT_MAX_ATTEMPTS` says otherwise.

@@ -25,6 +25,11 @@ pub const DEFAULT_MEMORY_MS: u64 = 1_000;
 /// The longest memory span a deployment may choose (the longest a lease may be spent, too).
 pub const MAX_MEMORY_MS: u64 = super::lease::MAX_TTL_SECS * 1000;
 
+/// Once a memo ended, the one request that asks the DO again has this long to bring the answer
+/// back; meanwhile the others are still answered from the memo, so a storm on one class costs
+/// one DO call per memory span, not one per request in flight when the memo ends.
+pub const ASK_MS: u64 = 1_000;
+
 /// How many refusals one isolate remembers at most (one per org, key, meter and cost): at the
 /// cap, memos that ended go first, and a refusal that finds no room is simply not remembered.
 pub const RECALL_CAP: usize = 4_096;
@@ -81,7 +86,8 @@ impl Recall {
 }
 
 /// A remembered refusal: the memo, until when it stands, the answer's status and body text,
-/// and how many requests it refused since the org's DO last heard from this isolate about it.
+/// how many requests it refused since the org's DO last heard from this isolate about it, and
+/// since when one request has been asking the DO again (after `until`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Memo {
     pub recall: Recall,
@@ -89,6 +95,7 @@ pub struct Memo {
     pub status: u16,
     pub body: String,
     recalled: u64,
+    asking: Option<Timestamp>,
 }
 
 /// An isolate's remembered refusals, at most `cap` of them.
@@ -117,27 +124,38 @@ impl<K: Hash + Eq> Recalls<K> {
         self.map.is_empty()
     }
 
-    /// The refusal remembered for `k`, if it still stands at `now`; it counts as recalled.
+    /// The refusal remembered for `k`, if it stands at `now` (or ended, while another request
+    /// asks the DO again, for at most `ASK_MS`); it counts as recalled. `None` when this
+    /// request must ask the DO: after a memo ends, the first to find it so is the one to ask.
     pub fn recall(&mut self, k: &K, now: Timestamp) -> Option<&Memo> {
         // The common case (nothing refused lately) costs no hashing.
         if self.map.is_empty() {
             return None;
         }
         let m = self.map.get_mut(k)?;
-        if now >= m.until {
+        let asked = m.asking.is_some_and(|since| now < since.saturating_add_ms(ASK_MS));
+        if now >= m.until && !asked {
+            m.asking = Some(now);
             return None;
         }
         m.recalled = m.recalled.saturating_add(1);
         Some(m)
     }
 
-    /// The class is being asked of its org's DO again: its memo goes, and the refusals it
-    /// answered are returned for the DO to count.
+    /// The class is being asked of its org's DO again: the refusals its memo answered since the
+    /// last ask, for the DO to count.
     pub fn take(&mut self, k: &K) -> u64 {
         if self.map.is_empty() {
             return 0;
         }
-        self.map.remove(k).map_or(0, |m| m.recalled)
+        self.map.get_mut(k).map_or(0, |m| std::mem::take(&mut m.recalled))
+    }
+
+    /// The DO answered the class with anything but a refusal to remember: its memo goes.
+    pub fn forget(&mut self, k: &K) {
+        if !self.map.is_empty() {
+            self.map.remove(k);
+        }
     }
 
     /// Remembers a refusal of `k` for at most `span_ms` (0: not at all). At the cap, memos that
@@ -155,7 +173,7 @@ impl<K: Hash + Eq> Recalls<K> {
             }
         }
         let recalled = self.map.get(&k).map_or(0, |m| m.recalled);
-        self.map.insert(k, Memo { recall, until, status, body, recalled });
+        self.map.insert(k, Memo { recall, until, status, body, recalled, asking: None });
     }
 }
 
@@ -187,10 +205,17 @@ mod tests {
         r.remember("k", memo(10_500), 429, "{}".into(), t, 1_000);
         assert_eq!(r.recall(&"k", t).map(|m| m.status), Some(429));
         assert!(r.recall(&"k", Timestamp::from_millis(10_499)).is_some());
-        assert!(r.recall(&"k", Timestamp::from_millis(10_500)).is_none(), "ends at until");
+        assert!(r.recall(&"k", Timestamp::from_millis(10_500)).is_none(), "ends at until: this one asks");
         assert!(r.recall(&"other", t).is_none());
         assert_eq!(r.take(&"k"), 2);
         assert_eq!(r.take(&"k"), 0);
+        // While that request asks, the others are still answered, for at most ASK_MS.
+        assert!(r.recall(&"k", Timestamp::from_millis(10_600)).is_some());
+        assert!(r.recall(&"k", Timestamp::from_millis(11_499)).is_some());
+        assert!(r.recall(&"k", Timestamp::from_millis(11_500)).is_none(), "the ask took too long: another asks");
+        assert_eq!(r.take(&"k"), 2);
+        // The DO admitted: the memo goes.
+        r.forget(&"k");
         assert!(r.is_empty());
     }
 

@@ -14,7 +14,7 @@ const ROUTES = [
 
 // QUOTA_DEBUG_WORK: an answer the org's DO gave carries `X-Quota-Debug-Work`; one the isolate
 // gave from memory does not.
-const fx = gatewayWithOrigin({ ROUTES: JSON.stringify(ROUTES), RESERVED_HEADER_PREFIXES: "x-internal-, X-Tenant-", PLAN_REFRESH_SECS: "1", QUOTA_DEBUG_WORK: "1" }, async ({ api }) => {
+const fx = gatewayWithOrigin({ ROUTES: JSON.stringify(ROUTES), RESERVED_HEADER_PREFIXES: "x-internal-, X-Tenant-", PLAN_REFRESH_SECS: "1", QUOTA_DEBUG_WORK: "1", USAGE_API_CALLS_PER_MINUTE: "0" }, async ({ api }) => {
   await api.plan("tiny", {
     limits: [
       { meter: "requests", limit: 5, period: "month" },
@@ -22,6 +22,7 @@ const fx = gatewayWithOrigin({ ROUTES: JSON.stringify(ROUTES), RESERVED_HEADER_P
       { meter: "csv_rows", limit: 1000, period: "month" },
     ],
   });
+  await api.plan("roomy", { limits: [{ meter: "requests", limit: 1_000_000_000, period: "month" }] });
   // A rate window (attempts, by default) beside a quota period (successes).
   await api.plan("scan", {
     limits: [
@@ -209,4 +210,54 @@ test("a client looping on 429s costs its org's DO one call per second, not one p
   assert.ok(r2.status === 429 && r2.headers.get("x-quota-debug-work"));
   const keyed = await fx.api.call("GET", "/v1/storm", { key: org.key, headers: { "idempotency-key": "storm-1" } });
   assert.ok(keyed.status === 429 && keyed.headers.get("x-quota-debug-work"));
+});
+
+/** Runs `fn(i)` for i in [0, n) with at most `width` at a time; the results in order. */
+async function pool(n, width, fn) {
+  const out = new Array(n);
+  let next = 0;
+  await Promise.all(Array.from({ length: width }, async () => {
+    while (next < n) {
+      const i = next++;
+      out[i] = await fn(i);
+    }
+  }));
+  return out;
+}
+
+test("10,000 random meter names and 10,100 reservations leave one org's DO within its stated bounds", async () => {
+  const org = await fx.api.newOrg("roomy", { prefix: "bounded" });
+  const name = () => `m${Math.random().toString(36).slice(2, 12)}`;
+  // Client-chosen names: 100 batches of 100 events, and 200 checks, each on a meter nobody declared.
+  const batches = await pool(100, 8, (b) =>
+    fx.api.call("POST", "/_quota/v1/events", { key: org.key, body: { events: Array.from({ length: 100 }, (_, i) => ({ id: `e${b}-${i}`, meter: name(), quantity: 1 })) } }),
+  );
+  for (const r of batches) {
+    assert.equal(r.status, 200, r.text);
+    assert.ok(r.json.results.every((x) => x.status === "rejected" && /^unknown meter/.test(x.reason)), JSON.stringify(r.json.results[0]));
+  }
+  const checks = await pool(200, 8, () => fx.api.call("POST", "/_quota/v1/check", { key: org.key, body: { meter: name(), quantity: 1 } }));
+  assert.ok(checks.every((r) => r.status === 400 && r.json.type === "urn:quotagate:problem:unknown-meter"));
+  let s = await fx.api.state(org.id);
+  // At most the one counter row of the plan's one meter (`requests`); no name a client chose
+  // left a row, a decision series or an idempotency record.
+  assert.ok(s.counter_rows <= 1, `counter rows ${s.counter_rows}`);
+  assert.deepEqual({ series: s.decision_series, records: s.idempotency_records }, { series: 0, records: 0 });
+  // Reservations: 10,000 may be open (MAX_OPEN_RESERVATIONS); the 100 past that are 429s.
+  const reserve = () => fx.api.call("POST", "/_quota/v1/check", { key: org.key, body: { meter: "requests", quantity: 1, reserve: true, ttl_seconds: 3600 } });
+  const answers = await pool(10_100, 16, reserve);
+  const by = {};
+  for (const r of answers) by[r.status] = (by[r.status] ?? 0) + 1;
+  assert.deepEqual(by, { 200: 10_000, 429: 100 });
+  const full = answers.find((r) => r.status === 429);
+  assert.equal(full.json.type, "urn:quotagate:problem:too-many-reservations");
+  assert.ok(Number(full.headers.get("retry-after")) > 3500);
+  s = await fx.api.state(org.id);
+  assert.equal(s.open_reservations, 10_000);
+  assert.equal(s.limits.find((l) => l.policy === "requests-month").used, 10_000, "every open reservation holds its units; none was lost");
+  // One settled makes room for exactly one more.
+  const id = answers.find((r) => r.status === 200).json.reservation.id;
+  assert.equal((await fx.api.call("POST", `/_quota/v1/reservations/${id}/release`, { key: org.key, body: {} })).status, 200);
+  assert.equal((await reserve()).status, 200);
+  assert.equal((await reserve()).status, 429);
 });

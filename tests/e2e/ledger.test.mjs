@@ -310,7 +310,8 @@ test("counts stop at 2^53 − 1: more is a 422 that counts nothing; ledger total
   // ai_tokens is a soft limit: nothing refuses it but the ceiling.
   assert.equal((await post("big-1", MAX - 1)).json.results[0].status, "accepted");
   const over = await post("big-2", 2);
-  assert.deepEqual([over.json.results[0].status, over.json.results[0].reason], ["rejected", `'ai_tokens-month' would pass ${MAX}, the largest count the gateway keeps`]);
+  // The hour's ledger bucket is checked first (it bounds a meter with no limit too).
+  assert.deepEqual([over.json.results[0].status, over.json.results[0].reason], ["rejected", `'ai_tokens (its ledger bucket for this hour)' would pass ${MAX}, the largest count the gateway keeps`]);
   // Sent as written: `2.0` is the whole number 2 (JSON.stringify would drop the fraction).
   const raw = '{"meter": "ai_tokens", "quantity": 2.0, "reserve": true}';
   const check = await fx.api.call("POST", "/_quota/v1/check", { key: o.key, raw, headers: { "content-type": "application/json" } });

@@ -11,7 +11,7 @@ use worker::{Request, RequestInit};
 use super::{DoError, DoResult, OrgQuota};
 use crate::edge::ledger::{self, AlertAttempt};
 use crate::edge::platform::{now, settings};
-use crate::org::rules::{alert_retry_at, AlertOutcome};
+use crate::org::rules::{alert_retry_at, AlertOutcome, MAX_IDEMPOTENCY_RECORDS};
 use crate::org::{FlushResult, LedgerOp, Need, OrgMachine, OrgReply, Repair, Step};
 use crate::policy::keys::webhook_signature;
 use crate::policy::{OrgId, Timestamp};
@@ -296,7 +296,7 @@ async fn flush_all(q: &OrgQuota) -> DoResult<(u64, u64, Option<Timestamp>)> {
         flushed = flushed.saturating_add(u64::try_from(legacy).unwrap_or(0));
     }
     q.with_machine(|_, store, now| {
-        store.prune_idempotency(OrgMachine::idempotency_cutoff(now))?;
+        store.prune_idempotency(OrgMachine::idempotency_cutoff(now), now, MAX_IDEMPOTENCY_RECORDS)?;
         let (pending, next) = store.pending()?;
         Ok((flushed, pending, next))
     })

@@ -106,7 +106,7 @@ impl OrgMachine {
             .filter(|l| !l.period.is_rate())
             .filter_map(|l| l.reset.map(|r| r.since(now)))
             .fold(rules.ttl_ms, u64::min);
-        if units == 0 || ttl_ms < MIN_TTL_MS {
+        if units == 0 || ttl_ms < MIN_TTL_MS || self.bucket_room(cx.loaded, meter, units, now.millis()).is_err() {
             return None;
         }
         let decision = cx.book.record(policy, meter, units, true, now).ok().filter(Decision::allowed)?;

@@ -11,7 +11,7 @@ use crate::org::buckets::{BucketKey, Sealed, Terms};
 use crate::org::io::{FlushResult, Writes};
 use crate::org::msg::StoredConfig;
 use crate::org::rules::{flush_backoff_ms, FLUSH_DELAY_MS};
-use crate::policy::{MeterId, Timestamp};
+use crate::policy::{MeterId, Timestamp, UsageError};
 
 impl OrgMachine {
     /// Whether the org's status report (reconciliation, depths, counts) is due: it reports one
@@ -74,6 +74,26 @@ impl OrgMachine {
     pub(super) fn bucket_key(&self, meter: &MeterId, ts: u64) -> BucketKey {
         let marks = [self.resets.get(meter.as_str()), self.resets.get("*"), self.config_at.as_ref()];
         BucketKey::at(meter.as_str(), ts, marks.into_iter().flatten().map(|t| t.millis()))
+    }
+
+    /// Refuses usage that would take an open ledger bucket (the meter's, or a composite's it
+    /// is part of) past 2^53 − 1, the largest count storage and D1 keep exactly: nothing is
+    /// counted, and the client is answered 422. Checked before anything changes.
+    pub(super) fn bucket_room(
+        &self,
+        loaded: &Loaded,
+        meter: &MeterId,
+        quantity: u64,
+        ts: u64,
+    ) -> Result<(), UsageError> {
+        let keys = || {
+            std::iter::once(meter).chain(loaded.policy.composites_of(meter)).map(|m| self.bucket_key(m, ts)).collect()
+        };
+        if self.ledger.fits(quantity, keys) {
+            Ok(())
+        } else {
+            Err(UsageError::CountCeiling { policy: format!("{meter} (its ledger bucket for this hour)") })
+        }
     }
 
     pub(super) fn terms(loaded: &Loaded, meter: &MeterId) -> Terms {

@@ -29,7 +29,7 @@ use self::ops::{Cx, Held};
 use super::buckets::Buckets;
 use super::io::{AlertView, Boot, Need, SeenKey, Snapshot, Tallies, Writes};
 use super::msg::{AdminOp, Caller, DecideKind, KeyHash, OrgOp, OrgReply, StoredConfig};
-use super::rules::{decode_counters, encode_counters, Wake, COUNTS_EVERY_MS, IDEMPOTENCY_MS};
+use super::rules::{decode_counters, encode_counters, Wake, COUNTS_EVERY_MS, IDEMPOTENCY_MS, MAX_OPEN_RESERVATIONS};
 use crate::policy::{
     Book, EventId, LimitStatus, MeterId, OrgId, OrgTerms, Plan, PlanError, Policy, ReservationKind, ReserveAs,
     Timestamp, UsageError,
@@ -58,6 +58,11 @@ pub enum OrgError {
     KeyReused(EventId),
     #[error("the first request with Idempotency-Key '{0}' is still in flight; retry once it has been answered")]
     KeyInFlight(EventId),
+    #[error(
+        "this org has {MAX_OPEN_RESERVATIONS} provisional reservations open, the most it may have; commit or \
+         release one, or wait for one to expire"
+    )]
+    TooManyReservations { retry_after_secs: Option<u64> },
 }
 
 impl OrgError {
@@ -81,6 +86,14 @@ impl OrgError {
             }
             Self::KeyReused(_) => (422, "idempotency-key-reused", "Idempotency-Key reused", self.to_string()),
             Self::KeyInFlight(_) => (409, "idempotency-key-in-flight", "Request in flight", self.to_string()),
+            Self::TooManyReservations { retry_after_secs } => {
+                let body = problem_body(429, "too-many-reservations", "Too many open reservations", &self.to_string());
+                let mut reply = OrgReply::problem(429, body);
+                if let Some(s) = retry_after_secs {
+                    reply.headers.push(("Retry-After".into(), s.to_string()));
+                }
+                return reply;
+            }
         };
         OrgReply::problem(status, problem_body(status, kind, title, &detail))
     }
@@ -130,6 +143,8 @@ pub struct OrgMachine {
     /// token order (which is admission order). Memory only: nothing per request is stored.
     held: BTreeMap<u64, Held>,
     next_token: u64,
+    /// Provisional reservations open in storage (at most `MAX_OPEN_RESERVATIONS`).
+    open_reservations: u64,
     /// When this instance last learned its plan's current version from D1.
     plan_checked: Option<Timestamp>,
     plan_refresh_ms: u64,
@@ -190,6 +205,7 @@ impl OrgMachine {
             last_flush: None,
             held: BTreeMap::new(),
             next_token: 1,
+            open_reservations: b.open_reservations,
             plan_checked: None,
             plan_refresh_ms: b.plan_refresh_ms.max(1_000),
             report_every_ms: b.report_every_ms.max(1_000),
@@ -226,8 +242,12 @@ impl OrgMachine {
     }
 
     /// What `step` will need for an org operation: the counter rows of the meters it names and
-    /// of every composite they are part of.
-    pub fn needs_org(&self, op: &OrgOp) -> Need {
+    /// of every composite they are part of. Nothing for a caller the step will refuse: the key
+    /// is checked before anything is loaded for the request.
+    pub fn needs_org(&self, caller: &Caller, op: &OrgOp) -> Need {
+        if self.check_caller(caller, op).is_err() {
+            return Need::default();
+        }
         let mut need = self.needs_org_own(op);
         if let Some(policy) = self.policy() {
             // A meter the plan does not know has no row to read, and asking for one would
@@ -449,6 +469,7 @@ impl OrgMachine {
                 for r in snap.reservations {
                     meters.insert(r.meter.clone());
                     writes.reservation_delete.push(r.id.clone());
+                    self.open_reservations = self.open_reservations.saturating_sub(1);
                     book.reservations.insert(r.id.clone(), r);
                 }
                 // Provisional reservations are released; nothing else is ever in this table.
@@ -528,6 +549,11 @@ impl OrgMachine {
             "plan_version": loaded.plan_version,
             "ledger_shard": loaded.shard,
             "open_leases": self.open_leases(now),
+            // What one org holds, whatever its clients send: each is bounded (ARCHITECTURE.md).
+            "held_requests": self.held.len(),
+            "counter_rows": tallies.counter_rows,
+            "decision_series": tallies.decision_series,
+            "idempotency_records": tallies.idempotency_records,
         }))
     }
 }

@@ -10,7 +10,7 @@ use super::{book_of, meter_row, Loaded, OrgError, OrgMachine, Step};
 use crate::org::buckets::BucketKey;
 use crate::org::io::{OutboxRow, Seen, SeenKey, SeenResult, Snapshot, Writes};
 use crate::org::msg::{DecideKind, OrgReply, SettleAction};
-use crate::org::rules::{crossings, earliest, FLUSH_DELAY_MS};
+use crate::org::rules::{crossings, earliest, FLUSH_DELAY_MS, MAX_HELD, MAX_OPEN_RESERVATIONS};
 use crate::policy::headers::{decision_headers, refusal_problem, HeaderList};
 use crate::policy::keys::Fingerprint;
 use crate::policy::recall::Recall;
@@ -45,6 +45,10 @@ impl OrgMachine {
                 break;
             }
             entry.remove();
+        }
+        // At the cap the oldest hold goes early: its units stay counted (never lost usage).
+        while self.held.len() >= MAX_HELD {
+            self.held.pop_first();
         }
         let token = self.next_token;
         self.next_token = token.saturating_add(1);
@@ -118,9 +122,14 @@ impl OrgMachine {
                         UsageError::NotReservable { meter: meter.clone(), aggregation: spec.aggregation }.into()
                     );
                 }
+                self.bucket_room(cx.loaded, meter, quantity, now.millis())?;
                 cx.book.record(policy, meter, quantity, true, now)?
             }
             DecideKind::Reserve => {
+                if self.open_reservations >= MAX_OPEN_RESERVATIONS {
+                    let retry_after_secs = self.wake.reservation_expires.map(|t| t.since(now).div_ceil(1000).max(1));
+                    return Err(OrgError::TooManyReservations { retry_after_secs });
+                }
                 for r in &cx.snap.reservations {
                     cx.book.reservations.insert(r.id.clone(), r.clone());
                 }
@@ -228,7 +237,10 @@ impl OrgMachine {
                 results.push(json!({"id": e.id.as_str(), "status": "rejected", "reason": reason}));
                 continue;
             }
-            let (status, reason) = match cx.book.record(policy, &e.meter, e.quantity, enforce, now) {
+            let ts = e.timestamp.unwrap_or(now.millis());
+            let fits = self.bucket_room(cx.loaded, &e.meter, e.quantity, ts);
+            let (status, reason) = match fits.and_then(|()| cx.book.record(policy, &e.meter, e.quantity, enforce, now))
+            {
                 Ok(d) if d.allowed() => ("accepted", None),
                 Ok(d) => ("rejected", Some(refusal_reason(&d))),
                 Err(err) => ("rejected", Some(err.to_string())),
@@ -242,7 +254,7 @@ impl OrgMachine {
             if status == "accepted" {
                 cx.persist(&e.meter);
                 let row = OutboxRow {
-                    ts: e.timestamp.unwrap_or(now.millis()),
+                    ts,
                     metadata: e.metadata.as_ref().map(Value::to_string),
                     ..OutboxRow::audit(e.id.to_string(), &e.meter, e.quantity, "event", now)
                 };
@@ -275,7 +287,11 @@ impl OrgMachine {
                 cx.persist(&meter);
                 return Ok(OrgError::from(UsageError::UnknownReservation(id.clone())).into_reply());
             }
-            SettleAction::Commit { quantity } => cx.book.commit(policy, id, quantity.unwrap_or(res.quantity), now)?,
+            SettleAction::Commit { quantity } => {
+                let q = quantity.unwrap_or(res.quantity);
+                self.bucket_room(cx.loaded, &meter, q, now.millis())?;
+                cx.book.commit(policy, id, q, now)?
+            }
             SettleAction::Release => cx.book.release(policy, id, now)?,
         };
         cx.persist(&meter);
@@ -376,7 +392,10 @@ impl OrgMachine {
                 continue;
             }
             // A composite is recorded through its parts: a report naming one is ignored, visibly.
-            if cx.book.record(policy, m, *q, false, now).is_err() {
+            // So is usage past what the ledger keeps exactly (2^53 − 1 in an hour's bucket).
+            if self.bucket_room(cx.loaded, m, *q, now.millis()).is_err()
+                || cx.book.record(policy, m, *q, false, now).is_err()
+            {
                 ignored.push(m.as_str().to_owned());
                 continue;
             }
@@ -513,6 +532,11 @@ impl<'a> Cx<'a> {
         if !self.writes.alerts.is_empty() {
             m.wake.alert_due = Some(self.now);
         }
+        // Only a finished step changes how many reservations are open (a reservation is put
+        // once, when it is made, and deleted once).
+        let opened = u64::try_from(self.writes.reservation_put.len()).unwrap_or(u64::MAX);
+        let closed = u64::try_from(self.writes.reservation_delete.len()).unwrap_or(u64::MAX);
+        m.open_reservations = m.open_reservations.saturating_add(opened).saturating_sub(closed);
         Step { reply, writes: self.writes, log: self.log }
     }
 }

@@ -91,8 +91,11 @@ impl Mem {
             s.reservations.extend(self.reservations.values().filter(|r| r.expires <= now).cloned());
             s.next_expiry = self.reservations.values().filter(|r| r.expires > now).map(|r| r.expires).min();
         }
-        s.tallies =
-            Tallies { open_reservations: self.reservations.len() as u64, outbox_pending: self.outbox.len() as u64 };
+        s.tallies = Tallies {
+            open_reservations: self.reservations.len() as u64,
+            outbox_pending: self.outbox.len() as u64,
+            ..Tallies::default()
+        };
         s
     }
 
@@ -217,6 +220,7 @@ impl Mem {
             outbox_ready: self.outbox.values().map(|r| Timestamp::from_millis(r.ready_at)).min(),
             alert_due: None,
             reservation_expires: self.reservations.values().map(|r| r.expires).min(),
+            open_reservations: self.reservations.len() as u64,
             flush_failures: 0,
             buckets: self.buckets.iter().map(|((batch, k), b)| (*batch, k.clone(), b.clone())).collect(),
             flush_seq: self.meta.get("flush_seq").map_or(0, |v| v.parse().unwrap()),
@@ -282,7 +286,7 @@ impl Org {
     }
 
     fn org(&mut self, caller: &Caller, op: OrgOp, now: Timestamp) -> Result<Step, OrgError> {
-        let snap = self.mem.load(&self.m.needs_org(&op), now);
+        let snap = self.mem.load(&self.m.needs_org(caller, &op), now);
         let step = self.m.step_org(caller, op, snap, now)?;
         self.mem.apply(&step.writes);
         Ok(step)
@@ -396,6 +400,10 @@ fn month_and_minute() -> Org {
 fn unknown_and_wrong_callers_are_refused_before_anything_else() {
     let mut o = month_and_minute();
     let stranger = Caller::Key(KeyHash("cd".repeat(32)));
+    // Nothing is loaded for a key the org does not know.
+    let decide = reserve("x", 1, 1_000);
+    assert_eq!(o.m.needs_org(&stranger, &decide), Need::default());
+    assert!(o.m.needs_org(&key(), &decide).meters.contains(&m("requests")));
     let op = OrgOp::Usage { short: true };
     assert_eq!(o.org(&stranger, op.clone(), at(0)).unwrap_err(), OrgError::Unauthorized);
     assert_eq!(o.org(&Caller::Gateway, op, at(0)).unwrap_err(), OrgError::Unauthorized);
@@ -539,6 +547,28 @@ fn events_dedupe_within_a_batch_and_across_batches() {
 }
 
 #[test]
+fn usage_that_would_take_a_ledger_bucket_past_2_53_is_refused_and_nothing_is_counted() {
+    // `bytes` has no limit, so no counter bounds it: its hour's ledger bucket must.
+    let doc = json!({"meters": [{"id": "bytes"}], "limits": [{"meter": "requests", "limit": 10, "period": "month"}]});
+    let mut o = Org::with_config(config(doc));
+    let max = crate::policy::plan::MAX_SAFE_INTEGER;
+    let ev = |id: &str, q| UsageEvent { id: eid(id), meter: m("bytes"), quantity: q, timestamp: None, metadata: None };
+    let op = OrgOp::Events { events: vec![ev("a", max - 1), ev("b", 2), ev("c", 1)], enforce: true };
+    let r = o.org(&key(), op, at(0)).unwrap().reply;
+    let results = r.body["results"].as_array().unwrap();
+    let st: Vec<&str> = results.iter().map(|x| x["status"].as_str().unwrap()).collect();
+    assert_eq!(st, ["accepted", "rejected", "accepted"]);
+    assert_eq!(
+        results[1]["reason"],
+        "'bytes (its ledger bucket for this hour)' would pass 9007199254740991, the largest count the gateway keeps"
+    );
+    assert_eq!(o.mem.queued("bytes"), max, "exactly 2^53 − 1 is kept; the refused 2 never entered");
+    // The next hour's bucket has room again.
+    let later = OrgOp::Events { events: vec![ev("d", 5)], enforce: true };
+    assert_eq!(o.org(&key(), later, at(3_600_000)).unwrap().reply.body["results"][0]["status"], "accepted");
+}
+
+#[test]
 fn a_batch_of_events_crosses_each_level_once() {
     let mut o = Org::new(json!([{"meter": "rows", "limit": 100, "period": "month", "mode": "hard"}]));
     let ev = |id: String| UsageEvent { id: eid(&id), meter: m("rows"), quantity: 10, timestamp: None, metadata: None };
@@ -616,3 +646,45 @@ mod ledger;
 mod props;
 mod rows_and_wake;
 pub mod sim;
+
+#[test]
+fn open_reservations_and_holds_have_caps_and_eviction_keeps_usage_counted() {
+    use crate::org::rules::{MAX_HELD, MAX_OPEN_RESERVATIONS};
+    let mut o = Org::new(json!([{"meter": "requests", "limit": 1_000_000_000, "period": "month", "mode": "hard"}]));
+    for i in 0..MAX_OPEN_RESERVATIONS {
+        let r = o.org(&key(), reserve(&format!("r{i}"), 1, 3_600_000), at(i)).unwrap().reply;
+        assert_eq!(r.status, 200, "reservation {i}");
+    }
+    let full = o.org(&key(), reserve("one-more", 1, 60_000), at(20_000)).unwrap_err().into_reply();
+    assert_eq!(full.status, 429);
+    assert_eq!(full.body["type"], "urn:quotagate:problem:too-many-reservations");
+    let retry: u64 = full.headers.iter().find(|(k, _)| k == "Retry-After").unwrap().1.parse().unwrap();
+    assert_eq!(retry, 3_580, "the first reservation expires an hour after it was made");
+    // Settling one makes room for one.
+    let release = OrgOp::Settle { id: eid("r0"), action: SettleAction::Release };
+    assert_eq!(o.org(&key(), release, at(20_001)).unwrap().reply.status, 200);
+    assert_eq!(o.org(&key(), reserve("one-more", 1, 60_000), at(20_002)).unwrap().reply.status, 200);
+    assert_eq!(o.org(&key(), reserve("two-more", 1, 60_000), at(20_003)).unwrap_err().into_reply().status, 429);
+
+    // Holds: past the cap the oldest goes, and the usage it held stays counted.
+    let mut p = Org::new(json!([{"meter": "requests", "limit": 1_000_000_000, "period": "month", "mode": "hard"}]));
+    let n = u64::try_from(MAX_HELD).unwrap() + 10;
+    let mut first = None;
+    for i in 0..n {
+        let r = p.proxy(&format!("q{i}"), 1, false, at(i));
+        first.get_or_insert(r.held.unwrap());
+    }
+    let state = p.admin(AdminOp::State, at(n));
+    assert_eq!(state.body["held_requests"], json!(MAX_HELD));
+    // The evicted hold cannot give its units back: they stay counted.
+    let release = OrgOp::Release { id: eid("q0"), held: first.unwrap(), quantity: None };
+    assert!(matches!(
+        p.org(&Caller::Gateway, release, at(n + 1)),
+        Err(OrgError::Usage(crate::policy::UsageError::UnknownReservation(_)))
+    ));
+    assert_eq!(p.used("requests-month", at(n + 2)), n);
+    // A hold still kept gives its units back.
+    let last = p.proxy("last", 1, false, at(n + 3)).held.unwrap();
+    p.org(&Caller::Gateway, OrgOp::Release { id: eid("last"), held: last, quantity: None }, at(n + 4)).unwrap();
+    assert_eq!(p.used("requests-month", at(n + 5)), n, "n + 1 admitted, 1 released");
+}

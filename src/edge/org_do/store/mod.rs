@@ -222,6 +222,7 @@ impl Store {
             alert_due: one("SELECT MIN(next_at) AS n FROM alerts WHERE status = 'pending'")?
                 .map(Timestamp::from_millis),
             reservation_expires: one("SELECT MIN(expires) AS n FROM reservations")?.map(Timestamp::from_millis),
+            open_reservations: one("SELECT COUNT(*) AS n FROM reservations")?.unwrap_or(0),
             flush_failures: self.meta("flush_failures")?.and_then(|v| v.parse().ok()).unwrap_or(0),
             buckets: buckets.into_iter().map(BucketRow::into_parts).collect(),
             flush_seq: num("flush_seq")?.unwrap_or(0),
@@ -359,6 +360,9 @@ impl Store {
         Ok(Tallies {
             open_reservations: count("SELECT COUNT(*) AS n FROM reservations")?,
             outbox_pending: count("SELECT COUNT(*) AS n FROM ledger_outbox")?,
+            counter_rows: count("SELECT COUNT(*) AS n FROM meter_counters")?,
+            decision_series: count("SELECT COUNT(*) AS n FROM decisions")?,
+            idempotency_records: count("SELECT COUNT(*) AS n FROM idempotency_keys")?,
         })
     }
 

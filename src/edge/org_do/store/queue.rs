@@ -53,8 +53,17 @@ impl Store {
         Ok(p.into_iter().next().map_or((0, None), |p| (uint(p.n), p.next.map(|n| Timestamp::from_millis(uint(n))))))
     }
 
-    pub fn prune_idempotency(&self, before: Timestamp) -> StoreResult<()> {
-        self.write("DELETE FROM idempotency_keys WHERE at < ?", vec![int(before.millis())?])
+    /// Idempotency records past their window go; so do the oldest settled ones past `cap` (a
+    /// retry of an evicted key is counted as new: eviction never loses counted usage). A
+    /// record whose request is in flight stays.
+    pub fn prune_idempotency(&self, before: Timestamp, now: Timestamp, cap: u64) -> StoreResult<()> {
+        self.write("DELETE FROM idempotency_keys WHERE at < ?", vec![int(before.millis())?])?;
+        // LIMIT is clamped at 0: SQLite reads a negative LIMIT as no limit at all.
+        self.write(
+            "DELETE FROM idempotency_keys WHERE id IN (SELECT id FROM idempotency_keys WHERE busy_until <= ?1 \
+             ORDER BY at LIMIT max(0, (SELECT COUNT(*) FROM idempotency_keys) - ?2))",
+            vec![int(now.millis())?, int(cap)?],
+        )
     }
 
     /// The sums of an earlier build's queued rows (counted usage, not audit rows) over one
