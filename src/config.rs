@@ -352,41 +352,39 @@ mod tests {
 
     #[test]
     fn a_bad_value_is_an_exact_error_never_a_fallback() {
-        assert_eq!(
-            errors(&[("LEDGER_SHARDS", "100")]),
-            ["LEDGER_SHARDS: must be a whole number from 1 to 64 (got \"100\")"]
-        );
-        assert_eq!(
-            errors(&[("LEDGER_SHARDS", "0")]),
-            ["LEDGER_SHARDS: must be a whole number from 1 to 64 (got \"0\")"]
-        );
-        assert_eq!(
-            errors(&[("PROXY_RELEASE_WINDOW_SECS", "-5")]),
-            ["PROXY_RELEASE_WINDOW_SECS: must be a whole number from 1 to 3600 (got \"-5\")"]
-        );
-        assert_eq!(
-            errors(&[("REFUSAL_MEMORY_MS", "60000")]),
-            ["REFUSAL_MEMORY_MS: must be a whole number from 0 to 10000 (got \"60000\")"]
-        );
-        assert_eq!(
-            errors(&[("HOURLY_RETENTION_DAYS", "7")]),
-            ["HOURLY_RETENTION_DAYS: must be a whole number from 40 to 3650 (got \"7\")"]
-        );
-        assert_eq!(errors(&[("DECISION_LOG", "some")]), ["DECISION_LOG: must be all, refusals or off (got \"some\")"]);
-        assert_eq!(
-            errors(&[("QUOTA_FAULTS", "panic,typo")]),
-            ["QUOTA_FAULTS: unknown fault \"typo\" (known: do_unavailable, panic, apply_fails)"]
-        );
-        assert_eq!(
-            errors(&[("ORIGIN_URL", "localhost:8788")]),
-            ["ORIGIN_URL: must be an http:// or https:// URL with a host (got \"localhost:8788\")"]
-        );
-        assert_eq!(errors(&[("ROUTES", "{}")]), ["ROUTES: must be a JSON array of rules"]);
-        assert_eq!(errors(&[("ROUTES", r#"[{"path": "a", "meter": "m"}]"#)]), ["ROUTES[0].path: must start with '/'"]);
-        assert_eq!(
-            errors(&[("RESERVED_HEADER_PREFIXES", "x-internal-, bad prefix")]),
-            ["RESERVED_HEADER_PREFIXES: \"bad prefix\" is not a header name prefix (letters, digits, '-', '_')"]
-        );
+        // (variable, value, the one error it gives)
+        let cases: &[(&str, &str, &str)] = &[
+            ("LEDGER_SHARDS", "100", "LEDGER_SHARDS: must be a whole number from 1 to 64 (got \"100\")"),
+            ("LEDGER_SHARDS", "0", "LEDGER_SHARDS: must be a whole number from 1 to 64 (got \"0\")"),
+            (
+                "PROXY_RELEASE_WINDOW_SECS",
+                "-5",
+                "PROXY_RELEASE_WINDOW_SECS: must be a whole number from 1 to 3600 (got \"-5\")",
+            ),
+            ("REFUSAL_MEMORY_MS", "60000", "REFUSAL_MEMORY_MS: must be a whole number from 0 to 10000 (got \"60000\")"),
+            ("HOURLY_RETENTION_DAYS", "7", "HOURLY_RETENTION_DAYS: must be a whole number from 40 to 3650 (got \"7\")"),
+            ("DECISION_LOG", "some", "DECISION_LOG: must be all, refusals or off (got \"some\")"),
+            (
+                "QUOTA_FAULTS",
+                "panic,typo",
+                "QUOTA_FAULTS: unknown fault \"typo\" (known: do_unavailable, panic, apply_fails)",
+            ),
+            (
+                "ORIGIN_URL",
+                "localhost:8788",
+                "ORIGIN_URL: must be an http:// or https:// URL with a host (got \"localhost:8788\")",
+            ),
+            ("ROUTES", "{}", "ROUTES: must be a JSON array of rules"),
+            ("ROUTES", r#"[{"path": "a", "meter": "m"}]"#, "ROUTES[0].path: must start with '/'"),
+            (
+                "RESERVED_HEADER_PREFIXES",
+                "x-internal-, bad prefix",
+                "RESERVED_HEADER_PREFIXES: \"bad prefix\" is not a header name prefix (letters, digits, '-', '_')",
+            ),
+        ];
+        for (var, value, error) in cases {
+            assert_eq!(errors(&[(var, value)]), [*error], "{var}={value}");
+        }
         assert_eq!(parse(&[("LEDGER_SHARDS", "100")]).ledger_shards, 1, "the field is a placeholder; the error stands");
     }
 
