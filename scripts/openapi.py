@@ -69,6 +69,9 @@ INT_POSITIVE = {**INT, "minimum": 1}
 RATE_PERIODS = ["second", "minute", "hour"]
 DATE = {"type": "string", "format": "date", "example": "2026-11-23"}
 ID = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"}
+TIME = {"type": "string", "format": "date-time", "example": "2027-01-31T00:00:00Z"}
+KEY_ID = path_param("key_id", r"^key_[0-9a-f]{16}$", "key_0123456789abcdef")
+NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
 EVENT_ID = {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"}
 # A reservation id in a path: "." and ".." are path segments a URL resolves away, never an id.
 RESERVATION_ID = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$"
@@ -134,6 +137,42 @@ schemas = {
                 "max_units": INT_POSITIVE,
                 "ttl_secs": {"type": "integer", "minimum": 1, "maximum": 10}}},
         },
+    },
+    "NewKey": {
+        "type": "object", "required": ["key_id", "key", "prefix", "org_id", "created_at", "expires_at", "secret_version"],
+        "properties": {"key_id": {"type": "string", "pattern": r"^key_[0-9a-f]{16}$"},
+                       "key": {"type": "string", "description": "The plaintext, shown in this answer only"},
+                       "prefix": {"type": "string"}, "org_id": ID, "created_at": TIME, "expires_at": NULL_TIME,
+                       "secret_version": {"type": "integer", "minimum": 1, "maximum": 999},
+                       "rolled": {"type": "object", "required": ["key_id", "expires_at"],
+                                  "description": "On a roll: the old key and when it stops working"}},
+    },
+    "KeyInfo": {
+        "type": "object", "additionalProperties": False,
+        "required": ["key_id", "prefix", "state", "created_at", "last_used", "expires_at", "revoked_at", "secret_version", "replaced_by"],
+        "properties": {"key_id": {"type": "string"}, "prefix": {"type": "string"},
+                       "state": {"enum": ["active", "rolling", "expired", "revoked"]},
+                       "created_at": TIME, "last_used": {"type": ["string", "null"], "format": "date"},
+                       "expires_at": NULL_TIME, "revoked_at": NULL_TIME,
+                       "secret_version": {"type": "integer", "minimum": 1, "maximum": 999},
+                       "replaced_by": {"type": ["string", "null"]}},
+    },
+    "TokenInfo": {
+        "type": "object",
+        "required": ["token_id", "name", "scope", "prefix", "state", "created_at", "created_by", "expires_at", "revoked_at"],
+        "properties": {"token_id": {"type": "string", "pattern": r"^tok_[0-9a-f]{16}$"}, "name": {"type": "string"},
+                       "scope": {"enum": ["read", "write"]}, "prefix": {"type": "string"},
+                       "state": {"enum": ["active", "expired", "revoked"]}, "created_at": TIME,
+                       "created_by": {"type": "string"}, "expires_at": NULL_TIME, "revoked_at": NULL_TIME,
+                       "token": {"type": "string", "description": "The plaintext, in the creating answer only"}},
+    },
+    "AuditEntry": {
+        "type": "object", "additionalProperties": False,
+        "required": ["seq", "at", "token_id", "token_name", "action", "target", "summary", "status"],
+        "properties": {"seq": INT_POSITIVE, "at": TIME, "token_id": {"type": "string"}, "token_name": {"type": "string"},
+                       "action": {"type": "string", "example": "key.roll"}, "target": {"type": "string", "example": "org/acme/key/key_0123456789abcdef"},
+                       "summary": {"type": "string"},
+                       "status": {"type": ["integer", "null"], "description": "The HTTP status the write ended with; null if unknown"}},
     },
     # A stored plan is the document as accepted plus its row's fields (so no additionalProperties: false).
     "StoredPlan": {
@@ -270,14 +309,51 @@ paths = {
                                                   "parameters": [ORG_ID], "responses": ok(ref("Usage"))}},
     "/_quota/admin/orgs/{org_id}/keys": {
         "parameters": [ORG_ID],
-        "get": {"summary": "The org's keys (never the plaintext)", "security": ADMIN,
-                "responses": ok({"type": "object", "required": ["org_id", "keys"]})},
-        "post": {"summary": "Create a key; the plaintext is shown once", "security": ADMIN,
-                 "responses": ok({"type": "object", "required": ["key_id", "key"]}, status="201", desc="Created")}},
+        "get": {"summary": "The org's keys: state, creation, last-used day, expiry and secret version (never a hash or the plaintext)",
+                "security": ADMIN,
+                "responses": ok({"type": "object", "required": ["org_id", "keys"],
+                                 "properties": {"keys": {"type": "array", "items": ref("KeyInfo")}}})},
+        "post": {"summary": "Create a key under the current key secret version; the plaintext is shown once", "security": ADMIN,
+                 "requestBody": {"content": {"application/json": {"schema": {
+                     "type": "object", "additionalProperties": False,
+                     "properties": {"expires_at": {**TIME, "description": "When the key stops working (in the future)"}}}}}},
+                 "responses": ok(ref("NewKey"), status="201", desc="Created")}},
     "/_quota/admin/orgs/{org_id}/keys/{key_id}": {"delete": {
         "summary": "Revoke a key, effective on the next request", "security": ADMIN,
-        "parameters": [ORG_ID, path_param("key_id", r"^key_[0-9a-f]{16}$")],
+        "parameters": [ORG_ID, KEY_ID],
         "responses": ok({"type": "object", "required": ["key_id", "revoked_at"]})}},
+    "/_quota/admin/orgs/{org_id}/keys/{key_id}/roll": {"post": {
+        "summary": "Roll a key: a new key now, the old one kept for grace_secs (default 86400, at most 30 days; 0 ends it at once)",
+        "security": ADMIN, "parameters": [ORG_ID, KEY_ID],
+        "requestBody": {"content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"grace_secs": {"type": "integer", "minimum": 0, "maximum": 2592000},
+                           "expires_at": {**TIME, "description": "The new key's expiry"}}}}}},
+        "responses": {**ok(ref("NewKey"), status="201", desc="Created"),
+                      "409": {"description": "The key is revoked, expired or already rolled", "content": {"application/problem+json": {"schema": ref("Problem")}}}}}},
+    "/_quota/admin/tokens": {
+        "get": {"summary": "Named admin tokens (never a hash or the plaintext)", "security": ADMIN,
+                "responses": ok({"type": "object", "required": ["tokens"], "properties": {"tokens": {"type": "array", "items": ref("TokenInfo")}}})},
+        "post": {"summary": "Create a named admin token with scope read or write; the plaintext is shown once (at most 100 active)",
+                 "security": ADMIN,
+                 "requestBody": body({"type": "object", "required": ["name", "scope"], "additionalProperties": False, "properties": {
+                     "name": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[A-Za-z0-9._@-]([A-Za-z0-9 ._@-]*[A-Za-z0-9._@-])?$"},
+                     "scope": {"enum": ["read", "write"]},
+                     "expires_at": TIME}}, {"name": "support dashboard", "scope": "read"}),
+                 "responses": {**ok({**ref("TokenInfo")}, status="201", desc="Created (with `token`, shown once)"),
+                               "409": {"description": "100 tokens are active", "content": {"application/problem+json": {"schema": ref("Problem")}}}}}},
+    "/_quota/admin/tokens/{token_id}": {"delete": {
+        "summary": "Revoke a named admin token, effective on its next request", "security": ADMIN,
+        "parameters": [path_param("token_id", r"^tok_[0-9a-f]{16}$", "tok_0123456789abcdef")],
+        "responses": ok({"type": "object", "required": ["token_id", "revoked_at"]})}},
+    "/_quota/admin/audit": {"get": {
+        "summary": "The admin audit log, newest first: every admin write (and every refused one) by token name; kept RETENTION_DAYS",
+        "security": ADMIN,
+        "parameters": [query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+                       query("before", {"type": "integer", "minimum": 0, "maximum": 9007199254740991})],
+        "responses": ok({"type": "object", "required": ["entries", "next_before"], "properties": {
+            "entries": {"type": "array", "items": ref("AuditEntry")},
+            "next_before": {"type": ["integer", "null"], "description": "Pass as `before` for the next page; null on the last"}}})}},
     "/_quota/admin/orgs/{org_id}/reset": {"post": {
         "summary": "Zero the current windows of a meter (or all)", "security": ADMIN, "parameters": [ORG_ID],
         "requestBody": {"content": {"application/json": {"schema": {"type": "object", "additionalProperties": False, "properties": {"meter": ID}}}}},
@@ -329,7 +405,13 @@ doc = {
                  "**Bounds per org.** Usage that would take a counter or an hour's ledger bucket past 2^53 - 1 is a "
                  "422 (`count-ceiling`); at most 10,000 provisional reservations may be open (the next is a 429, "
                  "`too-many-reservations`, with `Retry-After` until the first expires); a meter nobody declared "
-                 "leaves no row.")},
+                 "leaves no row.\n\n"
+                 "**Keys and secrets.** A key `qg_<org>.v<n>.<random>.<tag>` names the version of the key secret that "
+                 "tagged it (`KEY_SECRETS`, current first; keys without a version are version 1, `KEY_SECRET`). A key "
+                 "of a version no longer listed, an expired key and a revoked key all get the same 401 as an unknown "
+                 "one. During a rotation of `ORIGIN_SECRET` or `WEBHOOK_SECRET` (a comma-separated list, current "
+                 "first) requests carry `X-Quota-Signature: v2=…,v2=…` and webhooks `t=…,v1=…,v1=…`: one signature "
+                 "per listed secret.")},
     "servers": [{"url": "/"}],
     "paths": paths,
     "components": {
@@ -338,7 +420,9 @@ doc = {
         "securitySchemes": {
             "orgKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             "orgBearer": {"type": "http", "scheme": "bearer", "description": "An org API key as a bearer token"},
-            "adminToken": {"type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN"},
+            "adminToken": {"type": "http", "scheme": "bearer", "description": (
+                "ADMIN_TOKEN (scope write), or a named admin token `qga_…` from POST /_quota/admin/tokens. "
+                "A token of scope read may make every GET; any other method is a 403.")},
         },
     },
 }

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use crate::org::rules::DEFAULT_ALERT_ATTEMPTS;
 use crate::policy::classify::Routes;
 use crate::policy::recall;
+use crate::policy::secret::{KeySecrets, KeyVersion, Secret, Secrets, MAX_KEY_VERSIONS, MAX_SIGNING_SECRETS};
 use crate::telemetry::DecisionLog;
 
 /// How long a failed origin call may still give its request's units back (the DO keeps the hold
@@ -69,9 +70,14 @@ impl fmt::Display for SettingError {
 fn needed_by(var: &str) -> &'static [Need] {
     use Need::{Admin, Cron, Org, Proxy, UsageApi};
     match var {
-        "ROUTES" | "ORIGIN_URL" | "RESERVED_HEADER_PREFIXES" | "PROXY_RELEASE_WINDOW_SECS" | "REFUSAL_MEMORY_MS" => {
-            &[Proxy]
-        }
+        "ROUTES"
+        | "ORIGIN_URL"
+        | "ORIGIN_SECRET"
+        | "RESERVED_HEADER_PREFIXES"
+        | "PROXY_RELEASE_WINDOW_SECS"
+        | "REFUSAL_MEMORY_MS" => &[Proxy],
+        // Keys are verified by the proxy and the usage API, and minted by the admin API.
+        "KEY_SECRETS" | "KEY_SECRET" => &[Proxy, UsageApi, Admin],
         "LEDGER_SHARDS" => &[Admin, Cron, UsageApi, Org],
         "WEBHOOK_SECRET" | "ALERT_WEBHOOK_URL" | "ALERT_MAX_ATTEMPTS" => &[Org, Cron],
         "STRIPE_API_BASE" => &[Cron, Admin],
@@ -83,12 +89,15 @@ fn needed_by(var: &str) -> &'static [Need] {
     }
 }
 
-/// The deployment's settings, validated.
+/// The deployment's settings, validated. Every secret in it is a `Secret`, so its `Debug` (which
+/// a log line or a panic message may print) shows none of them.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub key_secret: Option<String>,
+    /// `KEY_SECRETS` (versioned, current first) and `KEY_SECRET` (version 1, listed last).
+    pub key_secrets: Option<KeySecrets>,
     pub origin_url: Option<String>,
-    pub origin_secret: Option<String>,
+    /// `ORIGIN_SECRET`: one secret, or during a rotation several, current first.
+    pub origin_secret: Option<Secrets>,
     pub routes: Rc<Routes>,
     pub release_window_ms: u64,
     /// How long an isolate may answer a hard refusal from memory (`REFUSAL_MEMORY_MS`, 0 to
@@ -102,8 +111,9 @@ pub struct Settings {
     /// real period boundary. Zero unless set.
     pub clock_offset_ms: i64,
     pub metrics_flush_ms: u64,
-    /// The admin API's bearer token; unset locks the admin API.
-    pub admin_token: Option<String>,
+    /// The bootstrap admin token (scope `write`, named `ADMIN_TOKEN` in the audit log). Unset,
+    /// only named admin tokens (stored in D1) open the admin API.
+    pub admin_token: Option<Secret>,
     /// Daily ledger rows and audit rows older than this many days are pruned (default 400).
     pub retention_days: u64,
     /// Hourly ledger rows are pruned after this many days (`HOURLY_RETENTION_DAYS`, at least 40).
@@ -125,10 +135,10 @@ pub struct Settings {
     pub alert_max_attempts: u32,
     /// Signs threshold-alert webhooks. Unset: no alert is sent (they wait, refused), never
     /// unsigned.
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<Secrets>,
     pub stripe_api_base: String,
     /// Reporting to Stripe is skipped without it.
-    pub stripe_secret_key: Option<String>,
+    pub stripe_secret_key: Option<Secret>,
     /// `QUOTA_DEBUG_WORK` (tests and benchmarks): the org DO reports its `SQLite` work.
     pub debug_work: bool,
     /// `RESERVED_HEADER_PREFIXES`: client headers with these prefixes (lower case) never reach
@@ -198,8 +208,67 @@ impl Reader<'_> {
     }
 
     /// A secret: never echoed, whatever is wrong with it.
-    fn secret(&self, var: &str) -> Option<String> {
-        self.raw(var)
+    fn secret(&self, var: &str) -> Option<Secret> {
+        self.raw(var).map(Secret::new)
+    }
+
+    /// A comma-separated list of secrets, current first (a signing secret during a rotation).
+    /// The messages name entries by position, never by value.
+    fn secrets(&mut self, var: &'static str) -> Option<Secrets> {
+        let raw = self.raw(var)?;
+        let list: Vec<&str> = raw.split(',').map(str::trim).collect();
+        if let Some(n) = list.iter().position(|e| e.is_empty()) {
+            let reason = format!("entry {} is empty (a list of secrets is comma separated, current first)", n + 1);
+            return self.fail(var, reason, None);
+        }
+        if list.len() > MAX_SIGNING_SECRETS {
+            let reason = format!("lists at most {MAX_SIGNING_SECRETS} secrets (got {})", list.len());
+            return self.fail(var, reason, None);
+        }
+        for (i, e) in list.iter().enumerate() {
+            if let Some(j) = list.iter().take(i).position(|p| p == e) {
+                return self.fail(var, format!("entry {} repeats entry {}", i + 1, j + 1), None);
+            }
+        }
+        Secrets::of(list.into_iter().map(Secret::new).collect())
+    }
+
+    /// `KEY_SECRETS` (`<version>:<secret>` entries, comma separated, current first) and
+    /// `KEY_SECRET`, which is version 1 and comes last (the secret of every key minted before
+    /// versions existed). Either alone is enough.
+    fn key_secrets(&mut self) -> Option<KeySecrets> {
+        const VAR: &str = "KEY_SECRETS";
+        let mut list: Vec<(KeyVersion, Secret)> = Vec::new();
+        if let Some(raw) = self.raw(VAR) {
+            for (i, entry) in raw.split(',').map(str::trim).enumerate() {
+                let n = i + 1;
+                let Some((version, secret)) = entry.split_once(':').filter(|(_, s)| !s.trim().is_empty()) else {
+                    return self.fail(VAR, format!("entry {n} must be <version>:<secret>"), None);
+                };
+                let Some(version) = KeyVersion::parse(version.trim()) else {
+                    // Not echoed: what stands before the ':' may be part of a secret.
+                    let reason = format!("entry {n}: the version must be a whole number from 1 to {}", KeyVersion::MAX);
+                    return self.fail(VAR, reason, None);
+                };
+                if list.iter().any(|(v, _)| *v == version) {
+                    return self.fail(VAR, format!("version {version} is listed twice"), None);
+                }
+                list.push((version, Secret::new(secret.trim())));
+            }
+        }
+        if let Some(legacy) = self.secret("KEY_SECRET") {
+            if list.iter().any(|(v, _)| *v == KeyVersion::FIRST) {
+                let reason = "lists version 1, which KEY_SECRET also sets: give version 1 in one place".to_owned();
+                return self.fail(VAR, reason, None);
+            }
+            list.push((KeyVersion::FIRST, legacy));
+        }
+        if list.len() > MAX_KEY_VERSIONS {
+            let reason =
+                format!("at most {MAX_KEY_VERSIONS} versions at once, KEY_SECRET included (got {})", list.len());
+            return self.fail(VAR, reason, None);
+        }
+        KeySecrets::of(list)
     }
 }
 
@@ -259,8 +328,8 @@ impl Settings {
             );
         }
         let alert_webhook_url = r.url("ALERT_WEBHOOK_URL");
-        let webhook_secret = r.secret("WEBHOOK_SECRET");
-        if alert_webhook_url.is_some() && webhook_secret.is_none() {
+        let webhook_secret = r.secrets("WEBHOOK_SECRET");
+        if alert_webhook_url.is_some() && r.raw("WEBHOOK_SECRET").is_none() {
             r.fail(
                 "WEBHOOK_SECRET",
                 "is required when ALERT_WEBHOOK_URL is set: alerts are signed, never sent unsigned".to_owned(),
@@ -269,9 +338,9 @@ impl Settings {
         }
         let hourly = r.number("HOURLY_RETENTION_DAYS", MIN_HOURLY_RETENTION_DAYS..=3650, MIN_HOURLY_RETENTION_DAYS);
         Self {
-            key_secret: r.secret("KEY_SECRET"),
+            key_secrets: r.key_secrets(),
             origin_url: r.url("ORIGIN_URL"),
-            origin_secret: r.secret("ORIGIN_SECRET"),
+            origin_secret: r.secrets("ORIGIN_SECRET"),
             routes: Rc::new(routes),
             release_window_ms: r.secs("PROXY_RELEASE_WINDOW_SECS", 1..=3600, DEFAULT_RELEASE_WINDOW_SECS),
             refusal_memory_ms: r.number("REFUSAL_MEMORY_MS", 0..=recall::MAX_MEMORY_MS, recall::DEFAULT_MEMORY_MS),
@@ -346,7 +415,7 @@ mod tests {
         );
         assert_eq!((s.alert_max_attempts, s.reconcile_autofix_pct, s.metrics_flush_ms), (8, 5, 10_000));
         assert_eq!(s.stripe_api_base, "https://api.stripe.com");
-        assert!(s.key_secret.is_none() && s.webhook_secret.is_none() && s.faults == Faults::default());
+        assert!(s.key_secrets.is_none() && s.webhook_secret.is_none() && s.faults == Faults::default());
         assert!(s.check(Need::Proxy).is_ok());
     }
 
@@ -375,6 +444,31 @@ mod tests {
                 "ORIGIN_URL: must be an http:// or https:// URL with a host (got \"localhost:8788\")",
             ),
             ("ROUTES", "{}", "ROUTES: must be a JSON array of rules"),
+            ("KEY_SECRETS", "s3cr3t-value", "KEY_SECRETS: entry 1 must be <version>:<secret>"),
+            ("KEY_SECRETS", "2:s3cr3t-value, 1:", "KEY_SECRETS: entry 2 must be <version>:<secret>"),
+            (
+                "KEY_SECRETS",
+                "v2:s3cr3t-value",
+                "KEY_SECRETS: entry 1: the version must be a whole number from 1 to 999",
+            ),
+            (
+                "KEY_SECRETS",
+                "1000:s3cr3t-value",
+                "KEY_SECRETS: entry 1: the version must be a whole number from 1 to 999",
+            ),
+            ("KEY_SECRETS", "2:s3cr3t-value,2:other-value", "KEY_SECRETS: version 2 is listed twice"),
+            (
+                "KEY_SECRETS",
+                "1:a,2:b,3:c,4:d,5:e,6:f,7:g,8:h,9:i",
+                "KEY_SECRETS: at most 8 versions at once, KEY_SECRET included (got 9)",
+            ),
+            (
+                "ORIGIN_SECRET",
+                "s3cr3t-value,,older",
+                "ORIGIN_SECRET: entry 2 is empty (a list of secrets is comma separated, current first)",
+            ),
+            ("ORIGIN_SECRET", "a,b,c,d,e", "ORIGIN_SECRET: lists at most 4 secrets (got 5)"),
+            ("WEBHOOK_SECRET", "s3cr3t-value,s3cr3t-value", "WEBHOOK_SECRET: entry 2 repeats entry 1"),
             ("ROUTES", r#"[{"path": "a", "meter": "m"}]"#, "ROUTES[0].path: must start with '/'"),
             (
                 "RESERVED_HEADER_PREFIXES",
@@ -401,7 +495,58 @@ mod tests {
     fn secrets_are_never_echoed() {
         let s = parse(&[("KEY_SECRET", "k-very-secret"), ("ALERT_WEBHOOK_URL", "x")]);
         assert!(s.errors.iter().all(|e| !e.reason.contains("k-very-secret")));
-        assert_eq!(s.key_secret.as_deref(), Some("k-very-secret"));
+        let (version, secret) = s.key_secrets.as_ref().unwrap().current();
+        assert_eq!((version, secret.expose()), (KeyVersion::FIRST, &b"k-very-secret"[..]));
+    }
+
+    #[test]
+    fn formatting_the_settings_shows_no_secret() {
+        let secrets = [
+            ("KEY_SECRETS", "3:ks-three-SECRET,2:ks-two-SECRET"),
+            ("KEY_SECRET", "ks-one-SECRET"),
+            ("ORIGIN_SECRET", "origin-new-SECRET,origin-old-SECRET"),
+            ("WEBHOOK_SECRET", "hook-new-SECRET,hook-old-SECRET"),
+            ("ADMIN_TOKEN", "admin-SECRET"),
+            ("STRIPE_SECRET_KEY", "sk_test_SECRET"),
+        ];
+        let s = parse(&secrets);
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        let shown = format!("{s:?}\n{s:#?}");
+        for (var, value) in secrets {
+            for part in value.split(',') {
+                let secret = part.split_once(':').map_or(part, |(_, v)| v);
+                assert!(!shown.contains(secret), "{var}'s {secret} is in the settings' Debug:\n{shown}");
+            }
+        }
+        assert!(shown.contains("[redacted]"));
+        // Every secret is there, under its version, current first.
+        let keys = s.key_secrets.as_ref().unwrap();
+        let versions: Vec<u16> = keys.versions().iter().map(|v| v.get()).collect();
+        assert_eq!(versions, [3, 2, 1]);
+        assert_eq!(keys.get(KeyVersion::FIRST).map(Secret::expose), Some(&b"ks-one-SECRET"[..]));
+        assert_eq!(s.origin_secret.as_ref().map(|o| o.iter().count()), Some(2));
+        assert_eq!(s.webhook_secret.as_ref().map(|w| w.current().expose()), Some(&b"hook-new-SECRET"[..]));
+        // A bad list names entries by position, never by value.
+        let bad = parse(&[("KEY_SECRETS", "leaky:SECRET"), ("ORIGIN_SECRET", "SECRET,,SECRET")]);
+        assert_eq!(bad.errors.len(), 2);
+        assert!(
+            bad.errors.iter().all(|e| !e.reason.contains("leaky") && !e.reason.contains("SECRET")),
+            "{:?}",
+            bad.errors
+        );
+    }
+
+    #[test]
+    fn version_one_is_key_secret_or_listed_never_both() {
+        assert_eq!(
+            errors(&[("KEY_SECRETS", "2:b,1:a"), ("KEY_SECRET", "a")]),
+            ["KEY_SECRETS: lists version 1, which KEY_SECRET also sets: give version 1 in one place"]
+        );
+        let s = parse(&[("KEY_SECRETS", "5:e, 4:d")]);
+        let versions: Vec<u16> = s.key_secrets.unwrap().versions().iter().map(|v| v.get()).collect();
+        assert_eq!(versions, [5, 4]);
+        assert!(parse(&[("KEY_SECRETS", "5:e")]).check(Need::Cron).is_ok());
+        assert!(parse(&[("KEY_SECRETS", "e")]).check(Need::Proxy).is_err());
     }
 
     #[test]

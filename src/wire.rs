@@ -5,6 +5,13 @@
 //! Pure like the core, so every refusal message is tested natively. It must never decide usage
 //! (that is `policy`) nor touch the platform (that is `edge`).
 
+mod access;
+
+pub use access::{
+    key_id_in_path, token_id_in_path, AuditQuery, KeyRequest, RollRequest, Scope, TokenRequest, DEFAULT_GRACE_SECS,
+    MAX_ADMIN_TOKENS,
+};
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

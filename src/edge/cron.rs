@@ -43,6 +43,15 @@ pub async fn run(env: &Env) {
         }
         Err(e) => worker::console_error!("{}", json!({"msg": "cron: retention failed", "error": e.to_string()})),
     }
+    // The admin audit log is kept as long as the daily ledger.
+    let audit = match ledger::db(env) {
+        Ok(db) => ledger::prune_audit(&db, daily_cutoff).await,
+        Err(e) => Err(e),
+    };
+    match audit {
+        Ok(n) => pruned = pruned.saturating_add(n),
+        Err(e) => worker::console_error!("{}", json!({"msg": "cron: audit retention failed", "error": e.to_string()})),
+    }
     let line = json!({"msg": "scheduled", "rows_pruned": pruned, "retention_days": days, "hourly_retention_days": hourly_days,
                       "ms": now().since(started)});
     worker::console_log!("{line}");

@@ -17,8 +17,14 @@ pub enum EdgeError {
     /// Missing, unknown, revoked or forged credentials: all look the same.
     #[error("unauthorized")]
     Unauthorized,
+    /// A known admin whose token's scope does not allow the operation.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The resource is not in a state the operation applies to (a rolled key rolled again).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
@@ -57,7 +63,9 @@ impl EdgeError {
     pub fn into_response(self) -> worker::Result<Response> {
         let (status, kind, title, detail) = match &self {
             Self::Unauthorized => return reply_response(&OrgReply::problem(401, unauthorized_body())),
+            Self::Forbidden(d) => (403, "forbidden", "Forbidden", d.clone()),
             Self::NotFound(d) => (404, "not-found", "Not found", d.clone()),
+            Self::Conflict(d) => (409, "conflict", "Conflict", d.clone()),
             Self::MethodNotAllowed(d) => (405, "method-not-allowed", "Method not allowed", d.clone()),
             Self::BadRequest(d) => (400, "bad-request", "Bad request", d.clone()),
             Self::Input(e) => (400, "invalid-input", "Invalid input", e.to_string()),

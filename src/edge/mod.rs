@@ -131,6 +131,12 @@ async fn healthz(env: &Env) -> Result<Response, EdgeError> {
     let stub = ns.get_by_name("_health").map_err(EdgeError::platform("DO stub"))?;
     let mut pong = stub.fetch_with_str("https://org-quota/ping").await.map_err(EdgeError::platform("DO ping"))?;
     let pong: serde_json::Value = pong.json().await.map_err(EdgeError::platform("DO ping body"))?;
+    // The key secret versions in use, never a secret: what a rotation's steps are checked by.
+    let keys = cfg.key_secrets.as_ref().map(|k| {
+        let versions: Vec<u16> = k.versions().iter().map(|v| v.get()).collect();
+        json!({"current_version": k.current().0.get(), "accepted_versions": versions})
+    });
+    let signing = |s: Option<&crate::policy::secret::Secrets>| s.map_or(0, |s| s.iter().count());
     let body = json!({
         "status": "ok",
         "service": "quotagate",
@@ -138,6 +144,11 @@ async fn healthz(env: &Env) -> Result<Response, EdgeError> {
         "checks": {
             "ledger": {"ok": true, "plans": plans},
             "org_do": pong,
+        },
+        "secrets": {
+            "keys": keys,
+            "origin_signatures": signing(cfg.origin_secret.as_ref()),
+            "webhook_signatures": signing(cfg.webhook_secret.as_ref()),
         },
     });
     json_response(200, &body, "application/json").map_err(EdgeError::platform("response"))

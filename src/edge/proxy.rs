@@ -367,10 +367,13 @@ async fn fail_over(env: &Env, key: &VerifiedKey, logged: &Logged<'_>) -> Result<
     }
 }
 
-/// The plan's fail mode from D1, with the key's revocation checked there instead of in the DO.
+/// The plan's fail mode from D1, with the key's revocation and expiry checked there instead of
+/// in the DO.
 async fn fail_mode(env: &Env, key: &VerifiedKey) -> Result<(FailMode, String), EdgeError> {
     let row = ledger::key_plan(&ledger::db(env)?, &key.org, &key.hash).await?;
-    let row = row.filter(|r| r.revoked_at.is_none()).ok_or(EdgeError::Unauthorized)?;
+    let t = now().millis();
+    let row =
+        row.filter(|r| r.revoked_at.is_none() && r.expires_at.is_none_or(|e| t < e)).ok_or(EdgeError::Unauthorized)?;
     let plan_id = PlanId::parse(&row.plan_id).map_err(|e| EdgeError::Internal(e.to_string()))?;
     let doc = serde_json::from_str(&row.plan_body).map_err(|e| EdgeError::Internal(e.to_string()))?;
     Ok((Plan::parse(&plan_id, &doc)?.on_failure, row.plan_id))
@@ -457,7 +460,7 @@ fn origin_request(
 ) -> Result<Request, EdgeError> {
     let cfg = settings(env);
     let origin = cfg.origin_url.as_deref().ok_or(EdgeError::NotConfigured("ORIGIN_URL"))?;
-    let origin_secret = cfg.origin_secret.as_deref().ok_or(EdgeError::NotConfigured("ORIGIN_SECRET"))?;
+    let origin_secret = cfg.origin_secret.as_ref().ok_or(EdgeError::NotConfigured("ORIGIN_SECRET"))?;
     // One copy in the runtime, then only the names are walked.
     let headers = copy_headers(req.headers())?;
     // Collected first: deleting while a header iterator runs may skip the next name.
@@ -485,7 +488,7 @@ fn origin_request(
         ("X-Quota-Decision-Id", id.to_string()),
         ("X-Quota-Replay", admitted.replayed.to_string()),
         ("X-Quota-Timestamp", ts.to_string()),
-        ("X-Quota-Signature", origin_signature(origin_secret.as_bytes(), &signed)),
+        ("X-Quota-Signature", origin_signature(origin_secret, &signed)),
     ];
     if admitted.source == Source::FailOpen {
         tenant.push(("X-Quota-Decision", "fail-open".to_owned()));

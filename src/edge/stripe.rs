@@ -12,17 +12,18 @@ use worker::{Env, Fetch, Headers, Method, Request, RequestInit};
 use super::error::EdgeError;
 use super::ledger::{self, Batch};
 use super::platform::{now, settings};
+use crate::policy::secret::Secret;
 use crate::policy::stripe::{backoff_ms, breaker_after, classify, meter_event_form, Answer, MAX_AGE_SECS};
 use crate::policy::Timestamp;
 
 /// Sends one meter event; (HTTP status, body) or the transport error.
-async fn send(env: &Env, b: &Batch, secret: &str) -> Result<(u16, String), String> {
+async fn send(env: &Env, b: &Batch, secret: &Secret) -> Result<(u16, String), String> {
     let base = &settings(env).stripe_api_base;
     let url = format!("{}/v1/billing/meter_events", base.trim_end_matches('/'));
     let body = meter_event_form(&b.event_name, &b.stripe_customer_id, b.value, &b.id, b.hour);
     let headers = Headers::new();
     for (k, v) in [
-        ("Authorization", format!("Bearer {secret}")),
+        ("Authorization", format!("Bearer {}", secret.expose_str())),
         ("Content-Type", "application/x-www-form-urlencoded".to_owned()),
         ("Idempotency-Key", b.id.clone()),
     ] {

@@ -55,7 +55,7 @@ pub async fn summary(req: &Request, env: &Env) -> Handled {
         return Ok(refused);
     }
     let db = ledger::db(env)?;
-    let shard = ledger::key_shard(&db, &key.org, &key.hash).await?.ok_or(EdgeError::Unauthorized)?;
+    let shard = ledger::key_shard(&db, &key.org, &key.hash, now()).await?.ok_or(EdgeError::Unauthorized)?;
     let t = now();
     let from = t.date() - Duration::days(i64::try_from(days).unwrap_or(365).saturating_sub(1));
     let rows = ledger::summary(&ledger::shard_db(env, shard)?, &key.org, &from.to_string()).await?;
@@ -85,7 +85,7 @@ pub async fn history(req: &Request, env: &Env) -> Handled {
         return Ok(refused);
     }
     let db = ledger::db(env)?;
-    if ledger::key_shard(&db, &key.org, &key.hash).await?.is_none() {
+    if ledger::key_shard(&db, &key.org, &key.hash, now()).await?.is_none() {
         return Err(EdgeError::Unauthorized);
     }
     // An unknown meter is an error, not an empty series.

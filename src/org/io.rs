@@ -151,6 +151,16 @@ pub struct Snapshot {
     pub tallies: Tallies,
 }
 
+/// A key as the org's DO stores it: its id, its hash, when it stops working, and the last day
+/// (UTC, in days since the epoch) a request used it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub key_id: String,
+    pub hash: KeyHash,
+    pub expires_at: Option<Timestamp>,
+    pub used_day: Option<u64>,
+}
+
 /// What the store must write, all in the step's one synchronous transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Writes {
@@ -170,7 +180,8 @@ pub struct Writes {
     pub forget: Vec<SeenKey>,
     pub alerts: Vec<NewAlert>,
     pub meta: Vec<(String, String)>,
-    pub key_put: Option<(String, KeyHash)>,
+    /// Key rows to write whole (a new key, a roll's two, a key's first use of a day).
+    pub key_put: Vec<StoredKey>,
     pub key_delete: Option<String>,
     /// Decision counts to add: (meter, outcome, n).
     pub counts: Vec<(String, &'static str, u64)>,
@@ -186,7 +197,7 @@ pub struct Writes {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Boot {
     pub config: Option<StoredConfig>,
-    pub keys: Vec<(String, KeyHash)>,
+    pub keys: Vec<StoredKey>,
     /// Reset marks: meter (or `*`) → when.
     pub resets: BTreeMap<String, Timestamp>,
     /// The highest outbox sequence ever handed out: max of the outbox and meta `outbox_seq`.

@@ -15,10 +15,13 @@ pub mod machine;
 pub mod msg;
 pub mod rules;
 
-pub use io::{AlertView, Boot, FlushResult, Need, OutboxRow, Seen, SeenKey, SeenResult, Snapshot, Tallies, Writes};
+pub use io::{
+    AlertView, Boot, FlushResult, Need, OutboxRow, Seen, SeenKey, SeenResult, Snapshot, StoredKey, Tallies, Writes,
+};
 pub use machine::{OrgError, OrgMachine, ReconcileWindow, Repair, Step};
 pub use msg::{
-    AdminOp, ApiClass, Caller, DecideKind, KeyHash, LedgerOp, OrgMsg, OrgOp, OrgReply, SettleAction, StoredConfig,
+    AdminOp, ApiClass, Caller, DecideKind, KeyHash, LedgerOp, NewKey, OrgMsg, OrgOp, OrgReply, SettleAction,
+    StoredConfig,
 };
 
 #[cfg(test)]

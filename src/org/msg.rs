@@ -14,7 +14,7 @@ use crate::policy::keys::Fingerprint;
 use crate::policy::lease::Grant;
 pub use crate::policy::lease::LeaseClosing;
 use crate::policy::recall::Recall;
-use crate::policy::{EventId, MeterId, OrgId, PlanId};
+use crate::policy::{EventId, MeterId, OrgId, PlanId, Timestamp};
 use crate::wire::UsageEvent;
 
 /// The SHA-256 of an org key, as 64 lowercase hex characters: all the DO ever sees of a key.
@@ -192,9 +192,32 @@ pub struct StoredConfig {
 pub enum AdminOp {
     Configure(StoredConfig),
     State,
-    Reset { meter: Option<MeterId> },
-    AddKey { key_id: String, hash: KeyHash },
-    RevokeKey { key_id: String },
+    Reset {
+        meter: Option<MeterId>,
+    },
+    AddKey(NewKey),
+    /// A key roll: `new` works at once, `old` until `old_expires_at` (sooner if it already
+    /// expired sooner). One step, so no instant has neither.
+    RollKey {
+        old: String,
+        old_expires_at: Timestamp,
+        new: NewKey,
+    },
+    RevokeKey {
+        key_id: String,
+    },
+    /// What the DO alone knows of the org's keys: each one's last-used day.
+    Keys,
+}
+
+/// A key the admin API minted: its id, its hash (all the DO ever sees of it) and when it stops
+/// working, if ever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewKey {
+    pub key_id: String,
+    pub hash: KeyHash,
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
 }
 
 /// Operations that await the ledger (D1) and are driven by the DO's drain, not by `step`.
@@ -236,8 +259,10 @@ impl OrgMsg {
                 AdminOp::Configure(_) => "configure",
                 AdminOp::State => "state",
                 AdminOp::Reset { .. } => "reset",
-                AdminOp::AddKey { .. } => "add_key",
+                AdminOp::AddKey(_) => "add_key",
+                AdminOp::RollKey { .. } => "roll_key",
                 AdminOp::RevokeKey { .. } => "revoke_key",
+                AdminOp::Keys => "keys",
             },
             Self::Ledger(LedgerOp::Flush) => "flush",
             Self::Ledger(LedgerOp::Reconcile { .. }) => "reconcile",
@@ -338,7 +363,7 @@ mod tests {
             OrgMsg::Org { caller: key(), op: OrgOp::Usage { short: true } },
             OrgMsg::Admin(AdminOp::Reset { meter: None }),
             OrgMsg::Ledger(LedgerOp::Reconcile { repair: true }),
-            OrgMsg::Admin(AdminOp::AddKey { key_id: "k".into(), hash: KeyHash("h".into()) }),
+            OrgMsg::Admin(AdminOp::AddKey(NewKey { key_id: "k".into(), hash: KeyHash("h".into()), expires_at: None })),
         ];
         for m in msgs {
             let s = serde_json::to_string(&m).unwrap_or_default();

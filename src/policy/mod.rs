@@ -21,6 +21,7 @@ pub mod path;
 pub mod period;
 pub mod plan;
 pub mod recall;
+pub mod secret;
 pub mod stripe;
 
 pub use clock::Timestamp;

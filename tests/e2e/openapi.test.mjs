@@ -14,6 +14,8 @@ import { ADMIN_TOKEN } from "../support/client.mjs";
 const ST = process.env.SCHEMATHESIS;
 let key;
 const reservations = [];
+// Keys of acme's that the run may roll and revoke (never the one it calls the usage API with).
+const spareKeys = [];
 // The usage API's own per-org limits are tested in parity.test; here they would only turn
 // schemathesis's requests into 429s.
 const fx = useGateway({ vars: { USAGE_API_READS_PER_MINUTE: "1000000", USAGE_API_CALLS_PER_MINUTE: "1000000" }, setup: async ({ api }) => {
@@ -25,6 +27,7 @@ const fx = useGateway({ vars: { USAGE_API_READS_PER_MINUTE: "1000000", USAGE_API
     assert.equal(r.status, 200, r.text);
     reservations.push(r.json.reservation.id);
   }
+  for (let i = 0; i < 30; i++) spareKeys.push((await api.key("acme")).key_id);
 } });
 
 /** schemathesis's warnings that fail the run: all but validation_mismatch (see the config). */
@@ -69,6 +72,8 @@ function config(dir) {
   const weekAgo = new Date(Date.now() - 7 * 86_400_000).toISOString().slice(0, 10);
   // Event times the ledger takes: within its 35-day past and 5-minute future.
   const recent = [0, 60_000, 3_600_000, 86_400_000, 20 * 86_400_000].map((ago) => new Date(Date.now() - ago).toISOString());
+  // Expiries a key or a token takes: in the future.
+  const future = [86_400_000, 30 * 86_400_000, 365 * 86_400_000].map((ahead) => new Date(Date.now() + ahead).toISOString());
   const dict = (name, values) => `[dictionaries.${name}]\nvalues = [${values.map(toml).join(", ")}]\n`;
   const text = `# Written by tests/e2e/openapi.test.mjs for one run.
 # Every warning fails the run but one: "validation_mismatch" fires when any single round of a
@@ -85,6 +90,8 @@ ${dict("plans", ["free"])}
 ${dict("orgs", ["acme"])}
 ${dict("reservations", reservations)}
 ${dict("recent", recent)}
+${dict("future", future)}
+${dict("keys", spareKeys)}
 [parameters]
 "body.meter" = { dictionary = "meters", probability = 0.8 }
 "body.events[*].meter" = { dictionary = "meters", probability = 0.8 }
@@ -93,6 +100,8 @@ ${dict("recent", recent)}
 "body.plan" = { dictionary = "plans", probability = 0.8 }
 "path.org_id" = { dictionary = "orgs", probability = 0.5 }
 "path.id" = { dictionary = "reservations", probability = 0.8 }
+"body.expires_at" = { dictionary = "future", probability = 0.9 }
+"path.key_id" = { dictionary = "keys", probability = 0.7 }
 
 # Plans and orgs are written under other names than acme's: a generated plan replacing "free",
 # or acme moved to another plan (schemathesis reuses the plan ids it has seen), would leave the

@@ -20,7 +20,8 @@ async function snapshot(orgs) {
     state[org] = { limits: s.limits.map((l) => [l.policy, l.used]), reservations: s.reservations ?? null };
   }
   state.ledger = (await ledgerQuery(fx.gw.persistTo, "SELECT COALESCE(SUM(events), 0) AS n, COALESCE(SUM(quantity), 0) AS q FROM usage_hourly"))[0];
-  state.keys = (await ledgerQuery(fx.gw.persistTo, "SELECT COUNT(*) AS n, COUNT(revoked_at) AS r FROM api_keys"))[0];
+  state.keys = (await ledgerQuery(fx.gw.persistTo, "SELECT COUNT(*) AS n, COUNT(revoked_at) AS r, COUNT(expires_at) AS e FROM api_keys"))[0];
+  state.tokens = (await ledgerQuery(fx.gw.persistTo, "SELECT COUNT(*) AS n, COUNT(revoked_at) AS r FROM admin_tokens"))[0];
   state.orgs = await ledgerQuery(fx.gw.persistTo, "SELECT * FROM orgs ORDER BY id");
   state.plans = await ledgerQuery(fx.gw.persistTo, "SELECT * FROM plans ORDER BY id");
   return state;
@@ -42,9 +43,16 @@ test("the bad-input corpus: documented 4xx each, no 5xx, nothing counted", async
     assert.equal(r.status, 200, r.text);
     return r.json.reservation.id;
   };
+  const revoked = await fx.api.key("org-a");
+  assert.equal((await fx.api.admin("DELETE", `/orgs/org-a/keys/${revoked.key_id}`)).status, 200);
+  const reader = await fx.api.admin("POST", "/tokens", { name: "corpus reader", scope: "read" });
+  assert.equal(reader.status, 201, reader.text);
   const ctx = {
     orgA: "org-a",
     keyA: a.key,
+    keyIdA: a.key_id,
+    revokedKeyId: revoked.key_id,
+    readToken: reader.json.token,
     adminToken: ADMIN_TOKEN,
     ownReservation: await reserve(a.key),
     otherReservation: await reserve(b.key),

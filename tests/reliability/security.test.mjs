@@ -158,6 +158,11 @@ const ADMIN_ENDPOINTS = [
   ["GET", "/export?from=2026-11-01&to=2026-11-02"],
   ["GET", "/metrics"],
   ["POST", "/stripe/sync"],
+  ["POST", "/orgs/sec-a/keys/key_0000000000000000/roll", "{}"],
+  ["GET", "/tokens"],
+  ["POST", "/tokens", '{"name":"sneaky","scope":"write"}'],
+  ["DELETE", "/tokens/tok_0000000000000000"],
+  ["GET", "/audit"],
   ["GET", "/no-such-endpoint"],
 ];
 
@@ -172,8 +177,9 @@ test("every admin endpoint refuses without the admin token, identically, and cha
     "Basic scheme": { authorization: `Basic ${Buffer.from(`admin:${ADMIN_TOKEN}`).toString("base64")}` },
     "an org key": { authorization: `Bearer ${org.key}` },
     "token in x-api-key": { "x-api-key": ADMIN_TOKEN },
+    "a forged named token": { authorization: "Bearer qga_0123456789abcdef.00000000000000000000000000000000" },
   };
-  const state = async () => JSON.stringify(await ledgerQuery(fx.gw.persistTo, "SELECT (SELECT COUNT(*) FROM plans) AS p, (SELECT COUNT(*) FROM orgs) AS o, (SELECT COUNT(*) FROM api_keys) AS k, (SELECT COUNT(revoked_at) FROM api_keys) AS r, (SELECT COUNT(*) FROM counter_resets) AS resets"));
+  const state = async () => JSON.stringify(await ledgerQuery(fx.gw.persistTo, "SELECT (SELECT COUNT(*) FROM plans) AS p, (SELECT COUNT(*) FROM orgs) AS o, (SELECT COUNT(*) FROM api_keys) AS k, (SELECT COUNT(revoked_at) FROM api_keys) AS r, (SELECT COUNT(*) FROM counter_resets) AS resets, (SELECT COUNT(*) FROM admin_tokens) AS t, (SELECT COUNT(*) FROM admin_audit) AS audit"));
   const before = await state();
   const usedBefore = await used("sec-a");
   let n = 0;

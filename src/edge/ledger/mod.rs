@@ -1,15 +1,21 @@
 //! The one D1 access layer: every D1 statement of the gateway lives under this module, and no
-//! other file calls `prepare`. This file holds the catalogue (plans, orgs, API keys) and the
-//! helpers; `usage` the usage ledger, `ops` gauges, latency buckets and alert deliveries, and
-//! `billing` the Stripe reporting state.
+//! other file calls `prepare`. This file holds the catalogue (plans, orgs) and the helpers;
+//! `access` API keys, admin tokens and the audit log; `usage` the usage ledger, `ops` gauges,
+//! latency buckets and alert deliveries, and `billing` the Stripe reporting state.
 //!
 //! Each function is one statement or one batch and translates rows to plain structs; it must
 //! never validate business rules (the core does) nor call a Durable Object.
 
+mod access;
 mod billing;
 mod ops;
 mod usage;
 
+pub use access::{
+    active_token_count, admin_token, audit_begin, audit_finish, audit_page, get_key, insert_key, insert_token,
+    key_plan, key_shard, list_keys, list_tokens, prune_audit, revoke_key, revoke_token, roll_key, AuditStart, KeyRow,
+    NewKeyRow, TokenRow,
+};
 pub use billing::{
     claim_hourly, due_batches, expire_batch, fail_batch, set_breaker, settle_batch, stripe_backlog, stripe_breaker,
     Batch,
@@ -105,22 +111,6 @@ pub struct OrgRow {
     /// The ledger shard that holds its usage: set when the org is created, never moved.
     #[serde(default)]
     pub shard: u32,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct KeyRow {
-    pub id: String,
-    pub prefix: String,
-    pub created_at: u64,
-    pub revoked_at: Option<u64>,
-}
-
-/// What the fail-open path needs to know about a key when the org's DO cannot be asked.
-#[derive(Debug, Clone, Deserialize)]
-pub struct KeyPlanRow {
-    pub revoked_at: Option<u64>,
-    pub plan_id: String,
-    pub plan_body: String,
 }
 
 pub async fn get_plan(db: &D1Database, id: &PlanId) -> Result<Option<PlanRow>, EdgeError> {
@@ -220,85 +210,6 @@ pub async fn put_org(db: &D1Database, row: &OrgRow) -> Result<(), EdgeError> {
     .await
     .map_err(EdgeError::platform("orgs upsert"))?;
     Ok(())
-}
-
-pub async fn insert_key(
-    db: &D1Database,
-    key_id: &str,
-    org: &OrgId,
-    hash: &str,
-    prefix: &str,
-    now: Timestamp,
-) -> Result<(), EdgeError> {
-    db.prepare("INSERT INTO api_keys (id, org_id, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)")
-        .bind(&[s(key_id), s(org.as_str()), s(hash), s(prefix), t(now)?])
-        .map_err(EdgeError::platform("bind"))?
-        .run()
-        .await
-        .map_err(EdgeError::platform("api_keys insert"))?;
-    Ok(())
-}
-
-pub async fn list_keys(db: &D1Database, org: &OrgId) -> Result<Vec<KeyRow>, EdgeError> {
-    rows(
-        db,
-        "SELECT id, prefix, created_at, revoked_at FROM api_keys WHERE org_id = ? ORDER BY created_at",
-        &[s(org.as_str())],
-        "api_keys query",
-    )
-    .await
-}
-
-/// Marks a key of `org` revoked; `None` when the org has no such key. Revoking twice keeps the
-/// first revocation time.
-pub async fn revoke_key(db: &D1Database, org: &OrgId, key_id: &str, now: Timestamp) -> Result<Option<u64>, EdgeError> {
-    db.prepare("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? AND org_id = ?")
-        .bind(&[t(now)?, s(key_id), s(org.as_str())])
-        .map_err(EdgeError::platform("bind"))?
-        .run()
-        .await
-        .map_err(EdgeError::platform("api_keys revoke"))?;
-    let row: Option<KeyRow> = db
-        .prepare("SELECT id, prefix, created_at, revoked_at FROM api_keys WHERE id = ? AND org_id = ?")
-        .bind(&[s(key_id), s(org.as_str())])
-        .map_err(EdgeError::platform("bind"))?
-        .first(None)
-        .await
-        .map_err(EdgeError::platform("api_keys query"))?;
-    Ok(row.and_then(|r| r.revoked_at))
-}
-
-/// The key's revocation state and its org's plan, for deciding without the DO.
-pub async fn key_plan(db: &D1Database, org: &OrgId, hash: &str) -> Result<Option<KeyPlanRow>, EdgeError> {
-    db.prepare(
-        "SELECT k.revoked_at AS revoked_at, p.id AS plan_id, p.body AS plan_body FROM api_keys k \
-         JOIN orgs o ON o.id = k.org_id JOIN plans p ON p.id = o.plan_id WHERE k.key_hash = ? AND k.org_id = ?",
-    )
-    .bind(&[s(hash), s(org.as_str())])
-    .map_err(EdgeError::platform("bind"))?
-    .first(None)
-    .await
-    .map_err(EdgeError::platform("api_keys query"))
-}
-
-/// The org's ledger shard if the key is active for it (used where the org's DO is not asked:
-/// ledger reads); `None` for a revoked or unknown key.
-pub async fn key_shard(db: &D1Database, org: &OrgId, hash: &str) -> Result<Option<u32>, EdgeError> {
-    #[derive(Deserialize)]
-    struct Shard {
-        shard: u32,
-    }
-    let row: Option<Shard> = db
-        .prepare(
-            "SELECT o.shard AS shard FROM api_keys k JOIN orgs o ON o.id = k.org_id \
-             WHERE k.key_hash = ? AND k.org_id = ? AND k.revoked_at IS NULL",
-        )
-        .bind(&[s(hash), s(org.as_str())])
-        .map_err(EdgeError::platform("bind"))?
-        .first(None)
-        .await
-        .map_err(EdgeError::platform("api_keys query"))?;
-    Ok(row.map(|r| r.shard))
 }
 
 pub async fn all_orgs(db: &D1Database) -> Result<Vec<OrgRow>, EdgeError> {

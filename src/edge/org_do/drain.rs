@@ -191,8 +191,8 @@ async fn report(q: &OrgQuota) {
             "threshold_pct": cfg.reconcile_autofix_pct, "limits": body.get("limits"), "timestamp": t.rfc3339()})
             .to_string();
         let (code, error) = match cfg.alert_webhook_url.as_deref() {
-            Some(url) => match cfg.webhook_secret.as_deref() {
-                Some(secret) => post_webhook(url, &id, &payload, secret.as_bytes(), t).await,
+            Some(url) => match cfg.webhook_secret.as_ref() {
+                Some(secrets) => post_webhook(url, &id, &payload, secrets, t).await,
                 None => (None, Some("WEBHOOK_SECRET is not set: alerts are never sent unsigned".to_owned())),
             },
             None => (None, Some("ALERT_WEBHOOK_URL is not set".to_owned())),
@@ -368,8 +368,8 @@ async fn deliver_alerts(q: &OrgQuota) -> DoResult<()> {
         };
         let attempt = row.attempts.saturating_add(1);
         // Never unsigned: without its secret an alert is an attempt that failed, and retries.
-        let (code, error) = match cfg.webhook_secret.as_deref() {
-            Some(secret) => post_webhook(url, &row.id, &row.payload, secret.as_bytes(), t).await,
+        let (code, error) = match cfg.webhook_secret.as_ref() {
+            Some(secrets) => post_webhook(url, &row.id, &row.payload, secrets, t).await,
             None => (None, Some("WEBHOOK_SECRET is not set: alerts are never sent unsigned".to_owned())),
         };
         let outcome = AlertOutcome::of(code, attempt, max_attempts);
@@ -402,11 +402,11 @@ async fn post_webhook(
     url: &str,
     id: &str,
     payload: &str,
-    secret: &[u8],
+    secrets: &crate::policy::secret::Secrets,
     t: Timestamp,
 ) -> (Option<u16>, Option<String>) {
     let headers = worker::Headers::new();
-    let signature = webhook_signature(secret, t.secs(), payload);
+    let signature = webhook_signature(secrets, t.secs(), payload);
     for (k, v) in [
         ("Content-Type", "application/json"),
         ("User-Agent", "quotagate-webhooks/1"),

@@ -193,7 +193,7 @@ impl OrgQuota {
     fn handle(&self, msg: OrgMsg) -> OrgReply {
         match msg {
             OrgMsg::Org { caller, op } => self.step(|m, store, now| {
-                let snap = store.load(&m.needs_org(&caller, &op), now)?;
+                let snap = store.load(&m.needs_org(&caller, &op, now), now)?;
                 Ok(m.step_org(&caller, op, snap, now)?)
             }),
             OrgMsg::Admin(op) => self.step(|m, store, now| {

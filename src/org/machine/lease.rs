@@ -99,12 +99,14 @@ impl OrgMachine {
         let since = hard().map(|l| l.window_start).min().unwrap_or(now);
         let (outstanding, holders) = self.at_risk(meter, since, now);
         let units = grant_size(&rules, cost, want, rooms, outstanding, holders);
-        // A fixed window's units are spent in that window only.
+        // A fixed window's units are spent in that window only, and a key that expires takes
+        // its lease with it.
         let ttl_ms = view
             .limits
             .iter()
             .filter(|l| !l.period.is_rate())
             .filter_map(|l| l.reset.map(|r| r.since(now)))
+            .chain(cx.key_until.map(|t| t.since(now)))
             .fold(rules.ttl_ms, u64::min);
         if units == 0 || ttl_ms < MIN_TTL_MS || self.bucket_room(cx.loaded, meter, units, now.millis()).is_err() {
             return None;

@@ -13,11 +13,14 @@
 //! I/O, read a clock or import `worker`; `now` is always an argument.
 
 mod api;
+mod error;
+mod keys;
 mod lease;
 mod ledger;
 mod ops;
 mod reconcile;
 
+pub use error::OrgError;
 pub use reconcile::{ReconcileWindow, Repair};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,76 +31,13 @@ use serde_json::{json, Value};
 use self::ops::{Cx, Held};
 use super::buckets::Buckets;
 use super::io::{AlertView, Boot, Need, SeenKey, Snapshot, Tallies, Writes};
-use super::msg::{AdminOp, Caller, DecideKind, KeyHash, OrgOp, OrgReply, StoredConfig};
-use super::rules::{decode_counters, encode_counters, Wake, COUNTS_EVERY_MS, IDEMPOTENCY_MS, MAX_OPEN_RESERVATIONS};
+use super::msg::{AdminOp, Caller, DecideKind, OrgOp, OrgReply, StoredConfig};
+use super::rules::{decode_counters, encode_counters, Wake, COUNTS_EVERY_MS, IDEMPOTENCY_MS};
 use crate::policy::{
-    Book, EventId, LimitStatus, MeterId, OrgId, OrgTerms, Plan, PlanError, Policy, ReservationKind, ReserveAs,
-    Timestamp, UsageError,
+    Book, EventId, LimitStatus, MeterId, OrgId, OrgTerms, Plan, Policy, ReservationKind, ReserveAs, Timestamp,
 };
 use crate::telemetry::{DecisionLine, Outcome};
-use crate::wire::{limit_json, problem_body, status_json, unauthorized_body, usage_error_status, usage_json};
-
-/// Why the machine could not carry out a message: its one error type, mapped to an answer by
-/// `into_reply` alone.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OrgError {
-    #[error("unauthorized")]
-    Unauthorized,
-    #[error("org is not configured")]
-    NotConfigured,
-    #[error("{0}")]
-    Plan(#[from] PlanError),
-    #[error("{0}")]
-    Usage(#[from] UsageError),
-    #[error("stored state does not decode: {0}")]
-    Corrupt(String),
-    #[error(
-        "Idempotency-Key '{0}' was first used for a different request (method, path, query, route \
-         or body); a new request needs a new key"
-    )]
-    KeyReused(EventId),
-    #[error("the first request with Idempotency-Key '{0}' is still in flight; retry once it has been answered")]
-    KeyInFlight(EventId),
-    #[error(
-        "this org has {MAX_OPEN_RESERVATIONS} provisional reservations open, the most it may have; commit or \
-         release one, or wait for one to expire"
-    )]
-    TooManyReservations { retry_after_secs: Option<u64> },
-}
-
-impl OrgError {
-    /// The answer for this error.
-    pub fn into_reply(self) -> OrgReply {
-        let (status, kind, title, detail) = match &self {
-            Self::Unauthorized => return OrgReply::problem(401, unauthorized_body()),
-            Self::NotConfigured => (
-                404,
-                "unknown-org",
-                "Unknown org",
-                "This org has no plan; PUT /_quota/admin/orgs/{org} first.".to_owned(),
-            ),
-            Self::Plan(e) => (400, "invalid-plan", "Invalid plan", e.to_string()),
-            Self::Usage(e) => {
-                let (s, k, t) = usage_error_status(e);
-                (s, k, t, e.to_string())
-            }
-            Self::Corrupt(_) => {
-                (500, "internal", "Internal error", "The org's quota state could not be read.".to_owned())
-            }
-            Self::KeyReused(_) => (422, "idempotency-key-reused", "Idempotency-Key reused", self.to_string()),
-            Self::KeyInFlight(_) => (409, "idempotency-key-in-flight", "Request in flight", self.to_string()),
-            Self::TooManyReservations { retry_after_secs } => {
-                let body = problem_body(429, "too-many-reservations", "Too many open reservations", &self.to_string());
-                let mut reply = OrgReply::problem(429, body);
-                if let Some(s) = retry_after_secs {
-                    reply.headers.push(("Retry-After".into(), s.to_string()));
-                }
-                return reply;
-            }
-        };
-        OrgReply::problem(status, problem_body(status, kind, title, &detail))
-    }
-}
+use crate::wire::{limit_json, status_json, usage_json};
 
 /// A step's result: the answer, what to write, and the decision log lines.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +64,7 @@ struct Loaded {
 pub struct OrgMachine {
     /// Shared, not cloned, by each step: the policy is read on every decision.
     cfg: Option<Rc<Loaded>>,
-    keys: BTreeMap<String, KeyHash>,
+    keys: keys::Keys,
     resets: BTreeMap<String, Timestamp>,
     next_seq: u64,
     /// The highest sequence storage knows was handed out.
@@ -183,7 +123,7 @@ impl OrgMachine {
         let ledger_due = (ledger.pending() > 0).then_some(Timestamp::from_millis(0));
         Self {
             cfg: b.config.as_ref().and_then(|c| parse_config(c).ok()).map(Rc::new),
-            keys: b.keys.into_iter().collect(),
+            keys: keys::Keys::new(b.keys),
             resets: b.resets,
             next_seq: b.max_seq.saturating_add(1),
             seq_saved: b.seq_mark,
@@ -244,8 +184,8 @@ impl OrgMachine {
     /// What `step` will need for an org operation: the counter rows of the meters it names and
     /// of every composite they are part of. Nothing for a caller the step will refuse: the key
     /// is checked before anything is loaded for the request.
-    pub fn needs_org(&self, caller: &Caller, op: &OrgOp) -> Need {
-        if self.check_caller(caller, op).is_err() {
+    pub fn needs_org(&self, caller: &Caller, op: &OrgOp, now: Timestamp) -> Need {
+        if self.check_caller(caller, op, now).is_err() {
             return Need::default();
         }
         let mut need = self.needs_org_own(op);
@@ -309,7 +249,7 @@ impl OrgMachine {
         match op {
             AdminOp::Configure(_) | AdminOp::Reset { .. } => Need { all_counters: true, ..Need::default() },
             AdminOp::State => Need { all_counters: true, tallies: true, ..Need::default() },
-            AdminOp::AddKey { .. } | AdminOp::RevokeKey { .. } => Need::default(),
+            AdminOp::AddKey(_) | AdminOp::RollKey { .. } | AdminOp::RevokeKey { .. } | AdminOp::Keys => Need::default(),
         }
     }
 
@@ -319,31 +259,39 @@ impl OrgMachine {
         Need { expired: due, all_counters: due, ..Need::default() }
     }
 
-    fn check_caller(&self, caller: &Caller, op: &OrgOp) -> Result<(), OrgError> {
+    /// Whether `caller` may run `op` at `now`; for a key, until when (its expiry, if it has one).
+    fn check_caller(&self, caller: &Caller, op: &OrgOp, now: Timestamp) -> Result<Option<Timestamp>, OrgError> {
         if !op.allows(caller) {
             return Err(OrgError::Unauthorized);
         }
-        // The key is checked before anything else, so an unknown org answers like a wrong key.
-        if let Caller::Key(hash) = caller {
-            if !self.keys.values().any(|h| h == hash) {
-                return Err(OrgError::Unauthorized);
-            }
+        // The key is checked before anything else, so an unknown org answers like a wrong key,
+        // and so does an expired key.
+        match caller {
+            Caller::Key(hash) => self.keys.active(hash, now).map(|k| k.expires_at).ok_or(OrgError::Unauthorized),
+            Caller::Gateway | Caller::Admin => Ok(None),
         }
-        Ok(())
     }
 
     /// Carries out an org operation: synchronous, from the snapshot to the writes.
     pub fn step_org(&mut self, caller: &Caller, op: OrgOp, snap: Snapshot, now: Timestamp) -> Result<Step, OrgError> {
-        self.check_caller(caller, &op)?;
+        let key_until = self.check_caller(caller, &op, now)?;
         let loaded = Rc::clone(self.loaded()?);
+        // A key's first use of a day is written (its listing shows the day); later uses are not.
+        let used = match caller {
+            Caller::Key(hash) => self.keys.touch(hash, now),
+            Caller::Gateway | Caller::Admin => None,
+        };
         // The usage API's own limit, for keys (not the admin API), after the key is known good
         // and before any work.
         if let (Caller::Key(_), Some(class), Some(api)) = (caller, op.api_class(), self.api.as_mut()) {
             if let Some(refused) = api.admit(class, loaded.policy.plan.as_str(), now) {
-                return Ok(Step { reply: refused, writes: Writes::default(), log: Vec::new() });
+                let writes = Writes { key_put: used.into_iter().collect(), ..Writes::default() };
+                return Ok(Step { reply: refused, writes, log: Vec::new() });
             }
         }
         let mut cx = Cx::new(&loaded, snap, now)?;
+        cx.key_until = key_until;
+        cx.writes.key_put.extend(used);
         let reply = match op {
             OrgOp::Decide { meter, quantity, kind, id, ttl_ms, idempotency, lease, recalled } => {
                 let replayable = idempotency.is_some();
@@ -397,16 +345,31 @@ impl OrgMachine {
     pub fn step_admin(&mut self, op: AdminOp, snap: &Snapshot, now: Timestamp) -> Result<Step, OrgError> {
         let mut writes = Writes::default();
         let reply = match op {
-            AdminOp::AddKey { key_id, hash } => {
-                self.keys.insert(key_id.clone(), hash.clone());
-                writes.key_put = Some((key_id.clone(), hash));
-                OrgReply::ok(json!({"key_id": key_id}), None)
+            AdminOp::AddKey(new) => {
+                let row = self.keys.add(new);
+                let reply = OrgReply::ok(json!({"key_id": row.key_id}), None);
+                writes.key_put.push(row);
+                reply
+            }
+            AdminOp::RollKey { old, old_expires_at, new } => {
+                // The old key first: a roll of a key this org does not have changes nothing.
+                let old_row =
+                    self.keys.expire(&old, old_expires_at).ok_or_else(|| OrgError::UnknownKey(old.clone()))?;
+                let new_row = self.keys.add(new);
+                let reply = OrgReply::ok(
+                    json!({"key_id": new_row.key_id, "rolled": old_row.key_id,
+                           "old_expires_at": old_row.expires_at.map(Timestamp::rfc3339)}),
+                    None,
+                );
+                writes.key_put.extend([old_row, new_row]);
+                reply
             }
             AdminOp::RevokeKey { key_id } => {
-                let removed = self.keys.remove(&key_id).is_some();
+                let removed = self.keys.revoke(&key_id);
                 writes.key_delete = Some(key_id.clone());
                 OrgReply::ok(json!({"key_id": key_id, "removed": removed}), None)
             }
+            AdminOp::Keys => OrgReply::ok(json!({"keys": self.keys.view()}), None),
             AdminOp::Configure(cfg) => {
                 // Validated before storing: a config that does not parse never reaches storage.
                 let loaded = parse_config(&cfg)?;
@@ -543,7 +506,7 @@ impl OrgMachine {
             "billing_anchor": loaded.policy.billing_anchor.map(|d| d.to_string()),
             "limits": limits,
             "open_reservations": tallies.open_reservations,
-            "active_keys": self.keys.len(),
+            "active_keys": self.keys.active_count(now),
             "outbox_pending": tallies.outbox_pending,
             "ledger_pending": self.ledger.pending_events(),
             "plan_version": loaded.plan_version,

@@ -448,6 +448,8 @@ pub(super) struct Cx<'a> {
     pub(super) touched: BTreeSet<MeterId>,
     /// Ledger buckets this step changed: each is stored once, whole, at the end.
     pub(super) buckets: BTreeSet<BucketKey>,
+    /// When the calling key expires, if it does: no lease outlives it.
+    pub(super) key_until: Option<Timestamp>,
 }
 
 impl<'a> Cx<'a> {
@@ -462,6 +464,7 @@ impl<'a> Cx<'a> {
             log: Vec::new(),
             touched: BTreeSet::new(),
             buckets: BTreeSet::new(),
+            key_until: None,
         })
     }
 

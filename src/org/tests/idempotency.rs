@@ -102,7 +102,7 @@ fn unknown_meters_create_no_state() {
     };
     let op = OrgOp::Events { events: (0..100).map(junk).collect(), enforce: false };
     assert!(
-        o.m.needs_org(&key(), &op).meters.is_empty(),
+        o.m.needs_org(&key(), &op, at(0)).meters.is_empty(),
         "no counter row is read (or its absence cached) for an unknown meter"
     );
     let seen = o.mem.seen.len();

@@ -59,7 +59,7 @@ struct Mem {
     alerts: BTreeMap<(String, u64, Level), String>,
     alert_writes: u64,
     meta: BTreeMap<String, String>,
-    keys: BTreeMap<String, KeyHash>,
+    keys: BTreeMap<String, StoredKey>,
     counts: BTreeMap<(String, String), u64>,
     rows_written: u64,
     /// Ledger buckets by (batch, key); batch 0 is open.
@@ -147,8 +147,8 @@ impl Mem {
         for (k, v) in &w.meta {
             self.meta.insert(k.clone(), v.clone());
         }
-        if let Some((id, h)) = &w.key_put {
-            self.keys.insert(id.clone(), h.clone());
+        for k in &w.key_put {
+            self.keys.insert(k.key_id.clone(), k.clone());
         }
         if let Some(id) = &w.key_delete {
             self.keys.remove(id);
@@ -200,7 +200,7 @@ impl Mem {
     fn boot(&self) -> OrgMachine {
         OrgMachine::boot(Boot {
             config: self.config.clone(),
-            keys: self.keys.clone().into_iter().collect(),
+            keys: self.keys.values().cloned().collect(),
             resets: self
                 .meta
                 .iter()
@@ -274,7 +274,7 @@ impl Org {
     fn with_config(cfg: StoredConfig) -> Self {
         let mut o = Self { m: Mem::default().boot(), mem: Mem::default() };
         o.admin(AdminOp::Configure(cfg), at(0));
-        o.admin(AdminOp::AddKey { key_id: "k1".into(), hash: hash() }, at(0));
+        o.admin(AdminOp::AddKey(NewKey { key_id: "k1".into(), hash: hash(), expires_at: None }), at(0));
         o
     }
 
@@ -286,7 +286,7 @@ impl Org {
     }
 
     fn org(&mut self, caller: &Caller, op: OrgOp, now: Timestamp) -> Result<Step, OrgError> {
-        let snap = self.mem.load(&self.m.needs_org(caller, &op), now);
+        let snap = self.mem.load(&self.m.needs_org(caller, &op, now), now);
         let step = self.m.step_org(caller, op, snap, now)?;
         self.mem.apply(&step.writes);
         Ok(step)
@@ -402,8 +402,8 @@ fn unknown_and_wrong_callers_are_refused_before_anything_else() {
     let stranger = Caller::Key(KeyHash("cd".repeat(32)));
     // Nothing is loaded for a key the org does not know.
     let decide = reserve("x", 1, 1_000);
-    assert_eq!(o.m.needs_org(&stranger, &decide), Need::default());
-    assert!(o.m.needs_org(&key(), &decide).meters.contains(&m("requests")));
+    assert_eq!(o.m.needs_org(&stranger, &decide, at(0)), Need::default());
+    assert!(o.m.needs_org(&key(), &decide, at(0)).meters.contains(&m("requests")));
     let op = OrgOp::Usage { short: true };
     assert_eq!(o.org(&stranger, op.clone(), at(0)).unwrap_err(), OrgError::Unauthorized);
     assert_eq!(o.org(&Caller::Gateway, op, at(0)).unwrap_err(), OrgError::Unauthorized);
@@ -587,6 +587,7 @@ fn alerts_fire_on_crossings_only() {
 
 mod bounds;
 mod idempotency;
+mod keys;
 mod lease;
 mod ledger;
 mod props;

@@ -20,7 +20,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use worker::{SqlCursor, SqlStorage, SqlStorageValue, State};
 
 use crate::org::buckets::{Bucket, BucketKey, Terms};
-use crate::org::{Boot, KeyHash, Need, Seen, SeenResult, Snapshot, StoredConfig, Tallies, Writes};
+use crate::org::{Boot, KeyHash, Need, Seen, SeenResult, Snapshot, StoredConfig, StoredKey, Tallies, Writes};
 use crate::policy::keys::Fingerprint;
 use crate::policy::{Reservation, Timestamp};
 
@@ -41,6 +41,15 @@ struct Text {
 struct Pair {
     k: String,
     v: String,
+}
+
+/// A key row: `expires` and `used_day` are null until set.
+#[derive(Deserialize)]
+struct KeyRow {
+    key_id: String,
+    hash: String,
+    expires: Option<i64>,
+    used_day: Option<i64>,
 }
 
 /// An idempotency record as stored: `fp` and `busy_until` (0: not in flight) are a proxied
@@ -193,9 +202,14 @@ impl Store {
             .next()
             .and_then(|r| serde_json::from_str::<StoredConfig>(&r.v).ok());
         let keys = self
-            .all::<Pair>("SELECT key_id AS k, hash AS v FROM keys", Vec::new())?
+            .all::<KeyRow>("SELECT key_id, hash, expires, used_day FROM keys", Vec::new())?
             .into_iter()
-            .map(|p| (p.k, KeyHash(p.v)))
+            .map(|r| StoredKey {
+                key_id: r.key_id,
+                hash: KeyHash(r.hash),
+                expires_at: r.expires.map(|t| Timestamp::from_millis(uint(t))),
+                used_day: r.used_day.map(uint),
+            })
             .collect();
         let resets = self
             .all::<Pair>("SELECT substr(key, 7) AS k, value AS v FROM meta WHERE key LIKE 'reset:%'", Vec::new())?
@@ -491,8 +505,13 @@ impl Store {
         for (k, v) in &w.meta {
             self.set_meta(k, v)?;
         }
-        if let Some((key_id, hash)) = &w.key_put {
-            self.write("INSERT OR REPLACE INTO keys (key_id, hash) VALUES (?, ?)", vec![text(key_id), text(&hash.0)])?;
+        for k in &w.key_put {
+            let expires = k.expires_at.map(|t| int(t.millis())).transpose()?.unwrap_or(SqlStorageValue::Null);
+            let used = k.used_day.map(int).transpose()?.unwrap_or(SqlStorageValue::Null);
+            self.write(
+                "INSERT OR REPLACE INTO keys (key_id, hash, expires, used_day) VALUES (?, ?, ?, ?)",
+                vec![text(&k.key_id), text(&k.hash.0), expires, used],
+            )?;
         }
         if let Some(key_id) = &w.key_delete {
             self.write("DELETE FROM keys WHERE key_id = ?", vec![text(key_id)])?;

@@ -13,8 +13,9 @@ use crate::policy::{Counter, Reservation, ReservationKind, Timestamp};
 /// outbox row as the reservation, and no secondary index on the hot path's tables; 3 adds the
 /// aggregated ledger buckets, and the outbox keeps only per-event audit rows (and rows an
 /// earlier build queued, which D1 still counts, exactly once by event id); 4 binds a proxied
-/// request's idempotency record to its fingerprint and marks it while in flight.
-const SCHEMA: u32 = 4;
+/// request's idempotency record to its fingerprint and marks it while in flight; 5 gives a key
+/// its expiry and its last-used day.
+const SCHEMA: u32 = 5;
 
 impl Store {
     pub(super) fn migrate(&self, now: Timestamp) -> StoreResult<()> {
@@ -29,7 +30,8 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS meter_counters (meter TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID",
             "CREATE TABLE IF NOT EXISTS reservations (id TEXT PRIMARY KEY, meter TEXT NOT NULL, expires INTEGER NOT NULL, state TEXT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS reservations_expires ON reservations(expires)",
-            "CREATE TABLE IF NOT EXISTS keys (key_id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE)",
+            "CREATE TABLE IF NOT EXISTS keys (key_id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, expires INTEGER, \
+             used_day INTEGER)",
             // `seq` is the rowid and the only key: an insert writes one row. Releases find a row
             // by `seq`; D1 deduplicates by event id.
             "CREATE TABLE IF NOT EXISTS ledger_outbox (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, meter TEXT NOT NULL, \
@@ -70,6 +72,11 @@ impl Store {
         if self.exec("SELECT fp FROM idempotency_keys LIMIT 0", Vec::new()).is_err() {
             self.exec("ALTER TABLE idempotency_keys ADD COLUMN fp TEXT", Vec::new())?;
             self.exec("ALTER TABLE idempotency_keys ADD COLUMN busy_until INTEGER NOT NULL DEFAULT 0", Vec::new())?;
+        }
+        // Schema 4's keys never expire and were never marked used.
+        if self.exec("SELECT expires FROM keys LIMIT 0", Vec::new()).is_err() {
+            self.exec("ALTER TABLE keys ADD COLUMN expires INTEGER", Vec::new())?;
+            self.exec("ALTER TABLE keys ADD COLUMN used_day INTEGER", Vec::new())?;
         }
         if self.meta("ledger_epoch")?.is_none() {
             self.set_meta("ledger_epoch", &now.millis().to_string())?;

@@ -1,36 +1,31 @@
 //! The admin API under `/_quota/admin`: plans, orgs, keys, resets, flush and reconciliation,
-//! export, Stripe sync on demand, and metrics.
+//! export, Stripe sync on demand, metrics, admin tokens and the audit log.
 //!
-//! It authenticates with `ADMIN_TOKEN` (compared in constant time), persists to D1 and pushes
-//! each org's configuration to its Durable Object. Validation is the core's (`Plan::parse`,
-//! `OrgTerms::parse`) and the wire module's; this file only sequences I/O.
+//! It authenticates with `ADMIN_TOKEN` or a named token (`auth`), refuses a `read` token's
+//! writes (403), writes an audit row around every write, persists to D1 and pushes each org's
+//! configuration to its Durable Object. The endpoints are `op`'s; keys, tokens and the audit
+//! view are `access`'s. Validation is the core's (`Plan::parse`, `OrgTerms::parse`) and the
+//! wire module's; this module only sequences I/O.
+
+mod access;
+mod op;
 
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
-use worker::{Env, Method, Request, Response};
+use worker::{Env, Request, Response};
 
-use super::auth::authorize_admin;
+use self::op::Op;
+use super::auth::{authorize_admin, Admin};
 use super::error::{json_response, EdgeError};
-use super::ledger::{self, OrgRow, PlanRow};
-use super::platform::{call_do, now, param, query, random_bytes, read_json, settings};
-use crate::org::{AdminOp, Caller, KeyHash, LedgerOp, OrgMsg, OrgOp, OrgReply, StoredConfig};
+use super::ledger::{self, AuditStart, OrgRow, PlanRow};
+use super::platform::{call_do, now, param, query, read_json, settings};
+use crate::org::{AdminOp, Caller, LedgerOp, OrgMsg, OrgOp, OrgReply, StoredConfig};
 use crate::policy::billing::{range_totals, DailyUsage, RangeTotals};
-use crate::policy::keys::{mint, KEY_RANDOM_BYTES};
 use crate::policy::{MeterId, OrgId, OrgTerms, Plan, PlanId, Policy, Timestamp};
-use crate::wire::{csv_field, parse_range, parse_reset, InputError, OrgUpsert};
+use crate::wire::{csv_field, parse_range, parse_reset, InputError, OrgUpsert, Scope};
 
 type Handled = Result<Response, EdgeError>;
-
-fn path_id<T>(
-    kind: &'static str,
-    raw: &str,
-    parse: impl Fn(&str) -> Result<T, crate::policy::ids::IdError>,
-) -> Result<T, EdgeError> {
-    parse(raw).map_err(|e| {
-        EdgeError::Input(InputError::Field { field: format!("{kind} id in the path"), reason: format!("'{raw}' {e}") })
-    })
-}
 
 fn ok(status: u16, body: &Value) -> Handled {
     json_response(status, body, "application/json").map_err(EdgeError::platform("response"))
@@ -40,79 +35,134 @@ fn rfc(ms: u64) -> String {
     Timestamp::from_millis(ms).rfc3339()
 }
 
-/// Routes `/_quota/admin/...`; `rest` is the path after `/_quota/admin/`.
-pub async fn route(mut req: Request, env: &Env, rest: &str) -> Handled {
-    authorize_admin(&req, env)?;
-    settings(env).check(crate::config::Need::Admin).map_err(EdgeError::Misconfigured)?;
-    let parts: Vec<&str> = rest.split('/').collect();
-    let method = req.method();
-    match (method.clone(), parts.as_slice()) {
-        (Method::Get, ["plans"]) => list_plans(env).await,
-        (Method::Get, ["plans", id]) => get_plan(env, &path_id("plan", id, PlanId::parse)?).await,
-        (Method::Put, ["plans", id]) => {
-            let id = path_id("plan", id, PlanId::parse)?;
-            let body = read_json(&mut req).await?;
-            put_plan(env, &id, &body).await
-        }
-        (Method::Get, ["orgs", id]) => get_org(env, &path_id("org", id, OrgId::parse)?).await,
-        (Method::Put, ["orgs", id]) => {
-            let id = path_id("org", id, OrgId::parse)?;
-            let body = read_json(&mut req).await?;
-            put_org(env, &id, &body).await
-        }
-        (Method::Post, ["orgs", id, "keys"]) => create_key(env, &path_id("org", id, OrgId::parse)?).await,
-        (Method::Get, ["orgs", id, "keys"]) => list_keys(env, &path_id("org", id, OrgId::parse)?).await,
-        (Method::Delete, ["orgs", id, "keys", key_id]) => {
-            revoke_key(env, &path_id("org", id, OrgId::parse)?, key_id).await
-        }
-        (Method::Post, ["orgs", id, "reset"]) => {
-            let id = path_id("org", id, OrgId::parse)?;
-            let meter = parse_reset(&read_json(&mut req).await?)?;
-            require_org(env, &id).await?;
-            let reply = do_ok(call_do(env, &id, &OrgMsg::Admin(AdminOp::Reset { meter: meter.clone() })).await?)?;
-            ledger::record_reset(&ledger::db(env)?, &id, meter.as_ref().map(MeterId::as_str), now()).await?;
-            ok(200, &reply.body)
-        }
-        (Method::Post, ["orgs", id, "flush"]) => {
-            // No D1 lookup first: a flush must be able to report while the ledger is down.
-            let id = path_id("org", id, OrgId::parse)?;
-            let reply = do_ok(call_do(env, &id, &OrgMsg::Ledger(LedgerOp::Flush)).await?)?;
-            ok(200, &reply.body)
-        }
-        (Method::Get | Method::Post, ["orgs", id, "reconcile"]) => {
-            let id = path_id("org", id, OrgId::parse)?;
-            require_org(env, &id).await?;
-            let repair = method == Method::Post;
-            let reply = do_ok(call_do(env, &id, &OrgMsg::Ledger(LedgerOp::Reconcile { repair })).await?)?;
-            ok(200, &reply.body)
-        }
-        (Method::Get, ["export"]) => export(&req, env).await,
-        // "Report now": an operator's sync skips the per-batch backoff (not the breaker).
-        (Method::Post, ["stripe", "sync"]) => ok(200, &super::stripe::sync(env, true).await?),
-        (Method::Get, ["orgs", id, "usage"]) => {
-            // The dashboard's admin view: the same overview the org sees.
-            let id = path_id("org", id, OrgId::parse)?;
-            let reply = do_ok(
-                call_do(env, &id, &OrgMsg::Org { caller: Caller::Admin, op: OrgOp::Usage { short: false } }).await?,
-            )?;
-            ok(200, &reply.body)
-        }
-        (Method::Get, ["metrics"]) => metrics(env).await,
-        (_, p) if is_admin_resource(p) => {
-            Err(EdgeError::MethodNotAllowed(format!("{method:?} is not allowed on /_quota/admin/{rest}")))
-        }
-        _ => Err(EdgeError::NotFound(format!("no admin endpoint /_quota/admin/{rest}"))),
+/// What a handler answered, and for a write, what it changed (the audit row's summary).
+struct Done {
+    response: Response,
+    change: Option<String>,
+}
+
+impl Done {
+    fn read(response: Response) -> Self {
+        Self { response, change: None }
+    }
+
+    fn wrote(response: Response, change: String) -> Self {
+        Self { response, change: Some(change) }
     }
 }
 
-/// A path that names an admin resource (so a wrong method is 405, not 404).
-fn is_admin_resource(p: &[&str]) -> bool {
-    p == ["export"]
-        || p == ["metrics"]
-        || p == ["stripe", "sync"]
-        || matches!(p, ["plans" | "orgs", ..])
-            && matches!(p.len(), 1..=4)
-            && p.get(2).is_none_or(|s| matches!(*s, "keys" | "reset" | "flush" | "reconcile" | "usage"))
+/// The longest summary an audit row keeps.
+const MAX_SUMMARY: usize = 2_000;
+
+/// Routes `/_quota/admin/...`; `rest` is the path after `/_quota/admin/`. Who asks is settled
+/// first, then what: a write needs the `write` scope, and its audit row is in D1 before the
+/// change is made (no row, no change), with the status and what changed added after.
+pub async fn route(mut req: Request, env: &Env, rest: &str) -> Handled {
+    let who = authorize_admin(&req, env).await?;
+    settings(env).check(crate::config::Need::Admin).map_err(EdgeError::Misconfigured)?;
+    let op = Op::parse(&req.method(), rest)?;
+    let Some((action, target)) = op.audited() else {
+        return Ok(run(op, &mut req, env, &who).await?.response);
+    };
+    let db = ledger::db(env)?;
+    let start = AuditStart { at: now(), token_id: &who.token_id, token_name: &who.name, action, target: &target };
+    let seq = ledger::audit_begin(&db, &start).await?;
+    let (response, change) = if who.scope == Scope::Write {
+        match run(op, &mut req, env, &who).await {
+            Ok(done) => (done.response, done.change),
+            // Not the error's text: it may echo what the client sent.
+            Err(e) => {
+                let response = e.into_response().map_err(EdgeError::platform("response"))?;
+                let why = format!("not done: refused with {}", response.status_code());
+                (response, Some(why))
+            }
+        }
+    } else {
+        let denied = EdgeError::Forbidden(format!(
+            "token '{}' has scope read; {action} needs a token with scope write",
+            who.name
+        ));
+        let response = denied.into_response().map_err(EdgeError::platform("response"))?;
+        (response, Some("denied: the token's scope is read".to_owned()))
+    };
+    let change: Option<String> = change.map(|c| c.chars().take(MAX_SUMMARY).collect());
+    if let Err(e) = ledger::audit_finish(&db, seq, response.status_code(), change.as_deref()).await {
+        // The row is there (status null: outcome unknown); the change stands, so say so loudly.
+        let line = json!({"level": "error", "component": "audit", "msg": "audit row not finished", "seq": seq,
+                          "error": e.to_string()});
+        worker::console_error!("{line}");
+    }
+    Ok(response)
+}
+
+/// Carries out one admin operation.
+async fn run(op: Op, req: &mut Request, env: &Env, who: &Admin) -> Result<Done, EdgeError> {
+    let done = match op {
+        Op::ListPlans => Done::read(list_plans(env).await?),
+        Op::GetPlan(id) => Done::read(get_plan(env, &id).await?),
+        Op::PutPlan(id) => {
+            let body = read_json(req).await?;
+            put_plan(env, &id, &body).await?
+        }
+        Op::GetOrg(id) => Done::read(get_org(env, &id).await?),
+        Op::PutOrg(id) => {
+            let body = read_json(req).await?;
+            put_org(env, &id, &body).await?
+        }
+        Op::OrgUsage(id) => {
+            // The dashboard's admin view: the same overview the org sees.
+            let msg = OrgMsg::Org { caller: Caller::Admin, op: OrgOp::Usage { short: false } };
+            Done::read(ok(200, &do_ok(call_do(env, &id, &msg).await?)?.body)?)
+        }
+        Op::ListKeys(id) => Done::read(access::list_keys(env, &id).await?),
+        Op::CreateKey(id) => {
+            let body = read_json(req).await?;
+            access::create_key(env, &id, &body).await?
+        }
+        Op::RollKey(id, key) => {
+            let body = read_json(req).await?;
+            access::roll_key(env, &id, &key, &body).await?
+        }
+        Op::RevokeKey(id, key) => access::revoke_key(env, &id, &key).await?,
+        Op::Reset(id) => {
+            let meter = parse_reset(&read_json(req).await?)?;
+            require_org(env, &id).await?;
+            let reply = do_ok(call_do(env, &id, &OrgMsg::Admin(AdminOp::Reset { meter: meter.clone() })).await?)?;
+            ledger::record_reset(&ledger::db(env)?, &id, meter.as_ref().map(MeterId::as_str), now()).await?;
+            let what = meter.map_or_else(|| "every meter".to_owned(), |m| format!("meter {m}"));
+            Done::wrote(ok(200, &reply.body)?, format!("reset {what}"))
+        }
+        Op::Flush(id) => {
+            // No D1 lookup first: a flush must be able to report while the ledger is down.
+            let reply = do_ok(call_do(env, &id, &OrgMsg::Ledger(LedgerOp::Flush)).await?)?;
+            Done::wrote(ok(200, &reply.body)?, format!("flushed the ledger: {}", reply.body))
+        }
+        Op::Reconcile { org, repair } => {
+            require_org(env, &org).await?;
+            let reply = do_ok(call_do(env, &org, &OrgMsg::Ledger(LedgerOp::Reconcile { repair })).await?)?;
+            let response = ok(200, &reply.body)?;
+            if repair {
+                Done::wrote(response, format!("repaired counters to the ledger: {}", reply.body))
+            } else {
+                Done::read(response)
+            }
+        }
+        Op::Export => Done::read(export(req, env).await?),
+        // "Report now": an operator's sync skips the per-batch backoff (not the breaker).
+        Op::StripeSync => {
+            let body = super::stripe::sync(env, true).await?;
+            Done::wrote(ok(200, &body)?, format!("Stripe sync: {body}"))
+        }
+        Op::Metrics => Done::read(metrics(env).await?),
+        Op::ListTokens => Done::read(access::list_tokens(env).await?),
+        Op::CreateToken => {
+            let body = read_json(req).await?;
+            access::create_token(env, who, &body).await?
+        }
+        Op::RevokeToken(id) => access::revoke_token(env, &id).await?,
+        Op::Audit => Done::read(access::audit(req, env).await?),
+    };
+    Ok(done)
 }
 
 /// A DO reply that must be a success, else its answer is passed through.
@@ -148,7 +198,7 @@ async fn get_plan(env: &Env, id: &PlanId) -> Handled {
     ok(200, &plan_json(&row))
 }
 
-async fn put_plan(env: &Env, id: &PlanId, body: &Value) -> Handled {
+async fn put_plan(env: &Env, id: &PlanId, body: &Value) -> Result<Done, EdgeError> {
     let plan = Plan::parse(id, body)?;
     let db = ledger::db(env)?;
     // Stored without the fields the path and the row own, so a GET shows them once.
@@ -169,7 +219,9 @@ async fn put_plan(env: &Env, id: &PlanId, body: &Value) -> Handled {
         o.insert("orgs".into(), json!(orgs));
         o.insert("adopted_within_secs".into(), json!(settings(env).plan_refresh_ms / 1000));
     }
-    ok(if created { 201 } else { 200 }, &out)
+    // A plan holds no secret: the audit row keeps the document as stored (cut to its limit).
+    let change = format!("{} plan version {}: {doc}", if created { "created" } else { "updated" }, row.version);
+    Ok(Done::wrote(ok(if created { 201 } else { 200 }, &out)?, change))
 }
 
 /// The config an org's DO runs: the org's row and its plan's current version.
@@ -218,7 +270,7 @@ async fn get_org(env: &Env, id: &OrgId) -> Handled {
     ok(200, &org_json(&row, &state.body))
 }
 
-async fn put_org(env: &Env, id: &OrgId, body: &Value) -> Handled {
+async fn put_org(env: &Env, id: &OrgId, body: &Value) -> Result<Done, EdgeError> {
     let up = OrgUpsert::parse(body)?;
     let db = ledger::db(env)?;
     let plan_row = ledger::get_plan(&db, &up.plan).await?.ok_or_else(|| {
@@ -246,44 +298,27 @@ async fn put_org(env: &Env, id: &OrgId, body: &Value) -> Handled {
     };
     ledger::put_org(&db, &row).await?;
     let state = push_config(env, &row, &plan_row).await?;
-    ok(if existing.is_some() { 200 } else { 201 }, &org_json(&row, &state.body))
+    let change = org_change(existing.as_ref(), &row);
+    Ok(Done::wrote(ok(if existing.is_some() { 200 } else { 201 }, &org_json(&row, &state.body))?, change))
 }
 
-async fn create_key(env: &Env, org: &OrgId) -> Handled {
-    require_org(env, org).await?;
-    let cfg = settings(env);
-    let secret = cfg.key_secret.as_deref().ok_or(EdgeError::NotConfigured("KEY_SECRET"))?;
-    let key = mint(org, &random_bytes::<KEY_RANDOM_BYTES>()?, secret.as_bytes());
-    let t = now();
-    ledger::insert_key(&ledger::db(env)?, &key.key_id, org, &key.hash, &key.prefix, t).await?;
-    do_ok(
-        call_do(env, org, &OrgMsg::Admin(AdminOp::AddKey { key_id: key.key_id.clone(), hash: KeyHash(key.hash) }))
-            .await?,
-    )?;
-    ok(
-        201,
-        &json!({"key_id": key.key_id, "key": key.plaintext, "prefix": key.prefix, "org_id": org.as_str(), "created_at": t.rfc3339()}),
+/// What a PUT of an org changed, for the audit log. A webhook URL may carry a token of the
+/// receiver's and a Stripe customer id is the customer's: the log says only whether each is set.
+fn org_change(before: Option<&OrgRow>, after: &OrgRow) -> String {
+    let set = |v: &Option<String>| if v.is_some() { "set" } else { "unset" };
+    let plan = match before {
+        Some(b) if b.plan_id != after.plan_id => format!("plan {} -> {}", b.plan_id, after.plan_id),
+        _ => format!("plan {}", after.plan_id),
+    };
+    format!(
+        "{} org: {plan}; name {:?}; billing_anchor {}; overrides {}; webhook_url {}; stripe_customer_id {}",
+        if before.is_some() { "updated" } else { "created" },
+        after.name.as_deref().unwrap_or(""),
+        after.billing_anchor.as_deref().unwrap_or("none"),
+        after.overrides,
+        set(&after.webhook_url),
+        set(&after.stripe_customer_id),
     )
-}
-
-async fn list_keys(env: &Env, org: &OrgId) -> Handled {
-    require_org(env, org).await?;
-    let rows = ledger::list_keys(&ledger::db(env)?, org).await?;
-    let keys: Vec<Value> = rows
-        .iter()
-        .map(|k| json!({"key_id": k.id, "prefix": k.prefix, "created_at": rfc(k.created_at), "revoked_at": k.revoked_at.map(rfc)}))
-        .collect();
-    ok(200, &json!({"org_id": org.as_str(), "keys": keys}))
-}
-
-async fn revoke_key(env: &Env, org: &OrgId, key_id: &str) -> Handled {
-    require_org(env, org).await?;
-    // D1 first: if the DO call then fails, the fail-open path still sees the revocation.
-    let revoked = ledger::revoke_key(&ledger::db(env)?, org, key_id, now())
-        .await?
-        .ok_or_else(|| EdgeError::NotFound(format!("org '{org}' has no key '{key_id}'")))?;
-    do_ok(call_do(env, org, &OrgMsg::Admin(AdminOp::RevokeKey { key_id: key_id.to_owned() })).await?)?;
-    ok(200, &json!({"key_id": key_id, "org_id": org.as_str(), "revoked_at": rfc(revoked)}))
 }
 
 /// One export row: org, plan, meter and the totals over the range.
