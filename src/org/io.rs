@@ -161,6 +161,14 @@ pub struct StoredKey {
     pub used_day: Option<u64>,
 }
 
+/// A key used on a day it had not been used yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsed {
+    pub key_id: String,
+    /// Days since the epoch, UTC.
+    pub day: u64,
+}
+
 /// What the store must write, all in the step's one synchronous transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Writes {
@@ -180,8 +188,10 @@ pub struct Writes {
     pub forget: Vec<SeenKey>,
     pub alerts: Vec<NewAlert>,
     pub meta: Vec<(String, String)>,
-    /// Key rows to write whole (a new key, a roll's two, a key's first use of a day).
+    /// Key rows to write whole (a new key, a roll's two).
     pub key_put: Vec<StoredKey>,
+    /// A key's first use of a day: its last-used day, one column of one row.
+    pub key_used: Option<KeyUsed>,
     pub key_delete: Option<String>,
     /// Decision counts to add: (meter, outcome, n).
     pub counts: Vec<(String, &'static str, u64)>,

@@ -16,7 +16,8 @@ pub mod msg;
 pub mod rules;
 
 pub use io::{
-    AlertView, Boot, FlushResult, Need, OutboxRow, Seen, SeenKey, SeenResult, Snapshot, StoredKey, Tallies, Writes,
+    AlertView, Boot, FlushResult, KeyUsed, Need, OutboxRow, Seen, SeenKey, SeenResult, Snapshot, StoredKey, Tallies,
+    Writes,
 };
 pub use machine::{OrgError, OrgMachine, ReconcileWindow, Repair, Step};
 pub use msg::{

@@ -84,6 +84,12 @@ impl Op {
         Ok(op)
     }
 
+    /// A write that must run while D1 is down (and so without its audit row then): a flush,
+    /// whose answer reports the backlog D1 has not taken.
+    pub const fn runs_without_ledger(&self) -> bool {
+        matches!(self, Self::Flush(_))
+    }
+
     /// For a write: what the audit log calls it, and its target. `None` for a read.
     pub fn audited(&self) -> Option<(&'static str, String)> {
         let (action, target) = match self {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use crate::org::io::StoredKey;
+use crate::org::io::{KeyUsed, StoredKey};
 use crate::org::msg::{KeyHash, NewKey};
 use crate::policy::Timestamp;
 
@@ -31,16 +31,16 @@ impl Keys {
         self.by_hash.get(hash).filter(|k| k.expires_at.is_none_or(|t| now < t))
     }
 
-    /// Records that the key was used at `now`: the row to write when that is a new day for it
+    /// Records that the key was used at `now`: what to write when that is a new day for it
     /// (one write per key and day), else `None`.
-    pub(super) fn touch(&mut self, hash: &KeyHash, now: Timestamp) -> Option<StoredKey> {
+    pub(super) fn touch(&mut self, hash: &KeyHash, now: Timestamp) -> Option<KeyUsed> {
         let today = now.millis() / DAY_MS;
         let key = self.by_hash.get_mut(hash)?;
         if key.used_day.is_some_and(|d| d >= today) {
             return None;
         }
         key.used_day = Some(today);
-        Some(key.clone())
+        Some(KeyUsed { key_id: key.key_id.clone(), day: today })
     }
 
     /// Adds a key (or replaces one of the same id); returns the row to write.
@@ -103,9 +103,9 @@ mod tests {
         assert!(keys.active(&hash('a'), at(10 * DAY_MS - 1)).is_some());
         assert!(keys.active(&hash('a'), at(10 * DAY_MS)).is_none(), "expired at its expires_at");
         assert!(keys.active(&hash('b'), at(0)).is_none());
-        assert_eq!(keys.touch(&hash('a'), at(DAY_MS + 5)).map(|k| k.used_day), Some(Some(1)));
+        assert_eq!(keys.touch(&hash('a'), at(DAY_MS + 5)), Some(KeyUsed { key_id: "key_a".into(), day: 1 }));
         assert_eq!(keys.touch(&hash('a'), at(2 * DAY_MS - 1)), None, "the same day writes nothing");
-        assert_eq!(keys.touch(&hash('a'), at(2 * DAY_MS)).map(|k| k.used_day), Some(Some(2)));
+        assert_eq!(keys.touch(&hash('a'), at(2 * DAY_MS)).map(|k| k.day), Some(2));
         assert_eq!(keys.view(), json!({"key_a": {"last_used": "1970-01-03"}}));
     }
 

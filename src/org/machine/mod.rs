@@ -285,13 +285,13 @@ impl OrgMachine {
         // and before any work.
         if let (Caller::Key(_), Some(class), Some(api)) = (caller, op.api_class(), self.api.as_mut()) {
             if let Some(refused) = api.admit(class, loaded.policy.plan.as_str(), now) {
-                let writes = Writes { key_put: used.into_iter().collect(), ..Writes::default() };
+                let writes = Writes { key_used: used, ..Writes::default() };
                 return Ok(Step { reply: refused, writes, log: Vec::new() });
             }
         }
         let mut cx = Cx::new(&loaded, snap, now)?;
         cx.key_until = key_until;
-        cx.writes.key_put.extend(used);
+        cx.writes.key_used = used;
         let reply = match op {
             OrgOp::Decide { meter, quantity, kind, id, ttl_ms, idempotency, lease, recalled } => {
                 let replayable = idempotency.is_some();

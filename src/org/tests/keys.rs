@@ -87,14 +87,14 @@ fn a_roll_keeps_the_old_key_for_its_grace_and_the_new_one_for_good() {
 fn the_last_used_day_is_written_once_per_key_and_day() {
     let mut o = Org::new(json!([{"meter": "requests", "limit": 1000, "period": "month"}]));
     let first = usage(&mut o, &key(), at(0)).unwrap();
-    assert_eq!(first.writes.key_put.len(), 1, "the first use of a day writes the key's row");
+    assert_eq!(first.writes.key_used.map(|u| u.key_id), Some("k1".into()), "the first use of a day writes it");
     for i in 1..50 {
-        assert!(usage(&mut o, &key(), at(i * 1_000)).unwrap().writes.key_put.is_empty(), "later uses write nothing");
+        assert_eq!(usage(&mut o, &key(), at(i * 1_000)).unwrap().writes.key_used, None, "later uses write nothing");
     }
     let today = o.mem.keys["k1"].used_day;
     assert_eq!(today, Some((T0) / DAY));
     let next_day = (T0 / DAY + 1) * DAY - T0;
-    assert_eq!(usage(&mut o, &key(), at(next_day)).unwrap().writes.key_put.len(), 1);
+    assert_eq!(usage(&mut o, &key(), at(next_day)).unwrap().writes.key_used.map(|u| u.day), Some(T0 / DAY + 1));
     let view = o.admin(AdminOp::Keys, at(next_day));
     assert_eq!(view.body, json!({"keys": {"k1": {"last_used": at(next_day).date().to_string()}}}));
     // A refused caller is not a use.

@@ -150,6 +150,11 @@ impl Mem {
         for k in &w.key_put {
             self.keys.insert(k.key_id.clone(), k.clone());
         }
+        if let Some(u) = &w.key_used {
+            if let Some(k) = self.keys.get_mut(&u.key_id) {
+                k.used_day = Some(u.day);
+            }
+        }
         if let Some(id) = &w.key_delete {
             self.keys.remove(id);
         }

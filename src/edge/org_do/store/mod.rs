@@ -421,6 +421,27 @@ impl Store {
         atomically(&self.tx, || self.write_all(w, now, fail_midway))
     }
 
+    /// The key rows a step changed: whole rows for new and rolled keys, one column for a key's
+    /// first use of a day, a delete for a revoked one.
+    fn write_keys(&self, w: &Writes) -> StoreResult<()> {
+        for k in &w.key_put {
+            let expires = k.expires_at.map(|t| int(t.millis())).transpose()?.unwrap_or(SqlStorageValue::Null);
+            let used = k.used_day.map(int).transpose()?.unwrap_or(SqlStorageValue::Null);
+            self.write(
+                "INSERT OR REPLACE INTO keys (key_id, hash, expires, used_day) VALUES (?, ?, ?, ?)",
+                vec![text(&k.key_id), text(&k.hash.0), expires, used],
+            )?;
+        }
+        if let Some(u) = &w.key_used {
+            // One column of one row: the hash (and its unique index) stays as it is.
+            self.write("UPDATE keys SET used_day = ? WHERE key_id = ?", vec![int(u.day)?, text(&u.key_id)])?;
+        }
+        if let Some(key_id) = &w.key_delete {
+            self.write("DELETE FROM keys WHERE key_id = ?", vec![text(key_id)])?;
+        }
+        Ok(())
+    }
+
     fn write_all(&self, w: &Writes, now: Timestamp, fail_midway: bool) -> StoreResult<()> {
         if let Some(cfg) = &w.config {
             let body = serde_json::to_string(cfg).map_err(|e| worker::Error::RustError(e.to_string()))?;
@@ -505,17 +526,7 @@ impl Store {
         for (k, v) in &w.meta {
             self.set_meta(k, v)?;
         }
-        for k in &w.key_put {
-            let expires = k.expires_at.map(|t| int(t.millis())).transpose()?.unwrap_or(SqlStorageValue::Null);
-            let used = k.used_day.map(int).transpose()?.unwrap_or(SqlStorageValue::Null);
-            self.write(
-                "INSERT OR REPLACE INTO keys (key_id, hash, expires, used_day) VALUES (?, ?, ?, ?)",
-                vec![text(&k.key_id), text(&k.hash.0), expires, used],
-            )?;
-        }
-        if let Some(key_id) = &w.key_delete {
-            self.write("DELETE FROM keys WHERE key_id = ?", vec![text(key_id)])?;
-        }
+        self.write_keys(w)?;
         for (meter, outcome, n) in &w.counts {
             self.write(
                 "INSERT INTO decisions (meter, outcome, n) VALUES (?, ?, ?) ON CONFLICT (meter, outcome) DO UPDATE SET n = n + excluded.n",
