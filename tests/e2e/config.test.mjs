@@ -52,3 +52,21 @@ test("bad ROUTES: every proxied request is a 503 naming the rule, the admin API 
   const plan = await routes.api.admin("PUT", "/plans/p", { limits: [{ meter: "requests", limit: 5, period: "day" }] });
   assert.ok(plan.status < 300, plan.text);
 });
+
+const keySecrets = useGateway({ up, vars: { KEY_SECRETS: "2:rotation-secret-two,2:rotation-secret-too" } });
+
+test("a bad KEY_SECRETS refuses by name, never by value, wherever a key is verified or minted", async () => {
+  const r = await keySecrets.api.call("GET", "/_quota/healthz");
+  assert.equal(r.status, 503);
+  assert.deepEqual(r.json.errors.map((e) => e.message), ["KEY_SECRETS: version 2 is listed twice"]);
+  assert.ok(!r.text.includes("rotation-secret"), "no secret in the answer");
+  const key = "qg_acme.v2.00000000000000000000000000000000.00000000000000000000000000000000";
+  for (const res of [
+    await keySecrets.api.call("GET", "/v1/anything", { key }),
+    await keySecrets.api.call("GET", "/_quota/v1/usage", { key }),
+    await keySecrets.api.admin("POST", "/orgs/acme/keys"),
+  ]) {
+    assert.equal(res.status, 503, res.text);
+    assert.equal(res.json.detail, "the deployment is misconfigured: KEY_SECRETS: version 2 is listed twice");
+  }
+});
