@@ -26,7 +26,7 @@ export SCHEMATHESIS := $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)/bin/st
 export PATH := $(NODE_BIN):$(CARGO_BIN):$(PATH)
 export WRANGLER_SEND_METRICS := false
 
-.PHONY: help setup compile-wasm wasm-target chromium screenshots build bundle dev test test-core test-e2e test-dev lint fmt deploy deploy-dry-run clean bench bench-setup reliability test-reliability sim
+.PHONY: help setup compile-wasm wasm-target chromium screenshots build bundle dev test test-core test-clients test-e2e bench-rpc test-dev lint fmt deploy deploy-dry-run clean bench bench-setup reliability test-reliability sim
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-15s %s\n", $$1, $$2 }'
@@ -87,13 +87,18 @@ dev: build .dev.vars ## Build, migrate the local D1, start the demo origin and t
 # joined by a comma run at the same time (scripts/phases.sh): on a fresh machine the tool compile
 # (wasm-bindgen-cli) leaves a core free for the lint and the Worker's own compile, and packaging
 # the wasm (one core) leaves one for the native tests.
-TEST_PHASES := wasm-target setup,lint,compile-wasm build,test-core test-e2e test-reliability test-dev
+TEST_PHASES := wasm-target setup,lint,compile-wasm build,test-core,test-clients test-e2e test-reliability test-dev
 
 test: ## Lint, then every test: the core natively, the worker end to end in workerd, the reliability suite at small scale, the `make dev` smoke test
 	@MAKE="$(MAKE)" scripts/phases.sh $(TEST_PHASES)
 
 test-core: ## The pure policy core: unit and property tests, natively
 	cargo test --locked
+
+# clients/quotagate is TypeScript: its types, its Hono middleware and the API Worker the e2e test
+# runs with it (tests/e2e/workers/app.ts) must type-check under strict settings.
+test-clients: node_modules/.package-lock.json ## Type-check the TypeScript client, its Hono middleware and the test's API Worker
+	$(NODE_BIN)/tsc -p clients/quotagate/tsconfig.json
 
 # Every test file is a process of its own with its own runtime, ports and state directory, run two
 # at a time (one per core). The files that measure (the lease race counts how many admissions
@@ -147,6 +152,9 @@ bench-setup: setup
 bench: bundle bench-setup ## Every contender under the same load → bench/RESULTS.md + bench/results.json (≈ 12 min)
 	cargo bench --locked --bench decision --no-run  # compiled before the measured run starts
 	node --disable-warning=ExperimentalWarning bench/run.mjs
+
+bench-rpc: bundle ## quotagate's added latency to a calling Worker at concurrency 1: service binding (RPC) vs HTTP API → target/bench-rpc.json
+	node --disable-warning=ExperimentalWarning bench/rpc.mjs
 
 sim: ## The lease-mode simulation (one hot org, many isolates) → bench/SIMULATION.md (deterministic, ≈ 1 min)
 	@mkdir -p target

@@ -214,6 +214,8 @@ schemas = {
             "violated_policies": {"type": "array", "items": {"type": "string"}},
             "limits": {"type": "array", "items": ref("LimitStatus")},
             "reservation": {"type": "object", "required": ["id", "quantity", "expires_at"]},
+            # On a refusal: the problem a proxied request would have been answered with.
+            "problem": {"type": "object", "required": ["type", "title", "status", "detail"]},
         },
     },
     "Usage": {

@@ -8,6 +8,13 @@
 //   and ledger messages), `alarm`, and `call`, the RPC method the gateway's hot path uses (one
 //   JSON string each way, no Request or Response; a message that must first look its plan up in
 //   D1 goes to the Rust side's fetch instead).
+// - `QuotaService` is the entrypoint another Worker of the account binds to
+//   (`services = [{ binding = "QUOTA", service = "quotagate", entrypoint = "QuotaService" }]`)
+//   and calls with Workers RPC: `check`, `reserve`, `commit`, `release`, `record` and `usage`,
+//   each naming an org. Each hands its call to Rust (`rpc`), which runs exactly what the HTTP
+//   API runs and answers `{ status, headers, body }` (clients/quotagate types it). A thin JS
+//   entrypoint rather than workers-rs's own RPC support, which is still experimental: the RPC
+//   surface is six methods, and the Rust side keeps one code path with the HTTP API.
 // - Panic recovery. A Rust panic aborts the wasm instance (`WebAssembly.RuntimeError`, or the
 //   worker crate's panic hook setting `criticalError`). The next call into Rust first makes a
 //   fresh instance (`__wbg_reset_state`, from wasm-bindgen's --experimental-reset-state-function)
@@ -62,6 +69,48 @@ export default class Gateway extends WorkerEntrypoint {
 
   scheduled(controller) {
     return guarded(() => rust.scheduled(controller, this.env, this.ctx));
+  }
+}
+
+/** One RPC call into Rust: the answer as a plain object (structured-cloned to the caller). */
+function rpc(env, method, org, id, args) {
+  if (typeof org !== "string") throw new TypeError("quotagate: the org id must be a string");
+  const json = args === undefined ? "" : JSON.stringify(args);
+  return guarded(() => rust.rpc(env, method, org, id ?? "", json)).then((text) => {
+    const { status, headers, body } = JSON.parse(text);
+    return { ok: status < 300, status, headers: Object.fromEntries(headers), body };
+  });
+}
+
+export class QuotaService extends WorkerEntrypoint {
+  /** A decision without reserving (`POST /_quota/v1/check`). */
+  check(org, request) {
+    return rpc(this.env, "check", org, "", request);
+  }
+
+  /** A decision that reserves (`POST /_quota/v1/check` with `reserve: true`). */
+  reserve(org, request) {
+    return rpc(this.env, "reserve", org, "", request);
+  }
+
+  /** Commits a reservation, with the quantity used (the reserved one by default). */
+  commit(org, id, request) {
+    return rpc(this.env, "commit", org, String(id ?? ""), request ?? {});
+  }
+
+  /** Gives a reservation's units back. */
+  release(org, id) {
+    return rpc(this.env, "release", org, String(id ?? ""), {});
+  }
+
+  /** Usage events (`POST /_quota/v1/events`), idempotent by event id. */
+  record(org, request) {
+    return rpc(this.env, "record", org, "", request);
+  }
+
+  /** The live overview (`GET /_quota/v1/usage`), or the status in short. */
+  usage(org, request) {
+    return rpc(this.env, "usage", org, "", request ?? {});
   }
 }
 

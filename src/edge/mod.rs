@@ -17,6 +17,7 @@ mod org_do;
 mod platform;
 mod proxy;
 mod recalls;
+mod rpc;
 mod stripe;
 mod usage_api;
 

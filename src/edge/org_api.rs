@@ -18,9 +18,16 @@ type Handled = Result<Response, EdgeError>;
 pub async fn check(mut req: Request, env: &Env) -> Handled {
     settings(env).check(crate::config::Need::UsageApi).map_err(EdgeError::Misconfigured)?;
     let key = authenticate(&req, env)?;
-    let body = CheckRequest::parse(&read_json(&mut req).await?)?;
+    let op = check_op(CheckRequest::parse(&read_json(&mut req).await?)?)?;
+    let reply = call_do(env, &key.org, &OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash)), op }).await?;
+    reply_response(&reply).map_err(EdgeError::platform("response"))
+}
+
+/// The decision a check asks for (with a fresh reservation id when it reserves): the HTTP API's
+/// and the service binding's alike.
+pub fn check_op(body: CheckRequest) -> Result<OrgOp, EdgeError> {
     let id = EventId::parse(&format!("rsv_{}", random_hex::<12>()?)).map_err(|e| EdgeError::Internal(e.to_string()))?;
-    let op = OrgOp::Decide {
+    Ok(OrgOp::Decide {
         meter: body.meter,
         quantity: body.quantity,
         kind: if body.reserve { DecideKind::Reserve } else { DecideKind::Check },
@@ -29,9 +36,13 @@ pub async fn check(mut req: Request, env: &Env) -> Handled {
         idempotency: None,
         lease: false,
         recalled: 0,
-    };
-    let reply = call_do(env, &key.org, &OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash)), op }).await?;
-    reply_response(&reply).map_err(EdgeError::platform("response"))
+    })
+}
+
+/// A reservation id as a client names it (in a path, or to the service binding).
+pub fn reservation_id(raw: &str, field: &str) -> Result<EventId, EdgeError> {
+    EventId::parse(raw)
+        .map_err(|e| EdgeError::Input(InputError::Field { field: field.to_owned(), reason: format!("'{raw}' {e}") }))
 }
 
 /// `POST /_quota/v1/reservations/{id}/commit|release`.
@@ -43,12 +54,7 @@ pub async fn settle(mut req: Request, env: &Env, rest: &str) -> Handled {
         [id, "release"] => (*id, SettleAction::Release),
         _ => return Err(EdgeError::NotFound(format!("no endpoint /_quota/v1/reservations/{rest}"))),
     };
-    let id = EventId::parse(raw_id).map_err(|e| {
-        EdgeError::Input(InputError::Field {
-            field: "reservation id in the path".into(),
-            reason: format!("'{raw_id}' {e}"),
-        })
-    })?;
+    let id = reservation_id(raw_id, "reservation id in the path")?;
     let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(key.hash)), op: OrgOp::Settle { id, action } };
     let reply = call_do(env, &key.org, &msg).await?;
     reply_response(&reply).map_err(EdgeError::platform("response"))

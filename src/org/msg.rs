@@ -32,6 +32,10 @@ pub enum Caller {
     Gateway,
     /// The admin API (its bearer token was checked by the Worker).
     Admin,
+    /// Another Worker of the account, through quotagate's service binding: the binding is the
+    /// credential. It may do what an org key may (the usage API's operations), for the org it
+    /// names, and spends the same usage API limit.
+    Binding,
 }
 
 /// How a proxied or checked request is decided.
@@ -144,7 +148,12 @@ impl OrgOp {
             (
                 Self::Decide { .. } | Self::Events { .. } | Self::Settle { .. } | Self::Gate | Self::Lease { .. },
                 Caller::Key(_)
-            ) | (Self::Usage { .. }, Caller::Key(_) | Caller::Admin)
+            ) | (
+                Self::Decide { kind: DecideKind::Check | DecideKind::Reserve, .. }
+                    | Self::Events { .. }
+                    | Self::Settle { .. },
+                Caller::Binding
+            ) | (Self::Usage { .. }, Caller::Key(_) | Caller::Admin | Caller::Binding)
                 | (Self::Release { .. } | Self::Report { .. } | Self::Forget { .. }, Caller::Gateway)
         )
     }

@@ -115,7 +115,8 @@ pub(super) fn status(limit: &Limit, c: Counter, window: Window, now: Timestamp) 
     let n = limit.cap.limit();
     let reset = match c {
         // A rate window's `reset` is when the next unit comes back (draft-ietf-httpapi-
-        // ratelimit-headers-10: `t` is the time until more quota is available), which is also
+        // ratelimit-headers-11: `t` is the effective window, within which no more than `r` can be
+        // used, i.e. until more quota is available), which is also
         // what `Retry-After` says for one unit. An untouched window has nothing to wait for.
         Counter::Gcra { backlog, .. } => {
             let w = limit.period().rate_millis().unwrap_or(1).max(1);

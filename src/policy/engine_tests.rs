@@ -491,8 +491,8 @@ proptest! {
 
     /// For a refused one-unit request, whatever the period, the violated limit's `t`, the
     /// `Retry-After`, `X-RateLimit-Reset` and the problem's `reset` say the same instant
-    /// (draft-ietf-httpapi-ratelimit-headers-10: `t` is when more quota is available, and
-    /// Retry-After is not earlier than it).
+    /// (draft-ietf-httpapi-ratelimit-headers-11: `t` is the effective window, until more quota
+    /// is available, and Retry-After is not earlier than its end).
     #[test]
     fn reset_fields_agree_for_every_period(
         period in prop::sample::select(vec!["second", "minute", "hour", "day", "month"]),

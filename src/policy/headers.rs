@@ -76,7 +76,8 @@ pub fn ratelimit_policy(statuses: &[LimitStatus]) -> Option<String> {
     joined(limited(statuses), |out, l| push_item(out, &l.policy, ("q", l.limit.unwrap_or(0)), ("w", l.window_secs)))
 }
 
-/// `RateLimit`: `"requests-minute";r=3;t=42, …`: remaining units and seconds to reset.
+/// `RateLimit`: `"requests-minute";r=3;t=42, …`: the available quota and the effective window
+/// (draft-ietf-httpapi-ratelimit-headers-11: seconds within which no more than `r` can be used).
 pub fn ratelimit(statuses: &[LimitStatus], now: Timestamp) -> Option<String> {
     joined(limited(statuses), |out, l| {
         push_item(out, &l.policy, ("r", l.remaining.unwrap_or(0)), ("t", l.reset_secs(now)));

@@ -87,15 +87,18 @@ export async function spawnServer(command, args, { env, healthUrls, what, everyM
  */
 export async function startWorker({
   name, script, vars = {}, durableObjects, d1, ratelimits, health, inspectorPort, persistTo: given, replicas = 0,
-  compatibilityDate = "2026-10-01", logs = "warn",
+  compatibilityDate = "2026-10-01", logs = "warn", services, workers = [],
 }) {
   const persistTo = given ?? tempDir("quotagate-host-");
   const port = await freePort();
   const replicaPorts = [];
   for (let i = 0; i < replicas; i++) replicaPorts.push(await freePort());
+  const others = [];
+  for (const w of workers) others.push({ ...w, port: await freePort() });
   const spec = path.join(persistTo, "host.json");
   fs.writeFileSync(spec, JSON.stringify({
     name, script, port, persist: persistTo, vars, durableObjects, d1, ratelimits, inspectorPort, replicas: replicaPorts, compatibilityDate,
+    services, workers: others,
   }));
   const url = `http://127.0.0.1:${port}`;
   const urls = [url, ...replicaPorts.map((p) => `http://127.0.0.1:${p}`)];
@@ -111,6 +114,8 @@ export async function startWorker({
     url,
     /** Every isolate's address: the first Worker's, then each replica's. */
     urls,
+    /** The other Workers' addresses, by name. */
+    workers: Object.fromEntries(others.map((w) => [w.name, `http://127.0.0.1:${w.port}`])),
     /** Miniflare's entry socket (serves /cdn-cgi/local/scheduled), as the host printed it. */
     get entry() {
       return server.logs().match(/^ENTRY (\S+?)\/?$/m)?.[1] ?? null;
@@ -136,6 +141,10 @@ export async function startWorker({
  *   KEY_SECRET, ORIGIN_SECRET; `secrets: false` leaves them out, as a deploy that forgot them).
  * - `persistTo` starts on that state directory (a restart keeps it); a directory with no D1 yet
  *   gets a copy of the migrated ledger. Without it, a fresh directory is made and removed on stop.
+ * - `services` binds quotagate to other Workers (`{ORIGIN: {name: "origin-worker"}}`: the origin
+ *   as a service), and `workers` runs those Workers beside it (`[{name, script, vars?,
+ *   services?}]`, each an ES module on a socket of its own; the result's `workers` maps each name
+ *   to its address), e.g. an app Worker bound to quotagate's `QuotaService` entrypoint.
  * - `d1` adds D1 bindings (a second ledger shard); `replicas` adds isolates of the same Worker
  *   bound to the same Durable Object namespace and D1 (several locations serving one org).
  * - `logs: "warn"` keeps only warnings and errors (a benchmark host); `script` runs another build
@@ -147,7 +156,7 @@ export async function startWorker({
  */
 export async function startGateway({
   vars = {}, secrets = true, persistTo = null, d1 = {}, replicas = 0, logs = "all", script = null, inspectorPort,
-  up = "/_quota/healthz",
+  up = "/_quota/healthz", services, workers,
 } = {}) {
   const dir = await quotagateBundle();
   const config = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
@@ -165,6 +174,8 @@ export async function startGateway({
     replicas,
     logs,
     inspectorPort,
+    services,
+    workers,
   });
   const stop = host.stop;
   return Object.assign(host, {

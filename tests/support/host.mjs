@@ -7,7 +7,11 @@
 // Usage: node tests/support/host.mjs SPEC.json (tests/support/gateway.mjs writes it), where SPEC is
 //   { name, script, port, persist?, vars?, durableObjects?: {BINDING: "Class"},
 //     d1?: {BINDING: "database_id"}, ratelimits?: {BINDING: {simple: {limit, period}}},
-//     inspectorPort?, replicas?: [port, …], compatibilityDate? }
+//     inspectorPort?, replicas?: [port, …], compatibilityDate?,
+//     services?: {BINDING: {name, entrypoint?}}, workers?: [{name, script, port, vars?, services?}] }
+// `services` binds the first Worker to other Workers of the host (the origin as a service);
+// `workers` are those other Workers, each one ES module (no wasm) on a socket of its own, with
+// its own service bindings (a Worker that calls quotagate's QuotaService entrypoint).
 // `replicas` runs more copies of the same Worker, each its own isolate on its own socket, all
 // bound to the first one's Durable Object namespace and the same D1: several isolates serving
 // one org, as several Cloudflare locations would (the lease mode's end-to-end test).
@@ -40,8 +44,19 @@ const worker = (name, port, objects) => ({
   durableObjects: objects,
   d1Databases: spec.d1 ?? {},
   ratelimits: spec.ratelimits,
+  serviceBindings: spec.services ?? {},
   unsafeDirectSockets: [{ host: "127.0.0.1", port }],
 });
+const others = (spec.workers ?? []).map((w) => ({
+  name: w.name,
+  modules: [{ type: "ESModule", path: path.resolve(w.script) }],
+  modulesRoot: path.dirname(path.resolve(w.script)),
+  compatibilityDate: spec.compatibilityDate ?? "2026-10-01",
+  // "$GATEWAY_URL" in a var is the first Worker's own address (known only here).
+  bindings: Object.fromEntries(Object.entries(w.vars ?? {}).map(([k, v]) => [k, v === "$GATEWAY_URL" ? `http://127.0.0.1:${spec.port}` : v])),
+  serviceBindings: w.services ?? {},
+  unsafeDirectSockets: [{ host: "127.0.0.1", port: w.port }],
+}));
 // A replica reaches the same Durable Object classes through the first Worker's namespace.
 const shared = Object.fromEntries(
   Object.entries(durableObjects).map(([binding, d]) => [binding, { ...d, scriptName: spec.name }]),
@@ -59,7 +74,7 @@ const handleStructuredLogs = ({ level, message }) => {
 const mf = new Miniflare(convertV4MiniflareOptions({
   log: new Log(LogLevel[process.env.HOST_LOG_LEVEL ?? "WARN"]),
   handleStructuredLogs,
-  workers: [worker(spec.name, spec.port, durableObjects), ...replicas],
+  workers: [worker(spec.name, spec.port, durableObjects), ...replicas, ...others],
   // The layout wrangler uses for --persist-to DIR (DIR/v3/<plugin>), so migrations applied with
   // wrangler are the ones this runtime sees.
   resourcePersistencePath: persist,
@@ -73,6 +88,7 @@ const mf = new Miniflare(convertV4MiniflareOptions({
 const entry = await mf.ready;
 const urls = [await mf.unsafeGetDirectURL(spec.name)];
 for (const r of replicas) urls.push(await mf.unsafeGetDirectURL(r.name));
+for (const w of others) console.log(`WORKER ${w.name} ${(await mf.unsafeGetDirectURL(w.name)).href}`);
 console.log(`READY ${urls.map((u) => u.href).join(" ")}`);
 console.log(`ENTRY ${entry.href}`);
 const stop = async () => {

@@ -268,7 +268,7 @@ impl OrgMachine {
         // and so does an expired key.
         match caller {
             Caller::Key(hash) => self.keys.active(hash, now).map(|k| k.expires_at).ok_or(OrgError::Unauthorized),
-            Caller::Gateway | Caller::Admin => Ok(None),
+            Caller::Gateway | Caller::Admin | Caller::Binding => Ok(None),
         }
     }
 
@@ -279,11 +279,12 @@ impl OrgMachine {
         // A key's first use of a day is written (its listing shows the day); later uses are not.
         let used = match caller {
             Caller::Key(hash) => self.keys.touch(hash, now),
-            Caller::Gateway | Caller::Admin => None,
+            Caller::Gateway | Caller::Admin | Caller::Binding => None,
         };
         // The usage API's own limit, for keys (not the admin API), after the key is known good
         // and before any work.
-        if let (Caller::Key(_), Some(class), Some(api)) = (caller, op.api_class(), self.api.as_mut()) {
+        if let (Caller::Key(_) | Caller::Binding, Some(class), Some(api)) = (caller, op.api_class(), self.api.as_mut())
+        {
             if let Some(refused) = api.admit(class, loaded.policy.plan.as_str(), now) {
                 let writes = Writes { key_used: used, ..Writes::default() };
                 return Ok(Step { reply: refused, writes, log: Vec::new() });

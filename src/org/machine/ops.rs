@@ -201,15 +201,11 @@ impl OrgMachine {
                     },
                 }
             }
-            DecideKind::Reserve => {
-                let mut body = decision_json(&decision);
-                if let (Some(r), Some(obj)) = (cx.book.reservations.get(&id), body.as_object_mut()) {
-                    let view = json!({"id": r.id.as_str(), "quantity": r.quantity, "expires_at": r.expires.rfc3339()});
-                    obj.insert("reservation".into(), view);
-                }
+            DecideKind::Reserve | DecideKind::Check => {
+                let reservation = cx.book.reservations.get(&id).filter(|_| kind == DecideKind::Reserve);
+                let body = check_body(&decision, reservation, policy);
                 OrgReply { status: 200, headers, body, plan, ..OrgReply::EMPTY }
             }
-            DecideKind::Check => OrgReply { headers, body: decision_json(&decision), plan, ..OrgReply::EMPTY },
         };
         Ok(reply)
     }
@@ -435,6 +431,27 @@ fn refusal_reason(d: &Decision) -> String {
     d.violated().map_or_else(String::new, |l| {
         format!("would exceed the hard limit {} ({} used of {})", l.policy, l.used, l.limit.unwrap_or(0))
     })
+}
+
+/// `/v1/check`'s body (and the service binding's check and reserve): the decision, the
+/// reservation it made, and on a refusal the problem a proxied request would get, so a caller
+/// (the Hono middleware) answers its client with the same 429 or 402.
+fn check_body(
+    decision: &Decision,
+    reservation: Option<&crate::policy::Reservation>,
+    policy: &crate::policy::Policy,
+) -> Value {
+    let mut body = decision_json(decision);
+    if let Some(obj) = body.as_object_mut() {
+        if let Some(r) = reservation {
+            let view = json!({"id": r.id.as_str(), "quantity": r.quantity, "expires_at": r.expires.rfc3339()});
+            obj.insert("reservation".into(), view);
+        }
+        if let Some(p) = refusal_problem(decision, policy.plan.as_str(), policy.upgrade_url.as_deref()) {
+            obj.insert("problem".into(), p);
+        }
+    }
+    body
 }
 
 /// One step's working context: the loaded rows as a book, and what the step writes and logs.
