@@ -1,5 +1,5 @@
 // `make dev` as a user runs it, and the README's walk-through against it: the only test that uses
-// `wrangler dev`. It starts `make dev` on free ports with its own state directory, takes the
+// `wrangler dev`. Its origin is the demo origin Worker, bound to the gateway as a service. It starts `make dev` on free ports with its own state directory, takes the
 // walk-through's shell block from README.md as written (only the gateway's address moved to the
 // free port), runs it with bash and curl, and checks the answers the README shows.
 import { test, after } from "node:test";
@@ -98,4 +98,10 @@ test("make dev serves the README walk-through as the README shows it", async () 
   const [org] = takeJson(afterProblem);
   const ai = org.state.limits.find((l) => l.policy === "ai_tokens-month");
   assert.deepEqual([ai.used, ai.overage, ai.overage_cost_cents], [700, 200, 1], JSON.stringify(ai));
+  // The proxied requests went to the origin Worker, bound to the gateway as the ORIGIN service.
+  const viaBinding = await fetch(`http://127.0.0.1:${port}/v1/ai/check`, { method: "POST", headers: { "x-api-key": lines[0] } });
+  assert.equal(viaBinding.status, 200);
+  assert.equal(viaBinding.headers.get("x-origin"), "worker");
+  const seen = await viaBinding.json();
+  assert.deepEqual([seen.origin, seen.headers["x-quota-org"]], ["worker", "acme"], "signed tenant headers reached the origin Worker");
 });
