@@ -467,11 +467,12 @@ fn origin_request(
     org: &OrgId,
     admitted: &Admitted,
     id: &EventId,
+    bound: bool,
 ) -> Result<Request, EdgeError> {
     let cfg = settings(env);
     // Through the `ORIGIN` service binding the host is only a name (the binding routes); over
     // the network, `ORIGIN_URL`.
-    let origin = if origin_service(env).is_some() {
+    let origin = if bound {
         SERVICE_ORIGIN
     } else {
         cfg.origin_url.as_deref().ok_or(EdgeError::NotConfigured("ORIGIN_URL (or an ORIGIN service binding)"))?
@@ -564,8 +565,10 @@ async fn forward(
     admitted: &Admitted,
     settle: &Settler,
 ) -> Handled {
-    let fwd = origin_request(&req, env, target, &settle.org, admitted, &settle.id)?;
-    let sent = match origin_service(env) {
+    // Looked up once per request: one property read of the environment.
+    let service = origin_service(env);
+    let fwd = origin_request(&req, env, target, &settle.org, admitted, &settle.id, service.is_some())?;
+    let sent = match service {
         Some(service) => service.fetch_request(fwd).await,
         None => Fetch::Request(fwd).send().await,
     };

@@ -194,7 +194,13 @@ export function fromHttp(options: HttpOptions): Quota {
       if (name !== "content-type" && name !== "cache-control") headers[name] = value;
     });
     const text = await res.text();
-    const parsed: unknown = text ? JSON.parse(text) : null;
+    let parsed: unknown = null;
+    try {
+      parsed = text ? JSON.parse(text) : null;
+    } catch {
+      // Not quotagate's JSON (a proxy in between answered): say so as a problem.
+      parsed = { type: "about:blank", title: res.statusText, status: res.status, detail: text.slice(0, 200) };
+    }
     return res.ok
       ? { ok: true, status: res.status, headers, body: parsed as T }
       : { ok: false, status: res.status, headers, body: parsed as Problem };
