@@ -17,6 +17,8 @@ export function bundleWorker(name) {
   fs.mkdirSync(path.dirname(out), { recursive: true });
   execFileSync(ESBUILD, [entry, "--bundle", "--format=esm", "--platform=neutral", "--target=es2022",
     "--main-fields=module,main", `--outfile=${out}`, "--log-level=warning"], { cwd: ROOT, stdio: "inherit" });
+  // Named for this process (test files run side by side), and gone with it.
+  process.on("exit", () => fs.rmSync(out, { force: true }));
   return out;
 }
 
