@@ -160,8 +160,8 @@ sim: ## The lease-mode simulation (one hot org, many isolates) → bench/SIMULAT
 	@mkdir -p target
 	cargo test --locked --release --lib published_table -- --ignored --nocapture --test-threads=1 > target/sim.txt
 	{ echo "# Lease mode: the hot-org simulation"; echo; \
-	  echo "\`make sim\` (src/org/tests/sim.rs): the real org machine as the DO and real holder slots as the isolates, 10,000 decisions/s for 120 s against a hard month limit of 10 M of which 9 M were used before (so the limit is reached at about 100 s), max_units 5,000, ttl 10 s, one-way DO latency 2–60 ms. Bursty: 4× the mean rate for 1 s in every 5 s. Evictions: an isolate is lost (its lease and its answers in flight) after an exponential lifetime. The oracle admits exactly min(demand, limit). Deterministic: the same table every run."; \
-	  echo; grep '^|' target/sim.txt; } > bench/SIMULATION.md
+	  echo "\`make sim\` (src/org/tests/sim.rs): the real org machine as the DO and real holder slots as the isolates, 10,000 decisions/s for 120 s against a hard month limit of 10 M of which 9 M were used before (so the limit is reached at about 100 s), max_units 5,000, ttl 10 s, one-way DO latency 2–60 ms; a grant lasts at most 2 s whatever the plan says. Bursty: 4× the mean rate for 1 s in every 5 s. Evictions: an isolate is lost (its lease and its answers in flight) after an exponential lifetime. The oracle admits exactly min(demand, limit). Deterministic: the same table every run."; \
+	  echo; grep '^|' target/sim.txt; echo; cat bench/simulation-notes.md; } > bench/SIMULATION.md
 	@cat bench/SIMULATION.md
 
 deploy-dry-run: build ## Bundle as `wrangler deploy` would, without deploying

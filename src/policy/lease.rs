@@ -15,9 +15,13 @@ use super::ids::EventId;
 use super::json::{err, Obj};
 use super::plan::PlanError;
 
-/// The longest a lease may be spent for: a dead isolate's units are stranded at most this long
-/// past their last use, and a revoked key keeps working at most this long.
+/// The largest `ttl_secs` a plan may name (what plans written before `RECALL_MS` hold).
 pub const MAX_TTL_SECS: u64 = 10;
+
+/// The longest any grant is spent for, whatever the plan's `ttl_secs`: a holder asks the DO
+/// again within this, so a revoked or expired key, a reset and an override (and a plan change,
+/// once the DO has adopted it) reach every lease holder within 2 s.
+pub const RECALL_MS: u64 = 2_000;
 
 /// What a holder with no history asks for: this many requests (a first lease is small; the
 /// next ones follow the holder's own rate).
@@ -42,7 +46,7 @@ impl LeaseRules {
         let Some(max_units) = NonZeroU64::new(max) else {
             return err(o.at("max_units"), "must be at least 1");
         };
-        let ttl = o.uint_opt("ttl_secs")?.unwrap_or(5);
+        let ttl = o.uint_opt("ttl_secs")?.unwrap_or(RECALL_MS / 1000);
         if !(1..=MAX_TTL_SECS).contains(&ttl) {
             return err(o.at("ttl_secs"), format!("must be from 1 to {MAX_TTL_SECS} (got {ttl})"));
         }
@@ -50,15 +54,11 @@ impl LeaseRules {
     }
 }
 
-/// The stranded bound of a hard limit: at most 1% of it or 100 units, whichever is larger, may
-/// sit in leases near the limit.
+/// The stranded bound of a hard limit: at most 1% of it may sit in leases, with no floor. A
+/// limit under 400 units leaves no holder a lease of two requests, so it is decided strictly,
+/// request by request: a small customer's month is never a lease's to strand.
 pub const fn stranded_bound(limit: u64) -> u64 {
-    let pct = limit / 100;
-    if pct > 100 {
-        pct
-    } else {
-        100
-    }
+    limit / 100
 }
 
 /// One hard limit the lease would spend, as the DO sees it after admitting the asking request.

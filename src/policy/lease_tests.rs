@@ -40,9 +40,10 @@ fn sizes_shrink_towards_the_limit_and_stop_at_the_bound() {
     // Leases at risk already hold the whole bound.
     assert_eq!(grant_size(&r, ONE, u64::MAX, room(400_000), 10_000, 0), 0);
     assert_eq!(grant_size(&r, ONE, u64::MAX, room(400_000), 9_500, 0), 500);
-    // A small limit: the bound is 100 units.
-    assert_eq!(stranded_bound(5_000), 100);
-    assert_eq!(grant_size(&r, ONE, u64::MAX, [Room { limit: 5_000, remaining: 150 }], 0, 0), 37);
+    // 1% of the limit, with no floor: 50 units of 5,000, none of 99.
+    assert_eq!((stranded_bound(5_000), stranded_bound(99), stranded_bound(100)), (50, 0, 1));
+    assert_eq!(grant_size(&r, ONE, u64::MAX, [Room { limit: 5_000, remaining: 150 }], 0, 0), 25);
+    assert_eq!(grant_size(&r, ONE, u64::MAX, [Room { limit: 100, remaining: 100 }], 0, 0), 0, "strict");
     // A lease is whole requests, and never one request alone.
     let three = NonZeroU64::new(3).unwrap_or(ONE);
     assert_eq!(grant_size(&r, three, u64::MAX, room(900_000), 0, 0), 999);
@@ -148,6 +149,7 @@ proptest! {
             prop_assert!(outstanding + size <= bound, "everything at risk within the bound");
             prop_assert!(size <= bound / (2 * (holders + 1)), "a fair share of the bound");
             prop_assert!(size / cost.get() >= 2);
+            prop_assert!(outstanding + size <= limit / 100, "1% of the limit, with no floor");
         }
     }
 }

@@ -133,40 +133,41 @@ test("a failed origin call gives a leased request's units back", async () => {
   assert.equal(used - open, 12, `used ${used}, of which ${open} in the open lease`);
 });
 
-test("a revoked key stops within its lease's ttl_secs, the bound the README states", async () => {
-  const TTL = 2;
+test("a revoked key stops on every isolate within 2 s, though the plan's ttl_secs is 10", async () => {
+  const RECALL_MS = 2_000;
   await fx.api.plan("leased-revoke", {
     limits: [{ meter: "requests", limit: 100000, period: "month", mode: "hard" }],
-    lease: { max_units: 1000, ttl_secs: TTL },
+    lease: { max_units: 1000, ttl_secs: 10 },
   });
   await fx.api.org("org-lease-revoke", { plan: "leased-revoke" });
   const { key, key_id } = await fx.api.key("org-lease-revoke");
-  const url = fx.gw.urls[1];
-  const get = async () => {
+  const get = async (url) => {
     const r = await fetch(`${url}/r`, { headers: { "x-api-key": key } });
     await r.arrayBuffer();
     return r.status;
   };
-  // A few requests: the isolate holds a lease now.
-  for (let i = 0; i < 5; i++) assert.equal(await get(), 200);
+  // Every isolate holds a lease now.
+  for (const url of fx.gw.urls) for (let i = 0; i < 5; i++) assert.equal(await get(url), 200);
   const revoked = Date.now();
   assert.equal((await fx.api.admin("DELETE", `/orgs/org-lease-revoke/keys/${key_id}`)).status, 200);
-  let lastAdmitted = null;
-  let refused = 0;
-  // Poll for the bound plus a margin; after the first 401 every request must be a 401.
-  while (Date.now() - revoked < (TTL + 1.5) * 1000) {
-    const s = await get();
-    if (s === 200) {
-      assert.equal(refused, 0, "a request was admitted after the key was first refused");
-      lastAdmitted = Date.now();
-    } else {
-      assert.equal(s, 401);
-      refused += 1;
+  // Each isolate polled until well past the bound; after its first 401 every request is a 401.
+  const lags = await Promise.all(fx.gw.urls.map(async (url) => {
+    let lastAdmitted = null;
+    let refused = 0;
+    while (Date.now() - revoked < RECALL_MS + 2_000) {
+      const s = await get(url);
+      if (s === 200) {
+        assert.equal(refused, 0, "a request was admitted after the key was first refused");
+        lastAdmitted = Date.now();
+      } else {
+        assert.equal(s, 401);
+        refused += 1;
+      }
+      await new Promise((res) => setTimeout(res, 50));
     }
-    await new Promise((res) => setTimeout(res, 100));
-  }
-  const lag = lastAdmitted === null ? 0 : lastAdmitted - revoked;
-  console.log(`revocation in lease mode: last admission ${lag} ms after the revoke (bound ${TTL * 1000} ms)`);
-  assert.ok(refused > 0, "the key was never refused");
-  assert.ok(lag <= TTL * 1000 + 500, `admitted ${lag} ms after the revoke`);
+    assert.ok(refused > 0, "the key was never refused");
+    return lastAdmitted === null ? 0 : lastAdmitted - revoked;
+  }));
+  console.log(`revocation in lease mode: last admission per isolate ${lags.join(", ")} ms after the revoke (bound ${RECALL_MS} ms)`);
+  for (const lag of lags) assert.ok(lag <= RECALL_MS + 300, `admitted ${lag} ms after the revoke`);
 });

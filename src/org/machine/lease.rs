@@ -11,7 +11,7 @@ use super::ops::{Cx, Held};
 use super::{OrgError, OrgMachine};
 use crate::org::io::OutboxRow;
 use crate::org::msg::{LeaseClosing, OrgReply};
-use crate::policy::lease::{grant_size, Grant, LeaseLimit, Room};
+use crate::policy::lease::{grant_size, Grant, LeaseLimit, Room, RECALL_MS};
 use crate::policy::{Decision, EventId, MeterId, Timestamp, UsageError};
 use crate::telemetry::Outcome;
 
@@ -107,7 +107,7 @@ impl OrgMachine {
             .filter(|l| !l.period.is_rate())
             .filter_map(|l| l.reset.map(|r| r.since(now)))
             .chain(cx.key_until.map(|t| t.since(now)))
-            .fold(rules.ttl_ms, u64::min);
+            .fold(rules.ttl_ms.min(RECALL_MS), u64::min);
         if units == 0 || ttl_ms < MIN_TTL_MS || self.bucket_room(cx.loaded, meter, units, now.millis()).is_err() {
             return None;
         }

@@ -14,7 +14,8 @@ use crate::policy::lease::LocalLease;
 use crate::policy::Timestamp;
 use crate::telemetry::Outcome;
 
-const LIMIT: u64 = 1_000;
+/// A month's hard limit whose stranded bound (1%) is 100 units.
+const LIMIT: u64 = 10_000;
 
 fn leased_org(limits: serde_json::Value) -> Org {
     Org::with_config(config(json!({"limits": limits, "lease": {"max_units": 60, "ttl_secs": 5}})))
@@ -207,11 +208,11 @@ fn a_request_takes_a_lease_and_a_close_gives_back_the_rest() {
     let mut o = leased_org(json!([{"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"}]));
     let r = strict(&mut o, 1, at(1));
     let g = r.lease.clone().expect("lease mode grants with the first admitted request");
-    // A first lease is what a holder with no history asks for (32 requests); 1,000 − 1
-    // remaining and a bound of 100 would allow 899 / 4, max_units 60.
+    // A first lease is what a holder with no history asks for (32 requests); 10,000 − 1
+    // remaining and a bound of 100 (1%) would allow 50, max_units 60.
     assert_eq!(g.units, 32);
     assert_eq!(o.used("requests-month", at(1)), 33, "the lease is counted as used the moment it is granted");
-    assert_eq!(g.limits[0].remaining, 967);
+    assert_eq!(g.limits[0].remaining, 9_967);
     let mut l = LocalLease::new(g, 1, at(1));
     for _ in 0..10 {
         assert!(l.take(at(2)));
@@ -231,7 +232,7 @@ fn a_request_takes_a_lease_and_a_close_gives_back_the_rest() {
     // Leases stop at the stranded bound: strict decisions take the last 100 units.
     let mut now = at(5);
     let mut grants = 0;
-    for i in 0..2_000u64 {
+    for i in 0..20_000u64 {
         now = now.saturating_add_ms(1);
         let r = strict(&mut o, 100 + i, now);
         if r.status != 200 {
@@ -259,6 +260,31 @@ fn a_request_takes_a_lease_and_a_close_gives_back_the_rest() {
         recalled: 0,
     };
     assert!(o.org(&key(), op, now).unwrap().reply.lease.is_none());
+}
+
+#[test]
+fn a_small_limit_is_decided_strictly_and_strands_nothing() {
+    // 1% of 399 is 3 units: no holder's fair share of it is two requests.
+    let mut small = leased_org(json!([{"meter": "requests", "limit": 399, "period": "month", "mode": "hard"}]));
+    for i in 0..399 {
+        let r = strict(&mut small, i, at(i + 1));
+        assert_eq!((r.status, r.lease.is_none()), (200, true), "request {i} decided strictly, no lease");
+    }
+    assert_eq!(strict(&mut small, 399, at(400)).status, 429);
+    assert_eq!(small.used("requests-month", at(401)), 399);
+    // 1% of 400 is 4: a lone holder may hold two requests, never more.
+    let mut four = leased_org(json!([{"meter": "requests", "limit": 400, "period": "month", "mode": "hard"}]));
+    assert_eq!(strict(&mut four, 1, at(1)).lease.map(|g| g.units), Some(2));
+}
+
+#[test]
+fn a_grant_lasts_at_most_two_seconds_whatever_the_plan_says() {
+    let mut o = Org::with_config(config(json!({
+        "limits": [{"meter": "requests", "limit": 1_000_000, "period": "month", "mode": "hard"}],
+        "lease": {"max_units": 60, "ttl_secs": 10}
+    })));
+    let g = strict(&mut o, 1, at(1)).lease.expect("a lease");
+    assert_eq!(g.ttl_ms, crate::policy::lease::RECALL_MS, "revocation and resets reach the holder within 2 s");
 }
 
 #[test]
