@@ -22,18 +22,21 @@ export WASM_OPT_BIN := $(NODE_BIN)/wasm-opt
 # schemathesis (PyPI), for the OpenAPI conformance run, in its own venv.
 SCHEMATHESIS_VERSION := 4.32.5
 export SCHEMATHESIS := $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)/bin/st
+# promtool, from Debian's `prometheus` package, unpacked into the tool cache (no service runs):
+# it checks and unit-tests the alert rules and lints the gateway's Prometheus text.
+export PROMTOOL := $(TOOLS_DIR)/prometheus-debian/usr/bin/promtool
 # Node 22 from the `node` devDependency comes first, for wrangler.
 export PATH := $(NODE_BIN):$(CARGO_BIN):$(PATH)
 export WRANGLER_SEND_METRICS := false
 
-.PHONY: help setup compile-wasm wasm-target chromium screenshots build bundle dev test test-core test-clients test-e2e bench-rpc test-dev lint fmt deploy deploy-dry-run clean bench bench-setup reliability test-reliability sim
+.PHONY: help setup compile-wasm wasm-target chromium screenshots build bundle dev test test-core test-clients test-ops test-e2e bench-rpc test-dev lint fmt deploy deploy-dry-run clean bench bench-setup reliability test-reliability sim
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-15s %s\n", $$1, $$2 }'
 
 # Its pieces are independent: the downloads (apt, npm, PyPI) run beside the one compile.
 setup: wasm-target ## Install the toolchain pieces that are missing
-	@$(MAKE) --no-print-directory -j4 --output-sync=target chromium node_modules/.package-lock.json $(WASM_BINDGEN_BIN) $(SCHEMATHESIS)
+	@$(MAKE) --no-print-directory -j4 --output-sync=target chromium node_modules/.package-lock.json $(WASM_BINDGEN_BIN) $(SCHEMATHESIS) $(PROMTOOL)
 
 # Debian's Chromium, for the dashboard test in a real browser (playwright-core drives it).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -52,6 +55,12 @@ $(WASM_BINDGEN_BIN):
 	@grep -q '^wasm-bindgen-cli-support = "=$(WASM_BINDGEN_VERSION)"' tools/bindgen/Cargo.toml || { \
 	  echo "tools/bindgen/Cargo.toml must pin wasm-bindgen-cli-support = \"=$(WASM_BINDGEN_VERSION)\", the wasm-bindgen of Cargo.lock" >&2; exit 1; }
 	cargo install --path tools/bindgen --locked --root $(TOOLS_DIR)/bindgen-$(BINDGEN_HASH) --target-dir $(CURDIR)/target/tools
+
+$(PROMTOOL):
+	@mkdir -p $(TOOLS_DIR)/prometheus-debian
+	cd $(TOOLS_DIR)/prometheus-debian && { apt-get download prometheus 2>/dev/null || { $(SUDO) apt-get update -qq && apt-get download prometheus; }; }
+	cd $(TOOLS_DIR)/prometheus-debian && dpkg-deb -x prometheus_*.deb . && rm -f prometheus_*.deb
+	@test -x $@
 
 $(SCHEMATHESIS):
 	python3 -m venv $(TOOLS_DIR)/schemathesis-$(SCHEMATHESIS_VERSION)
@@ -87,13 +96,19 @@ dev: build .dev.vars ## Build, migrate the local D1, start the demo origin and t
 # joined by a comma run at the same time (scripts/phases.sh): on a fresh machine the tool compile
 # (wasm-bindgen-cli) leaves a core free for the lint and the Worker's own compile, and packaging
 # the wasm (one core) leaves one for the native tests.
-TEST_PHASES := wasm-target setup,lint,compile-wasm build,test-core,test-clients test-e2e test-reliability test-dev
+TEST_PHASES := wasm-target setup,lint,compile-wasm build,test-core,test-clients,test-ops test-e2e test-reliability test-dev
 
 test: ## Lint, then every test: the core natively, the worker end to end in workerd, the reliability suite at small scale, the `make dev` smoke test
 	@MAKE="$(MAKE)" scripts/phases.sh $(TEST_PHASES)
 
 test-core: ## The pure policy core: unit and property tests, natively
 	cargo test --locked
+
+# The operations pictures: the alert rules pass `promtool check rules` and their unit tests; the
+# dashboard's queries are checked against the running gateway's metrics in tests/e2e/ops.test.mjs.
+test-ops: $(PROMTOOL) ## Check and unit-test the Prometheus alert rules with promtool
+	$(PROMTOOL) check rules ops/prometheus/quotagate-rules.yml
+	cd ops/prometheus && $(PROMTOOL) test rules quotagate-rules.test.yml
 
 # clients/quotagate is TypeScript: its types, its Hono middleware and the API Worker the e2e test
 # runs with it (tests/e2e/workers/app.ts) must type-check under strict settings.

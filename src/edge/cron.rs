@@ -52,6 +52,18 @@ pub async fn run(env: &Env) {
         Ok(n) => pruned = pruned.saturating_add(n),
         Err(e) => worker::console_error!("{}", json!({"msg": "cron: audit retention failed", "error": e.to_string()})),
     }
+    // The cron's own heartbeat, for the alert that fires when it stops running.
+    let finished = now();
+    let beat = match ledger::db(env) {
+        Ok(db) => {
+            let gauge = [("quotagate_cron_last_run_timestamp_seconds".to_owned(), String::new(), finished.secs())];
+            ledger::set_gauges(&db, &gauge, finished).await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = beat {
+        worker::console_error!("{}", json!({"msg": "cron: heartbeat not stored", "error": e.to_string()}));
+    }
     let line = json!({"msg": "scheduled", "rows_pruned": pruned, "retention_days": days, "hourly_retention_days": hourly_days,
                       "ms": now().since(started)});
     worker::console_log!("{line}");

@@ -469,9 +469,16 @@ async fn metrics(env: &Env) -> Handled {
                 "quotagate_decisions_total" => "Decisions by org, meter and outcome, as of the org's last report.",
                 "quotagate_outbox_depth" => "Usage events of an org not yet in the ledger, at its last report.",
                 "quotagate_ledger_flush_failures" => "Consecutive failed ledger flushes of an org, at its last report.",
+                "quotagate_org_report_timestamp_seconds" => {
+                    "When an org last reconciled and reported (epoch seconds); active orgs report every ORG_REPORT_SECS."
+                }
+                "quotagate_cron_last_run_timestamp_seconds" => "When the scheduled job last finished (epoch seconds).",
                 _ => "Published by a scheduled job.",
             };
-            let _ = write!(out, "# HELP {} {help}\n# TYPE {} gauge\n", r.name, r.name);
+            // Decision counts only grow (they are an org's running totals, published at its
+            // report): a counter, as its `_total` name says.
+            let kind = if r.name.ends_with("_total") { "counter" } else { "gauge" };
+            let _ = write!(out, "# HELP {} {help}\n# TYPE {} {kind}\n", r.name, r.name);
             last = &r.name;
         }
         let _ = writeln!(out, "{}{{{}}} {}", r.name, r.labels, r.value);

@@ -206,7 +206,9 @@ async fn report(q: &OrgQuota) {
     let mut gauges = vec![
         ("quotagate_reconcile_drift_units".to_owned(), labels.clone(), drift),
         ("quotagate_outbox_depth".to_owned(), labels.clone(), pending),
-        ("quotagate_ledger_flush_failures".to_owned(), labels, field("flush_failures")),
+        ("quotagate_ledger_flush_failures".to_owned(), labels.clone(), field("flush_failures")),
+        // When this org last reported: a report that stops (while the org is busy) is an alert.
+        ("quotagate_org_report_timestamp_seconds".to_owned(), labels, t.secs()),
     ];
     for c in body.get("decisions").and_then(serde_json::Value::as_array).into_iter().flatten() {
         let get = |k: &str| c.get(k).and_then(serde_json::Value::as_str).unwrap_or_default();
