@@ -43,16 +43,23 @@ after(async () => {
   await browser?.close();
 });
 
-async function open(hash, { width = 1100, height = 800, clock = false } = {}) {
+/** The dashboard in a fresh browser session, signed in with `key` through the form (if given). */
+async function open(key, { width = 1100, height = 800, clock = false } = {}) {
   const page = await browser.newPage({ viewport: { width, height } });
   if (clock) await page.clock.install();
-  await page.goto(`${fx.gw.url}/_quota/dashboard#${hash}`);
+  await page.goto(`${fx.gw.url}/_quota/dashboard`);
+  if (key) await signIn(page, key);
   return page;
+}
+
+async function signIn(page, key) {
+  await page.fill("#key", key);
+  await page.click("button[type=submit]");
 }
 
 for (const level of ["green", "amber", "red"]) {
   test(`${level}: bars, banner and overage as a person sees them`, async () => {
-    const page = await open(`key=${encodeURIComponent(keys[level])}`);
+    const page = await open(keys[level]);
     const card = page.locator('[data-policy="requests-month"]');
     await card.waitFor();
     assert.equal(await card.getAttribute("data-colour"), level);
@@ -68,7 +75,7 @@ for (const level of ["green", "amber", "red"]) {
     } else {
       assert.equal(await banner.isVisible(), true);
       assert.equal(await banner.getAttribute("class"), level === "red" ? "over" : "warning");
-      assert.match(await banner.textContent(), level === "red" ? /^Over limit: ai_tokens-month at 120%, requests-month at 100%$/ : /^Approaching limits: ai_tokens-month at 90%, requests-month at 85%$/);
+      assert.match(await banner.locator("#banner-text").textContent(), level === "red" ? /^Over limit: ai_tokens-month at 120%, requests-month at 100%$/ : /^Approaching limits: ai_tokens-month at 90%, requests-month at 85%$/);
     }
     const overage = page.locator('[data-policy="ai_tokens-month"] .overage');
     if (level === "red") {
@@ -83,7 +90,7 @@ for (const level of ["green", "amber", "red"]) {
 }
 
 test("admin token + org, phone width", async () => {
-  const page = await open("", { width: 390, height: 844 });
+  const page = await open(null, { width: 390, height: 844 });
   await page.fill("#admin", ADMIN_TOKEN);
   await page.fill("#orgid", "dash-red");
   await page.click("button[type=submit]");
@@ -105,14 +112,15 @@ test("loading and error states", async () => {
     await held;
     await route.continue();
   });
-  await page.goto(`${fx.gw.url}/_quota/dashboard#key=${encodeURIComponent(keys.green)}`);
+  await page.goto(`${fx.gw.url}/_quota/dashboard`);
+  await signIn(page, keys.green);
   await page.locator("#state.loading").waitFor();
   assert.equal(await page.locator("#state").textContent(), "Loading usage…");
   release();
   await page.locator(".limit").first().waitFor();
   assert.equal(await page.locator("#state").isVisible(), false);
   await page.unroute("**/_quota/v1/usage");
-  const bad = await open("key=qg_nobody.00000000000000000000000000000000.00000000000000000000000000000000");
+  const bad = await open("qg_nobody.00000000000000000000000000000000.00000000000000000000000000000000");
   await bad.locator("#state.error").waitFor();
   assert.equal(await bad.locator("#state").textContent(), "That key or token was not accepted.");
   assert.equal(await bad.locator("#auth").isVisible(), true, "the form comes back");
@@ -123,7 +131,7 @@ test("loading and error states", async () => {
 test("the page refreshes itself every 30 seconds", async () => {
   await fx.api.org("dash-live", { plan: "dash" });
   const key = (await fx.api.key("dash-live")).key;
-  const page = await open(`key=${encodeURIComponent(key)}`, { clock: true });
+  const page = await open(key, { clock: true });
   const nums = page.locator('[data-policy="requests-month"] .nums');
   await nums.waitFor();
   assert.equal(await nums.textContent(), "0 / 100 requests");
@@ -134,4 +142,49 @@ test("the page refreshes itself every 30 seconds", async () => {
   await page.waitForFunction(() => document.querySelector('[data-policy="requests-month"] .nums')?.textContent === "81 / 100 requests");
   assert.equal(await page.locator('[data-policy="requests-month"]').getAttribute("data-colour"), "amber");
   await page.close();
+});
+
+test("a key or token in the URL is cleared at once and never used; the page is served with a strict CSP", async () => {
+  for (const hash of [`key=${encodeURIComponent(keys.green)}`, `admin=${encodeURIComponent(ADMIN_TOKEN)}&org=dash-green`]) {
+    const page = await browser.newPage();
+    const res = await page.goto(`${fx.gw.url}/_quota/dashboard#${hash}`);
+    const csp = res.headers()["content-security-policy"];
+    assert.match(csp, /default-src 'none'/);
+    assert.match(csp, /script-src 'self'/);
+    assert.match(csp, /frame-ancestors 'none'/);
+    await page.locator("#state.error").waitFor();
+    assert.match(await page.locator("#state").textContent(), /^Sign-in links are not accepted/);
+    assert.equal(await page.evaluate(() => location.hash), "", "the credential left the URL at once");
+    assert.equal(await page.evaluate(() => JSON.stringify({ ...sessionStorage, ...localStorage })), "{}", "and was stored nowhere");
+    assert.equal(await page.locator(".limit").count(), 0, "nothing was loaded with it");
+    assert.equal(await page.locator("#auth").isVisible(), true);
+    await page.close();
+  }
+});
+
+test("the warning banner can be dismissed for the session, and comes back when the warning changes", async () => {
+  await fx.api.org("dash-dismiss", { plan: "dash" });
+  const key = (await fx.api.key("dash-dismiss")).key;
+  await fx.api.call("POST", "/_quota/v1/events", { key, body: { events: [{ id: "d1", meter: "requests", quantity: 85 }] } });
+  const page = await open(key);
+  const banner = page.locator("#banner");
+  await page.locator('[data-policy="requests-month"]').waitFor();
+  assert.equal(await banner.isVisible(), true);
+  await page.click("#dismiss");
+  assert.equal(await banner.isVisible(), false);
+  await page.reload();
+  await page.locator('[data-policy="requests-month"]').waitFor();
+  assert.equal(await banner.isVisible(), false, "still dismissed after a reload: the session remembers");
+  // A worse warning is news: the banner is back.
+  await fx.api.call("POST", "/_quota/v1/events", { key, body: { events: [{ id: "d2", meter: "requests", quantity: 15 }] } });
+  await page.reload();
+  await page.locator('[data-policy="requests-month"][data-colour="red"]').waitFor();
+  assert.equal(await banner.isVisible(), true);
+  assert.match(await page.locator("#banner-text").textContent(), /^Over limit: requests-month at 100%$/);
+  await page.close();
+  // Another session (a new page context) sees the warning again.
+  const other = await open(key);
+  await other.locator('[data-policy="requests-month"]').waitFor();
+  assert.equal(await other.locator("#banner").isVisible(), true);
+  await other.close();
 });

@@ -1,17 +1,22 @@
-// The usage dashboard: no framework. Credentials come from the form (or the URL fragment, which
-// never reaches a server) and stay in sessionStorage. Refreshes every 30 seconds.
+// The usage dashboard: no framework. Credentials come from the form only and stay in
+// sessionStorage (never localStorage, never a URL: a credential in a link stays in the browser's
+// history, so a sign-in link is cleared unused). Refreshes every 30 seconds. A warning banner
+// dismissed stays hidden for the session, until the warning changes.
 "use strict";
 const REFRESH_MS = 30_000;
 const $ = (id) => document.getElementById(id);
 const nf = new Intl.NumberFormat("en-US");
 let timer = null;
 
-function creds() {
+/** Whether the page was opened with a credential in its URL: cleared at once, never used. */
+function refuseLinkCredentials() {
   const hash = new URLSearchParams(location.hash.slice(1));
-  if (hash.has("key") || hash.has("admin")) {
-    sessionStorage.setItem("qg", JSON.stringify({ key: hash.get("key"), admin: hash.get("admin"), org: hash.get("org") }));
-    history.replaceState(null, "", location.pathname);
-  }
+  if (!hash.has("key") && !hash.has("admin")) return false;
+  history.replaceState(null, "", location.pathname);
+  return true;
+}
+
+function creds() {
   try {
     return JSON.parse(sessionStorage.getItem("qg") ?? "null");
   } catch {
@@ -72,9 +77,12 @@ function render(u) {
     main.append(card);
   }
   const banner = $("banner");
-  banner.hidden = worst === "ok";
+  const text = worst === "over" ? `Over limit: ${flagged.join(", ")}` : `Approaching limits: ${flagged.join(", ")}`;
   banner.className = worst;
-  banner.textContent = worst === "over" ? `Over limit: ${flagged.join(", ")}` : `Approaching limits: ${flagged.join(", ")}`;
+  banner.dataset.text = text;
+  $("banner-text").textContent = text;
+  // Dismissed for the session: hidden until the warning says something else.
+  banner.hidden = worst === "ok" || sessionStorage.getItem("qg-dismissed") === text;
   const cost = u.total_overage_cost_cents;
   $("updated").textContent = `Updated ${new Date().toLocaleTimeString("en-GB")}${cost ? ` · overage this period ${(cost / 100).toFixed(2)}` : ""}`;
 }
@@ -127,11 +135,20 @@ $("auth").addEventListener("submit", (ev) => {
   sessionStorage.setItem("qg", JSON.stringify(key ? { key } : { admin, org }));
   load();
 });
+$("dismiss").addEventListener("click", () => {
+  sessionStorage.setItem("qg-dismissed", $("banner").dataset.text ?? "");
+  $("banner").hidden = true;
+});
 $("signout").addEventListener("click", () => {
   sessionStorage.removeItem("qg");
+  sessionStorage.removeItem("qg-dismissed");
   $("meters").replaceChildren();
   $("banner").hidden = true;
   $("org").textContent = "";
   load();
 });
-load();
+if (refuseLinkCredentials()) {
+  show("error", "Sign-in links are not accepted: a key in a URL stays in the browser's history. Sign in with the form.");
+} else {
+  load();
+}
