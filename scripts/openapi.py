@@ -309,6 +309,10 @@ paths = {
                 "responses": {**ok(ref("Org")), "201": {"description": "Created", "content": {"application/json": {"schema": ref("Org")}}}}}},
     "/_quota/admin/orgs/{org_id}/usage": {"get": {"summary": "The org's usage overview", "security": ADMIN,
                                                   "parameters": [ORG_ID], "responses": ok(ref("Usage"))}},
+    "/_quota/admin/orgs/{org_id}/history": {"get": {
+        "summary": "Daily series of one meter from the ledger (the usage page's chart in admin mode)", "security": ADMIN,
+        "parameters": [ORG_ID, query("meter", ID, True, "requests"), query("from", DATE, True), query("to", DATE, True)],
+        "responses": ok({"type": "object", "required": ["org_id", "meter", "days"]})}},
     "/_quota/admin/orgs/{org_id}/keys": {
         "parameters": [ORG_ID],
         "get": {"summary": "The org's keys: state, creation, last-used day, expiry and secret version (never a hash or the plaintext)",

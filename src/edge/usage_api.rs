@@ -75,12 +75,7 @@ pub async fn summary(req: &Request, env: &Env) -> Handled {
 pub async fn history(req: &Request, env: &Env) -> Handled {
     settings(env).check(crate::config::Need::UsageApi).map_err(EdgeError::Misconfigured)?;
     let key = authenticate(req, env)?;
-    let q = query(req);
-    let meter_raw =
-        param(&q, "meter").ok_or_else(|| InputError::Field { field: "meter".into(), reason: "is required".into() })?;
-    let meter = MeterId::parse(meter_raw)
-        .map_err(|e| InputError::Field { field: "meter".into(), reason: format!("'{meter_raw}' {e}") })?;
-    let (from, to) = parse_range(param(&q, "from"), param(&q, "to"), 366)?;
+    let (meter, from, to) = history_query(req)?;
     if let Some(refused) = gate(env, &key).await? {
         return Ok(refused);
     }
@@ -88,21 +83,46 @@ pub async fn history(req: &Request, env: &Env) -> Handled {
     if ledger::key_shard(&db, &key.org, &key.hash, now()).await?.is_none() {
         return Err(EdgeError::Unauthorized);
     }
+    json_response(200, &history_body(env, &key.org, &meter, from, to).await?, "application/json")
+        .map_err(EdgeError::platform("response"))
+}
+
+/// The `meter`, `from` and `to` of a history request (at most 366 days).
+pub fn history_query(req: &Request) -> Result<(MeterId, time::Date, time::Date), EdgeError> {
+    let q = query(req);
+    let meter_raw =
+        param(&q, "meter").ok_or_else(|| InputError::Field { field: "meter".into(), reason: "is required".into() })?;
+    let meter = MeterId::parse(meter_raw)
+        .map_err(|e| InputError::Field { field: "meter".into(), reason: format!("'{meter_raw}' {e}") })?;
+    let (from, to) = parse_range(param(&q, "from"), param(&q, "to"), 366)?;
+    Ok((meter, from, to))
+}
+
+/// An org's daily series of one meter from the ledger, every day present: the org API's history
+/// and the admin API's (the usage page's chart) alike.
+pub async fn history_body(
+    env: &Env,
+    org_id: &crate::policy::OrgId,
+    meter: &MeterId,
+    from: time::Date,
+    to: time::Date,
+) -> Result<Value, EdgeError> {
+    let db = ledger::db(env)?;
     // An unknown meter is an error, not an empty series.
-    let org = ledger::get_org(&db, &key.org).await?.ok_or(EdgeError::Unauthorized)?;
+    let org = ledger::get_org(&db, org_id).await?.ok_or(EdgeError::Unauthorized)?;
     let plan_id = PlanId::parse(&org.plan_id).map_err(|e| EdgeError::Internal(e.to_string()))?;
     let plan_row =
         ledger::get_plan(&db, &plan_id).await?.ok_or_else(|| EdgeError::Internal("org's plan is missing".into()))?;
     let doc: Value = serde_json::from_str(&plan_row.body).map_err(|e| EdgeError::Internal(e.to_string()))?;
     let plan = Plan::parse(&plan_id, &doc)?;
-    if meter != MeterId::requests() && !plan.meters.contains_key(&meter) {
+    if *meter != MeterId::requests() && !plan.meters.contains_key(meter) {
         return Err(EdgeError::Input(InputError::Field {
             field: "meter".into(),
             reason: format!("unknown meter '{meter}'"),
         }));
     }
     let shard = ledger::shard_db(env, org.shard)?;
-    let rows = ledger::history(&shard, &key.org, meter.as_str(), &from.to_string(), &to.to_string()).await?;
+    let rows = ledger::history(&shard, org_id, meter.as_str(), &from.to_string(), &to.to_string()).await?;
     let mut series = Vec::new();
     let mut d = from;
     loop {
@@ -117,6 +137,7 @@ pub async fn history(req: &Request, env: &Env) -> Handled {
         let Some(next) = d.next_day() else { break };
         d = next;
     }
-    let body = json!({"org_id": key.org.as_str(), "meter": meter.as_str(), "from": from.to_string(), "to": to.to_string(), "days": series});
-    json_response(200, &body, "application/json").map_err(EdgeError::platform("response"))
+    Ok(
+        json!({"org_id": org_id.as_str(), "meter": meter.as_str(), "from": from.to_string(), "to": to.to_string(), "days": series}),
+    )
 }

@@ -188,3 +188,46 @@ test("the warning banner can be dismissed for the session, and comes back when t
   assert.equal(await other.locator("#banner").isVisible(), true);
   await other.close();
 });
+
+test("usage over time: a chart of the days with the limit line, days over it marked, and a projection", async () => {
+  await fx.api.plan("dash-hist", {
+    limits: [
+      { meter: "requests", limit: 100, period: "day", mode: "soft" },
+      { meter: "requests", limit: 1000, period: "month", mode: "soft" },
+    ],
+  });
+  await fx.api.org("dash-hist", { plan: "dash-hist" });
+  const key = (await fx.api.key("dash-hist")).key;
+  const daily = [40, 60, 150, 80, 20, 120];
+  const at = (ago) => new Date(Date.now() - ago * 86_400_000).toISOString();
+  const events = daily.map((q, i) => ({ id: `h${i}`, meter: "requests", quantity: q, timestamp: at(daily.length - i) }));
+  assert.equal((await fx.api.call("POST", "/_quota/v1/events", { key, body: { events } })).status, 200);
+  assert.equal((await fx.api.admin("POST", "/orgs/dash-hist/flush")).status, 200);
+
+  const page = await open(key);
+  await page.selectOption("#range", "7");
+  const bars = page.locator('[data-policy="requests-day"] .chart rect.day');
+  await page.waitForFunction(() => document.querySelectorAll('[data-policy="requests-day"] .chart rect.day').length === 7);
+  const seen = await bars.evaluateAll((rs) => rs.map((r) => [r.dataset.date, Number(r.dataset.quantity), r.classList.contains("over")]));
+  const expected = daily.map((q, i) => [at(daily.length - i).slice(0, 10), q, q > 100]);
+  assert.deepEqual(seen.slice(0, 6), expected, "one bar a day, the days over 100 marked");
+  assert.equal(await page.locator('[data-policy="requests-day"] .limit-line').count(), 1, "the limit is a line");
+  // Hover names the day; a tap writes it under the chart.
+  assert.equal(await bars.nth(2).locator("title").textContent(), `${expected[2][0]}: 150 requests (over)`);
+  await bars.nth(2).click();
+  assert.equal(await page.locator('[data-policy="requests-day"] .chart-value').textContent(), `${expected[2][0]}: 150 requests (over)`);
+  // The month's projection, from the same numbers the usage API gives.
+  const u = (await fx.api.call("GET", "/_quota/v1/usage", { key })).json;
+  const m = u.meters.find((x) => x.policy === "requests-month");
+  const start = Date.parse(m.window_start);
+  const when = Date.now() + ((m.limit - m.used) * (Date.now() - start)) / m.used;
+  const text = when >= Date.parse(m.reset_at) ? "at this rate: within the limit"
+    : `at this rate: limit reached on ${new Date(when).toLocaleDateString("en-GB", { day: "numeric", month: "short", timeZone: "UTC" })}`;
+  assert.equal(await page.locator('[data-policy="requests-month"] .projection').textContent(), text);
+  // At phone width the chart fits.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const w = await page.locator('[data-policy="requests-day"] .chart svg').evaluate((e) => e.getBoundingClientRect().width);
+  assert.ok(w > 250 && w <= 390, `chart width ${w}`);
+  await page.screenshot({ path: path.join(SHOTS, "dashboard-history.png"), fullPage: true });
+  await page.close();
+});

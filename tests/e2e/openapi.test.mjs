@@ -126,6 +126,10 @@ include-name = "GET /_quota/v1/usage/history"
 parameters = { "query.from" = ${toml(weekAgo)}, "query.to" = ${toml(today)} }
 
 [[operations]]
+include-name = "GET /_quota/admin/orgs/{org_id}/history"
+parameters = { "query.from" = ${toml(weekAgo)}, "query.to" = ${toml(today)} }
+
+[[operations]]
 include-name = "GET /_quota/admin/export"
 parameters = { "query.from" = ${toml(weekAgo)}, "query.to" = ${toml(today)} }
 `;

@@ -129,6 +129,12 @@ async fn run(op: Op, req: &mut Request, env: &Env, who: &Admin) -> Result<Done, 
             let msg = OrgMsg::Org { caller: Caller::Admin, op: OrgOp::Usage { short: false } };
             Done::read(ok(200, &do_ok(call_do(env, &id, &msg).await?)?.body)?)
         }
+        Op::OrgHistory(id) => {
+            // The usage page's chart in admin mode: the org API's own daily series.
+            require_org(env, &id).await?;
+            let (meter, from, to) = super::usage_api::history_query(req)?;
+            Done::read(ok(200, &super::usage_api::history_body(env, &id, &meter, from, to).await?)?)
+        }
         Op::ListKeys(id) => Done::read(access::list_keys(env, &id).await?),
         Op::CreateKey(id) => {
             let body = read_json(req).await?;

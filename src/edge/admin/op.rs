@@ -20,6 +20,7 @@ pub enum Op {
     GetOrg(OrgId),
     PutOrg(OrgId),
     OrgUsage(OrgId),
+    OrgHistory(OrgId),
     ListKeys(OrgId),
     CreateKey(OrgId),
     RollKey(OrgId, String),
@@ -58,6 +59,7 @@ impl Op {
             (Method::Get, ["orgs", id]) => Self::GetOrg(org(id)?),
             (Method::Put, ["orgs", id]) => Self::PutOrg(org(id)?),
             (Method::Get, ["orgs", id, "usage"]) => Self::OrgUsage(org(id)?),
+            (Method::Get, ["orgs", id, "history"]) => Self::OrgHistory(org(id)?),
             (Method::Get, ["orgs", id, "keys"]) => Self::ListKeys(org(id)?),
             (Method::Post, ["orgs", id, "keys"]) => Self::CreateKey(org(id)?),
             (Method::Post, ["orgs", id, "keys", key, "roll"]) => {
@@ -108,6 +110,7 @@ impl Op {
             | Self::GetPlan(_)
             | Self::GetOrg(_)
             | Self::OrgUsage(_)
+            | Self::OrgHistory(_)
             | Self::ListKeys(_)
             | Self::Reconcile { repair: false, .. }
             | Self::Export
@@ -125,5 +128,5 @@ fn is_resource(p: &[&str]) -> bool {
         || matches!(p, ["orgs", _, "keys", _, "roll"])
         || matches!(p, ["plans" | "orgs", ..])
             && matches!(p.len(), 1..=4)
-            && p.get(2).is_none_or(|s| matches!(*s, "keys" | "reset" | "flush" | "reconcile" | "usage"))
+            && p.get(2).is_none_or(|s| matches!(*s, "keys" | "reset" | "flush" | "reconcile" | "usage" | "history"))
 }
