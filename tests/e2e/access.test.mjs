@@ -6,7 +6,7 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import { startGateway, tempDir } from "../support/gateway.mjs";
-import { client, eventually, ADMIN_TOKEN, KEY_SECRET } from "../support/client.mjs";
+import { client, eventually, verifyOriginSignature, ADMIN_TOKEN, KEY_SECRET } from "../support/client.mjs";
 import { createReceiver } from "../support/receiver.mjs";
 import { gatewayWithOrigin } from "../support/harness.mjs";
 import fs from "node:fs";
@@ -34,19 +34,6 @@ const keys = async (api, org) => {
   assert.equal(r.status, 200, r.text);
   return Object.fromEntries(r.json.keys.map((k) => [k.key_id, k]));
 };
-
-/** How an origin verifies X-Quota-Signature, as the README shows: any v2= under its secret. */
-function originVerifies(seen, secret) {
-  const h = seen.headers;
-  const signing = ["v2", h["x-quota-timestamp"], h["x-quota-org"], h["x-quota-plan"], h["x-quota-key-id"],
-    h["x-quota-decision-id"], h["x-quota-replay"] === "true" ? "replay" : "first", seen.method, `${seen.path}${seen.query}`].join("\n");
-  const want = Buffer.from(crypto.createHmac("sha256", secret).update(signing).digest("hex"));
-  return h["x-quota-signature"].split(",").some((part) => {
-    const [scheme, mac] = part.trim().split("=");
-    const got = Buffer.from(mac ?? "");
-    return scheme === "v2" && got.length === want.length && crypto.timingSafeEqual(got, want);
-  });
-}
 
 /** How a webhook receiver verifies, as the README shows: t within 5 minutes, any v1= under its secret. */
 function hookVerifies(r, secret) {
@@ -181,9 +168,9 @@ test("during a rotation every request and webhook carries a signature under each
   assert.equal(r.status, 200);
   const seen = origin.requests.findLast((q) => q.path === "/v1/signed");
   assert.match(seen.headers["x-quota-signature"], /^v2=[0-9a-f]{64},v2=[0-9a-f]{64}$/);
-  assert.ok(originVerifies(seen, ORIGIN_NEW), "an origin that has the new secret verifies");
-  assert.ok(originVerifies(seen, ORIGIN_OLD), "an origin still on the old secret verifies");
-  assert.ok(!originVerifies(seen, "some-other-secret"), "any other secret does not");
+  assert.ok(verifyOriginSignature(seen, ORIGIN_NEW), "an origin that has the new secret verifies");
+  assert.ok(verifyOriginSignature(seen, ORIGIN_OLD), "an origin still on the old secret verifies");
+  assert.ok(!verifyOriginSignature(seen, "some-other-secret"), "any other secret does not");
   // Past 80% of the month: a signed alert.
   for (let i = 0; i < 8; i++) await api.call("GET", `/v1/fill-${i}`, { key: o.key });
   const alert = await eventually(() => rx.requests.find((q) => q.url.startsWith("/ok/sig")), { timeout: 10_000 });

@@ -71,7 +71,10 @@ export function client(baseUrl) {
   };
 }
 
-/** Verifies the X-Quota-Signature an origin received, exactly as the README tells an origin to. */
+/**
+ * Verifies the X-Quota-Signature an origin received, exactly as the README tells an origin to:
+ * any `v2=` of the header (one per listed ORIGIN_SECRET during a rotation) under `secret`.
+ */
 export function verifyOriginSignature(seen, secret = ORIGIN_SECRET) {
   const h = seen.headers;
   const signing = [
@@ -85,10 +88,11 @@ export function verifyOriginSignature(seen, secret = ORIGIN_SECRET) {
     seen.method,
     `${seen.path}${seen.query}`,
   ].join("\n");
-  const mac = crypto.createHmac("sha256", secret).update(signing).digest("hex");
-  const given = Buffer.from(h["x-quota-signature"] ?? "");
-  const want = Buffer.from(`v2=${mac}`);
-  return given.length === want.length && crypto.timingSafeEqual(given, want);
+  const want = Buffer.from(crypto.createHmac("sha256", secret).update(signing).digest("hex"));
+  return (h["x-quota-signature"] ?? "").split(",").some((part) => {
+    const [scheme, mac = ""] = part.trim().split("=");
+    return scheme === "v2" && mac.length === want.length && crypto.timingSafeEqual(Buffer.from(mac), want);
+  });
 }
 
 /** Polls `fn` until it returns a truthy value (settlement runs after the response). */

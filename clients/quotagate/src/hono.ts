@@ -29,22 +29,20 @@ export interface QuotaOptions<E extends Env> {
   ttlSeconds?: number;
 }
 
-function forward(c: Context, headers: Record<string, string>): void {
+/** Copies the decision's headers a client should see onto `target`. */
+function forward(target: Headers, headers: Record<string, string>): void {
   for (const name of FORWARDED_HEADERS) {
     const value = headers[name];
-    if (value !== undefined) c.res.headers.set(name, value);
+    if (value !== undefined) target.set(name, value);
   }
 }
 
-function refuse(c: Context, status: number, problem: Problem, headers: Record<string, string>): Response {
+function refuse(status: number, problem: Problem, headers: Record<string, string>): Response {
   const res = new Response(JSON.stringify(problem), {
     status,
     headers: { "content-type": "application/problem+json", "cache-control": "no-store" },
   });
-  for (const name of FORWARDED_HEADERS) {
-    const value = headers[name];
-    if (value !== undefined) res.headers.set(name, value);
-  }
+  forward(res.headers, headers);
   return res;
 }
 
@@ -67,7 +65,7 @@ export function quota<E extends Env>(options: QuotaOptions<E>): MiddlewareHandle
     const quantity = typeof options.cost === "function" ? options.cost(c) : options.cost ?? 1;
     const request = { meter: options.meter, quantity, ...(options.ttlSeconds ? { ttl_seconds: options.ttlSeconds } : {}) };
     const answer: Answer<Decision> = await q.reserve(request);
-    if (!answer.ok) return refuse(c, answer.status, answer.body, answer.headers);
+    if (!answer.ok) return refuse(answer.status, answer.body, answer.headers);
     const decision = answer.body;
     if (!decision.allowed || !decision.reservation) {
       const problem = decision.problem ?? {
@@ -76,7 +74,7 @@ export function quota<E extends Env>(options: QuotaOptions<E>): MiddlewareHandle
         status: decision.status,
         detail: `Quota exceeded for ${decision.meter}`,
       };
-      return refuse(c, decision.status, problem, answer.headers);
+      return refuse(decision.status, problem, answer.headers);
     }
     (c.set as (key: string, value: unknown) => void)("quota", decision);
     const id = decision.reservation.id;
@@ -97,6 +95,6 @@ export function quota<E extends Env>(options: QuotaOptions<E>): MiddlewareHandle
       }
       if (!waited) await settle;
     }
-    forward(c, answer.headers);
+    forward(c.res.headers, answer.headers);
   };
 }

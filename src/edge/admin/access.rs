@@ -66,17 +66,20 @@ pub(super) async fn create_key(env: &Env, org: &OrgId, body: &Value) -> Result<D
     Ok(Done::wrote(ok(201, &created_key(&key, org, t, req.expires_at))?, change))
 }
 
+/// Whether a credential is revoked or expired at `now` (keys and admin tokens alike).
+fn ended(revoked_at: Option<u64>, expires_at: Option<u64>, now: u64) -> Option<&'static str> {
+    if revoked_at.is_some() {
+        Some("revoked")
+    } else if expires_at.is_some_and(|e| e <= now) {
+        Some("expired")
+    } else {
+        None
+    }
+}
+
 /// The state a key is in at `now`, as the listing says it.
 fn key_state(k: &KeyRow, now: u64) -> &'static str {
-    if k.revoked_at.is_some() {
-        "revoked"
-    } else if k.expires_at.is_some_and(|e| e <= now) {
-        "expired"
-    } else if k.replaced_by.is_some() {
-        "rolling"
-    } else {
-        "active"
-    }
+    ended(k.revoked_at, k.expires_at, now).unwrap_or(if k.replaced_by.is_some() { "rolling" } else { "active" })
 }
 
 /// The org's keys, from D1 (what was set) and from its DO (the day each was last used): never a
@@ -149,13 +152,7 @@ pub(super) async fn revoke_key(env: &Env, org: &OrgId, key_id: &str) -> Result<D
 }
 
 fn token_json(r: &TokenRow, now: u64) -> Value {
-    let state = if r.revoked_at.is_some() {
-        "revoked"
-    } else if r.expires_at.is_some_and(|e| e <= now) {
-        "expired"
-    } else {
-        "active"
-    };
+    let state = ended(r.revoked_at, r.expires_at, now).unwrap_or("active");
     json!({"token_id": r.id, "name": r.name, "scope": r.scope, "prefix": r.prefix, "state": state,
            "created_at": rfc(r.created_at), "created_by": r.created_by, "expires_at": r.expires_at.map(rfc),
            "revoked_at": r.revoked_at.map(rfc)})
