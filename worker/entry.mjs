@@ -78,7 +78,8 @@ function rpc(env, method, org, id, args) {
   const json = args === undefined ? "" : JSON.stringify(args);
   return guarded(() => rust.rpc(env, method, org, id ?? "", json)).then((text) => {
     const { status, headers, body } = JSON.parse(text);
-    return { ok: status < 300, status, headers: Object.fromEntries(headers), body };
+    // Header names as fetch's Headers gives them, so both clients answer alike.
+    return { ok: status < 300, status, headers: Object.fromEntries(headers.map(([k, v]) => [k.toLowerCase(), v])), body };
   });
 }
 

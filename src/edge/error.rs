@@ -61,8 +61,14 @@ impl EdgeError {
     }
 
     pub fn into_response(self) -> worker::Result<Response> {
+        reply_response(&self.into_reply())
+    }
+
+    /// The answer for this error, as status, headers and problem body: the HTTP response's and
+    /// the service binding's (`rpc`) alike.
+    pub fn into_reply(self) -> OrgReply {
         let (status, kind, title, detail) = match &self {
-            Self::Unauthorized => return reply_response(&OrgReply::problem(401, unauthorized_body())),
+            Self::Unauthorized => return OrgReply::problem(401, unauthorized_body()),
             Self::Forbidden(d) => (403, "forbidden", "Forbidden", d.clone()),
             Self::NotFound(d) => (404, "not-found", "Not found", d.clone()),
             Self::Conflict(d) => (409, "conflict", "Conflict", d.clone()),
@@ -71,7 +77,7 @@ impl EdgeError {
             Self::Input(e) => (400, "invalid-input", "Invalid input", e.to_string()),
             Self::Plan(e) => (400, "invalid-plan", "Invalid plan", e.to_string()),
             Self::TooLarge | Self::IdempotentBodyTooLarge => (413, "too-large", "Payload too large", self.to_string()),
-            Self::Do(reply) => return reply_response(reply),
+            Self::Do(reply) => return reply.clone(),
             // The deployment's own mistake, named exactly: it fails closed and says why.
             Self::NotConfigured(_) | Self::Misconfigured(_) => {
                 console_error!("{}", json!({"level": "error", "component": "config", "error": self.to_string()}));
@@ -87,21 +93,12 @@ impl EdgeError {
                 )
             }
         };
-        let res = problem(status, kind, title, &detail, None)?;
+        let mut reply = OrgReply::problem(status, problem_body(status, kind, title, &detail));
         if status == 503 {
-            res.headers().set("Retry-After", "5")?;
+            reply.headers.push(("Retry-After".into(), "5".to_owned()));
         }
-        Ok(res)
+        reply
     }
-}
-
-/// An `application/problem+json` response (RFC 9457) with optional extra members.
-pub fn problem(status: u16, kind: &str, title: &str, detail: &str, extra: Option<Value>) -> worker::Result<Response> {
-    let mut body = problem_body(status, kind, title, detail);
-    if let (Some(obj), Some(Value::Object(more))) = (body.as_object_mut(), extra) {
-        obj.extend(more);
-    }
-    json_response(status, &body, "application/problem+json")
 }
 
 /// A JSON response with the given status and content type, never cached.

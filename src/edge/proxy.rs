@@ -452,10 +452,21 @@ fn withheld(name: &str, reserved: &[String]) -> bool {
 /// them).
 const SERVICE_ORIGIN: &str = "https://origin.service";
 
+thread_local! {
+    /// Whether this isolate's Worker has an `ORIGIN` binding: a deployment's bindings never
+    /// change under a running isolate, so a deployment with none pays no lookup per request.
+    static ORIGIN_BOUND: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
+}
+
 /// The `ORIGIN` service binding, when the origin is another Worker of the account: requests go
 /// to it on the same thread, with no network hop. It takes precedence over `ORIGIN_URL`.
 fn origin_service(env: &Env) -> Option<worker::Fetcher> {
-    env.service("ORIGIN").ok()
+    let bound = ORIGIN_BOUND.with(|b| *b.get_or_init(|| env.service("ORIGIN").is_ok()));
+    if bound {
+        env.service("ORIGIN").ok()
+    } else {
+        None
+    }
 }
 
 /// The request to the origin: same method, normalized path, query, body and headers, less the

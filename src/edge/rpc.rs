@@ -9,31 +9,28 @@
 
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::wasm_bindgen;
-use wasm_bindgen::JsValue;
-use worker::{Env, Response};
+use worker::Env;
 
-use super::error::{reply_response, EdgeError};
+use super::error::EdgeError;
 use super::org_api::{check_op, reservation_id};
 use super::platform::{call_do, now, settings};
-use crate::org::{Caller, OrgMsg, OrgOp, SettleAction};
+use crate::org::{Caller, OrgMsg, OrgOp, OrgReply, SettleAction};
 use crate::policy::OrgId;
 use crate::wire::{parse_commit, parse_json, CheckRequest, EventsRequest, InputError};
 
 /// One RPC call: `method` on `org`, with the reservation `id` for commit and release, and the
 /// JSON `args` the HTTP API's body would hold. The answer is JSON text:
-/// `{"status", "headers": [[name, value], …], "body"}`; it never throws for a refusal or bad
-/// input, only when the platform fails to build an answer at all.
+/// `{"status", "headers": [[name, value], …], "body"}`; it never throws.
 #[wasm_bindgen]
-pub async fn rpc(env: Env, method: String, org: String, id: String, args: String) -> Result<String, JsValue> {
+pub async fn rpc(env: Env, method: String, org: String, id: String, args: String) -> String {
     super::platform::set_clock(&env);
-    let response = match call(&env, &method, &org, &id, &args).await {
-        Ok(r) => r,
-        Err(e) => e.into_response().map_err(|e| JsValue::from_str(&e.to_string()))?,
-    };
-    answer(response).await.map_err(|e| JsValue::from_str(&e.to_string()))
+    let reply = call(&env, &method, &org, &id, &args).await.unwrap_or_else(EdgeError::into_reply);
+    // The reply's own parts: the headers and the JSON body the HTTP API would send, never read
+    // back from a response.
+    json!({"status": reply.status, "headers": reply.headers, "body": reply.body}).to_string()
 }
 
-async fn call(env: &Env, method: &str, org: &str, id: &str, args: &str) -> Result<Response, EdgeError> {
+async fn call(env: &Env, method: &str, org: &str, id: &str, args: &str) -> Result<OrgReply, EdgeError> {
     settings(env).check(crate::config::Need::UsageApi).map_err(EdgeError::Misconfigured)?;
     let org = OrgId::parse(org)
         .map_err(|e| EdgeError::Input(InputError::Field { field: "org".into(), reason: format!("'{org}' {e}") }))?;
@@ -61,16 +58,5 @@ async fn call(env: &Env, method: &str, org: &str, id: &str, args: &str) -> Resul
         }
         other => return Err(EdgeError::NotFound(format!("no RPC method '{other}'"))),
     };
-    let reply = call_do(env, &org, &OrgMsg::Org { caller: Caller::Binding, op }).await?;
-    reply_response(&reply).map_err(EdgeError::platform("response"))
-}
-
-/// The response as the RPC answer: the same status, headers and body the HTTP API sends.
-async fn answer(mut r: Response) -> worker::Result<String> {
-    let status = r.status_code();
-    let headers: Vec<(String, String)> =
-        r.headers().entries().filter(|(k, _)| k != "content-type" && k != "cache-control").collect();
-    let text = r.text().await?;
-    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Ok(json!({"status": status, "headers": headers, "body": body}).to_string())
+    call_do(env, &org, &OrgMsg::Org { caller: Caller::Binding, op }).await
 }

@@ -404,7 +404,7 @@ mod tests {
 
     #[test]
     fn webhook_signature_covers_time_and_body() {
-        let one = Secrets::one(Secret::new("s"));
+        let one = Secrets::of(vec![Secret::new("s")]).unwrap();
         let a = webhook_signature(&one, 100, "{}");
         assert!(a.starts_with("t=100,v1=") && a.len() == "t=100,v1=".len() + 64);
         assert_ne!(a, webhook_signature(&one, 101, "{}"));
@@ -434,7 +434,7 @@ mod tests {
             path_and_query: "/x?y=1",
         };
         assert_eq!(s.signing_string(), "v2\n1\no\np\nk\nd\nfirst\nGET\n/x?y=1");
-        let jefe = Secrets::one(Secret::new("Jefe"));
+        let jefe = Secrets::of(vec![Secret::new("Jefe")]).unwrap();
         assert_eq!(origin_signature(&jefe, &s), format!("v2={}", hmac_hex(b"Jefe", &s.signing_string())));
         let rotating = Secrets::of(vec![Secret::new("new"), Secret::new("Jefe")]).unwrap();
         let both = origin_signature(&rotating, &s);

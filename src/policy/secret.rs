@@ -55,10 +55,6 @@ pub struct Secrets {
 }
 
 impl Secrets {
-    pub fn one(s: Secret) -> Self {
-        Self { current: s, older: Vec::new() }
-    }
-
     /// `None` for an empty list.
     pub fn of(list: Vec<Secret>) -> Option<Self> {
         let mut it = list.into_iter();
