@@ -86,7 +86,8 @@ schemas = {
         "type": "object",
         "required": ["type", "title", "status", "detail"],
         "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-                       "detail": {"type": "string"}},
+                       "detail": {"type": "string"},
+                       "field": {"type": "string", "description": "The field a 400 names (e.g. `limits[1].period`), for a form to show its message beside it"}},
     },
     "Limit": {
         "type": "object",
@@ -240,6 +241,8 @@ paths = {
     "/_quota/healthz": {"get": {"summary": "Liveness plus a D1 and a DO round trip", "security": [],
                                 "responses": ok({"type": "object", "required": ["status", "checks"]})}},
     "/_quota/openapi.json": {"get": {"summary": "This document", "security": [], "responses": ok({"type": "object"})}},
+    "/_quota/admin": {"get": {"summary": "The operator console (HTML); it signs in with an admin token through its form", "security": [],
+                              "responses": ok({"type": "string"}, ctype="text/html")}},
     "/_quota/dashboard": {"get": {"summary": "The usage dashboard (HTML)", "security": [],
                                   "responses": ok({"type": "string"}, ctype="text/html")}},
     "/_quota/v1/check": {"post": {
@@ -296,6 +299,42 @@ paths = {
         "put": {"summary": "Create or replace a plan (its version rises); every org on it adopts it within PLAN_REFRESH_SECS", "security": ADMIN,
                 "requestBody": body(ref("Plan"), PLAN_EXAMPLE),
                 "responses": {**ok(ref("StoredPlan")), "201": {"description": "Created", "content": {"application/json": {"schema": ref("StoredPlan")}}}}}},
+    "/_quota/admin/orgs": {"get": {
+        "summary": "Orgs with their plan and worst level (as of each org's last report), nearest to a limit first; paginated and filterable",
+        "security": ADMIN,
+        "parameters": [query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
+                       query("offset", {"type": "integer", "minimum": 0, "maximum": 1000000}),
+                       query("q", {"type": "string", "maxLength": 64, "description": "Text the org's id or name contains (any case)"}),
+                       query("plan", ID),
+                       query("sort", {"enum": ["level", "id"]})],
+        "responses": ok({"type": "object", "required": ["orgs", "total", "offset", "limit"], "properties": {
+            "orgs": {"type": "array", "items": {"type": "object", "required": ["id", "name", "plan", "level"], "properties": {
+                "id": ID, "name": {"type": ["string", "null"]}, "plan": ID,
+                "level": {"type": ["object", "null"], "description": "The org's limit nearest to its end; null before its first report",
+                          "required": ["policy", "meter", "percentage", "until", "reported_at"], "properties": {
+                    "policy": {"type": "string"}, "meter": ID, "percentage": {"type": "integer", "minimum": 0},
+                    "until": {"type": ["string", "null"], "format": "date-time", "description": "When the window resets (and the level with it)"},
+                    "reported_at": {"type": "string", "format": "date-time"}}}}}},
+            "total": {"type": "integer", "minimum": 0}, "offset": {"type": "integer"}, "limit": {"type": "integer"}}})}},
+    "/_quota/admin/status": {"get": {
+        "summary": "Recent threshold alerts and their delivery state, the ledger's backlog and last flush, the Stripe breaker",
+        "security": ADMIN,
+        "responses": ok({"type": "object", "required": ["generated_at", "you", "ledger", "stripe", "alerts"], "properties": {
+            "generated_at": {"type": "string", "format": "date-time"},
+            "you": {"type": "object", "description": "The token that asked", "required": ["token_id", "name", "scope"], "properties": {
+                "token_id": {"type": "string"}, "name": {"type": "string"}, "scope": {"enum": ["read", "write"]}}},
+            "ledger": {"type": "object", "required": ["pending_events", "orgs_pending", "orgs_failing", "last_flush_at"], "properties": {
+                "pending_events": {"type": "integer"}, "orgs_pending": {"type": "integer"}, "orgs_failing": {"type": "integer"},
+                "last_flush_at": {"type": ["string", "null"], "format": "date-time"}}},
+            "stripe": {"type": "object", "required": ["breaker_open", "consecutive_failures", "open_until", "pending_batches", "expired_batches"], "properties": {
+                "breaker_open": {"type": "boolean"}, "consecutive_failures": {"type": "integer"},
+                "open_until": {"type": ["string", "null"], "format": "date-time"},
+                "pending_batches": {"type": "integer"}, "expired_batches": {"type": "integer"}}},
+            "alerts": {"type": "array", "items": {"type": "object", "required": ["org_id", "alert_id", "attempts", "outcome", "at"], "properties": {
+                "org_id": ID, "alert_id": {"type": "string"}, "attempts": {"type": "integer"},
+                "outcome": {"type": "string", "description": "delivered, retry, dead or no_target"},
+                "status_code": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]},
+                "at": {"type": "string", "format": "date-time"}}}}}})}},
     "/_quota/admin/orgs/{org_id}": {
         "get": {"summary": "An org with its live state", "security": ADMIN, "parameters": [ORG_ID], "responses": ok(ref("Org"))},
         # Its example names another org than the others' ("acme"): a PUT moves an org's plan.

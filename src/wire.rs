@@ -6,11 +6,13 @@
 //! (that is `policy`) nor touch the platform (that is `edge`).
 
 mod access;
+mod console;
 
 pub use access::{
     key_id_in_path, token_id_in_path, AuditQuery, KeyRequest, RollRequest, Scope, TokenRequest, DEFAULT_GRACE_SECS,
     MAX_ADMIN_TOKENS,
 };
+pub use console::{OrgListQuery, OrgOrder};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

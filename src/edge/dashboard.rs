@@ -1,8 +1,9 @@
-//! Static assets served from the Worker with a strict CSP: the usage dashboard's three files and
-//! the `OpenAPI` document.
+//! Static assets served from the Worker with a strict CSP: the usage page, the operator console
+//! (which shares the usage page's drawing, `usage.js`, and its style) and the `OpenAPI` document.
 //!
-//! The page itself holds no data: it calls `/_quota/v1/usage` with the org key, or
-//! `/_quota/admin/orgs/{org}/usage` with the admin token. This file only serves the bytes.
+//! The pages hold no data: the usage page calls `/_quota/v1/usage` with the org key, or
+//! `/_quota/admin/orgs/{org}/usage` with an admin token; the console calls the admin API with
+//! an admin token. This file only serves the bytes.
 
 use worker::{Headers, Response};
 
@@ -11,6 +12,9 @@ use super::error::EdgeError;
 const HTML: &str = include_str!("dashboard/index.html");
 const JS: &str = include_str!("dashboard/app.js");
 const CSS: &str = include_str!("dashboard/style.css");
+const USAGE_JS: &str = include_str!("dashboard/usage.js");
+const CONSOLE_HTML: &str = include_str!("dashboard/console.html");
+const CONSOLE_JS: &str = include_str!("dashboard/console.js");
 /// The `OpenAPI` 3.1 document of the HTTP contract, written by `scripts/openapi.py`.
 const OPENAPI: &str = include_str!("openapi.json");
 
@@ -23,6 +27,9 @@ pub fn serve(path: &str) -> Option<Result<Response, EdgeError>> {
         "/_quota/dashboard" | "/_quota/dashboard/" => (HTML, "text/html; charset=utf-8"),
         "/_quota/dashboard/app.js" => (JS, "text/javascript; charset=utf-8"),
         "/_quota/dashboard/style.css" => (CSS, "text/css; charset=utf-8"),
+        "/_quota/dashboard/usage.js" => (USAGE_JS, "text/javascript; charset=utf-8"),
+        "/_quota/admin" => (CONSOLE_HTML, "text/html; charset=utf-8"),
+        "/_quota/dashboard/console.js" => (CONSOLE_JS, "text/javascript; charset=utf-8"),
         "/_quota/openapi.json" => (OPENAPI, "application/json"),
         _ => return None,
     };

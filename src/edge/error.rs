@@ -93,7 +93,18 @@ impl EdgeError {
                 )
             }
         };
-        let mut reply = OrgReply::problem(status, problem_body(status, kind, title, &detail));
+        let mut body = problem_body(status, kind, title, &detail);
+        // The field a 400 names, on its own (an RFC 9457 extension member): a form shows the
+        // message next to that field.
+        let field = match &self {
+            Self::Input(InputError::Field { field, .. }) => Some(field),
+            Self::Plan(e) => Some(&e.field),
+            _ => None,
+        };
+        if let (Some(f), Some(obj)) = (field, body.as_object_mut()) {
+            obj.insert("field".to_owned(), Value::String(f.clone()));
+        }
+        let mut reply = OrgReply::problem(status, body);
         if status == 503 {
             reply.headers.push(("Retry-After".into(), "5".to_owned()));
         }

@@ -19,7 +19,7 @@ pub use io::{
     AlertView, Boot, FlushResult, KeyUsed, Need, OutboxRow, Seen, SeenKey, SeenResult, Snapshot, StoredKey, Tallies,
     Writes,
 };
-pub use machine::{OrgError, OrgMachine, ReconcileWindow, Repair, Step};
+pub use machine::{LimitLevel, OrgError, OrgMachine, ReconcileWindow, Repair, Step};
 pub use msg::{
     AdminOp, ApiClass, Caller, DecideKind, KeyHash, LedgerOp, NewKey, OrgMsg, OrgOp, OrgReply, SettleAction,
     StoredConfig,

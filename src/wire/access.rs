@@ -59,7 +59,8 @@ fn future(o: &Obj<'_>, key: &str, now: Timestamp) -> Result<Option<Timestamp>, I
 }
 
 /// At most 40 characters of client text, for an error message.
-fn clip(s: &str) -> String {
+/// At most 40 characters of a refused value, for its message.
+pub(super) fn clip(s: &str) -> String {
     s.chars().take(40).collect()
 }
 

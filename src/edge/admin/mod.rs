@@ -1,5 +1,6 @@
 //! The admin API under `/_quota/admin`: plans, orgs, keys, resets, flush and reconciliation,
-//! export, Stripe sync on demand, metrics, admin tokens and the audit log.
+//! export, Stripe sync on demand, metrics, admin tokens and the audit log, and the operator
+//! console's reads (`console`: the org list by level, the status view).
 //!
 //! It authenticates with `ADMIN_TOKEN` or a named token (`auth`), refuses a `read` token's
 //! writes (403), writes an audit row around every write, persists to D1 and pushes each org's
@@ -8,6 +9,7 @@
 //! wire module's; this module only sequences I/O.
 
 mod access;
+mod console;
 mod op;
 
 use std::fmt::Write as _;
@@ -119,6 +121,7 @@ async fn run(op: Op, req: &mut Request, env: &Env, who: &Admin) -> Result<Done, 
             let body = read_json(req).await?;
             put_plan(env, &id, &body).await?
         }
+        Op::ListOrgs => Done::read(console::list_orgs(req, env).await?),
         Op::GetOrg(id) => Done::read(get_org(env, &id).await?),
         Op::PutOrg(id) => {
             let body = read_json(req).await?;
@@ -182,6 +185,7 @@ async fn run(op: Op, req: &mut Request, env: &Env, who: &Admin) -> Result<Done, 
         }
         Op::RevokeToken(id) => access::revoke_token(env, &id).await?,
         Op::Audit => Done::read(access::audit(req, env).await?),
+        Op::Status => Done::read(console::status(env, who).await?),
     };
     Ok(done)
 }

@@ -17,6 +17,7 @@ pub enum Op {
     ListPlans,
     GetPlan(PlanId),
     PutPlan(PlanId),
+    ListOrgs,
     GetOrg(OrgId),
     PutOrg(OrgId),
     OrgUsage(OrgId),
@@ -35,6 +36,7 @@ pub enum Op {
     CreateToken,
     RevokeToken(String),
     Audit,
+    Status,
 }
 
 fn path_id<T>(kind: &'static str, raw: &str, parse: impl Fn(&str) -> Result<T, IdError>) -> Result<T, EdgeError> {
@@ -56,6 +58,7 @@ impl Op {
             (Method::Get, ["plans"]) => Self::ListPlans,
             (Method::Get, ["plans", id]) => Self::GetPlan(path_id("plan", id, PlanId::parse)?),
             (Method::Put, ["plans", id]) => Self::PutPlan(path_id("plan", id, PlanId::parse)?),
+            (Method::Get, ["orgs"]) => Self::ListOrgs,
             (Method::Get, ["orgs", id]) => Self::GetOrg(org(id)?),
             (Method::Put, ["orgs", id]) => Self::PutOrg(org(id)?),
             (Method::Get, ["orgs", id, "usage"]) => Self::OrgUsage(org(id)?),
@@ -78,6 +81,7 @@ impl Op {
             (Method::Post, ["tokens"]) => Self::CreateToken,
             (Method::Delete, ["tokens", id]) => Self::RevokeToken(token_id_in_path(id)?.to_owned()),
             (Method::Get, ["audit"]) => Self::Audit,
+            (Method::Get, ["status"]) => Self::Status,
             (_, p) if is_resource(p) => {
                 return Err(EdgeError::MethodNotAllowed(format!("{method:?} is not allowed on /_quota/admin/{rest}")))
             }
@@ -108,6 +112,7 @@ impl Op {
             Self::RevokeToken(t) => ("token.revoke", format!("token/{t}")),
             Self::ListPlans
             | Self::GetPlan(_)
+            | Self::ListOrgs
             | Self::GetOrg(_)
             | Self::OrgUsage(_)
             | Self::OrgHistory(_)
@@ -116,7 +121,8 @@ impl Op {
             | Self::Export
             | Self::Metrics
             | Self::ListTokens
-            | Self::Audit => return None,
+            | Self::Audit
+            | Self::Status => return None,
         };
         Some((action, target))
     }
@@ -124,7 +130,7 @@ impl Op {
 
 /// A path that names an admin resource (so a wrong method is 405, not 404).
 fn is_resource(p: &[&str]) -> bool {
-    matches!(p, ["export" | "metrics" | "audit" | "tokens"] | ["stripe", "sync"] | ["tokens", _])
+    matches!(p, ["export" | "metrics" | "audit" | "tokens" | "status"] | ["stripe", "sync"] | ["tokens", _])
         || matches!(p, ["orgs", _, "keys", _, "roll"])
         || matches!(p, ["plans" | "orgs", ..])
             && matches!(p.len(), 1..=4)

@@ -1,6 +1,7 @@
 //! The one D1 access layer: every D1 statement of the gateway lives under this module, and no
 //! other file calls `prepare`. This file holds the catalogue (plans, orgs) and the helpers;
-//! `access` API keys, admin tokens and the audit log; `usage` the usage ledger, `ops` gauges,
+//! `access` API keys, admin tokens and the audit log; `console` org levels and the operator
+//! console's reads; `usage` the usage ledger, `ops` gauges,
 //! latency buckets and alert deliveries, and `billing` the Stripe reporting state.
 //!
 //! Each function is one statement or one batch and translates rows to plain structs; it must
@@ -8,6 +9,7 @@
 
 mod access;
 mod billing;
+mod console;
 mod ops;
 mod usage;
 
@@ -20,6 +22,7 @@ pub use billing::{
     claim_hourly, due_batches, expire_batch, fail_batch, set_breaker, settle_batch, stripe_backlog, stripe_breaker,
     Batch,
 };
+pub use console::{ledger_health, org_page, recent_alerts, set_levels, LedgerHealthRow, OrgLevelRow};
 pub use ops::{add_latency, gauges, latency, live_metrics, record_alert_attempt, set_gauges, AlertAttempt};
 pub use usage::{
     apply_buckets, daily_range, history, insert_usage, prune, record_repairs, record_reset, repair_counts, summary,

@@ -226,6 +226,27 @@ async fn report(q: &OrgQuota) {
     if let Err(e) = stored {
         log_error("gauges not stored", &DoError::Ledger(e));
     }
+    publish_levels(q, t).await;
+}
+
+/// Writes the org's levels (how near each limit it stands) to the catalogue, where the
+/// operator's org list sorts by them. A failure is logged; the next report writes them again.
+async fn publish_levels(q: &OrgQuota, t: Timestamp) {
+    let all = Need { all_counters: true, ..Need::default() };
+    let levels = q.with_machine(|m, store, now| {
+        let org = m.org().cloned().ok_or(crate::org::OrgError::NotConfigured)?;
+        Ok((org, m.levels(&store.load(&all, now)?, now)?))
+    });
+    let stored = match levels {
+        Ok((org, levels)) => match ledger::db(&q.env) {
+            Ok(db) => ledger::set_levels(&db, &org, &levels, t).await,
+            Err(e) => Err(e),
+        },
+        Err(e) => return log_error("levels not computed", &e),
+    };
+    if let Err(e) = stored {
+        log_error("levels not stored", &DoError::Ledger(e));
+    }
 }
 
 fn log_error(what: &str, e: &DoError) {

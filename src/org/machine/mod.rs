@@ -17,10 +17,12 @@ mod error;
 mod keys;
 mod lease;
 mod ledger;
+mod levels;
 mod ops;
 mod reconcile;
 
 pub use error::OrgError;
+pub use levels::LimitLevel;
 pub use reconcile::{ReconcileWindow, Repair};
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -8,7 +8,7 @@ use super::{at, eid, key, m, month_and_minute, plan, Org, T0};
 use crate::org::buckets::Bucket;
 use crate::org::rules::{self, decode_counters, flush_backoff_ms, LedgerAgg};
 use crate::org::*;
-use crate::policy::{Aggregation, UsageError};
+use crate::policy::{Aggregation, Timestamp, UsageError};
 use crate::wire::UsageEvent;
 
 #[test]
@@ -342,4 +342,25 @@ fn reconcile_repairs_drift_to_the_ledger() {
     assert_eq!(step.reply.body["total_drift"], 2);
     o.mem.apply(&step.writes);
     assert_eq!(o.used("requests-month", at(3)), 1);
+}
+
+#[test]
+fn levels_name_each_limited_limit_and_when_its_level_resets() {
+    let mut o = month_and_minute();
+    o.proxy("a", 3, false, at(0));
+    let all = Need { all_counters: true, ..Need::default() };
+    let levels = o.m.levels(&o.mem.load(&all, at(1)), at(1)).unwrap();
+    let seen: Vec<(&str, u64, Option<String>)> =
+        levels.iter().map(|l| (l.policy.as_str(), l.percentage, l.until.map(Timestamp::rfc3339))).collect();
+    assert_eq!(
+        seen,
+        vec![
+            // A rate window "resets" when it is fully replenished.
+            ("requests-minute", 3, Some(at(600).rfc3339())),
+            ("requests-month", 30, Some("2026-12-01T00:00:00Z".to_owned())),
+        ]
+    );
+    // A minute later the rate window has reset: its level is 0, the month's stays.
+    let later = o.m.levels(&o.mem.load(&all, at(61_000)), at(61_000)).unwrap();
+    assert_eq!(later.iter().map(|l| l.percentage).collect::<Vec<_>>(), vec![0, 30]);
 }
