@@ -148,8 +148,8 @@ reliability: bundle ## The reliability suite in full (≥ 20 kills, 5 orgs × 10
 	RELIABILITY_SCALE=full RELIABILITY_REPORT=$(CURDIR)/target/reliability-full.jsonl $(RELIABILITY_RUN) --test-concurrency=1 tests/reliability/*.test.mjs
 	node bench/reliability.mjs target/reliability-full.jsonl target/reliability-full.json --publish
 
-screenshots: bundle ## Refresh the dashboard screenshots in docs/
-	DOCS_SCREENSHOTS=1 node --disable-warning=ExperimentalWarning --test --test-reporter=spec tests/e2e/dashboard.test.mjs
+screenshots: bundle ## Refresh the usage page's and the console's screenshots in docs/
+	DOCS_SCREENSHOTS=1 node --disable-warning=ExperimentalWarning --test --test-reporter=spec tests/e2e/dashboard.test.mjs tests/e2e/console.test.mjs
 
 lint: wasm-target ## rustfmt --check, clippy -D warnings for native and wasm32, the OpenAPI document is current
 	python3 scripts/openapi.py --check

@@ -15,10 +15,14 @@ import { ROOT, tempDir, ledgerFile } from "../support/gateway.mjs";
 import { quotagateBundle } from "../support/bundle.mjs";
 import { useGateway, NO_ORIGIN } from "../support/harness.mjs";
 import { ADMIN_TOKEN, eventually } from "../support/client.mjs";
+import { createReceiver } from "../support/receiver.mjs";
 
 const SHOTS = process.env.DOCS_SCREENSHOTS ? path.join(ROOT, "docs") : path.join(ROOT, "tests/artifacts");
 const ORGS = 1000;
 const dir = tempDir();
+// Threshold alerts go to a real receiver: the status view shows their delivery.
+const rx = createReceiver();
+const hooks = `http://127.0.0.1:${await rx.listen()}`;
 let browser;
 let readToken;
 const at = (ago) => new Date(Date.now() - ago * 86_400_000).toISOString();
@@ -54,7 +58,7 @@ async function seedOrgs() {
 before(seedOrgs);
 const fx = useGateway({
   persistTo: dir,
-  vars: { ORIGIN_URL: NO_ORIGIN, ORG_REPORT_SECS: "1" },
+  vars: { ORIGIN_URL: NO_ORIGIN, ORG_REPORT_SECS: "1", WEBHOOK_SECRET: "console-webhook-secret", ALERT_WEBHOOK_URL: `${hooks}/ok/alerts` },
   setup: async ({ api }) => {
     fs.mkdirSync(SHOTS, { recursive: true });
     await api.plan("con-free", { name: "Free", limits: [{ meter: "requests", limit: 1000, period: "month", mode: "hard" }] });
@@ -84,6 +88,7 @@ const fx = useGateway({
 });
 after(async () => {
   await browser?.close();
+  await rx.close();
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -121,6 +126,10 @@ test("the org list: 1,000 orgs and a real one, nearest to a limit first, filtere
     assert.equal(r.status, status, q);
     assert.equal(r.json.field, q.split("=")[0], "the problem names its field");
   }
+
+  // The filter is text, bound as a parameter: SQL in it matches nothing.
+  const sql = await fx.api.admin("GET", `/orgs?q=${encodeURIComponent("' OR 1=1 --")}`);
+  assert.deepEqual([sql.status, sql.json.total, sql.json.orgs], [200, 0, []]);
 
   const page = await open(ADMIN_TOKEN);
   await page.waitForFunction(() => document.querySelectorAll("#org-table tbody tr").length === 50);
@@ -218,6 +227,9 @@ test("one org: its usage chart and projection, keys created (shown once, copied)
   await page.waitForFunction(() => document.querySelector("#reset-form .form-result").textContent === "Reset requests.");
   const used = (await fx.api.admin("GET", "/orgs/acme/usage")).json.meters.find((m) => m.policy === "requests-month").used;
   assert.equal(used, 0);
+  // The reset moved acme's levels: its report follows (ORG_REPORT_SECS), and the list with it.
+  const level = await eventually(async () => (await fx.api.admin("GET", "/orgs?q=acme")).json.orgs[0].level?.percentage === 0, { timeout: 10_000, every: 200 });
+  assert.ok(level, "the list shows acme at 0% after its reset");
   // Put acme back as the list test left it, for the screenshots.
   await fx.api.org("acme", { plan: "con-pro", name: "Acme Corp" });
   await page.context().close();
@@ -256,17 +268,29 @@ test("a plan edit: the server's validation error appears beside the field it nam
 });
 
 test("alerts and ledger health: recent alert deliveries, the last flush, the Stripe breaker", async () => {
+  // acme crossed its day limit's levels: each alert was delivered to the receiver.
+  const delivered = await eventually(async () => {
+    const alerts = (await fx.api.admin("GET", "/status")).json.alerts.filter((a) => a.org_id === "acme");
+    return alerts.length >= 3 && alerts.every((a) => a.outcome === "delivered") && alerts;
+  }, { timeout: 15_000, every: 200 });
+  assert.ok(delivered, "acme's alerts were delivered");
+  assert.ok(rx.requests.length >= 3);
   const page = await open(ADMIN_TOKEN, { hash: "#status" });
   await page.locator("#ledger-health dt").first().waitFor();
   const terms = await page.locator("#ledger-health, #stripe-health").evaluateAll((dls) => dls.map((dl) => dl.textContent));
   assert.match(terms[0], /Last flush\d+ \w+ \d{4}, \d\d:\d\d UTC/, "acme's flush is the last one");
   assert.match(terms[1], /^Breakerclosed/);
-  // acme crossed its day limit's levels (soft 100/day): the alerts were raised, with no target to deliver to.
   const status = (await fx.api.admin("GET", "/status")).json;
   assert.deepEqual(status.you, { token_id: "bootstrap", name: "ADMIN_TOKEN", scope: "write" });
   assert.equal(typeof status.ledger.pending_events, "number");
-  const rows = await page.locator("#alerts tbody tr").count();
-  assert.equal(rows, Math.max(status.alerts.length, 1));
+  await page.locator('#alerts tr[data-outcome="delivered"]').first().waitFor();
+  const rows = await page.locator("#alerts tbody tr").evaluateAll((rs) => rs.map((r) => [...r.cells].map((c) => c.textContent)));
+  assert.equal(rows.length, status.alerts.length);
+  for (const r of rows) {
+    assert.equal(r[1], "acme");
+    assert.equal(r[3], "delivered (200)");
+    assert.equal(r[4], "1");
+  }
   for (const a of status.alerts) assert.equal(JSON.stringify(a).includes("http"), false, "no receiving URL is shown");
   await page.screenshot({ path: path.join(SHOTS, "console-status.png"), fullPage: true });
   await page.context().close();
@@ -276,6 +300,7 @@ test("a read token sees every view and is shown no control that changes anything
   const page = await open(readToken);
   assert.match(await page.locator("#who").textContent(), /^support · read only$/);
   await page.waitForFunction(() => document.querySelectorAll("#org-table tbody tr").length === 50);
+  await page.fill("#org-filter", "acme");
   await page.locator('#org-table tr[data-org="acme"] a').click();
   await page.locator("#keys tbody tr").first().waitFor();
   await page.locator('[data-policy="requests-month"]').waitFor();

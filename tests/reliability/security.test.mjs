@@ -163,6 +163,8 @@ const ADMIN_ENDPOINTS = [
   ["POST", "/tokens", '{"name":"sneaky","scope":"write"}'],
   ["DELETE", "/tokens/tok_0000000000000000"],
   ["GET", "/audit"],
+  ["GET", "/orgs?limit=5"],
+  ["GET", "/status"],
   ["GET", "/no-such-endpoint"],
 ];
 

@@ -14,9 +14,10 @@ use crate::org::rules::{flush_backoff_ms, FLUSH_DELAY_MS};
 use crate::policy::{MeterId, Timestamp, UsageError};
 
 impl OrgMachine {
-    /// Whether the org's status report (reconciliation, depths, counts) is due: it reports one
-    /// interval after the usage that follows its last report, and not again until more usage
-    /// comes, so an idle org costs nothing and the cron never visits orgs.
+    /// Whether the org's status report (reconciliation, depths, counts, levels) is due: it
+    /// reports one interval after the change that follows its last report (usage, a reset, a new
+    /// plan: anything that moves its levels), and not again until another change comes, so an
+    /// idle org costs nothing and the cron never visits orgs.
     pub fn report_due(&self, now: Timestamp) -> bool {
         self.wake.report_due.is_some_and(|t| t <= now)
     }
@@ -27,6 +28,7 @@ impl OrgMachine {
         self.wake.report_due = None;
     }
 
+    /// A change that moves the org's levels: a report follows within one interval.
     pub(super) fn report_after_usage(&mut self, now: Timestamp) {
         if self.wake.report_due.is_none() {
             let every = self.report_every_ms;

@@ -396,6 +396,8 @@ impl OrgMachine {
                 self.config_at = Some(now);
                 self.plan_checked = Some(now);
                 self.cfg = Some(Rc::new(loaded));
+                // The levels moved with the limits: the report publishes them.
+                self.report_after_usage(now);
                 let state = self.state_json(&book, snap.tallies, now)?;
                 OrgReply::ok(state, self.policy().map(|p| p.plan.to_string()))
             }
@@ -417,6 +419,7 @@ impl OrgMachine {
                 for m in meters.into_iter().filter(|m| meter.as_ref().is_none_or(|x| x == *m)) {
                     writes.counters.push((m.to_string(), meter_row(&loaded.policy, &book, m)));
                 }
+                self.report_after_usage(now);
                 let state = self.state_json(&book, snap.tallies, now)?;
                 OrgReply::ok(state, Some(loaded.policy.plan.to_string()))
             }

@@ -364,3 +364,18 @@ fn levels_name_each_limited_limit_and_when_its_level_resets() {
     let later = o.m.levels(&o.mem.load(&all, at(61_000)), at(61_000)).unwrap();
     assert_eq!(later.iter().map(|l| l.percentage).collect::<Vec<_>>(), vec![0, 30]);
 }
+
+#[test]
+fn a_reset_or_a_new_plan_is_reported_like_usage_so_the_levels_follow() {
+    let mut o = month_and_minute();
+    o.proxy("a", 3, false, at(0));
+    assert!(o.m.report_due(at(300_000)), "usage is reported one interval on");
+    o.m.reported(at(300_000));
+    assert!(!o.m.report_due(at(900_000)), "an idle org reports nothing");
+    o.admin(AdminOp::Reset { meter: None }, at(900_000));
+    assert!(!o.m.report_due(at(1_199_999)));
+    assert!(o.m.report_due(at(1_200_000)), "a reset moved the levels: a report follows");
+    o.m.reported(at(1_200_000));
+    o.admin(AdminOp::Configure(plan(json!([{"meter": "requests", "limit": 5, "period": "month"}]))), at(1_300_000));
+    assert!(o.m.report_due(at(1_500_000)), "so does a new plan");
+}
