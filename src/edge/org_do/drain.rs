@@ -229,23 +229,32 @@ async fn report(q: &OrgQuota) {
     publish_levels(q, t).await;
 }
 
-/// Writes the org's levels (how near each limit it stands) to the catalogue, where the
-/// operator's org list sorts by them. A failure is logged; the next report writes them again.
+/// Writes the org's levels (how near each quota it stands) to the catalogue, where the
+/// operator's org list sorts by them, when they changed since the last ones written. A failure
+/// is logged; the next report writes them again.
 async fn publish_levels(q: &OrgQuota, t: Timestamp) {
     let all = Need { all_counters: true, ..Need::default() };
-    let levels = q.with_machine(|m, store, now| {
+    let news = q.with_machine(|m, store, now| {
         let org = m.org().cloned().ok_or(crate::org::OrgError::NotConfigured)?;
-        Ok((org, m.levels(&store.load(&all, now)?, now)?))
+        Ok(m.levels_to_publish(m.levels(&store.load(&all, now)?, now)?).map(|l| (org, l)))
     });
-    let stored = match levels {
-        Ok((org, levels)) => match ledger::db(&q.env) {
-            Ok(db) => ledger::set_levels(&db, &org, &levels, t).await,
-            Err(e) => Err(e),
-        },
+    let (org, levels) = match news {
+        Ok(Some(news)) => news,
+        Ok(None) => return,
         Err(e) => return log_error("levels not computed", &e),
     };
-    if let Err(e) = stored {
-        log_error("levels not stored", &DoError::Ledger(e));
+    let stored = match ledger::db(&q.env) {
+        Ok(db) => ledger::set_levels(&db, &org, &levels, t).await,
+        Err(e) => Err(e),
+    };
+    match stored {
+        Ok(()) => {
+            let _ = q.with_machine(|m, _, _| {
+                m.levels_published(levels);
+                Ok(())
+            });
+        }
+        Err(e) => log_error("levels not stored", &DoError::Ledger(e)),
     }
 }
 

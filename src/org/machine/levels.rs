@@ -1,8 +1,12 @@
-//! How near each of its limits an org stands, for the operator's org list: one level per limit
-//! with a limit (unlimited ones have no level), and until when it holds (the window's reset).
+//! How near each of its quotas an org stands, for the operator's org list: one level per limit
+//! of a day, month, billing or lifetime period with a limit (unlimited ones have no level; rate
+//! windows refill within the hour, faster than a report could follow), and until when it holds
+//! (the window's reset).
 //!
-//! The org's report publishes these to D1; a level whose window has reset reads as 0 there, so a
-//! quiet org never stays listed at yesterday's level. Pure: it reads counters, never writes.
+//! The org's report publishes these to D1 when they say something new (a whole percentage moved,
+//! a window rolled over), so the catalogue sees at most about a hundred writes per limit and
+//! window, however busy the org. A level whose window has reset reads as 0 there, so a quiet org
+//! never stays listed at yesterday's level. Pure: it reads counters and never writes them.
 
 use super::{book_of, OrgError, OrgMachine};
 use crate::org::io::Snapshot;
@@ -28,6 +32,7 @@ impl OrgMachine {
         Ok(book
             .overview(&loaded.policy, now)
             .iter()
+            .filter(|s| !s.period.is_rate())
             .filter_map(|s| {
                 Some(LimitLevel {
                     policy: s.policy.to_string(),
@@ -37,5 +42,15 @@ impl OrgMachine {
                 })
             })
             .collect())
+    }
+
+    /// `levels` if they differ from what the last report published, else `None`.
+    pub fn levels_to_publish(&self, levels: Vec<LimitLevel>) -> Option<Vec<LimitLevel>> {
+        (self.published_levels.as_ref() != Some(&levels)).then_some(levels)
+    }
+
+    /// The report wrote `levels` to D1.
+    pub fn levels_published(&mut self, levels: Vec<LimitLevel>) {
+        self.published_levels = Some(levels);
     }
 }

@@ -92,6 +92,8 @@ pub struct OrgMachine {
     plan_refresh_ms: u64,
     report_every_ms: u64,
     last_report: Option<Timestamp>,
+    /// The levels the last report wrote to D1 (in memory: a restarted object writes them again).
+    published_levels: Option<Vec<LimitLevel>>,
     /// The usage API's own per-org limit (memory only).
     api: Option<api::ApiLimiter>,
     /// Open leases by hold token: what they hold until their deadline (memory only; a lost
@@ -152,6 +154,7 @@ impl OrgMachine {
             plan_refresh_ms: b.plan_refresh_ms.max(1_000),
             report_every_ms: b.report_every_ms.max(1_000),
             last_report: None,
+            published_levels: None,
             api: api::ApiLimiter::new(b.api_reads_per_minute, b.api_calls_per_minute),
             leases: BTreeMap::new(),
             written_off: Vec::new(),
@@ -395,9 +398,11 @@ impl OrgMachine {
                 writes.meta.push(("config_at".to_owned(), now.millis().to_string()));
                 self.config_at = Some(now);
                 self.plan_checked = Some(now);
-                self.cfg = Some(Rc::new(loaded));
-                // The levels moved with the limits: the report publishes them.
-                self.report_after_usage(now);
+                // A new plan moves the levels: the report publishes them. A new org has none yet
+                // (its first usage schedules its first report).
+                if self.cfg.replace(Rc::new(loaded)).is_some() {
+                    self.report_after_usage(now);
+                }
                 let state = self.state_json(&book, snap.tallies, now)?;
                 OrgReply::ok(state, self.policy().map(|p| p.plan.to_string()))
             }

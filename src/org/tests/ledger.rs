@@ -345,24 +345,46 @@ fn reconcile_repairs_drift_to_the_ledger() {
 }
 
 #[test]
-fn levels_name_each_limited_limit_and_when_its_level_resets() {
-    let mut o = month_and_minute();
+fn levels_name_each_limited_quota_and_are_published_when_they_say_something_new() {
+    let mut o = Org::new(json!([
+        {"meter": "requests", "limit": 100, "period": "minute", "mode": "hard"},
+        {"meter": "requests", "limit": 10, "period": "month", "mode": "hard"},
+        {"meter": "requests", "limit": 1000, "period": "day", "mode": "soft"},
+        {"meter": "tokens", "limit": null, "period": "month"}
+    ]));
     o.proxy("a", 3, false, at(0));
     let all = Need { all_counters: true, ..Need::default() };
     let levels = o.m.levels(&o.mem.load(&all, at(1)), at(1)).unwrap();
     let seen: Vec<(&str, u64, Option<String>)> =
         levels.iter().map(|l| (l.policy.as_str(), l.percentage, l.until.map(Timestamp::rfc3339))).collect();
+    // Rate windows and unlimited limits have no level.
     assert_eq!(
         seen,
         vec![
-            // A rate window "resets" when it is fully replenished.
-            ("requests-minute", 3, Some(at(600).rfc3339())),
+            ("requests-day", 0, Some("2026-11-24T00:00:00Z".to_owned())),
             ("requests-month", 30, Some("2026-12-01T00:00:00Z".to_owned())),
         ]
     );
-    // A minute later the rate window has reset: its level is 0, the month's stays.
-    let later = o.m.levels(&o.mem.load(&all, at(61_000)), at(61_000)).unwrap();
-    assert_eq!(later.iter().map(|l| l.percentage).collect::<Vec<_>>(), vec![0, 30]);
+    // Published once; the same levels again are not news.
+    let first = o.m.levels_to_publish(levels.clone()).unwrap();
+    o.m.levels_published(first);
+    assert_eq!(o.m.levels_to_publish(levels), None);
+    // A unit that moves a whole percentage is news.
+    o.proxy("b", 1, false, at(2));
+    let moved = o.m.levels(&o.mem.load(&all, at(3)), at(3)).unwrap();
+    assert_eq!(moved.iter().map(|l| l.percentage).collect::<Vec<_>>(), vec![0, 40]);
+    assert!(o.m.levels_to_publish(moved).is_some());
+    // A restarted object does not know what it published: it publishes again.
+    o.restart();
+    let again = o.m.levels(&o.mem.load(&all, at(4)), at(4)).unwrap();
+    assert!(o.m.levels_to_publish(again).is_some());
+    // One that leaves every whole percentage where it was is not.
+    let mut big = Org::new(json!([{"meter": "requests", "limit": 1000, "period": "month", "mode": "hard"}]));
+    big.proxy("a", 1, false, at(0));
+    let one = big.m.levels(&big.mem.load(&all, at(1)), at(1)).unwrap();
+    big.m.levels_published(one);
+    big.proxy("b", 1, false, at(2));
+    assert_eq!(big.m.levels_to_publish(big.m.levels(&big.mem.load(&all, at(3)), at(3)).unwrap()), None);
 }
 
 #[test]
