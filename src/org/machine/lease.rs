@@ -5,6 +5,8 @@
 //! deltas) holds for leases unchanged, and a lease its holder never closes stays counted: it
 //! strands units, it never admits past a limit. Nothing here does I/O.
 
+use std::collections::BTreeMap;
+
 use serde_json::json;
 
 use super::ops::{Cx, Held};
@@ -53,6 +55,18 @@ impl OrgMachine {
         let (count, units) = open.fold((0u64, 0u64), |(n, u), l| (n + 1, u.saturating_add(l.units)));
         let stranded = self.written_off.iter().fold(0u64, |a, w| a.saturating_add(w.units));
         json!({"count": count, "units": units, "stranded": stranded})
+    }
+
+    /// Units leases hold that no request is known to have spent, by meter: every lease not
+    /// closed, and those written off (never closed: stranded, never spent).
+    pub(super) fn unspent(&self) -> BTreeMap<MeterId, u64> {
+        let mut out: BTreeMap<MeterId, u64> = BTreeMap::new();
+        let open = self.leases.values().map(|l| (&l.meter, l.units));
+        for (meter, units) in open.chain(self.written_off.iter().map(|w| (&w.meter, w.units))) {
+            let u = out.entry(meter.clone()).or_insert(0);
+            *u = u.saturating_add(units);
+        }
+        out
     }
 
     /// On `meter`: units at risk (every lease not closed, live or past its deadline, plus the
@@ -113,6 +127,9 @@ impl OrgMachine {
         }
         let decision = cx.book.record(policy, meter, units, true, now).ok().filter(Decision::allowed)?;
         cx.persist(meter);
+        // Counted, not spent: no alert level is reached by a grant.
+        let u = cx.unspent_after.entry(meter.clone()).or_insert(0);
+        *u = u.saturating_add(units);
         cx.alerts_for(&decision.limits);
         let (buckets, _) = self.record_usage(cx, meter, OutboxRow::audit(id.to_string(), meter, units, "lease", now));
         let deadline = now.saturating_add_ms(ttl_ms.saturating_add(GRACE_MS));
@@ -151,9 +168,9 @@ impl OrgMachine {
         let unknown = || UsageError::UnknownReservation(c.id.clone());
         // Open means still in `leases` (a lease leaves it when closed, or when its hold goes):
         // a second close, or one for another instance's lease, finds nothing.
-        if self.leases.remove(&c.token).is_none() {
+        let Some(lease) = self.leases.remove(&c.token) else {
             return Err(unknown().into());
-        }
+        };
         let h = self.held.get_mut(&c.token).filter(|h| h.id == c.id && h.until > cx.now).ok_or_else(unknown)?;
         let unused = c.unused.min(h.quantity);
         h.quantity -= unused;
@@ -163,6 +180,17 @@ impl OrgMachine {
             self.held.remove(&c.token);
         }
         self.count_n(&h.meter, Outcome::Leased, c.spent, cx.now);
+        // What it spent is known now: the alerts its requests reached fire.
+        let u = cx.unspent_after.entry(lease.meter.clone()).or_insert(0);
+        *u = u.saturating_sub(lease.units);
+        let policy = &cx.loaded.policy;
+        let after: Vec<_> = cx
+            .book
+            .overview(policy, cx.now)
+            .into_iter()
+            .filter(|l| l.meter == lease.meter || policy.composites_of(&lease.meter).contains(&l.meter))
+            .collect();
+        cx.alerts_for(&after);
         Ok(())
     }
 

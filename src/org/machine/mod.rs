@@ -297,6 +297,10 @@ impl OrgMachine {
         }
         let mut cx = Cx::new(&loaded, snap, now)?;
         cx.key_until = key_until;
+        if !self.leases.is_empty() || !self.written_off.is_empty() {
+            cx.unspent_before = self.unspent();
+            cx.unspent_after = cx.unspent_before.clone();
+        }
         cx.writes.key_used = used;
         let reply = match op {
             OrgOp::Decide { meter, quantity, kind, id, ttl_ms, idempotency, lease, recalled } => {

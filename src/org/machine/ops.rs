@@ -467,6 +467,13 @@ pub(super) struct Cx<'a> {
     pub(super) buckets: BTreeSet<BucketKey>,
     /// When the calling key expires, if it does: no lease outlives it.
     pub(super) key_until: Option<Timestamp>,
+    /// Units the counters hold for leases but no request has been known to spend, by meter: at
+    /// the step's start, and now (a grant adds its units, a close takes its lease's away). A
+    /// lease is counted when granted and spent later, out of the DO's sight: alerts judge each
+    /// level on the counter less these, so none fires below its level on units not spent, and
+    /// one fires at the close or renewal that reports them spent (within `RECALL_MS`).
+    pub(super) unspent_before: BTreeMap<MeterId, u64>,
+    pub(super) unspent_after: BTreeMap<MeterId, u64>,
 }
 
 impl<'a> Cx<'a> {
@@ -482,6 +489,8 @@ impl<'a> Cx<'a> {
             touched: BTreeSet::new(),
             buckets: BTreeSet::new(),
             key_until: None,
+            unspent_before: BTreeMap::new(),
+            unspent_after: BTreeMap::new(),
         })
     }
 
@@ -521,7 +530,33 @@ impl<'a> Cx<'a> {
             .into_iter()
             .filter(|l| after.iter().any(|a| a.policy == l.policy))
             .collect();
-        self.writes.alerts.extend(crossings(&self.loaded.org, &before, after, self.now));
+        let before = self.spent(before, &self.unspent_before);
+        let after = self.spent(after.to_vec(), &self.unspent_after);
+        for a in crossings(&self.loaded.org, &before, &after, self.now) {
+            // A close and the grant after it judge against the same start: one write each.
+            if !self.writes.alerts.iter().any(|w| w.id == a.id) {
+                self.writes.alerts.push(a);
+            }
+        }
+    }
+
+    /// `statuses` as spent: each limit's usage less what leases hold unspent on its meter (and,
+    /// for a composite, on its parts), and its level again from that.
+    fn spent(&self, mut statuses: Vec<LimitStatus>, unspent: &BTreeMap<MeterId, u64>) -> Vec<LimitStatus> {
+        if unspent.values().all(|u| *u == 0) {
+            return statuses;
+        }
+        let policy = &self.loaded.policy;
+        for l in &mut statuses {
+            let parts = policy.meter(&l.meter).map_or(&[][..], |m| m.parts.as_slice());
+            let held = std::iter::once(&l.meter)
+                .chain(parts)
+                .filter_map(|m| unspent.get(m))
+                .fold(0u64, |a, u| a.saturating_add(*u));
+            l.used = l.used.saturating_sub(held);
+            l.level = crate::policy::Level::of(l.used, l.limit);
+        }
+        statuses
     }
 
     /// Alerts for every meter this step counted on, once each, after all its usage (a batch of

@@ -13,6 +13,7 @@ use crate::org::{AdminOp, Caller, DecideKind, OrgOp, OrgReply};
 use crate::policy::lease::LocalLease;
 use crate::policy::Timestamp;
 use crate::telemetry::Outcome;
+use crate::wire::UsageEvent;
 
 /// A month's hard limit whose stranded bound (1%) is 100 units.
 const LIMIT: u64 = 10_000;
@@ -92,15 +93,26 @@ fn renew(o: &mut Org, hd: &mut Holder, now: Timestamp) {
     hd.lease = r.lease.map(|g| LocalLease::new(g, 1, now));
 }
 
-fn run(acts: &[Act]) -> Result<(), TestCaseError> {
+/// Runs `acts` on an org whose month already holds `prefill` units (recorded as events, so the
+/// run crosses the alert levels near them).
+fn run(acts: &[Act], prefill: u64) -> Result<(), TestCaseError> {
     let mut o = leased_org(json!([
         {"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"},
         {"meter": "requests", "limit": 400, "period": "minute", "mode": "hard"}
     ]));
     let mut holders: BTreeMap<u8, Holder> = BTreeMap::new();
     let mut now = at(0);
-    let (mut served, mut n, mut lost, mut leased) = (0u64, 0u64, false, 0u64);
+    if prefill > 0 {
+        let ev =
+            UsageEvent { id: eid("prefill"), meter: m("requests"), quantity: prefill, timestamp: None, metadata: None };
+        o.org(&key(), OrgOp::Events { events: vec![ev], enforce: false }, now).unwrap();
+        // Past the minute limit's backlog of those units (400 a minute).
+        now = now.saturating_add_ms(prefill.div_ceil(400) * 60_000);
+    }
+    let (mut served, mut n, mut lost, mut leased) = (prefill, 0u64, false, 0u64);
+    let mut restarted = false;
     for a in acts {
+        let fired_before = o.mem.alerts.len();
         now = now.saturating_add_ms(1);
         match *a {
             Act::Request { h } => {
@@ -167,6 +179,7 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
             Act::Restart => {
                 o.restart();
                 lost = true;
+                restarted = true;
             }
             Act::Flush => {
                 o.flush(false, false, now);
@@ -178,6 +191,23 @@ fn run(acts: &[Act]) -> Result<(), TestCaseError> {
         let used = o.used("requests-month", now);
         prop_assert!(used <= LIMIT, "the counter passed the hard limit");
         prop_assert!(served <= used, "served {} but counted {}", served, used);
+        // An alert fires only once what was served reaches its level: never on units a lease
+        // holds unspent. (A restarted DO no longer knows its predecessor's leases: their units
+        // then count as spent, which the stranded bound keeps within 1 point.)
+        if !restarted && o.mem.alerts.len() > fired_before {
+            for (policy, _, level) in o.mem.alerts.keys() {
+                if policy == "requests-month" {
+                    let floor = LIMIT * u64::from(level.threshold_pct()) / 100;
+                    prop_assert!(
+                        served >= floor,
+                        "{} fired with {} served (level at {})",
+                        level.as_str(),
+                        served,
+                        floor
+                    );
+                }
+            }
+        }
     }
     // Every live holder closes its lease; the ledger then matches the counter.
     for hd in holders.values_mut() {
@@ -352,6 +382,42 @@ proptest! {
 
     #[test]
     fn leases_never_pass_the_hard_cap(acts in prop::collection::vec(act(), 1..300)) {
-        run(&acts)?;
+        run(&acts, 0)?;
     }
+
+    /// Near the alert levels: 80% (8,000) and 95% (9,500) are within reach of the run.
+    #[test]
+    fn no_alert_fires_on_units_a_lease_holds_unspent(
+        acts in prop::collection::vec(act(), 1..300),
+        prefill in prop_oneof![Just(7_960u64), Just(7_999u64), Just(9_480u64)],
+    ) {
+        run(&acts, prefill)?;
+    }
+}
+
+#[test]
+fn an_alert_waits_for_the_lease_units_to_be_spent() {
+    let mut o = leased_org(json!([{"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"}]));
+    let ev = UsageEvent { id: eid("prefill"), meter: m("requests"), quantity: 7_990, timestamp: None, metadata: None };
+    o.org(&key(), OrgOp::Events { events: vec![ev], enforce: false }, at(0)).unwrap();
+    let mut hd = Holder::default();
+    renew(&mut o, &mut hd, at(1));
+    let units = hd.lease.as_ref().map_or(0, |l| l.grant.units);
+    assert!(units > 10, "a lease of {units} takes the counter past 80%");
+    assert!(o.used("requests-month", at(2)) >= 8_000);
+    assert!(o.mem.alerts.is_empty(), "counted, not spent: no alert yet");
+    // Nine spent of it: still under 80% spent.
+    let l = hd.lease.as_mut().unwrap();
+    for _ in 0..9 {
+        assert!(l.take(at(3)));
+    }
+    renew(&mut o, &mut hd, at(4));
+    assert!(o.mem.alerts.is_empty(), "7,999 spent");
+    // One more spent, reported by the next close: 8,000 spent, the warning fires.
+    assert!(hd.lease.as_mut().unwrap().take(at(5)));
+    renew(&mut o, &mut hd, at(6));
+    let fired: Vec<_> = o.mem.alerts.keys().map(|k| (k.0.as_str(), k.2.as_str())).collect();
+    assert_eq!(fired, vec![("requests-month", "warning")]);
+    let payload: serde_json::Value = serde_json::from_str(o.mem.alerts.values().next().unwrap()).unwrap();
+    assert_eq!(payload["used"], 8_000, "the alert says what was spent");
 }
