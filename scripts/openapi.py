@@ -133,10 +133,15 @@ schemas = {
                 # A composite meter is a sum.
                 "dependentSchemas": {"sum_of": {"properties": {"aggregation": {"const": "sum"}}}}}},
             "limits": {"type": "array", "items": ref("Limit"), "maxItems": 64},
-            # Lease mode: Worker isolates admit proxied requests of fixed cost from pre-debited leases.
-            "lease": {"type": ["object", "null"], "additionalProperties": False, "properties": {
+            # Adaptive leases, on by default: a key busy on a meter is admitted from pre-debited
+            # leases in the Worker isolate. false turns them off; an object tunes them.
+            "lease": {"type": ["object", "boolean", "null"], "additionalProperties": False,
+                      "description": "Absent, null or true: the default rules; false: every request asks the DO",
+                      "properties": {
                 "max_units": INT_POSITIVE,
-                "ttl_secs": {"type": "integer", "minimum": 1, "maximum": 10}}},
+                "ttl_secs": {"type": "integer", "minimum": 1, "maximum": 10},
+                "min_requests": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                 "description": "Requests of one key on the meter within 2 s before it gets a lease (default 4)"}}},
         },
     },
     "NewKey": {

@@ -31,17 +31,46 @@ pub const FIRST_WANT: u64 = 32;
 /// together hold at most about `1/k` of what is left.
 pub const SHARE: u64 = 4;
 
-/// A plan's lease mode: the largest lease and how long one may be spent.
+/// How many requests of one key and meter within `RECALL_MS` make a lease worth granting, when
+/// the plan does not say: four requests in 2 s (2 a second) save a lease at least three round
+/// trips to the DO. A quieter key is decided strictly, request by request.
+pub const DEFAULT_MIN_REQUESTS: u64 = 4;
+/// The most `min_requests` may be.
+pub const MAX_MIN_REQUESTS: u64 = 1_000;
+
+/// A plan's lease rules: the largest lease, how long one may be spent, and how busy a key must
+/// be on a meter (`min_requests` within `RECALL_MS`) before it gets one. Every plan has them
+/// unless it says `"lease": false`: leases are adaptive and on by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseRules {
     pub max_units: NonZeroU64,
     pub ttl_ms: u64,
+    pub min_requests: NonZeroU64,
 }
 
 impl LeaseRules {
-    /// Parses the plan's `lease` object: `{"max_units": 1000, "ttl_secs": 5}`.
+    /// The rules of a plan that names none: leases of up to 1,000 units for 2 s, for a key that
+    /// made 4 requests on the meter within 2 s.
+    pub const DEFAULT: Self = Self {
+        max_units: NonZeroU64::new(1000).unwrap(),
+        ttl_ms: RECALL_MS,
+        min_requests: NonZeroU64::new(DEFAULT_MIN_REQUESTS).unwrap(),
+    };
+
+    /// The plan's `lease`: absent (or `null`, or `true`) is the default rules, `false` turns
+    /// leases off (`None`: every request asks the DO), and an object tunes them:
+    /// `{"max_units": 1000, "ttl_secs": 2, "min_requests": 4}`.
+    pub fn of_plan(path: &str, v: Option<&serde_json::Value>) -> Result<Option<Self>, PlanError> {
+        match v {
+            None | Some(serde_json::Value::Null | serde_json::Value::Bool(true)) => Ok(Some(Self::DEFAULT)),
+            Some(serde_json::Value::Bool(false)) => Ok(None),
+            Some(v) => Self::parse(path, v).map(Some),
+        }
+    }
+
+    /// Parses the plan's `lease` object: `{"max_units": 1000, "ttl_secs": 5, "min_requests": 4}`.
     pub fn parse(path: &str, v: &serde_json::Value) -> Result<Self, PlanError> {
-        let o = Obj::new(path, v, &["max_units", "ttl_secs"])?;
+        let o = Obj::new(path, v, &["max_units", "ttl_secs", "min_requests"])?;
         let max = o.uint_opt("max_units")?.unwrap_or(1000);
         let Some(max_units) = NonZeroU64::new(max) else {
             return err(o.at("max_units"), "must be at least 1");
@@ -50,7 +79,11 @@ impl LeaseRules {
         if !(1..=MAX_TTL_SECS).contains(&ttl) {
             return err(o.at("ttl_secs"), format!("must be from 1 to {MAX_TTL_SECS} (got {ttl})"));
         }
-        Ok(Self { max_units, ttl_ms: ttl * 1000 })
+        let min = o.uint_opt("min_requests")?.unwrap_or(DEFAULT_MIN_REQUESTS);
+        let Some(min_requests) = NonZeroU64::new(min).filter(|m| m.get() <= MAX_MIN_REQUESTS) else {
+            return err(o.at("min_requests"), format!("must be from 1 to {MAX_MIN_REQUESTS} (got {min})"));
+        };
+        Ok(Self { max_units, ttl_ms: ttl * 1000, min_requests })
     }
 }
 

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::*;
 
 fn rules(max: u64) -> LeaseRules {
-    LeaseRules { max_units: NonZeroU64::new(max).unwrap_or(NonZeroU64::MIN), ttl_ms: 5000 }
+    LeaseRules { max_units: NonZeroU64::new(max).unwrap_or(NonZeroU64::MIN), ttl_ms: 5000, min_requests: ONE }
 }
 
 const ONE: NonZeroU64 = NonZeroU64::MIN;
@@ -14,7 +14,20 @@ const ONE: NonZeroU64 = NonZeroU64::MIN;
 #[test]
 fn parse_has_one_wording() {
     let ok = LeaseRules::parse("lease", &json!({"max_units": 500, "ttl_secs": 2}));
-    assert_eq!(ok.ok(), Some(LeaseRules { max_units: NonZeroU64::new(500).unwrap_or(ONE), ttl_ms: 2000 }));
+    let four = NonZeroU64::new(4).unwrap_or(ONE);
+    assert_eq!(ok.ok(), Some(LeaseRules { max_units: NonZeroU64::new(500).unwrap_or(ONE), ttl_ms: 2000, min_requests: four }));
+    let e = LeaseRules::parse("lease", &json!({"min_requests": 0})).err().map(|e| e.to_string());
+    assert_eq!(e.as_deref(), Some("lease.min_requests: must be from 1 to 1000 (got 0)"));
+    // On by default; `false` turns leases off; an object tunes them.
+    assert_eq!(LeaseRules::of_plan("lease", None).ok(), Some(Some(LeaseRules::DEFAULT)));
+    assert_eq!(LeaseRules::of_plan("lease", Some(&json!(null))).ok(), Some(Some(LeaseRules::DEFAULT)));
+    assert_eq!(LeaseRules::of_plan("lease", Some(&json!(false))).ok(), Some(None));
+    let tuned = LeaseRules::of_plan("lease", Some(&json!({"min_requests": 1}))).ok().flatten();
+    assert_eq!(tuned.map(|r| (r.min_requests.get(), r.max_units.get(), r.ttl_ms)), Some((1, 1000, 2000)));
+    assert_eq!(
+        LeaseRules::of_plan("lease", Some(&json!("on"))).err().map(|e| e.to_string()).as_deref(),
+        Some("lease: must be an object, got a string")
+    );
     let e = LeaseRules::parse("lease", &json!({"ttl_secs": 11})).err().map(|e| e.to_string());
     assert_eq!(e.as_deref(), Some("lease.ttl_secs: must be from 1 to 10 (got 11)"));
     let e = LeaseRules::parse("lease", &json!({"max_units": 0})).err().map(|e| e.to_string());

@@ -225,7 +225,8 @@ pub struct Plan {
     pub upgrade_url: Option<String>,
     pub meters: BTreeMap<MeterId, MeterSpec>,
     pub limits: Vec<Limit>,
-    /// Lease mode for proxied requests of fixed cost (`None`: every request asks the DO).
+    /// Lease rules for proxied requests of fixed cost: on by default, adaptive (a key busy
+    /// enough on a meter gets a lease); `None` (`"lease": false`): every request asks the DO.
     pub lease: Option<LeaseRules>,
 }
 
@@ -398,7 +399,7 @@ impl Plan {
             meters.entry(l.meter.clone()).or_insert_with(|| MeterSpec::implicit(l.meter.clone()));
         }
         super::composite::check(&meters, o.get("meters"))?;
-        let lease = o.get("lease").filter(|v| !v.is_null()).map(|v| LeaseRules::parse("lease", v)).transpose()?;
+        let lease = LeaseRules::of_plan("lease", o.get("lease"))?;
         Ok(Self { id: path_id.clone(), name, on_failure, upgrade_url, meters, limits, lease })
     }
 }

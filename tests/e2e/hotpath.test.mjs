@@ -12,8 +12,15 @@ import { gatewayWithOrigin } from "../support/harness.mjs";
 
 const fx = gatewayWithOrigin({ QUOTA_DEBUG_WORK: "1" });
 
-/** An org with a plan of its own holding `limits`; its key. */
-const newOrg = async (id, limits) => (await fx.api.newOrg(`plan-${id}`, { id, limits })).key;
+/**
+ * An org with a plan of its own holding `limits`; its key. Strict decisions (`"lease": false`)
+ * unless `lease` says otherwise: this file reads the DO's work per request.
+ */
+const newOrg = async (id, limits, lease = false) => {
+  // "default": the plan names no `lease` at all.
+  await fx.api.plan(`plan-${id}`, lease === "default" ? { limits } : { limits, lease });
+  return (await fx.api.newOrg(`plan-${id}`, { id })).key;
+};
 
 function work(r) {
   const w = r.headers.get("x-quota-debug-work");
@@ -54,6 +61,27 @@ test("a proxied request costs the org DO at most one read and two row writes; a 
   const refused = await fx.api.call("GET", "/x", { key: small });
   assert.equal(refused.status, 429);
   assert.equal(work(refused).rows, 0);
+});
+
+test("by default a busy key's requests stop reaching the DO after its fourth within 2 s (adaptive leases)", async () => {
+  const key = await newOrg("hp-default", [{ meter: "requests", limit: 100000, period: "month", mode: "hard" }], "default");
+  for (let i = 0; i < 30; i++) assert.equal((await fx.api.call("GET", `/v1/things/${i}`, { key })).status, 200);
+  // Each request's decision line says where it was decided: the DO, or this isolate's lease.
+  const sources = fx.gw.logs().split("\n").filter((l) => l.includes('"org":"hp-default"') && l.includes('"msg":"decision"'))
+    .map((l) => JSON.parse(l.slice(l.indexOf("{"))).source);
+  assert.equal(sources.length, 30);
+  // Four strict decisions (the fourth carries a lease), then the lease's requests: no DO call.
+  assert.ok(sources.slice(0, 4).every((s) => s !== "lease"), sources.join());
+  assert.ok(sources.slice(4).filter((s) => s === "lease").length >= 24, sources.join());
+  // The lease was counted at its grant: the DO's counter holds at least what was served.
+  assert.ok((await fx.api.used("hp-default", "requests-month")) >= 30);
+  // A plan with leases off decides every request at the DO.
+  const strict = await newOrg("hp-strict", [{ meter: "requests", limit: 100000, period: "month", mode: "hard" }]);
+  for (let i = 0; i < 8; i++) assert.equal((await fx.api.call("GET", `/v1/things/${i}`, { key: strict })).status, 200);
+  const strictSources = fx.gw.logs().split("\n").filter((l) => l.includes('"org":"hp-strict"') && l.includes('"msg":"decision"'))
+    .map((l) => JSON.parse(l.slice(l.indexOf("{"))).source);
+  assert.equal(strictSources.length, 8);
+  assert.ok(strictSources.every((s) => s !== "lease"), strictSources.join());
 });
 
 /** The RateLimit fields of a response, parsed as RFC 9651 lists. */

@@ -19,6 +19,9 @@ const fx = gatewayWithOrigin({ ROUTES }, async ({ api }) => {
       { meter: "storage_bytes", limit: 10_000, period: "month", mode: "soft" },
       { meter: "seats", limit: 5, period: "month", mode: "hard" },
     ],
+    // Strict decisions: this file follows the ledger request by request (leases have their own
+    // ledger checks in lease.test.mjs and the properties).
+    lease: false,
   });
 });
 

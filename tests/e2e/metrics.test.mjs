@@ -8,7 +8,8 @@ import { lockLedger } from "../support/gateway.mjs";
 import { eventually, ADMIN_TOKEN } from "../support/client.mjs";
 
 const fx = gatewayWithOrigin({ METRICS_FLUSH_SECS: "0" }, async ({ api }) => {
-  await api.plan("lat", { limits: [{ meter: "requests", limit: 100000, period: "day" }] });
+  // Strict decisions: every proxied request is one DO call (leases would skip some).
+  await api.plan("lat", { limits: [{ meter: "requests", limit: 100000, period: "day" }], lease: false });
 });
 
 /** The histogram of one op, parsed from the exposition text. */

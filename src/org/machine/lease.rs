@@ -12,7 +12,7 @@ use serde_json::json;
 use super::ops::{Cx, Held};
 use super::{OrgError, OrgMachine};
 use crate::org::io::OutboxRow;
-use crate::org::msg::{LeaseClosing, OrgReply};
+use crate::org::msg::{KeyHash, LeaseClosing, OrgReply};
 use crate::policy::lease::{grant_size, Grant, LeaseLimit, Room, RECALL_MS};
 use crate::policy::{Decision, EventId, MeterId, Timestamp, UsageError};
 use crate::telemetry::Outcome;
@@ -38,6 +38,18 @@ pub struct OpenLease {
     until: Timestamp,
     drop_at: Timestamp,
 }
+
+/// How often one key asked for a lease on one meter lately: its asks in the current window of
+/// `RECALL_MS` (adaptive leases: a key busy enough gets one, a quiet one is decided strictly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demand {
+    since: Timestamp,
+    asks: u64,
+}
+
+/// The most (key, meter) pairs whose demand is kept. Keys are made by the admin and meters by the
+/// plan (an unknown meter never gets here), so this only trims the quiet ones of a large org.
+const MAX_DEMAND: usize = 4_096;
 
 /// Units of leases never closed: stranded in the window they were counted in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +79,23 @@ impl OrgMachine {
             *u = u.saturating_add(units);
         }
         out
+    }
+
+    /// Counts an ask of `key` for a lease on `meter`: whether the key has now asked `min` times
+    /// within `RECALL_MS` (the adaptive switch: a lease is worth granting only to a busy key).
+    pub(super) fn busy_enough(&mut self, key: &KeyHash, meter: &MeterId, min: u64, now: Timestamp) -> bool {
+        if self.demand.len() >= MAX_DEMAND {
+            self.demand.retain(|_, d| now.since(d.since) < RECALL_MS);
+        }
+        let d = match self.demand.get_mut(&(key.clone(), meter.clone())) {
+            Some(d) => d,
+            None => self.demand.entry((key.clone(), meter.clone())).or_insert(Demand { since: now, asks: 0 }),
+        };
+        if now.since(d.since) >= RECALL_MS {
+            *d = Demand { since: now, asks: 0 };
+        }
+        d.asks = d.asks.saturating_add(1);
+        d.asks >= min
     }
 
     /// On `meter`: units at risk (every lease not closed, live or past its deadline, plus the
@@ -212,7 +241,10 @@ impl OrgMachine {
         let policy = &cx.loaded.policy;
         policy.meter(meter).ok_or_else(|| UsageError::UnknownMeter(meter.clone()))?;
         let plan = Some(policy.plan.to_string());
-        let lease = self.grant(cx, meter, (cost, want), id);
+        // A holder asks for `want`: twice what it spent per lease period. One that spent fewer
+        // than `min_requests` requests a period goes back to strict decisions (no renewal).
+        let busy = policy.lease.is_some_and(|r| want / 2 >= r.min_requests.get().saturating_mul(cost));
+        let lease = if busy { self.grant(cx, meter, (cost, want), id) } else { None };
         let body = json!({"closed": closed});
         Ok(OrgReply { body, plan, lease, ..OrgReply::EMPTY })
     }

@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use self::ops::{Cx, Held};
 use super::buckets::Buckets;
 use super::io::{AlertView, Boot, Need, SeenKey, Snapshot, Tallies, Writes};
-use super::msg::{AdminOp, Caller, DecideKind, OrgOp, OrgReply, StoredConfig};
+use super::msg::{AdminOp, Caller, DecideKind, KeyHash, OrgOp, OrgReply, StoredConfig};
 use super::rules::{decode_counters, encode_counters, Wake, COUNTS_EVERY_MS, IDEMPOTENCY_MS};
 use crate::policy::{
     Book, EventId, LimitStatus, MeterId, OrgId, OrgTerms, Plan, Policy, ReservationKind, ReserveAs, Timestamp,
@@ -99,6 +99,8 @@ pub struct OrgMachine {
     /// Open leases by hold token: what they hold until their deadline (memory only; a lost
     /// instance's leases stay counted, which strands units but never admits past a limit).
     leases: BTreeMap<u64, lease::OpenLease>,
+    /// Recent lease asks by (key, meter): the adaptive switch (in memory).
+    demand: BTreeMap<(KeyHash, MeterId), lease::Demand>,
     /// Units of leases never closed (memory only, like the leases).
     written_off: Vec<lease::WrittenOff>,
 }
@@ -157,6 +159,7 @@ impl OrgMachine {
             published_levels: None,
             api: api::ApiLimiter::new(b.api_reads_per_minute, b.api_calls_per_minute),
             leases: BTreeMap::new(),
+            demand: BTreeMap::new(),
             written_off: Vec::new(),
         }
     }
@@ -308,14 +311,19 @@ impl OrgMachine {
                 if loaded.policy.meter(&meter).is_some() {
                     self.count_n(&meter, Outcome::Refused, recalled, now);
                 }
-                // Lease mode: an admitted request of fixed cost also takes a lease for the next
-                // ones (a replayable one does not: its replays must be seen here), named after
-                // the request (unique: the holder's id). Without lease mode nothing more is done
-                // than say so, and the holder stops asking.
+                // Adaptive leases: an admitted request of fixed cost from a key busy enough on the
+                // meter (`min_requests` within 2 s) also takes a lease for the next ones (a
+                // replayable one does not: its replays must be seen here), named after the
+                // request (unique: the holder's id). A quieter key is decided strictly; a plan
+                // with leases off says so, and the holder stops asking.
                 let leasing = lease && !replayable && kind == DecideKind::Proxy;
-                let lease_id = (leasing && loaded.policy.lease.is_some())
-                    .then(|| EventId::parse(&format!("{id}.lease")).ok())
-                    .flatten();
+                let busy = match (leasing, loaded.policy.lease, caller) {
+                    (true, Some(rules), Caller::Key(hash)) => {
+                        self.busy_enough(hash, &meter, rules.min_requests.get(), now)
+                    }
+                    _ => false,
+                };
+                let lease_id = busy.then(|| EventId::parse(&format!("{id}.lease")).ok()).flatten();
                 let how = ReserveAs { id, kind: ReservationKind::Provisional, ttl_ms };
                 let mut reply = self.decide(&mut cx, &meter, quantity, kind, how, idempotency)?;
                 if let (Some(_), Some(lease_id)) = (reply.held, lease_id) {

@@ -105,7 +105,7 @@ fn the_last_used_day_is_written_once_per_key_and_day() {
 fn no_lease_outlives_its_key() {
     let mut o = Org::with_config(config(json!({
         "limits": [{"meter": "requests", "limit": 1_000_000, "period": "month"}],
-        "lease": {"max_units": 60, "ttl_secs": 5}
+        "lease": {"max_units": 60, "ttl_secs": 5, "min_requests": 1}
     })));
     o.admin(AdminOp::AddKey(new_key("k2", other(), Some(1_500))), at(0));
     let decide = |id: &str| OrgOp::Decide {

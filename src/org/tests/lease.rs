@@ -18,8 +18,15 @@ use crate::wire::UsageEvent;
 /// A month's hard limit whose stranded bound (1%) is 100 units.
 const LIMIT: u64 = 10_000;
 
+/// Leases from a key's first request (`min_requests` 1): the lease mechanics without the
+/// adaptive switch, which `adaptive_org` keeps.
 fn leased_org(limits: serde_json::Value) -> Org {
-    Org::with_config(config(json!({"limits": limits, "lease": {"max_units": 60, "ttl_secs": 5}})))
+    Org::with_config(config(json!({"limits": limits, "lease": {"max_units": 60, "ttl_secs": 5, "min_requests": 1}})))
+}
+
+/// The default rules' switch (4 requests within 2 s before a lease), with small leases.
+fn adaptive_org(limits: serde_json::Value) -> Org {
+    Org::with_config(config(json!({"limits": limits, "lease": {"max_units": 60, "ttl_secs": 2}})))
 }
 
 /// Where a served request's units were taken from.
@@ -95,11 +102,12 @@ fn renew(o: &mut Org, hd: &mut Holder, now: Timestamp) {
 
 /// Runs `acts` on an org whose month already holds `prefill` units (recorded as events, so the
 /// run crosses the alert levels near them).
-fn run(acts: &[Act], prefill: u64) -> Result<(), TestCaseError> {
-    let mut o = leased_org(json!([
+fn run(acts: &[Act], prefill: u64, adaptive: bool) -> Result<(), TestCaseError> {
+    let limits = json!([
         {"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"},
         {"meter": "requests", "limit": 400, "period": "minute", "mode": "hard"}
-    ]));
+    ]);
+    let mut o = if adaptive { adaptive_org(limits) } else { leased_org(limits) };
     let mut holders: BTreeMap<u8, Holder> = BTreeMap::new();
     let mut now = at(0);
     if prefill > 0 {
@@ -311,7 +319,7 @@ fn a_small_limit_is_decided_strictly_and_strands_nothing() {
 fn a_grant_lasts_at_most_two_seconds_whatever_the_plan_says() {
     let mut o = Org::with_config(config(json!({
         "limits": [{"meter": "requests", "limit": 1_000_000, "period": "month", "mode": "hard"}],
-        "lease": {"max_units": 60, "ttl_secs": 10}
+        "lease": {"max_units": 60, "ttl_secs": 10, "min_requests": 1}
     })));
     let g = strict(&mut o, 1, at(1)).lease.expect("a lease");
     assert_eq!(g.ttl_ms, crate::policy::lease::RECALL_MS, "revocation and resets reach the holder within 2 s");
@@ -334,8 +342,9 @@ fn a_lease_of_an_earlier_instance_never_closes_one_of_this_instance() {
 }
 
 #[test]
-fn a_plan_without_lease_mode_says_so_and_grants_nothing() {
-    let mut plain = Org::new(json!([{"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"}]));
+fn a_plan_with_leases_off_says_so_and_grants_nothing() {
+    let limits = json!([{"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"}]);
+    let mut plain = Org::with_config(config(json!({"limits": limits, "lease": false})));
     let r = strict(&mut plain, 1, at(1));
     assert_eq!((r.status, r.lease.is_none(), r.no_lease), (200, true, true));
     assert!(serde_json::to_string(&r).unwrap().contains(r#""no_lease":true"#));
@@ -382,7 +391,18 @@ proptest! {
 
     #[test]
     fn leases_never_pass_the_hard_cap(acts in prop::collection::vec(act(), 1..300)) {
-        run(&acts, 0)?;
+        run(&acts, 0, false)?;
+    }
+
+    /// The adaptive switch: holders go from strict decisions to leases once busy (4 requests in
+    /// 2 s), back to strict when a renewal shows they spent less, and leased again: the cap, the
+    /// ledger and the alerts hold across every move.
+    #[test]
+    fn the_adaptive_switch_keeps_every_property(
+        acts in prop::collection::vec(act(), 1..300),
+        prefill in prop_oneof![Just(0u64), Just(7_990u64)],
+    ) {
+        run(&acts, prefill, true)?;
     }
 
     /// Near the alert levels: 80% (8,000) and 95% (9,500) are within reach of the run.
@@ -391,7 +411,7 @@ proptest! {
         acts in prop::collection::vec(act(), 1..300),
         prefill in prop_oneof![Just(7_960u64), Just(7_999u64), Just(9_480u64)],
     ) {
-        run(&acts, prefill)?;
+        run(&acts, prefill, false)?;
     }
 }
 
@@ -420,4 +440,39 @@ fn an_alert_waits_for_the_lease_units_to_be_spent() {
     assert_eq!(fired, vec![("requests-month", "warning")]);
     let payload: serde_json::Value = serde_json::from_str(o.mem.alerts.values().next().unwrap()).unwrap();
     assert_eq!(payload["used"], 8_000, "the alert says what was spent");
+}
+
+#[test]
+fn a_key_gets_a_lease_once_busy_loses_it_when_quiet_and_gets_one_again() {
+    let mut o = adaptive_org(json!([{"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"}]));
+    // Three requests in 2 s: decided strictly, no lease yet (and no "no lease mode" either).
+    for n in 1..=3 {
+        let r = strict(&mut o, n, at(n * 100));
+        assert_eq!((r.status, r.lease.is_some(), r.no_lease), (200, false, false), "request {n}");
+    }
+    // The fourth within 2 s takes one.
+    let r = strict(&mut o, 4, at(400));
+    let grant = r.lease.expect("a busy key gets a lease");
+    // A quiet key is counted afresh: three requests spread over more than 2 s get none.
+    let mut quiet = adaptive_org(json!([{"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"}]));
+    for n in 1..=6 {
+        assert!(strict(&mut quiet, n, at(n * 1_100)).lease.is_none(), "request {n} of a quiet key");
+    }
+    // A renewal that shows little spending (one request a period) gets none: back to strict.
+    let mut hd = Holder { lease: Some(LocalLease::new(grant, 1, at(400))), open: Vec::new() };
+    assert!(hd.lease.as_mut().unwrap().take(at(500)));
+    let closing = hd.lease.take().map(|l| l.close());
+    let op = OrgOp::Lease { meter: m("requests"), cost: 1, want: 2, id: next_id(), closing };
+    let r = o.org(&key(), op, at(2_500)).unwrap().reply;
+    assert!(r.lease.is_none(), "a holder spending 1 request a period goes back to strict");
+    assert_eq!(r.body["closed"], true, "its lease was closed all the same");
+    // A renewal of a busy holder (8 a period) is granted.
+    let op = OrgOp::Lease { meter: m("requests"), cost: 1, want: 16, id: next_id(), closing: None };
+    assert!(o.org(&key(), op, at(2_600)).unwrap().reply.lease.is_some());
+    // Busy again on strict decisions: leased again.
+    let mut p = adaptive_org(json!([{"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"}]));
+    let leased: Vec<bool> = (1..=12).map(|n| strict(&mut p, n, at(10_000 * (n / 5) + n)).lease.is_some()).collect();
+    // Bursts of 4, 5 and 3 requests, 10 s apart: from the 4th of a burst on, each takes one.
+    let expected: Vec<bool> = (1..=12).map(|n| n == 4 || n == 8 || n == 9).collect();
+    assert_eq!(leased, expected);
 }
