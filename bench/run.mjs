@@ -177,10 +177,13 @@ async function provision(api) {
     await api.org(org, { plan });
     return (await api.key(org)).key;
   };
-  // Lease mode: the same hard quota, decided from pre-debited leases in the Worker isolate.
+  // bench-quota names no `lease`: the default configuration, adaptive leases on. bench-strict
+  // turns them off (every request asks the DO); bench-lease is a plan's own lease rules.
+  await api.plan("bench-strict", { limits: [{ meter: "requests", limit: huge, period: "month", mode: "hard" }], lease: false });
   await api.plan("bench-lease", { limits: [{ meter: "requests", limit: huge, period: "month", mode: "hard" }], lease: { max_units: 5000, ttl_secs: 10 } });
   const keys = { hot: await keyOf("bench-hot", "bench-quota"), burst: await keyOf("bench-burst", "bench-burst") };
   keys.lease = await keyOf("bench-lease", "bench-lease");
+  keys.strict = await keyOf("bench-strict-hot", "bench-strict");
   keys.metered = await keyOf("bench-metered", "bench-metered");
   keys.many = [];
   for (let i = 0; i < 100; i++) keys.many.push(await keyOf(`bench-org-${String(i).padStart(3, "0")}`, "bench-quota"));
@@ -461,17 +464,19 @@ async function main() {
     { id: "a", name: "(a) pass-through Worker", url: passthrough.url, pgid: passthrough.pid, keysFile: hotKeys },
     { id: "a+log", name: "(a) pass-through Worker, one log line per request", url: passthroughLog.url, pgid: passthroughLog.pid, keysFile: hotKeys },
     { id: "b", name: "(b) minimal DO counter Worker", url: doCounter.url, pgid: doCounter.pid, keysFile: hotKeys },
-    { id: "c1", name: "(c) quotagate, one hot org", url: gw.url, pgid: gw.pid, keysFile: hotKeys },
-    { id: "c2", name: "(c) quotagate, 100 orgs", url: gw.url, pgid: gw.pid, keysFile: keyFile("many", keys.many) },
+    { id: "c1", name: "(c) quotagate, one hot org, default config (adaptive leases)", url: gw.url, pgid: gw.pid, keysFile: hotKeys },
+    { id: "c2", name: "(c) quotagate, 100 orgs, default config", url: gw.url, pgid: gw.pid, keysFile: keyFile("many", keys.many) },
+    { id: "c1s", name: "(c) quotagate, one hot org, leases off (strict)", url: gw.url, pgid: gw.pid, keysFile: keyFile("strict", [keys.strict]) },
     { id: "c3", name: "(c) quotagate, burst limit + monthly quota", url: gw.url, pgid: gw.pid, keysFile: keyFile("burst", [keys.burst]) },
     { id: "c4", name: "(c) quotagate, post-response metering", url: gw.url, pgid: gw.pid, keysFile: keyFile("metered", [keys.metered]), method: "POST", path: "/v1/ai/chat" },
     { id: "c5", name: "(c) quotagate, one hot org, DECISION_LOG=refusals", url: quiet.url, pgid: quiet.pid, keysFile: quietKeys },
-    { id: "c6", name: "(c) quotagate, one hot org, lease mode", url: gw.url, pgid: gw.pid, keysFile: keyFile("lease", [keys.lease]) },
+    { id: "c6", name: "(c) quotagate, one hot org, the plan's own lease rules (5,000 units, 10 s)", url: gw.url, pgid: gw.pid, keysFile: keyFile("lease", [keys.lease]) },
     { id: "d", name: "(d) Workers Rate Limiting binding", url: ratelimit.url, pgid: ratelimit.pid, keysFile: hotKeys },
     { id: "e", name: "(e) Node + rate-limiter-flexible + Redis", url: `http://127.0.0.1:${limiterPort}`, pgid: limiter.child.pid, extraPgid: redis.child.pid, keysFile: hotKeys },
     { id: "a@1", name: "(a) pass-through Worker, 1 connection", url: passthrough.url, pgid: passthrough.pid, keysFile: hotKeys, connections: 1 },
     { id: "b@1", name: "(b) minimal DO counter, 1 connection", url: doCounter.url, pgid: doCounter.pid, keysFile: hotKeys, connections: 1 },
-    { id: "c1@1", name: "(c) quotagate, one hot org, 1 connection", url: gw.url, pgid: gw.pid, keysFile: hotKeys, connections: 1 },
+    { id: "c1@1", name: "(c) quotagate, one hot org, default config, 1 connection", url: gw.url, pgid: gw.pid, keysFile: hotKeys, connections: 1 },
+    { id: "c1s@1", name: "(c) quotagate, one hot org, strict, 1 connection", url: gw.url, pgid: gw.pid, keysFile: keyFile("strict1", [keys.strict]), connections: 1 },
     { id: "c6@1", name: "(c) quotagate, one hot org, lease mode, 1 connection", url: gw.url, pgid: gw.pid, keysFile: keyFile("lease1", [keys.lease]), connections: 1 },
   ].filter((c) => !ONLY || ONLY.has(c.id) || ["a", "b", "a@1", "b@1"].includes(c.id));
   // c6 and c6@1 share the lease org: c6@1's figures are of a single client of that org.
@@ -491,7 +496,7 @@ async function main() {
     for (const c of contenders) {
       const opts = { keysFile: c.keysFile, method: c.method, path: c.path, connections: c.connections };
       wrk(c.url, { ...opts, seconds: WARMUP });
-      const countedOrg = { c1: "bench-hot", c6: "bench-lease" }[c.id];
+      const countedOrg = { c1: "bench-hot", c1s: "bench-strict-hot", c6: "bench-lease" }[c.id];
       const used0 = countedOrg ? await api.used(countedOrg, "requests-month") : 0;
       const cpu0 = { ...groupCpu(c.pgid), ...(c.extraPgid ? groupCpu(c.extraPgid) : {}) };
       const origin0 = groupCpu(origin.child.pid).node ?? 0;
@@ -532,8 +537,13 @@ async function main() {
       rounds: xs.map((x) => ({ rps: Math.round(x.rps), p50_ms: x.p50_ms, p99_ms: x.p99_ms, cpu_us_per_request: x.cpu_us_per_request })),
     };
   });
+  if (runs.c1s) {
+    // Strict: every admitted request is counted, exactly (plus those in flight when wrk stopped).
+    results.quotagate_counted = runs.c1s.map((x) => ({ wrk_requests: x.requests, counted: x.counted, exact: x.counted >= x.requests && x.counted <= x.requests + CONNECTIONS }));
+  }
   if (runs.c1) {
-    results.quotagate_counted = runs.c1.map((x) => ({ wrk_requests: x.requests, counted: x.counted, exact: x.counted >= x.requests && x.counted <= x.requests + CONNECTIONS }));
+    // The default configuration: within one lease (the default max_units, 1,000) of what was served.
+    results.default_counted = runs.c1.map((x) => ({ wrk_requests: x.requests, counted: x.counted, within_one_lease: Math.abs(x.counted - x.requests) <= 1000 + CONNECTIONS }));
   }
   if (runs.c6) {
     // In lease mode the counter holds what was served plus the unspent part of the isolate's
@@ -563,6 +573,9 @@ async function main() {
   ratio("c1", "c5");
   ratio("a+log", "a");
   ratio("c6", "c1");
+  ratio("c1", "c1s");
+  ratio("c6", "c1s");
+  ratio("c1s@1", "b@1");
   ratio("c1@1", "b@1");
   ratio("c6@1", "c1@1");
   ratio("b@1", "a@1");
@@ -575,12 +588,14 @@ async function main() {
   results.cold_start = { spawn_to_healthy_ms: Math.round(probe.startedMs) };
   {
     const papi = client(probe.url);
-    await papi.plan("bench-quota", { limits: [{ meter: "requests", limit: 1_000_000_000_000, period: "month", mode: "hard" }] });
+    // Strict plans: the DO's work per request it decides (a leased request costs it none).
+    await papi.plan("bench-quota", { limits: [{ meter: "requests", limit: 1_000_000_000_000, period: "month", mode: "hard" }], lease: false });
     await papi.plan("bench-burst", {
       limits: [
         { meter: "requests", limit: 1_000_000_000, period: "minute", mode: "hard" },
         { meter: "requests", limit: 1_000_000_000_000, period: "month", mode: "hard" },
       ],
+      lease: false,
     });
     await papi.org("probe-one", { plan: "bench-quota" });
     await papi.org("probe-two", { plan: "bench-burst" });
@@ -655,15 +670,18 @@ async function main() {
   for (const [id, start] of [
     ["b", (p) => startWorker({ name: "bench-do-counter", script: contenderScript("do-counter"), vars: { ORIGIN_URL }, durableObjects: { COUNTER: "Counter" }, health, inspectorPort: p })],
     ["c5", (p) => quotagate({ DECISION_LOG: "refusals" }, { inspectorPort: p, script: namedScript(qgScript) })],
+    ["c1s", (p) => quotagate({ DECISION_LOG: "refusals" }, { inspectorPort: p, script: namedScript(qgScript) })],
   ]) {
     if (!contenders.some((c) => c.id === id)) continue;
     let host;
     try {
       host = await track(start(await freePort()));
       let keysFile = hotKeys;
-      if (id === "c5") {
+      if (id === "c5" || id === "c1s") {
         const papi = client(host.url);
-        await papi.plan("bench-quota", { limits: [{ meter: "requests", limit: 1_000_000_000_000, period: "month", mode: "hard" }] });
+        // c5: the default configuration (leases); c1s: leases off, every request at the DO.
+        const lease = id === "c1s" ? { lease: false } : {};
+        await papi.plan("bench-quota", { limits: [{ meter: "requests", limit: 1_000_000_000_000, period: "month", mode: "hard" }], ...lease });
         await papi.org("bench-hot", { plan: "bench-quota" });
         keysFile = keyFile("profile", [(await papi.key("bench-hot")).key]);
       }
