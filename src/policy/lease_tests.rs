@@ -15,7 +15,10 @@ const ONE: NonZeroU64 = NonZeroU64::MIN;
 fn parse_has_one_wording() {
     let ok = LeaseRules::parse("lease", &json!({"max_units": 500, "ttl_secs": 2}));
     let four = NonZeroU64::new(4).unwrap_or(ONE);
-    assert_eq!(ok.ok(), Some(LeaseRules { max_units: NonZeroU64::new(500).unwrap_or(ONE), ttl_ms: 2000, min_requests: four }));
+    assert_eq!(
+        ok.ok(),
+        Some(LeaseRules { max_units: NonZeroU64::new(500).unwrap_or(ONE), ttl_ms: 2000, min_requests: four })
+    );
     let e = LeaseRules::parse("lease", &json!({"min_requests": 0})).err().map(|e| e.to_string());
     assert_eq!(e.as_deref(), Some("lease.min_requests: must be from 1 to 1000 (got 0)"));
     // On by default; `false` turns leases off; an object tunes them.

@@ -47,8 +47,9 @@ pub struct Demand {
     asks: u64,
 }
 
-/// The most (key, meter) pairs whose demand is kept. Keys are made by the admin and meters by the
-/// plan (an unknown meter never gets here), so this only trims the quiet ones of a large org.
+/// The most keys whose demand is kept (each with one entry per meter it asked on). Keys are made
+/// by the admin and meters by the plan (an unknown meter never gets here), so this only trims
+/// the quiet ones of a large org.
 const MAX_DEMAND: usize = 4_096;
 
 /// Units of leases never closed: stranded in the window they were counted in.
@@ -83,14 +84,22 @@ impl OrgMachine {
 
     /// Counts an ask of `key` for a lease on `meter`: whether the key has now asked `min` times
     /// within `RECALL_MS` (the adaptive switch: a lease is worth granting only to a busy key).
+    /// A key and meter seen before are found without copying either (no allocation per ask).
     pub(super) fn busy_enough(&mut self, key: &KeyHash, meter: &MeterId, min: u64, now: Timestamp) -> bool {
         if self.demand.len() >= MAX_DEMAND {
-            self.demand.retain(|_, d| now.since(d.since) < RECALL_MS);
+            self.demand.retain(|_, by_meter| {
+                by_meter.retain(|_, d| now.since(d.since) < RECALL_MS);
+                !by_meter.is_empty()
+            });
         }
-        let d = match self.demand.get_mut(&(key.clone(), meter.clone())) {
-            Some(d) => d,
-            None => self.demand.entry((key.clone(), meter.clone())).or_insert(Demand { since: now, asks: 0 }),
-        };
+        if !self.demand.contains_key(key) {
+            self.demand.insert(key.clone(), BTreeMap::new());
+        }
+        let Some(by_meter) = self.demand.get_mut(key) else { return false };
+        if !by_meter.contains_key(meter) {
+            by_meter.insert(meter.clone(), Demand { since: now, asks: 0 });
+        }
+        let Some(d) = by_meter.get_mut(meter) else { return false };
         if now.since(d.since) >= RECALL_MS {
             *d = Demand { since: now, asks: 0 };
         }

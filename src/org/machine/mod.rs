@@ -100,7 +100,7 @@ pub struct OrgMachine {
     /// instance's leases stay counted, which strands units but never admits past a limit).
     leases: BTreeMap<u64, lease::OpenLease>,
     /// Recent lease asks by (key, meter): the adaptive switch (in memory).
-    demand: BTreeMap<(KeyHash, MeterId), lease::Demand>,
+    demand: BTreeMap<KeyHash, BTreeMap<MeterId, lease::Demand>>,
     /// Units of leases never closed (memory only, like the leases).
     written_off: Vec<lease::WrittenOff>,
 }
