@@ -51,7 +51,8 @@ test("a plan's lease block is validated with one wording", async () => {
 test("four isolates race for a hard limit in lease mode: exactly the limit is admitted", async () => {
   await fx.api.plan("leased", {
     limits: [{ meter: "requests", limit: LIMIT, period: "month", mode: "hard" }],
-    lease: { max_units: 100, ttl_secs: 2 },
+    // A lease from a key's first request (the default waits for 4 within 2 s: hotpath.test's).
+    lease: { max_units: 100, ttl_secs: 2, min_requests: 1 },
   });
   await fx.api.org("org-lease", { plan: "leased" });
   const { key } = await fx.api.key("org-lease");
