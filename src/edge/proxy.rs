@@ -21,7 +21,7 @@ use crate::org::{Caller, DecideKind, KeyHash, OrgMsg, OrgOp, OrgReply};
 use crate::policy::classify::{usage_header_meter, Classified, Cost, Routes, USAGE_HEADER_PREFIX};
 use crate::policy::headers::HeaderList;
 use crate::policy::keys::{origin_signature, Fingerprint, Signed, VerifiedKey};
-use crate::policy::lease::{LeaseClosing, Spend};
+use crate::policy::lease::Spend;
 use crate::policy::path::normalize;
 use crate::policy::{EventId, FailMode, MeterId, OrgId, Plan, PlanId, Timestamp};
 use crate::telemetry::{DecisionLine, Outcome};
@@ -257,12 +257,12 @@ fn from_lease(env: &Env, ctx: &Context, k: &ClassKey, started: Timestamp) -> Opt
     let source = match taken.spend {
         Spend::Taken { token, id, renew, want, to_close } => {
             if renew {
-                renew_lease(env, ctx, k.clone(), want, to_close);
+                leases::renew_lease(env, ctx, k.clone(), want, to_close);
             }
             Source::Lease { token, id }
         }
         Spend::AskAndClose(closings) => {
-            send_closings(env, ctx, k.clone(), closings);
+            leases::send_closings(env, ctx, k.clone(), closings);
             return None;
         }
         Spend::Ask => return None,
@@ -284,72 +284,10 @@ fn admitted_by_do(
     }
     if let (Some(grant), Some(k)) = (reply.lease, lease_key) {
         if let Some(closing) = leases::install(k, grant, plan.clone(), now()) {
-            send_closings(env, ctx, k.clone(), vec![closing]);
+            leases::send_closings(env, ctx, k.clone(), vec![closing]);
         }
     }
     Admitted { plan, headers: reply.headers, source: Source::Do { held: reply.held }, replayed: reply.replayed }
-}
-
-/// Asks for the key's next lease off the client's path, closing the one it replaced.
-fn renew_lease(env: &Env, ctx: &Context, k: ClassKey, want: u64, closing: Option<LeaseClosing>) {
-    let env = env.clone();
-    ctx.wait_until(async move {
-        // The new lease's id is this isolate's random, like a request id.
-        let Ok(Ok(id)) = random_hex::<12>().map(|h| EventId::parse(&format!("lease_{h}"))) else {
-            leases::refused(&k, true);
-            return;
-        };
-        let op = OrgOp::Lease { meter: k.meter.clone(), cost: k.cost, want, id, closing };
-        let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(k.key_hash.clone())), op };
-        let leftover = match call_do(&env, &k.org, &msg).await {
-            Ok(r) if r.status == 200 => match (r.lease, r.plan) {
-                (Some(grant), Some(plan)) => leases::install(&k, grant, plan, now()).into_iter().collect(),
-                _ => leases::refused(&k, false),
-            },
-            // The key was revoked (or the org is gone): stop spending now. Its closings would
-            // be refused too, so the unspent units stay counted.
-            Ok(r) if r.status == 401 || r.status == 404 => {
-                drop(leases::refused(&k, false));
-                Vec::new()
-            }
-            Ok(r) => {
-                worker::console_error!(
-                    "{}",
-                    json!({"msg": "lease renewal refused", "org": k.org.as_str(), "status": r.status})
-                );
-                leases::refused(&k, true)
-            }
-            Err(e) => {
-                worker::console_error!(
-                    "{}",
-                    json!({"msg": "lease renewal failed", "org": k.org.as_str(), "error": e.to_string()})
-                );
-                leases::refused(&k, true)
-            }
-        };
-        close_now(&env, &k, leftover).await;
-    });
-}
-
-/// Closes leases this isolate stopped spending, off the client's path.
-fn send_closings(env: &Env, ctx: &Context, k: ClassKey, closings: Vec<LeaseClosing>) {
-    let env = env.clone();
-    ctx.wait_until(async move { close_now(&env, &k, closings).await });
-}
-
-async fn close_now(env: &Env, k: &ClassKey, closings: Vec<LeaseClosing>) {
-    for closing in closings {
-        // Cost 0: close only. A lost close strands its units; it never admits past a limit.
-        let op =
-            OrgOp::Lease { meter: k.meter.clone(), cost: 0, want: 0, id: closing.id.clone(), closing: Some(closing) };
-        let msg = OrgMsg::Org { caller: Caller::Key(KeyHash(k.key_hash.clone())), op };
-        if let Err(e) = call_do(env, &k.org, &msg).await {
-            worker::console_error!(
-                "{}",
-                json!({"msg": "lease close failed", "org": k.org.as_str(), "error": e.to_string()})
-            );
-        }
-    }
 }
 
 /// No decision could be had: the plan's fail mode says forward (open) or refuse with 503 (closed).

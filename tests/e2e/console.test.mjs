@@ -10,7 +10,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium } from "../support/browser.mjs";
 import { ROOT, tempDir, ledgerFile } from "../support/gateway.mjs";
 import { quotagateBundle } from "../support/bundle.mjs";
 import { useGateway, NO_ORIGIN } from "../support/harness.mjs";
@@ -79,11 +79,7 @@ const fx = useGateway({
     assert.equal((await api.admin("POST", "/orgs/acme/flush")).status, 200);
     const r = await api.admin("POST", "/tokens", { name: "support", scope: "read" });
     readToken = r.json.token;
-    browser = await chromium.launch({
-      executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
-      args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync"],
-    });
+    browser = await launchChromium();
   },
 });
 after(async () => {

@@ -6,7 +6,7 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium } from "../support/browser.mjs";
 import { ROOT } from "../support/gateway.mjs";
 import { useGateway } from "../support/harness.mjs";
 import { ADMIN_TOKEN } from "../support/client.mjs";
@@ -33,11 +33,7 @@ const fx = useGateway({ setup: async ({ api }) => {
     const events = [{ id: "r", meter: "requests", quantity: req }, { id: "t", meter: "ai_tokens", quantity: tokens }];
     assert.equal((await api.call("POST", "/_quota/v1/events", { key: keys[level], body: { events } })).status, 200);
   }
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launchChromium();
 } });
 after(async () => {
   await browser?.close();

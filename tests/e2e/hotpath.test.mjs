@@ -9,6 +9,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { parseList, parseItem } from "structured-headers";
 import { gatewayWithOrigin } from "../support/harness.mjs";
+import { eventually } from "../support/client.mjs";
 
 const fx = gatewayWithOrigin({ QUOTA_DEBUG_WORK: "1" });
 
@@ -63,13 +64,21 @@ test("a proxied request costs the org DO at most one read and two row writes; a 
   assert.equal(work(refused).rows, 0);
 });
 
+/** Where each of an org's `n` decisions was made, from its decision lines (which the host may
+ * print a moment after the response). */
+async function decidedBy(org, n) {
+  const lines = () => fx.gw.logs().split("\n").filter((l) => l.includes(`"org":"${org}"`) && l.includes('"msg":"decision"'));
+  await eventually(() => lines().length >= n, { timeout: 5000 });
+  const sources = lines().map((l) => JSON.parse(l.slice(l.indexOf("{"))).source);
+  assert.equal(sources.length, n);
+  return sources;
+}
+
 test("by default a busy key's requests stop reaching the DO after its fourth within 2 s (adaptive leases)", async () => {
   const key = await newOrg("hp-default", [{ meter: "requests", limit: 100000, period: "month", mode: "hard" }], "default");
   for (let i = 0; i < 30; i++) assert.equal((await fx.api.call("GET", `/v1/things/${i}`, { key })).status, 200);
   // Each request's decision line says where it was decided: the DO, or this isolate's lease.
-  const sources = fx.gw.logs().split("\n").filter((l) => l.includes('"org":"hp-default"') && l.includes('"msg":"decision"'))
-    .map((l) => JSON.parse(l.slice(l.indexOf("{"))).source);
-  assert.equal(sources.length, 30);
+  const sources = await decidedBy("hp-default", 30);
   // Four strict decisions (the fourth carries a lease), then the lease's requests: no DO call.
   assert.ok(sources.slice(0, 4).every((s) => s !== "lease"), sources.join());
   assert.ok(sources.slice(4).filter((s) => s === "lease").length >= 24, sources.join());
@@ -78,9 +87,7 @@ test("by default a busy key's requests stop reaching the DO after its fourth wit
   // A plan with leases off decides every request at the DO.
   const strict = await newOrg("hp-strict", [{ meter: "requests", limit: 100000, period: "month", mode: "hard" }]);
   for (let i = 0; i < 8; i++) assert.equal((await fx.api.call("GET", `/v1/things/${i}`, { key: strict })).status, 200);
-  const strictSources = fx.gw.logs().split("\n").filter((l) => l.includes('"org":"hp-strict"') && l.includes('"msg":"decision"'))
-    .map((l) => JSON.parse(l.slice(l.indexOf("{"))).source);
-  assert.equal(strictSources.length, 8);
+  const strictSources = await decidedBy("hp-strict", 8);
   assert.ok(strictSources.every((s) => s !== "lease"), strictSources.join());
 });
 

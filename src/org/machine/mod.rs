@@ -317,7 +317,9 @@ impl OrgMachine {
                 // request (unique: the holder's id). A quieter key is decided strictly; a plan
                 // with leases off says so, and the holder stops asking.
                 let leasing = lease && !replayable && kind == DecideKind::Proxy;
-                let busy = match (leasing, loaded.policy.lease, caller) {
+                // Only a meter the plan declares is counted: a name nobody declared keeps nothing.
+                let known = loaded.policy.meter(&meter).is_some();
+                let busy = match (leasing && known, loaded.policy.lease, caller) {
                     (true, Some(rules), Caller::Key(hash)) => {
                         self.busy_enough(hash, &meter, rules.min_requests.get(), now)
                     }
