@@ -12,7 +12,7 @@ pub use access::{
     key_id_in_path, token_id_in_path, AuditQuery, KeyRequest, RollRequest, Scope, TokenRequest, DEFAULT_GRACE_SECS,
     MAX_ADMIN_TOKENS,
 };
-pub use console::{OrgListQuery, OrgOrder};
+pub use console::{without_urls, OrgListQuery, OrgOrder};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

@@ -1,4 +1,5 @@
-//! The operator console's reads, validated: the org list's paging, filter and order.
+//! The operator console's reads, validated: the org list's paging, filter and order; and what the
+//! status view may show of an alert delivery's error.
 //!
 //! It owns their parameter names, ranges and wording, and must never do I/O.
 
@@ -84,9 +85,24 @@ impl OrgListQuery {
     }
 }
 
+/// `text` with every URL in it replaced by `[url]`: an alert delivery's error may quote the
+/// receiving URL, which may carry the receiver's token.
+pub fn without_urls(text: &str) -> String {
+    text.split(' ').map(|w| if w.contains("://") { "[url]" } else { w }).collect::<Vec<_>>().join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_error_never_shows_its_url() {
+        assert_eq!(
+            without_urls("error sending request for https://hooks.example.com/t/secret?x=1: refused"),
+            "error sending request for [url] refused"
+        );
+        assert_eq!(without_urls("status 500"), "status 500");
+    }
 
     fn err(r: Result<OrgListQuery, InputError>) -> String {
         r.err().map(|e| e.to_string()).unwrap_or_default()

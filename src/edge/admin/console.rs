@@ -12,7 +12,7 @@ use crate::edge::auth::Admin;
 use crate::edge::error::EdgeError;
 use crate::edge::ledger::{self, LedgerHealthRow, OrgLevelRow};
 use crate::edge::platform::{now, param, query, settings};
-use crate::wire::OrgListQuery;
+use crate::wire::{without_urls, OrgListQuery};
 
 /// How many alerts the status view shows.
 const RECENT_ALERTS: u32 = 50;
@@ -65,7 +65,7 @@ pub(super) async fn status(env: &Env, who: &Admin) -> Result<Response, EdgeError
         .iter()
         .map(|a| {
             json!({"org_id": a.org_id, "alert_id": a.alert_id, "attempts": a.attempt, "outcome": a.outcome,
-                   "status_code": a.status_code, "error": a.error, "at": rfc(a.at)})
+                   "status_code": a.status_code, "error": a.error.as_deref().map(without_urls), "at": rfc(a.at)})
         })
         .collect();
     let body = json!({
