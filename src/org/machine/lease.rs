@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::ops::{Cx, Held};
+use super::ops::{Cx, Held, Unspent};
 use super::{OrgError, OrgMachine};
 use crate::org::io::OutboxRow;
 use crate::org::msg::{KeyHash, LeaseClosing, OrgReply};
@@ -70,16 +70,22 @@ impl OrgMachine {
         json!({"count": count, "units": units, "stranded": stranded})
     }
 
-    /// Units leases hold that no request is known to have spent, by meter: every lease not
-    /// closed, and those written off (never closed: stranded, never spent).
-    pub(super) fn unspent(&self) -> BTreeMap<MeterId, u64> {
-        let mut out: BTreeMap<MeterId, u64> = BTreeMap::new();
-        let open = self.leases.values().map(|l| (&l.meter, l.units));
-        for (meter, units) in open.chain(self.written_off.iter().map(|w| (&w.meter, w.units))) {
-            let u = out.entry(meter.clone()).or_insert(0);
-            *u = u.saturating_add(units);
-        }
-        out
+    /// Units leases hold that no request is known to have spent: every lease not closed, and
+    /// those written off (never closed: stranded, never spent), each with its grant time.
+    pub(super) fn unspent(&self) -> Vec<Unspent> {
+        let open = self.leases.iter().map(|(t, l)| Unspent {
+            token: Some(*t),
+            meter: l.meter.clone(),
+            granted: l.granted,
+            units: l.units,
+        });
+        let gone = self.written_off.iter().map(|w| Unspent {
+            token: None,
+            meter: w.meter.clone(),
+            granted: w.granted,
+            units: w.units,
+        });
+        open.chain(gone).collect()
     }
 
     /// Counts an ask of `key` for a lease on `meter`: whether the key has now asked `min` times
@@ -166,8 +172,7 @@ impl OrgMachine {
         let decision = cx.book.record(policy, meter, units, true, now).ok().filter(Decision::allowed)?;
         cx.persist(meter);
         // Counted, not spent: no alert level is reached by a grant.
-        let u = cx.unspent_after.entry(meter.clone()).or_insert(0);
-        *u = u.saturating_add(units);
+        cx.unspent_after.push(Unspent { token: None, meter: meter.clone(), granted: now, units });
         cx.alerts_for(&decision.limits);
         let (buckets, _) = self.record_usage(cx, meter, OutboxRow::audit(id.to_string(), meter, units, "lease", now));
         let deadline = now.saturating_add_ms(ttl_ms.saturating_add(GRACE_MS));
@@ -219,8 +224,7 @@ impl OrgMachine {
         }
         self.count_n(&h.meter, Outcome::Leased, c.spent, cx.now);
         // What it spent is known now: the alerts its requests reached fire.
-        let u = cx.unspent_after.entry(lease.meter.clone()).or_insert(0);
-        *u = u.saturating_sub(lease.units);
+        cx.unspent_after.retain(|u| u.token != Some(c.token));
         let policy = &cx.loaded.policy;
         let after: Vec<_> = cx
             .book

@@ -29,7 +29,7 @@ impl OrgMachine {
     }
 
     /// A change that moves the org's levels: a report follows within one interval.
-    pub(super) fn report_after_usage(&mut self, now: Timestamp) {
+    pub(super) fn report_after_change(&mut self, now: Timestamp) {
         if self.wake.report_due.is_none() {
             let every = self.report_every_ms;
             let from = self.last_report.filter(|t| now.since(*t) < every).unwrap_or(now);
@@ -121,7 +121,7 @@ impl OrgMachine {
             keys.push(key);
         }
         self.ledger_due(cx.now);
-        self.report_after_usage(cx.now);
+        self.report_after_change(cx.now);
         keys
     }
 

@@ -301,8 +301,9 @@ impl OrgMachine {
         let mut cx = Cx::new(&loaded, snap, now)?;
         cx.key_until = key_until;
         if !self.leases.is_empty() || !self.written_off.is_empty() {
-            cx.unspent_before = self.unspent();
-            cx.unspent_after = cx.unspent_before.clone();
+            let unspent = self.unspent();
+            cx.unspent_after.clone_from(&unspent);
+            cx.unspent_before = unspent;
         }
         cx.writes.key_used = used;
         let reply = match op {
@@ -415,7 +416,7 @@ impl OrgMachine {
                 // A new plan moves the levels: the report publishes them. A new org has none yet
                 // (its first usage schedules its first report).
                 if self.cfg.replace(Rc::new(loaded)).is_some() {
-                    self.report_after_usage(now);
+                    self.report_after_change(now);
                 }
                 let state = self.state_json(&book, snap.tallies, now)?;
                 OrgReply::ok(state, self.policy().map(|p| p.plan.to_string()))
@@ -438,7 +439,7 @@ impl OrgMachine {
                 for m in meters.into_iter().filter(|m| meter.as_ref().is_none_or(|x| x == *m)) {
                     writes.counters.push((m.to_string(), meter_row(&loaded.policy, &book, m)));
                 }
-                self.report_after_usage(now);
+                self.report_after_change(now);
                 let state = self.state_json(&book, snap.tallies, now)?;
                 OrgReply::ok(state, Some(loaded.policy.plan.to_string()))
             }

@@ -472,8 +472,19 @@ pub(super) struct Cx<'a> {
     /// lease is counted when granted and spent later, out of the DO's sight: alerts judge each
     /// level on the counter less these, so none fires below its level on units not spent, and
     /// one fires at the close or renewal that reports them spent (within `RECALL_MS`).
-    pub(super) unspent_before: BTreeMap<MeterId, u64>,
-    pub(super) unspent_after: BTreeMap<MeterId, u64>,
+    pub(super) unspent_before: Vec<Unspent>,
+    pub(super) unspent_after: Vec<Unspent>,
+}
+
+/// Units one lease holds that no request is known to have spent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Unspent {
+    /// The lease's hold token (`None`: granted in this step, or written off).
+    pub(super) token: Option<u64>,
+    pub(super) meter: MeterId,
+    /// When it was granted: it counts in the windows that contain this instant only.
+    pub(super) granted: Timestamp,
+    pub(super) units: u64,
 }
 
 impl<'a> Cx<'a> {
@@ -489,8 +500,8 @@ impl<'a> Cx<'a> {
             touched: BTreeSet::new(),
             buckets: BTreeSet::new(),
             key_until: None,
-            unspent_before: BTreeMap::new(),
-            unspent_after: BTreeMap::new(),
+            unspent_before: Vec::new(),
+            unspent_after: Vec::new(),
         })
     }
 
@@ -540,19 +551,20 @@ impl<'a> Cx<'a> {
         }
     }
 
-    /// `statuses` as spent: each limit's usage less what leases hold unspent on its meter (and,
-    /// for a composite, on its parts), and its level again from that.
-    fn spent(&self, mut statuses: Vec<LimitStatus>, unspent: &BTreeMap<MeterId, u64>) -> Vec<LimitStatus> {
-        if unspent.values().all(|u| *u == 0) {
+    /// `statuses` as spent: each limit's usage less what leases granted in its current window
+    /// hold unspent on its meter (and, for a composite, on its parts), and its level again from
+    /// that. A lease of an earlier window counts there only.
+    fn spent(&self, mut statuses: Vec<LimitStatus>, unspent: &[Unspent]) -> Vec<LimitStatus> {
+        if unspent.is_empty() {
             return statuses;
         }
         let policy = &self.loaded.policy;
         for l in &mut statuses {
             let parts = policy.meter(&l.meter).map_or(&[][..], |m| m.parts.as_slice());
-            let held = std::iter::once(&l.meter)
-                .chain(parts)
-                .filter_map(|m| unspent.get(m))
-                .fold(0u64, |a, u| a.saturating_add(*u));
+            let held = unspent
+                .iter()
+                .filter(|u| u.granted >= l.window_start && (u.meter == l.meter || parts.contains(&u.meter)))
+                .fold(0u64, |a, u| a.saturating_add(u.units));
             l.used = l.used.saturating_sub(held);
             l.level = crate::policy::Level::of(l.used, l.limit);
         }

@@ -476,3 +476,18 @@ fn a_key_gets_a_lease_once_busy_loses_it_when_quiet_and_gets_one_again() {
     let expected: Vec<bool> = (1..=12).map(|n| n == 4 || n == 8 || n == 9).collect();
     assert_eq!(leased, expected);
 }
+
+#[test]
+fn a_lease_of_last_month_never_holds_back_this_months_alerts() {
+    let mut o = leased_org(json!([{"meter": "requests", "limit": LIMIT, "period": "month", "mode": "hard"}]));
+    // A lease granted in November, whose holder then dies: its units stay unspent for good.
+    let r = strict(&mut o, 1, at(0));
+    assert!(r.lease.is_some_and(|g| g.units > 10));
+    // December: usage reaches the whole limit, with no lease granted since.
+    let december = Timestamp::parse_rfc3339("2026-12-01T01:00:00Z").unwrap();
+    let ev = UsageEvent { id: eid("dec"), meter: m("requests"), quantity: LIMIT, timestamp: None, metadata: None };
+    let r = o.org(&key(), OrgOp::Events { events: vec![ev], enforce: true }, december).unwrap().reply;
+    assert_eq!(r.body["results"][0]["status"], "accepted");
+    let fired: Vec<&str> = o.mem.alerts.keys().map(|k| k.2.as_str()).collect();
+    assert_eq!(fired, vec!["warning", "critical", "over"], "November's lease counts in November only");
+}
