@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::ops::{Cx, Held, Unspent};
+use super::ops::{Cx, Held};
 use super::{OrgError, OrgMachine};
 use crate::org::io::OutboxRow;
 use crate::org::msg::{KeyHash, LeaseClosing, OrgReply};
@@ -51,6 +51,17 @@ pub struct Demand {
 /// by the admin and meters by the plan (an unknown meter never gets here), so this only trims
 /// the quiet ones of a large org.
 const MAX_DEMAND: usize = 4_096;
+
+/// Units one lease holds that no request is known to have spent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Unspent {
+    /// The lease's hold token (`None`: granted in this step, or written off).
+    pub(super) token: Option<u64>,
+    pub(super) meter: MeterId,
+    /// When it was granted: it counts in the windows that contain this instant only.
+    pub(super) granted: Timestamp,
+    pub(super) units: u64,
+}
 
 /// Units of leases never closed: stranded in the window they were counted in.
 #[derive(Debug, Clone, PartialEq, Eq)]

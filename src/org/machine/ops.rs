@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
+use super::lease::Unspent;
 use super::{book_of, meter_row, Loaded, OrgError, OrgMachine, Step};
 use crate::org::buckets::BucketKey;
 use crate::org::io::{OutboxRow, Seen, SeenKey, SeenResult, Snapshot, Writes};
@@ -474,17 +475,6 @@ pub(super) struct Cx<'a> {
     /// one fires at the close or renewal that reports them spent (within `RECALL_MS`).
     pub(super) unspent_before: Vec<Unspent>,
     pub(super) unspent_after: Vec<Unspent>,
-}
-
-/// Units one lease holds that no request is known to have spent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Unspent {
-    /// The lease's hold token (`None`: granted in this step, or written off).
-    pub(super) token: Option<u64>,
-    pub(super) meter: MeterId,
-    /// When it was granted: it counts in the windows that contain this instant only.
-    pub(super) granted: Timestamp,
-    pub(super) units: u64,
 }
 
 impl<'a> Cx<'a> {
