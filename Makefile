@@ -29,7 +29,7 @@ export PROMTOOL := $(TOOLS_DIR)/prometheus-debian/usr/bin/promtool
 export PATH := $(NODE_BIN):$(CARGO_BIN):$(PATH)
 export WRANGLER_SEND_METRICS := false
 
-.PHONY: help setup compile-wasm wasm-target chromium screenshots build bundle dev test test-core test-clients test-ops test-e2e bench-rpc test-dev lint fmt deploy deploy-dry-run clean bench bench-setup reliability test-reliability sim
+.PHONY: help setup compile-wasm wasm-target chromium screenshots build bundle dev test test-core test-clients test-ops test-e2e bench-rpc crossings test-dev lint fmt deploy deploy-dry-run clean bench bench-setup reliability test-reliability sim
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-15s %s\n", $$1, $$2 }'
@@ -167,6 +167,9 @@ bench-setup: setup
 bench: bundle bench-setup ## Every contender under the same load → bench/RESULTS.md + bench/results.json (≈ 12 min)
 	cargo bench --locked --bench decision --no-run  # compiled before the measured run starts
 	node --disable-warning=ExperimentalWarning bench/run.mjs
+
+crossings: bundle ## wasm ↔ JS crossings per proxied request, counted on each path → target/crossings.json
+	node --disable-warning=ExperimentalWarning bench/crossings.mjs
 
 bench-rpc: bundle ## quotagate's added latency to a calling Worker at concurrency 1: service binding (RPC) vs HTTP API → target/bench-rpc.json
 	node --disable-warning=ExperimentalWarning bench/rpc.mjs

@@ -217,6 +217,22 @@ function perf(r) {
     `| one policy decision, native (criterion mean, 95% CI) | ${(c.decision.mean_ns / 1000).toFixed(2)} µs (${(c.decision.low_ns / 1000).toFixed(2)}–${(c.decision.high_ns / 1000).toFixed(2)}) |`,
     `| floor: one map lookup + increment | ${c.floor.mean_ns.toFixed(1)} ns (decision = ${c.ratio_to_floor.toFixed(0)}× floor) |`,
   );
+  if (c.render_view) lines.push(`| rendering a decision's headers from its view (the Worker's part), native | ${(c.render_view.mean_ns / 1000).toFixed(2)} µs |`);
+  if (c.key_verify) lines.push(`| checking a presented key (tag and hash), native | ${(c.key_verify.mean_ns / 1000).toFixed(2)} µs |`);
+  const x = r.crossings;
+  if (x && !x.error) {
+    lines.push(
+      "",
+      "### wasm ↔ JavaScript crossings per request (counted: `make crossings`, 200 sequential requests a path)",
+      "",
+      "| path | wasm → JS | JS → wasm | most called |",
+      "|---|--:|--:|---|",
+    );
+    for (const [k, v] of Object.entries(x)) {
+      const top = v.top.slice(0, 4).map((t) => `${t.name.replace(/^\S+ /, "")} ${t.per_request.toFixed(1)}`).join(", ");
+      lines.push(`| ${k} (decided by ${v.decided_by}) | ${v.wasm_to_js.toFixed(1)} | ${v.js_to_wasm.toFixed(1)} | ${top} |`);
+    }
+  }
   return lines.join("\n");
 }
 

@@ -21,6 +21,7 @@ import { client, ADMIN_TOKEN, KEY_SECRET, ORIGIN_SECRET } from "../tests/support
 import { quotagateBundle, bundleOf, entryModule } from "../tests/support/bundle.mjs";
 import { render } from "./render.mjs";
 import { profileWhile } from "./profile.mjs";
+import { crossings } from "./crossings.mjs";
 
 const DURATION = Number(process.env.BENCH_DURATION ?? 4);
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 1);
@@ -293,7 +294,7 @@ function criterion() {
   };
   const decision = est("decision_reserve");
   const floor = est("floor_increment");
-  return { decision, floor, ratio_to_floor: decision.mean_ns / floor.mean_ns };
+  return { decision, floor, ratio_to_floor: decision.mean_ns / floor.mean_ns, render_view: est("render_view"), key_verify: est("key_verify") };
 }
 
 /** The org DO's work per proxied request, from `X-Quota-Debug-Work` (QUOTA_DEBUG_WORK=1). */
@@ -694,6 +695,15 @@ async function main() {
     } finally {
       await host?.stop();
     }
+  }
+
+  // wasm ↔ JS crossings per request on each path, counted (bench/crossings.mjs).
+  try {
+    results.crossings = await crossings();
+    log(`crossings: ${JSON.stringify(Object.fromEntries(Object.entries(results.crossings).map(([k, v]) => [k, [v.wasm_to_js, v.js_to_wasm]])))}`);
+  } catch (e) {
+    log(`crossings: ${e.message}`);
+    results.crossings = { error: e.message };
   }
 
   if (SUSTAIN > 0 && by.c1) {

@@ -1,6 +1,8 @@
 //! The native cost of one policy decision, as the org's Durable Object makes it for a proxied
-//! request: decode the meter's counter row, admit (count) the request, encode the row, render
-//! the headers.
+//! request: decode the meter's counter row, admit (count) the request, encode the row, and the
+//! decision's view (the numbers the Worker renders the headers from) as the DO sends it.
+//! Beside it: rendering that view's headers (the Worker's part), and checking a presented key
+//! (the Worker's part before any decision), which an isolate cache of verified keys would save.
 //! The floor beside it is the least any counter does: one map lookup and one increment.
 //! `make bench` reads target/criterion/*/new/estimates.json and reports the ratio.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -10,7 +12,10 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use quotagate::org::rules::{decode_counters, encode_counters};
-use quotagate::policy::headers::decision_headers;
+use quotagate::policy::headers::View;
+use quotagate::policy::keys::{mint, verify};
+use quotagate::policy::secret::{KeySecrets, KeyVersion, Secret};
+use quotagate::policy::OrgId;
 use quotagate::policy::{Book, MeterId, OrgTerms, Plan, PlanId, Policy, Timestamp};
 use quotagate::wire::parse_json;
 
@@ -42,9 +47,15 @@ fn decide(c: &mut Criterion) {
             let mut book = Book { counters: decode_counters(black_box(&row)).unwrap(), ..Book::default() };
             let d = book.record(&policy, &meter, 1, true, Timestamp::from_millis(t0 + 1_000 + n)).unwrap();
             let encoded = encode_counters(book.counters.iter());
-            black_box((decision_headers(&d), encoded))
+            black_box((serde_json::to_string(&View::of(&d)).unwrap(), encoded))
         });
     });
+    let d = book.record(&policy, &meter, 1, true, Timestamp::from_millis(t0 + 500)).unwrap();
+    let view = View::of(&d);
+    c.bench_function("render_view", |b| b.iter(|| black_box(black_box(&view).headers(d.now))));
+    let secrets = KeySecrets::of(vec![(KeyVersion::FIRST, Secret::new("a key secret of some length"))]).unwrap();
+    let key = mint(&OrgId::parse("org-1").unwrap(), &[7; 16], &secrets).plaintext;
+    c.bench_function("key_verify", |b| b.iter(|| black_box(verify(black_box(&key), &secrets).unwrap())));
     let mut floor: HashMap<String, u64> = HashMap::from([("org-1:requests".to_owned(), 0)]);
     let key = "org-1:requests".to_owned();
     c.bench_function("floor_increment", |b| {

@@ -5,7 +5,9 @@
 //! go to the log, never to the client.
 
 use serde_json::{json, Value};
-use worker::{console_error, Headers, Response};
+use worker::{console_error, Headers, Response, ResponseBuilder};
+
+use super::headers::Rewrite;
 
 use crate::org::OrgReply;
 use crate::policy::headers::HeaderList;
@@ -42,7 +44,7 @@ pub enum EdgeError {
     IdempotentBodyTooLarge,
     /// The org's Durable Object answered with a refusal or an error of its own: passed through.
     #[error("org DO answered {}", .0.status)]
-    Do(OrgReply),
+    Do(Box<OrgReply>),
     #[error("{0} is not set")]
     NotConfigured(&'static str),
     /// A setting this request needs is set and wrong (`config::Settings::check`).
@@ -77,7 +79,7 @@ impl EdgeError {
             Self::Input(e) => (400, "invalid-input", "Invalid input", e.to_string()),
             Self::Plan(e) => (400, "invalid-plan", "Invalid plan", e.to_string()),
             Self::TooLarge | Self::IdempotentBodyTooLarge => (413, "too-large", "Payload too large", self.to_string()),
-            Self::Do(reply) => return reply.clone(),
+            Self::Do(reply) => return (**reply).clone(),
             // The deployment's own mistake, named exactly: it fails closed and says why.
             Self::NotConfigured(_) | Self::Misconfigured(_) => {
                 console_error!("{}", json!({"level": "error", "component": "config", "error": self.to_string()}));
@@ -129,14 +131,19 @@ pub fn reply_response(reply: &OrgReply) -> worker::Result<Response> {
 /// never cached.
 pub fn answer(status: u16, list: &HeaderList, body: String) -> worker::Result<Response> {
     let ct = if status >= 400 { "application/problem+json" } else { "application/json" };
-    let headers = Headers::new();
-    headers.set("Content-Type", ct)?;
-    headers.set("Cache-Control", "no-store")?;
-    for (k, v) in list {
-        headers.set(k, v)?;
-    }
-    if status == 401 {
-        headers.set("WWW-Authenticate", "Bearer")?;
-    }
-    Ok(Response::ok(body)?.with_status(status).with_headers(headers))
+    // Every header in one call to JavaScript: a refusal storm is answered by this alone.
+    let mut headers = Rewrite::default();
+    let built = (|| {
+        headers.set("Content-Type", ct)?;
+        headers.set("Cache-Control", "no-store")?;
+        for (k, v) in list {
+            headers.set(k, v)?;
+        }
+        if status == 401 {
+            headers.set("WWW-Authenticate", "Bearer")?;
+        }
+        headers.build()
+    })()
+    .map_err(|e| worker::Error::RustError(e.to_string()))?;
+    Ok(ResponseBuilder::new().with_status(status).with_headers(built).fixed(body.into_bytes()))
 }

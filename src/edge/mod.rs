@@ -10,6 +10,7 @@ mod auth;
 mod cron;
 mod dashboard;
 mod error;
+mod headers;
 mod leases;
 mod ledger;
 mod org_api;

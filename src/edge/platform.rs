@@ -99,7 +99,8 @@ pub async fn call_do(env: &Env, org: &OrgId, msg: &OrgMsg) -> Result<OrgReply, E
     // The platform clock only advances across I/O, which a DO call is; failed calls count too.
     let at = now();
     LATENCY.with(|r| r.borrow_mut().observe(msg.op(), at.since(started), at));
-    reply
+    // The decision's headers are rendered here, in the isolate, from the numbers the DO sent.
+    reply.map(|r| r.rendered(at))
 }
 
 /// Latency rows due for the ledger: every `METRICS_FLUSH_SECS` (10 s by default) per isolate.

@@ -12,6 +12,7 @@ use worker::{console_log, Context, Env, Fetch, Headers, Method, Request, Request
 
 use super::auth::authenticate;
 use super::error::{answer, reply_response, EdgeError};
+use super::headers::{Names, Rewrite};
 use super::leases::{self, ClassKey};
 use super::ledger;
 use super::platform::{call_do, now, random_hex, read_bounded, settings};
@@ -220,7 +221,7 @@ pub async fn handle(mut req: Request, env: &Env, ctx: &Context) -> Handled {
             let outcome = if reply.status == 401 { Outcome::Unauthorized } else { Outcome::Refused };
             logged.log(env, outcome, reply.status, "proxy");
             let body = reply.body.to_string();
-            match (reply.recall.take(), class_key) {
+            match (reply.view.take().filter(|_| reply.rememberable), class_key) {
                 (Some(recall), Some(k)) if cfg.refusal_memory_ms > 0 => {
                     recalls::remember(k, *recall, reply.status, body.clone(), started, cfg.refusal_memory_ms);
                 }
@@ -427,13 +428,11 @@ fn origin_request(
         cfg.origin_url.as_deref().ok_or(EdgeError::NotConfigured("ORIGIN_URL (or an ORIGIN service binding)"))?
     };
     let origin_secret = cfg.origin_secret.as_ref().ok_or(EdgeError::NotConfigured("ORIGIN_SECRET"))?;
-    // One copy in the runtime, then only the names are walked.
-    let headers = copy_headers(req.headers())?;
-    // Collected first: deleting while a header iterator runs may skip the next name.
-    let names: Vec<String> = headers.keys().collect();
-    for name in names {
-        if withheld(&name, &cfg.reserved_header_prefixes) {
-            headers.delete(&name).map_err(EdgeError::platform("headers"))?;
+    // The names in one call; the copy, less the withheld, plus the tenant headers, in another.
+    let mut edit = Rewrite::default();
+    for name in Names::of(req.headers()).iter() {
+        if withheld(name, &cfg.reserved_header_prefixes) {
+            edit.drop(name);
         }
     }
     let ts = now().secs();
@@ -447,21 +446,17 @@ fn origin_request(
         method: target.method.as_ref(),
         path_and_query: &target.path_and_query,
     };
-    let mut tenant = vec![
-        ("X-Quota-Org", org.to_string()),
-        ("X-Quota-Plan", admitted.plan.clone()),
-        ("X-Quota-Key-Id", target.key_id.to_owned()),
-        ("X-Quota-Decision-Id", id.to_string()),
-        ("X-Quota-Replay", admitted.replayed.to_string()),
-        ("X-Quota-Timestamp", ts.to_string()),
-        ("X-Quota-Signature", origin_signature(origin_secret, &signed)),
-    ];
+    edit.set("X-Quota-Org", org.as_str())?;
+    edit.set("X-Quota-Plan", &admitted.plan)?;
+    edit.set("X-Quota-Key-Id", target.key_id)?;
+    edit.set("X-Quota-Decision-Id", id.as_str())?;
+    edit.set("X-Quota-Replay", if admitted.replayed { "true" } else { "false" })?;
+    edit.set("X-Quota-Timestamp", &ts.to_string())?;
+    edit.set("X-Quota-Signature", &origin_signature(origin_secret, &signed))?;
     if admitted.source == Source::FailOpen {
-        tenant.push(("X-Quota-Decision", "fail-open".to_owned()));
+        edit.set("X-Quota-Decision", "fail-open")?;
     }
-    for (k, v) in tenant {
-        headers.set(k, &v).map_err(EdgeError::platform("headers"))?;
-    }
+    let headers = edit.apply(req.headers())?;
     let mut init = RequestInit::new();
     init.with_method(target.method.clone()).with_headers(headers).with_redirect(RequestRedirect::Manual);
     if !matches!(target.method, Method::Get | Method::Head) {
@@ -474,20 +469,14 @@ fn origin_request(
     Request::new_with_init(&url, &init).map_err(EdgeError::platform("origin request"))
 }
 
-/// A mutable copy of a header list, made by the runtime in one call.
-fn copy_headers(h: &Headers) -> Result<Headers, EdgeError> {
-    web_sys::Headers::new_with_headers(&h.0).map(Headers).map_err(|e| EdgeError::Internal(format!("headers: {e:?}")))
-}
-
 /// The origin's headers for the client, less `X-Usage-*` (returned as usage), plus ours.
 fn client_headers(res: &Response, admitted: &Admitted) -> Result<(Headers, Vec<(MeterId, u64)>), EdgeError> {
-    let out = copy_headers(res.headers())?;
+    let mut edit = Rewrite::default();
     let mut usage = Vec::new();
-    let names: Vec<String> = out.keys().collect();
-    for name in names {
-        let Some(meter) = usage_header_meter(&name) else { continue };
-        let value = out.get(&name).map_err(EdgeError::platform("headers"))?.unwrap_or_default();
-        out.delete(&name).map_err(EdgeError::platform("headers"))?;
+    for name in Names::of(res.headers()).iter() {
+        let Some(meter) = usage_header_meter(name) else { continue };
+        let value = res.headers().get(name).map_err(EdgeError::platform("headers"))?.unwrap_or_default();
+        edit.drop(name);
         // The origin's report is trusted but still checked at the number boundary.
         match value.trim().parse::<u64>().ok().filter(|q| *q <= MAX_SAFE_INTEGER) {
             Some(q) => usage.push((meter, q)),
@@ -498,12 +487,12 @@ fn client_headers(res: &Response, admitted: &Admitted) -> Result<(Headers, Vec<(
         }
     }
     for (k, v) in &admitted.headers {
-        out.set(k, v).map_err(EdgeError::platform("headers"))?;
+        edit.set(k, v)?;
     }
     if admitted.source == Source::FailOpen {
-        out.set("X-Quota-Decision", "fail-open").map_err(EdgeError::platform("headers"))?;
+        edit.set("X-Quota-Decision", "fail-open")?;
     }
-    Ok((out, usage))
+    Ok((edit.apply(res.headers())?, usage))
 }
 
 async fn forward(

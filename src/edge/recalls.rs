@@ -12,7 +12,8 @@ use worker::Response;
 
 use super::error::answer;
 use super::leases::ClassKey;
-use crate::policy::recall::{Recall, Recalls};
+use crate::policy::headers::View;
+use crate::policy::recall::Recalls;
 use crate::policy::Timestamp;
 
 thread_local! {
@@ -25,7 +26,7 @@ pub fn recall(k: &ClassKey, now: Timestamp) -> Option<(u16, worker::Result<Respo
     MEMOS.with(|m| {
         let mut m = m.borrow_mut();
         let memo = m.recall(k, now)?;
-        Some((memo.status, answer(memo.status, &memo.recall.headers(now), memo.body.clone())))
+        Some((memo.status, answer(memo.status, &memo.view.headers(now), memo.body.clone())))
     })
 }
 
@@ -41,6 +42,6 @@ pub fn forget(k: &ClassKey) {
 }
 
 /// Remembers the DO's refusal of the class, with the body it answered, for at most `span_ms`.
-pub fn remember(k: ClassKey, recall: Recall, status: u16, body: String, now: Timestamp, span_ms: u64) {
-    MEMOS.with(|m| m.borrow_mut().remember(k, recall, status, body, now, span_ms));
+pub fn remember(k: ClassKey, view: View, status: u16, body: String, now: Timestamp, span_ms: u64) {
+    MEMOS.with(|m| m.borrow_mut().remember(k, view, status, body, now, span_ms));
 }

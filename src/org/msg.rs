@@ -9,11 +9,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::policy::headers::HeaderList;
+use crate::policy::headers::{HeaderList, View};
 use crate::policy::keys::Fingerprint;
 use crate::policy::lease::Grant;
 pub use crate::policy::lease::LeaseClosing;
-use crate::policy::recall::Recall;
 use crate::policy::{EventId, MeterId, OrgId, PlanId, Timestamp};
 use crate::wire::UsageEvent;
 
@@ -279,11 +278,18 @@ impl OrgMsg {
     }
 }
 
-/// The Durable Object's answer: an HTTP answer the Worker can pass on as it is, plus what the
-/// proxy needs (the plan, and the token of the hold on a proxied request's units).
+/// The Durable Object's answer: an HTTP answer the Worker passes on once it has rendered the
+/// decision's headers from its `view` (`rendered`), plus what the proxy needs (the plan, and the
+/// token of the hold on a proxied request's units).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrgReply {
     pub status: u16,
+    /// A decision's numbers, which its `RateLimit` fields, legacy trio, `X-Quota-Status` and
+    /// `Retry-After` are rendered from, by the Worker rather than the single-threaded DO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<Box<View>>,
+    /// Headers besides the view's (`Idempotent-Replayed`, a problem's `Retry-After`); after
+    /// `rendered`, the view's come first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: HeaderList,
     /// `null` for an allowed proxied decision: the Worker needs only the headers.
@@ -307,9 +313,9 @@ pub struct OrgReply {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
     /// A hard refusal of a proxied request without an `Idempotency-Key`: the isolate may answer
-    /// its class from memory until `until_ms` (`policy::recall`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recall: Option<Box<Recall>>,
+    /// its class again from memory, from `view` (`policy::recall`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rememberable: bool,
 }
 
 /// Serde's test for a count left out of the message when zero.
@@ -329,8 +335,21 @@ impl OrgReply {
         lease: None,
         no_lease: false,
         replayed: false,
-        recall: None,
+        rememberable: false,
+        view: None,
     };
+
+    /// The answer as the Worker sends it at `now`: the view's headers rendered, before the
+    /// others. The view stays, for a refusal the isolate may remember.
+    #[must_use]
+    pub fn rendered(mut self, now: Timestamp) -> Self {
+        if let Some(view) = &self.view {
+            let mut headers = view.headers(now);
+            headers.append(&mut self.headers);
+            self.headers = headers;
+        }
+        self
+    }
 
     /// A 200 with a JSON body and no headers.
     #[must_use]
@@ -393,7 +412,8 @@ mod tests {
             lease: None,
             no_lease: false,
             replayed: false,
-            recall: None,
+            rememberable: false,
+            view: None,
         };
         assert_eq!(
             serde_json::to_string(&r).unwrap_or_default(),

@@ -567,7 +567,8 @@ proptest! {
     fn a_remembered_refusal_reads_like_the_decision(
         minute in 1u64..20, month in 1u64..60, cost in 1u64..8, lifetime in any::<bool>(), later in 0u64..3_000,
     ) {
-        use crate::policy::recall::{Recall, DEFAULT_MEMORY_MS};
+        use crate::policy::headers::View;
+        use crate::policy::recall::DEFAULT_MEMORY_MS;
         let third = if lifetime { json!({"meter": "requests", "limit": 50, "period": "lifetime"}) }
                     else { json!({"meter": "requests", "limit": 5, "period": "day", "mode": "soft"}) };
         let p = policy(json!([
@@ -583,7 +584,7 @@ proptest! {
             if !d.allowed() { refused = Some(d); break; }
         }
         let d = refused.unwrap_or_else(|| unreachable!("a limit of at most 60 refuses within 200 requests"));
-        let r = Recall::of(&d).unwrap_or_else(|| unreachable!("refused"));
+        let r = View::of(&d);
         prop_assert_eq!(r.headers(d.now), decision_headers(&d));
         let until = r.until(d.now, DEFAULT_MEMORY_MS).since(d.now);
         prop_assert!(until <= DEFAULT_MEMORY_MS);
@@ -596,5 +597,42 @@ proptest! {
             prop_assert_eq!(n0, n1);
             if n0 != "RateLimit" && n0 != "Retry-After" { prop_assert_eq!(v0, v1); }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// What the org's DO sends (a decision's `View`, numbers) renders in the Worker to exactly
+    /// the headers rendered from the decision itself, admitted or refused, whatever its limits.
+    #[test]
+    fn every_decision_renders_the_same_from_its_view(
+        minute in 1u64..20, day in 1u64..80, cost in 1u64..8, soft in any::<bool>(), unlimited in any::<bool>(),
+        lifetime in any::<bool>(), steps in 1u64..120, gap_ms in 1u64..2_000,
+    ) {
+        use crate::policy::headers::View;
+        let mode = if soft { "soft" } else { "hard" };
+        let mut limits = vec![
+            json!({"meter": "requests", "limit": minute, "period": "minute"}),
+            json!({"meter": "requests", "limit": day, "period": "day", "mode": mode}),
+        ];
+        if unlimited { limits.push(json!({"meter": "requests", "limit": null, "period": "hour"})); }
+        if lifetime { limits.push(json!({"meter": "requests", "limit": 500, "period": "lifetime"})); }
+        let p = policy(serde_json::Value::Array(limits));
+        let req = m("requests");
+        let mut b = Book::default();
+        let mut refused = 0;
+        for i in 0..steps {
+            let d = b.record(&p, &req, cost, true, at(i * gap_ms)).unwrap_or_else(|e| unreachable!("{e}"));
+            refused += u64::from(!d.allowed());
+            let view = View::of(&d);
+            prop_assert_eq!(view.headers(d.now), decision_headers(&d));
+            // And through the wire: the view survives its JSON round trip.
+            let text = serde_json::to_string(&view).unwrap_or_default();
+            let back: View = serde_json::from_str(&text).unwrap_or_else(|e| unreachable!("{e}"));
+            prop_assert_eq!(back, view);
+        }
+        // Not vacuous: long runs reach a refusal.
+        if steps * cost > minute.max(day) && gap_ms * steps < 60_000 { prop_assert!(refused > 0); }
     }
 }

@@ -1,11 +1,13 @@
 //! The response vocabulary: IETF `RateLimit` structured fields, the legacy `X-RateLimit-*` values,
 //! and the RFC 9457 problem body of a refusal.
 //!
-//! Owns the exact text of every header value and problem field the gateway emits, so that the
-//! edge only copies strings. Must never decide anything: it renders a `Decision`.
+//! Owns the exact text of every header value and problem field the gateway emits. A decision
+//! travels from the org's DO as a `View` (numbers), which the Worker renders here. Must never
+//! decide anything: it renders a `Decision` or its `View`.
 
 use std::borrow::Cow;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::clock::Timestamp;
@@ -134,7 +136,55 @@ pub fn view_headers(
     h
 }
 
-/// The headers of a decision, in order: `RateLimit-Policy`, `RateLimit`, the legacy trio for the
+/// What a decision's headers are rendered from: the meter's limits as numbers (unlimited ones
+/// left out), which of them the legacy `X-RateLimit-*` trio names, the level, and when a
+/// refusal's `Retry-After` ends. The org's DO sends this, not header text: the Worker renders it
+/// (`headers`), so the single-threaded DO formats nothing, and a refusal the isolate remembers
+/// (`policy::recall`) renders with its countdowns moved on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    /// When a refusal's `Retry-After` ends (epoch ms): a 429's. An admission and a 402 have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
+    pub limits: Vec<LeaseLimit>,
+    /// Which of `limits` the legacy `X-RateLimit-*` trio names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy: Option<usize>,
+    pub level: Level,
+}
+
+impl View {
+    /// The view of a decision, admitted or refused.
+    pub fn of(d: &Decision) -> Self {
+        let retry_at =
+            d.refusal.as_ref().and_then(|r| r.retry_after).map(|s| d.now.saturating_add_ms(s.saturating_mul(1000)));
+        let limited: Vec<&LimitStatus> = limited(&d.limits).collect();
+        let most = d.most_constrained();
+        let legacy = most.and_then(|m| limited.iter().position(|l| std::ptr::eq(*l, m)));
+        let limits = limited
+            .iter()
+            .map(|l| LeaseLimit {
+                policy: l.policy.to_string(),
+                limit: l.limit.unwrap_or(0),
+                remaining: l.remaining.unwrap_or(0),
+                window_secs: l.window_secs,
+                reset_ms: l.reset.map(Timestamp::millis),
+            })
+            .collect();
+        Self { retry_at_ms: retry_at.map(Timestamp::millis), limits, legacy, level: d.level() }
+    }
+
+    /// The decision's headers at `now`: at the decision's own time they are
+    /// `decision_headers`' (a property holds them equal); later, `t` and `Retry-After` have
+    /// counted down.
+    pub fn headers(&self, now: Timestamp) -> HeaderList {
+        let legacy = self.legacy.and_then(|i| self.limits.get(i));
+        view_headers(&self.limits, 0, legacy, self.level, self.retry_at_ms.map(Timestamp::from_millis), now)
+    }
+}
+
+/// The headers of a decision, rendered from the decision itself: the reference that what the
+/// wire carries (`View::headers`) is held equal to by the properties and the fuzz test. In order: `RateLimit-Policy`, `RateLimit`, the legacy trio for the
 /// most constrained limit (`X-RateLimit-Reset` in epoch seconds of its reset; absent for
 /// lifetime), `X-Quota-Status`, and `Retry-After` on a 429.
 pub fn decision_headers(d: &Decision) -> HeaderList {

@@ -1,8 +1,8 @@
 //! Refusals an isolate remembers, so that a client looping on 429s or 402s costs its org's
 //! Durable Object one call per memory span and isolate, not one per request.
 //!
-//! Owns the memo the DO hands out with a hard refusal of a proxied request (`Recall`: when the
-//! refusal's own `t` ends, and the limits its headers are rendered from), and the isolate's
+//! Owns what an isolate keeps of a hard refusal of a proxied request (the decision's `View`:
+//! when the refusal's own `t` ends, and the limits its headers are rendered from), and the isolate's
 //! bounded table of them (`Recalls`). A memo stands until the refusal's `Retry-After` ends, and
 //! never longer than the deployment's memory span (`REFUSAL_MEMORY_MS`, at most
 //! `MAX_MEMORY_MS`): that is how late a reset, a plan change, a top-up or a revocation may reach
@@ -12,12 +12,8 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use serde::{Deserialize, Serialize};
-
 use super::clock::Timestamp;
-use super::decision::{Decision, Level};
-use super::headers::{view_headers, HeaderList};
-use super::lease::LeaseLimit;
+use super::headers::View;
 
 /// The memory span when `REFUSAL_MEMORY_MS` is unset.
 pub const DEFAULT_MEMORY_MS: u64 = 1_000;
@@ -34,54 +30,13 @@ pub const ASK_MS: u64 = 1_000;
 /// cap, memos that ended go first, and a refusal that finds no room is simply not remembered.
 pub const RECALL_CAP: usize = 4_096;
 
-/// A hard refusal of a proxied request, as the isolate that asked may answer it again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Recall {
-    /// When the refusal's `Retry-After` ends (epoch ms): a 429's. A 402 has none: waiting does
-    /// not help, so only the memory span bounds it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_at_ms: Option<u64>,
-    /// The meter's limits as the refusal saw them (the `RateLimit` fields are rendered from them).
-    pub limits: Vec<LeaseLimit>,
-    /// Which of `limits` the legacy `X-RateLimit-*` trio names.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub legacy: Option<usize>,
-    pub level: Level,
-}
-
-impl Recall {
-    /// The memo of a refused decision (`None` if it was allowed).
-    pub fn of(d: &Decision) -> Option<Self> {
-        let refusal = d.refusal.as_ref()?;
-        let retry_at = refusal.retry_after.map(|s| d.now.saturating_add_ms(s.saturating_mul(1000)));
-        let limited: Vec<_> = d.limits.iter().filter(|l| l.limit.is_some()).collect();
-        let most = d.most_constrained();
-        let legacy = most.and_then(|m| limited.iter().position(|l| std::ptr::eq(*l, m)));
-        let limits = limited
-            .iter()
-            .map(|l| LeaseLimit {
-                policy: l.policy.to_string(),
-                limit: l.limit.unwrap_or(0),
-                remaining: l.remaining.unwrap_or(0),
-                window_secs: l.window_secs,
-                reset_ms: l.reset.map(Timestamp::millis),
-            })
-            .collect();
-        Some(Self { retry_at_ms: retry_at.map(Timestamp::millis), limits, legacy, level: d.level() })
-    }
-
+/// How long an isolate may answer a refusal again from its `View`.
+impl View {
     /// Until when an isolate may answer it from memory, remembered at `now` for at most
     /// `span_ms`.
     pub fn until(&self, now: Timestamp, span_ms: u64) -> Timestamp {
         let cap = now.saturating_add_ms(span_ms);
         self.retry_at_ms.map_or(cap, |r| Timestamp::from_millis(r).min(cap))
-    }
-
-    /// The refusal's headers at `now`: the decision's own headers, with `t` and `Retry-After`
-    /// counted down.
-    pub fn headers(&self, now: Timestamp) -> HeaderList {
-        let legacy = self.legacy.and_then(|i| self.limits.get(i));
-        view_headers(&self.limits, 0, legacy, self.level, self.retry_at_ms.map(Timestamp::from_millis), now)
     }
 }
 
@@ -90,7 +45,7 @@ impl Recall {
 /// since when one request has been asking the DO again (after `until`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Memo {
-    pub recall: Recall,
+    pub view: View,
     pub until: Timestamp,
     pub status: u16,
     pub body: String,
@@ -161,8 +116,8 @@ impl<K: Hash + Eq> Recalls<K> {
     /// Remembers a refusal of `k` for at most `span_ms` (0: not at all). At the cap, memos that
     /// ended make room first (the refusals they answered go uncounted in the DO's decision
     /// counts; nothing was admitted); if there is still none, the refusal is not remembered.
-    pub fn remember(&mut self, k: K, recall: Recall, status: u16, body: String, now: Timestamp, span_ms: u64) {
-        let until = recall.until(now, span_ms);
+    pub fn remember(&mut self, k: K, view: View, status: u16, body: String, now: Timestamp, span_ms: u64) {
+        let until = view.until(now, span_ms);
         if until <= now {
             return;
         }
@@ -173,16 +128,17 @@ impl<K: Hash + Eq> Recalls<K> {
             }
         }
         let recalled = self.map.get(&k).map_or(0, |m| m.recalled);
-        self.map.insert(k, Memo { recall, until, status, body, recalled, asking: None });
+        self.map.insert(k, Memo { view, until, status, body, recalled, asking: None });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::decision::Level;
 
-    fn memo(retry_at_ms: u64) -> Recall {
-        Recall { retry_at_ms: Some(retry_at_ms), limits: Vec::new(), legacy: None, level: Level::Over }
+    fn memo(retry_at_ms: u64) -> View {
+        View { retry_at_ms: Some(retry_at_ms), limits: Vec::new(), legacy: None, level: Level::Over }
     }
 
     #[test]
@@ -190,7 +146,7 @@ mod tests {
         let t = Timestamp::from_millis(10_000);
         assert_eq!(memo(10_400).until(t, 1_000), Timestamp::from_millis(10_400));
         assert_eq!(memo(60_000).until(t, 1_000), Timestamp::from_millis(11_000));
-        let no_retry = Recall { retry_at_ms: None, ..memo(0) };
+        let no_retry = View { retry_at_ms: None, ..memo(0) };
         assert_eq!(no_retry.until(t, 2_500), Timestamp::from_millis(12_500), "a 402: the span alone");
         let mut r = Recalls::new(4);
         r.remember("k", memo(60_000), 402, String::new(), t, 0);

@@ -195,7 +195,7 @@ fn do_ok(reply: OrgReply) -> Result<OrgReply, EdgeError> {
     if reply.status == 200 {
         Ok(reply)
     } else {
-        Err(EdgeError::Do(reply))
+        Err(EdgeError::Do(Box::new(reply)))
     }
 }
 

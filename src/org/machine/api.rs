@@ -7,7 +7,7 @@
 use serde_json::json;
 
 use crate::org::msg::{ApiClass, OrgReply};
-use crate::policy::headers::{decision_headers, refusal_problem};
+use crate::policy::headers::{refusal_problem, View};
 use crate::policy::{Book, MeterId, Plan, PlanId, Policy, Timestamp};
 
 /// The meters the usage API's limits count, as they appear in `RateLimit` headers and problems.
@@ -48,7 +48,7 @@ impl ApiLimiter {
         self.policy.meter(&meter)?;
         let decision = self.book.record(&self.policy, &meter, 1, true, now).ok()?;
         let body = refusal_problem(&decision, plan, None)?;
-        let headers = decision_headers(&decision);
-        Some(OrgReply { status: decision.status(), headers, body, plan: Some(plan.to_owned()), ..OrgReply::EMPTY })
+        let view = Some(Box::new(View::of(&decision)));
+        Some(OrgReply { status: decision.status(), view, body, plan: Some(plan.to_owned()), ..OrgReply::EMPTY })
     }
 }

@@ -12,9 +12,8 @@ use crate::org::buckets::BucketKey;
 use crate::org::io::{OutboxRow, Seen, SeenKey, SeenResult, Snapshot, Writes};
 use crate::org::msg::{DecideKind, OrgReply, SettleAction};
 use crate::org::rules::{crossings, earliest, FLUSH_DELAY_MS, MAX_HELD, MAX_OPEN_RESERVATIONS};
-use crate::policy::headers::{decision_headers, refusal_problem, HeaderList};
+use crate::policy::headers::{refusal_problem, View};
 use crate::policy::keys::Fingerprint;
-use crate::policy::recall::Recall;
 use crate::policy::{
     Aggregation, Book, Decision, EventId, LimitStatus, MeterId, ReserveAs, Settlement, Timestamp, UsageError,
 };
@@ -176,36 +175,27 @@ impl OrgMachine {
                 source,
             );
         }
-        let mut headers: HeaderList = decision_headers(&decision);
+        // Numbers, not header text: the Worker renders them (`OrgReply::rendered`).
+        let view = Some(Box::new(View::of(&decision)));
+        let mut base = OrgReply { view, plan: Some(policy.plan.to_string()), ..OrgReply::EMPTY };
         if is_replay {
-            headers.push(("Idempotent-Replayed".into(), "true".into()));
+            base.headers.push(("Idempotent-Replayed".into(), "true".into()));
         }
-        let plan = Some(policy.plan.to_string());
         let reply = match kind {
             DecideKind::Proxy | DecideKind::ProxyReported => {
                 match refusal_problem(&decision, policy.plan.as_str(), policy.upgrade_url.as_deref()) {
+                    // Without an Idempotency-Key the refusal stands for the whole class (org,
+                    // key, meter, cost) until its `t`: the isolate may remember it.
                     Some(problem) => {
-                        // Without an Idempotency-Key the refusal stands for the whole class
-                        // (org, key, meter, cost) until its `t`: the isolate may remember it.
-                        let recall = if remember { Recall::of(&decision).map(Box::new) } else { None };
-                        OrgReply { status: decision.status(), headers, body: problem, plan, recall, ..OrgReply::EMPTY }
+                        OrgReply { status: decision.status(), body: problem, rememberable: remember, ..base }
                     }
                     // An allowed proxied request needs only the headers: no body is built.
-                    None => OrgReply {
-                        status: 200,
-                        headers,
-                        body: Value::Null,
-                        plan,
-                        held,
-                        replayed: is_replay,
-                        ..OrgReply::EMPTY
-                    },
+                    None => OrgReply { held, replayed: is_replay, ..base },
                 }
             }
             DecideKind::Reserve | DecideKind::Check => {
                 let reservation = cx.book.reservations.get(&id).filter(|_| kind == DecideKind::Reserve);
-                let body = check_body(&decision, reservation, policy);
-                OrgReply { status: 200, headers, body, plan, ..OrgReply::EMPTY }
+                OrgReply { body: check_body(&decision, reservation, policy), ..base }
             }
         };
         Ok(reply)

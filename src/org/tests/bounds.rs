@@ -10,17 +10,18 @@ use crate::wire::UsageEvent;
 fn a_hard_refusal_may_be_remembered_and_what_it_refused_is_counted_later() {
     let mut o = month_and_minute();
     for i in 0..10 {
-        assert!(o.proxy(&format!("r{i}"), 1, false, at(i)).recall.is_none(), "an admission carries no memo");
+        assert!(!o.proxy(&format!("r{i}"), 1, false, at(i)).rememberable, "an admission is not remembered");
     }
     let refused = o.proxy("r10", 1, false, at(20));
     assert_eq!(refused.status, 429);
-    let recall = refused.recall.expect("a hard refusal without an Idempotency-Key is rememberable");
+    assert!(refused.rememberable, "a hard refusal without an Idempotency-Key is rememberable");
+    let recall = refused.view.expect("a decision carries its view");
     // The month's refusal: its own `t` is the month's end, far past any memory span.
     assert_eq!(recall.until(at(20), 1_000), at(1_020));
     assert_eq!(recall.headers(at(20)), refused.headers, "the memo renders the refusal's own headers");
     // With an Idempotency-Key the refusal is the key's, not the class's: nothing to remember.
     let keyed = o.proxy_as("k1", 1, Some(fp("k1")), at(30)).unwrap();
-    assert_eq!((keyed.status, keyed.recall.is_none()), (429, true));
+    assert_eq!((keyed.status, keyed.rememberable), (429, false));
     // The isolate answered 7 more from memory; its next ask tells the DO, which counts them.
     let op = OrgOp::Decide {
         meter: m("requests"),

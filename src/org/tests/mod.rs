@@ -292,8 +292,10 @@ impl Org {
 
     fn org(&mut self, caller: &Caller, op: OrgOp, now: Timestamp) -> Result<Step, OrgError> {
         let snap = self.mem.load(&self.m.needs_org(caller, &op, now), now);
-        let step = self.m.step_org(caller, op, snap, now)?;
+        let mut step = self.m.step_org(caller, op, snap, now)?;
         self.mem.apply(&step.writes);
+        // As the Worker answers: the decision's headers rendered from the view the DO sent.
+        step.reply = step.reply.rendered(now);
         Ok(step)
     }
 
