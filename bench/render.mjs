@@ -219,8 +219,8 @@ function perf(r) {
   );
   if (c.render_view) lines.push(`| rendering a decision's headers from its view (the Worker's part), native | ${(c.render_view.mean_ns / 1000).toFixed(2)} µs |`);
   if (c.key_verify) lines.push(`| checking a presented key (tag and hash), native | ${(c.key_verify.mean_ns / 1000).toFixed(2)} µs |`);
-  const x = r.crossings;
-  if (x && !x.error) {
+  const crossed = r.crossings;
+  if (crossed && !crossed.error) {
     lines.push(
       "",
       "### wasm ↔ JavaScript crossings per request (counted: `make crossings`, 200 sequential requests a path)",
@@ -228,7 +228,7 @@ function perf(r) {
       "| path | wasm → JS | JS → wasm | most called |",
       "|---|--:|--:|---|",
     );
-    for (const [k, v] of Object.entries(x)) {
+    for (const [k, v] of Object.entries(crossed)) {
       const top = v.top.slice(0, 4).map((t) => `${t.name.replace(/^\S+ /, "")} ${t.per_request.toFixed(1)}`).join(", ");
       lines.push(`| ${k} (decided by ${v.decided_by}) | ${v.wasm_to_js.toFixed(1)} | ${v.js_to_wasm.toFixed(1)} | ${top} |`);
     }
