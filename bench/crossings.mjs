@@ -3,78 +3,19 @@
 // - strict: a plan with `"lease": false`, every request decided by the org's DO;
 // - leased: the default plan, once the key holds a lease (no DO call per request);
 // - refused: an org over its hard limit, answered from the isolate's refusal memory.
-// Counted, not sampled: a copy of the deployable bundle whose wasm-bindgen glue has every import
-// (wasm → JS) and every export (JS → wasm) wrapped in a counter, read back through a path only
-// that copy serves. (workerd's inspector keeps V8's precise coverage to itself.) The Worker and
-// the org's DO run in the same isolate here, so a strict request's count holds both sides of the
-// DO call. Prints a table and writes target/crossings.json; `make bench` runs it too
-// (results.json `crossings`).
+// Counted, not sampled, on a copy of the bundle whose glue counts every import and export
+// (tests/support/crossings.mjs). The Worker and the org's DO run in the same isolate here, so a
+// strict request's count holds both sides of the DO call. Prints a table and writes
+// target/crossings.json; `make bench` runs it too (results.json `crossings`).
 import fs from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { startGateway, ROOT } from "../tests/support/gateway.mjs";
 import { client } from "../tests/support/client.mjs";
 import { createOrigin } from "../tests/support/origin.mjs";
-import { quotagateBundle, entryModule } from "../tests/support/bundle.mjs";
+import { countingBundle, takeCrossings, crossed } from "../tests/support/crossings.mjs";
 
 const N = Number(process.env.CROSSINGS_N ?? 200);
-const COUNTS_PATH = "/_bench/crossings";
-
-// Runs first in the counting copy: the counters and the wrappers the glue is patched to use.
-const PRELUDE = `
-globalThis.__qgCount = (() => {
-  const calls = new Map();
-  const wrap = (dir, name, f) => function (...a) {
-    const k = dir + " " + name;
-    calls.set(k, (calls.get(k) ?? 0) + 1);
-    return f.apply(this, a);
-  };
-  return {
-    calls,
-    imports(imports) {
-      for (const mod of Object.values(imports)) {
-        for (const [name, f] of Object.entries(mod)) if (typeof f === "function") mod[name] = wrap("wasm→js", name, f);
-      }
-      return imports;
-    },
-    exports(exports) {
-      const out = {};
-      for (const [name, v] of Object.entries(exports)) out[name] = typeof v === "function" ? wrap("js→wasm", name, v) : v;
-      return out;
-    },
-  };
-})();
-`;
-
-/** A copy of the bundle with counted glue; its default entrypoint answers the counts. */
-function countingBundle() {
-  return quotagateBundle().then((dir) => {
-    const src = path.join(dir, "worker");
-    const out = path.join(ROOT, "target/crossings-bundle");
-    fs.rmSync(out, { recursive: true, force: true });
-    fs.cpSync(src, out, { recursive: true });
-    const entry = entryModule(out);
-    let js = fs.readFileSync(entry, "utf8");
-    const patch = (re, to, what) => {
-      const n = (js.match(re) ?? []).length;
-      if (n === 0) throw new Error(`crossings: the glue has no ${what}; wasm-bindgen's output changed`);
-      js = js.replace(re, to);
-    };
-    patch(/new WebAssembly\.Instance\((\w+), (\w+)\(\)\)/g, "new WebAssembly.Instance($1, globalThis.__qgCount.imports($2()))", "instantiation");
-    patch(/(\w+) = (\w+)\.exports\b/g, "$1 = globalThis.__qgCount.exports($2.exports)", "exports binding");
-    patch(/\bGateway as default\b/, "CountedGateway as default", "default export");
-    js = `${PRELUDE}\n${js}\nclass CountedGateway extends Gateway {
-  fetch(request) {
-    if (new URL(request.url).pathname !== "${COUNTS_PATH}") return super.fetch(request);
-    const body = JSON.stringify(Object.fromEntries(globalThis.__qgCount.calls));
-    globalThis.__qgCount.calls.clear();
-    return new Response(body, { headers: { "content-type": "application/json" } });
-  }
-}\n`;
-    fs.writeFileSync(entry, js);
-    return entry;
-  });
-}
 
 /** Counts per request on each path, against a gateway started here (DECISION_LOG=all). */
 export async function crossings({ n = N } = {}) {
@@ -98,7 +39,7 @@ export async function crossings({ n = N } = {}) {
       if (want && r.status !== want) throw new Error(`crossings: expected ${want}, got ${r.status}`);
       return r;
     };
-    const counts = async () => (await fetch(`${gw.url}${COUNTS_PATH}`)).json();
+    const counts = () => takeCrossings(gw.url);
     const out = {};
     for (const [name, org, want, source] of [["strict", "x-strict", 200, "proxy"], ["leased", "x-leased", 200, "lease"], ["refused", "x-refused", 429, "recall"]]) {
       // Warm: the isolate has its settings, the key its lease (or its remembered refusal).
@@ -109,12 +50,11 @@ export async function crossings({ n = N } = {}) {
       // The settling a request leaves to waitUntil belongs to it: give it time to finish.
       await new Promise((r) => setTimeout(r, 200));
       const c = await counts();
-      const sum = (dir) => Object.entries(c).filter(([k]) => k.startsWith(dir)).reduce((t, [, v]) => t + v, 0);
       out[name] = {
         requests: n,
         decided_by: source,
-        wasm_to_js: sum("wasm→js") / n,
-        js_to_wasm: sum("js→wasm") / n,
+        wasm_to_js: crossed(c, "wasm→js") / n,
+        js_to_wasm: crossed(c, "js→wasm") / n,
         top: Object.entries(c)
           .sort((a, b) => b[1] - a[1])
           .slice(0, 20)

@@ -2,6 +2,9 @@
 // - the org DO's work per proxied request, read from the DO itself (`QUOTA_DEBUG_WORK=1` makes
 //   it answer with the statements it ran and SQLite's rows-written count): two row writes under
 //   80% of every limit (plus, once per key and day, its last-used day), none for a refusal;
+// - a request's crossings between the Rust wasm and JavaScript, counted on a copy of the bundle
+//   whose glue counts them: the same for 2 headers as for 60 each way (the header work is one
+//   call each way, never one per header);
 // - the IETF RateLimit fields parsed with an RFC 9651 parser (npm `structured-headers`), and
 //   `t`, `Retry-After`, `X-RateLimit-Reset` and the problem's `reset` agreeing for every kind of
 //   period.
@@ -9,7 +12,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { parseList, parseItem } from "structured-headers";
 import { gatewayWithOrigin } from "../support/harness.mjs";
-import { eventually } from "../support/client.mjs";
+import { client, eventually } from "../support/client.mjs";
+import { startGateway } from "../support/gateway.mjs";
+import { countingBundle, takeCrossings, crossed } from "../support/crossings.mjs";
 
 const fx = gatewayWithOrigin({ QUOTA_DEBUG_WORK: "1" });
 
@@ -136,3 +141,39 @@ for (const [period, limits, name] of [
     assert.ok(Math.abs(bodyReset - reset) <= 1, `${body.reset} vs ${reset}`);
   });
 }
+
+test("a request crosses between wasm and JavaScript as often with 60 headers each way as with none", async () => {
+  // The same gateway on a copy of the bundle that counts its crossings (nothing else differs).
+  const gw = await startGateway({ script: await countingBundle(), vars: { ORIGIN_URL: `http://127.0.0.1:${fx.origin.server.address().port}` } });
+  try {
+    const api = client(gw.url);
+    // Strict: every request takes the same path through the DO, so the counts are exact.
+    await api.plan("crossings", { limits: [{ meter: "requests", limit: 1_000_000, period: "month", mode: "hard" }], lease: false });
+    const { key } = await api.newOrg("crossings", { id: "crossings" });
+    const many = Object.fromEntries(Array.from({ length: 60 }, (_, i) => [`x-client-${i}`, `v${i}`]));
+    const run = async (headers, query) => {
+      for (let i = 0; i < 3; i++) await (await fetch(`${gw.url}/v1/things${query}`, { headers: { "x-api-key": key, ...headers } })).arrayBuffer();
+      await takeCrossings(gw.url);
+      const n = 20;
+      for (let i = 0; i < n; i++) {
+        const r = await fetch(`${gw.url}/v1/things${query}`, { headers: { "x-api-key": key, ...headers } });
+        const body = await r.json();
+        assert.equal(r.status, 200);
+        if (query) {
+          // Everything still arrives: the client's headers at the origin, the origin's at the client.
+          assert.equal(body.headers["x-client-59"], "v59");
+          assert.equal(r.headers.get("x-extra-60"), "60");
+          assert.ok(r.headers.get("ratelimit"), "the gateway's own headers are added");
+        }
+      }
+      const c = await takeCrossings(gw.url);
+      return { toJs: crossed(c, "wasm→js") / n, toWasm: crossed(c, "js→wasm") / n };
+    };
+    const few = await run({}, "");
+    const lots = await run(many, "?headers=60");
+    assert.ok(few.toJs > 10, `the counts are read (${few.toJs} wasm → JS calls a request)`);
+    assert.deepEqual(lots, few, "60 more headers each way add no crossing");
+  } finally {
+    await gw.stop();
+  }
+});

@@ -6,6 +6,7 @@
 //                        leaves the query, and so an Idempotency-Key's fingerprint, unchanged)
 //   ?usage=ai_tokens:120 add `X-Usage-Ai-Tokens: 120` (post-response metering); repeatable
 //   ?delay=50            wait that many ms first
+//   ?headers=40          add that many headers of its own (`x-extra-1: 1`, …)
 import http from "node:http";
 import { pathToFileURL } from "node:url";
 
@@ -30,6 +31,7 @@ export function createOrigin() {
         res.writeHead(status, headers);
         res.end(JSON.stringify({ origin: "demo", ...seen }));
       };
+      for (let i = 1; i <= Number(url.searchParams.get("headers") ?? 0); i++) headers[`x-extra-${i}`] = String(i);
       const delay = Number(url.searchParams.get("delay") ?? 0);
       delay > 0 ? setTimeout(answer, delay) : answer();
     });
