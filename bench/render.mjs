@@ -218,6 +218,7 @@ function perf(r) {
     `| floor: one map lookup + increment | ${c.floor.mean_ns.toFixed(1)} ns (decision = ${c.ratio_to_floor.toFixed(0)}× floor) |`,
   );
   if (c.render_view) lines.push(`| rendering a decision's headers from its view (the Worker's part), native | ${(c.render_view.mean_ns / 1000).toFixed(2)} µs |`);
+  if (c.do_message_json) lines.push(`| the DO round trip's JSON, a strict request's message and reply, each encoded and decoded, native | ${(c.do_message_json.mean_ns / 1000).toFixed(2)} µs |`);
   if (c.key_verify) lines.push(`| checking a presented key (tag and hash), native | ${(c.key_verify.mean_ns / 1000).toFixed(2)} µs |`);
   const crossed = r.crossings;
   if (crossed && !crossed.error) {

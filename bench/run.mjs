@@ -294,7 +294,7 @@ function criterion() {
   };
   const decision = est("decision_reserve");
   const floor = est("floor_increment");
-  return { decision, floor, ratio_to_floor: decision.mean_ns / floor.mean_ns, render_view: est("render_view"), key_verify: est("key_verify") };
+  return { decision, floor, ratio_to_floor: decision.mean_ns / floor.mean_ns, render_view: est("render_view"), key_verify: est("key_verify"), do_message_json: est("do_message_json") };
 }
 
 /** The org DO's work per proxied request, from `X-Quota-Debug-Work` (QUOTA_DEBUG_WORK=1). */

@@ -224,7 +224,7 @@ impl OrgQuota {
         if let Some(s) = self.store.get() {
             return Ok(s);
         }
-        let s = Store::open(&self.state, now()).map_err(|e| e.to_string())?;
+        let s = Store::open(&self.state, now(), settings(&self.env).debug_work).map_err(|e| e.to_string())?;
         Ok(self.store.get_or_init(|| s))
     }
 

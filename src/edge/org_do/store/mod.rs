@@ -129,7 +129,9 @@ pub struct Store {
     tx: TxStorage,
     counters: RefCell<Cached>,
     statements: Cell<u64>,
-    rows_written: Cell<u64>,
+    /// `SQLite`'s rows-written count, read from each write's cursor only when `QUOTA_DEBUG_WORK`
+    /// asks for it (`None` otherwise): one call less into the runtime per statement.
+    rows_written: Option<Cell<u64>>,
 }
 
 /// Counter rows known in memory: every row (after a full read), or those read or written so
@@ -141,7 +143,8 @@ enum Cached {
 }
 
 impl Store {
-    pub fn open(state: &State, now: Timestamp) -> StoreResult<Self> {
+    /// `count_rows`: read each write's rows-written count (`take_work`), for `QUOTA_DEBUG_WORK`.
+    pub fn open(state: &State, now: Timestamp, count_rows: bool) -> StoreResult<Self> {
         let tx = js_sys::Reflect::get(state.as_raw(), &JsValue::from_str("storage"))
             .map(JsCast::unchecked_into)
             .map_err(|e| worker::Error::RustError(format!("storage: {e:?}")))?;
@@ -150,7 +153,7 @@ impl Store {
             tx,
             counters: RefCell::new(Cached::Some(BTreeMap::new())),
             statements: Cell::new(0),
-            rows_written: Cell::new(0),
+            rows_written: count_rows.then(|| Cell::new(0)),
         };
         store.migrate(now)?;
         Ok(store)
@@ -168,15 +171,17 @@ impl Store {
 
     fn write(&self, q: &str, args: Vec<SqlStorageValue>) -> StoreResult<()> {
         let cursor = self.exec(q, args)?;
-        // Read after the statement ran: the cursor is exhausted by `exec` for writes.
-        let written = u64::try_from(cursor.rows_written()).unwrap_or(0);
-        self.rows_written.set(self.rows_written.get().saturating_add(written));
+        if let Some(rows) = &self.rows_written {
+            // Read after the statement ran: the cursor is exhausted by `exec` for writes.
+            let written = u64::try_from(cursor.rows_written()).unwrap_or(0);
+            rows.set(rows.get().saturating_add(written));
+        }
         Ok(())
     }
 
-    /// (statements, rows written) since the last call.
+    /// (statements, rows written) since the last call; rows written are 0 unless counted.
     pub fn take_work(&self) -> (u64, u64) {
-        (self.statements.replace(0), self.rows_written.replace(0))
+        (self.statements.replace(0), self.rows_written.as_ref().map_or(0, |r| r.replace(0)))
     }
 
     fn meta(&self, key: &str) -> StoreResult<Option<String>> {
