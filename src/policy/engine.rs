@@ -459,3 +459,6 @@ impl Book {
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+#[cfg(test)]
+#[path = "view_tests.rs"]
+mod view_tests;

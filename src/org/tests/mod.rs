@@ -292,11 +292,9 @@ impl Org {
 
     fn org(&mut self, caller: &Caller, op: OrgOp, now: Timestamp) -> Result<Step, OrgError> {
         let snap = self.mem.load(&self.m.needs_org(caller, &op, now), now);
-        let mut step = self.m.step_org(caller, op, snap, now)?;
+        let step = self.m.step_org(caller, op, snap, now)?;
         self.mem.apply(&step.writes);
-        // As the Worker answers: the decision's headers rendered from the view the DO sent.
-        step.reply = step.reply.rendered(now);
-        Ok(step)
+        Ok(Step { reply: step.reply.rendered(now), ..step }) // headers from the view, as the Worker does
     }
 
     /// A proxied request; a replayable one carries an Idempotency-Key, bound to one fingerprint
