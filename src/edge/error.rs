@@ -130,20 +130,20 @@ pub fn reply_response(reply: &OrgReply) -> worker::Result<Response> {
 /// A decision's answer: its status, its headers and its JSON body text (a problem from 400 on),
 /// never cached.
 pub fn answer(status: u16, list: &HeaderList, body: String) -> worker::Result<Response> {
-    let ct = if status >= 400 { "application/problem+json" } else { "application/json" };
-    // Every header in one call to JavaScript: a refusal storm is answered by this alone.
+    let headers = answer_headers(status, list).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    Ok(ResponseBuilder::new().with_status(status).with_headers(headers).fixed(body.into_bytes()))
+}
+
+/// An answer's headers, made in one call to JavaScript: a refusal storm is answered by this alone.
+fn answer_headers(status: u16, list: &HeaderList) -> Result<Headers, EdgeError> {
     let mut headers = Rewrite::default();
-    let built = (|| {
-        headers.set("Content-Type", ct)?;
-        headers.set("Cache-Control", "no-store")?;
-        for (k, v) in list {
-            headers.set(k, v)?;
-        }
-        if status == 401 {
-            headers.set("WWW-Authenticate", "Bearer")?;
-        }
-        headers.build()
-    })()
-    .map_err(|e| worker::Error::RustError(e.to_string()))?;
-    Ok(ResponseBuilder::new().with_status(status).with_headers(built).fixed(body.into_bytes()))
+    headers.set("Content-Type", if status >= 400 { "application/problem+json" } else { "application/json" })?;
+    headers.set("Cache-Control", "no-store")?;
+    for (k, v) in list {
+        headers.set(k, v)?;
+    }
+    if status == 401 {
+        headers.set("WWW-Authenticate", "Bearer")?;
+    }
+    headers.build()
 }
