@@ -72,20 +72,6 @@ fn number(n: u64) -> String {
     itoa::Buffer::new().format(n).to_owned()
 }
 
-/// `RateLimit-Policy`: `"requests-minute";q=10;w=60, "requests-month";q=1000;w=2592000`.
-/// Lifetime limits have no window and carry no `w`. `None` when nothing is limited.
-pub fn ratelimit_policy(statuses: &[LimitStatus]) -> Option<String> {
-    joined(limited(statuses), |out, l| push_item(out, &l.policy, ("q", l.limit.unwrap_or(0)), ("w", l.window_secs)))
-}
-
-/// `RateLimit`: `"requests-minute";r=3;t=42, …`: the available quota and the effective window
-/// (draft-ietf-httpapi-ratelimit-headers-11: seconds within which no more than `r` can be used).
-pub fn ratelimit(statuses: &[LimitStatus], now: Timestamp) -> Option<String> {
-    joined(limited(statuses), |out, l| {
-        push_item(out, &l.policy, ("r", l.remaining.unwrap_or(0)), ("t", l.reset_secs(now)));
-    })
-}
-
 /// Header names and values as an answer carries them. The gateway's own names are static, so
 /// they are borrowed, not copied per decision; a name read back from a DO reply is owned.
 pub type HeaderList = Vec<(Cow<'static, str>, String)>;
@@ -101,10 +87,13 @@ pub fn lease_headers(grant: &[LeaseLimit], unspent: u64, now: Timestamp) -> Head
     view_headers(grant, unspent, legacy, level, None, now)
 }
 
-/// The headers of a decision seen through its limits (a lease's, or a remembered refusal's),
-/// in `decision_headers`' order and wording: `unspent` is added to each limit's remaining,
-/// `legacy` is the limit the `X-RateLimit-*` trio names, and `retry_at` what `Retry-After`
-/// counts down to.
+/// The headers of a decision seen through its limits (the DO's `View` of it, a lease's, or a
+/// remembered refusal's), in `decision_headers`' order: `unspent` is added to each limit's
+/// remaining, `legacy` is the limit the `X-RateLimit-*` trio names, and `retry_at` what
+/// `Retry-After` counts down to. `RateLimit-Policy` items are `"requests-minute";q=10;w=60`
+/// (lifetime limits have no window and carry no `w`); `RateLimit` items `"requests-minute";r=3;t=42`,
+/// the available quota and the effective window (draft-ietf-httpapi-ratelimit-headers-11: seconds
+/// within which no more than `r` can be used).
 pub fn view_headers(
     limits: &[LeaseLimit],
     unspent: u64,
@@ -174,39 +163,20 @@ impl View {
         Self { retry_at_ms: retry_at.map(Timestamp::millis), limits, legacy, level: d.level() }
     }
 
-    /// The decision's headers at `now`: at the decision's own time they are
-    /// `decision_headers`' (a property holds them equal); later, `t` and `Retry-After` have
-    /// counted down.
+    /// The decision's headers at `now`: at the decision's own time, `decision_headers`; later,
+    /// with `t` and `Retry-After` counted down.
     pub fn headers(&self, now: Timestamp) -> HeaderList {
         let legacy = self.legacy.and_then(|i| self.limits.get(i));
         view_headers(&self.limits, 0, legacy, self.level, self.retry_at_ms.map(Timestamp::from_millis), now)
     }
 }
 
-/// The headers of a decision, rendered from the decision itself: the reference that what the
-/// wire carries (`View::headers`) is held equal to by the properties and the fuzz test. In order: `RateLimit-Policy`, `RateLimit`, the legacy trio for the
-/// most constrained limit (`X-RateLimit-Reset` in epoch seconds of its reset; absent for
-/// lifetime), `X-Quota-Status`, and `Retry-After` on a 429.
+/// The headers of a decision at its own time, in order: `RateLimit-Policy`, `RateLimit`, the
+/// legacy trio for the most constrained limit (`X-RateLimit-Reset` in epoch seconds of its reset;
+/// absent for lifetime), `X-Quota-Status`, and `Retry-After` on a 429. The same rendering as the
+/// Worker's of the DO's `View` (one renderer: `view_headers`).
 pub fn decision_headers(d: &Decision) -> HeaderList {
-    let mut h = Vec::with_capacity(7);
-    if let Some(v) = ratelimit_policy(&d.limits) {
-        h.push((Cow::Borrowed("RateLimit-Policy"), v));
-    }
-    if let Some(v) = ratelimit(&d.limits, d.now) {
-        h.push((Cow::Borrowed("RateLimit"), v));
-    }
-    if let Some(l) = d.most_constrained() {
-        h.push((Cow::Borrowed("X-RateLimit-Limit"), number(l.limit.unwrap_or(0))));
-        h.push((Cow::Borrowed("X-RateLimit-Remaining"), number(l.remaining.unwrap_or(0))));
-        if let Some(reset) = l.reset {
-            h.push((Cow::Borrowed("X-RateLimit-Reset"), number(reset.millis().div_ceil(1000))));
-        }
-    }
-    h.push((Cow::Borrowed("X-Quota-Status"), d.level().as_str().to_owned()));
-    if let Some(s) = d.retry_after() {
-        h.push((Cow::Borrowed("Retry-After"), number(s)));
-    }
-    h
+    View::of(d).headers(d.now)
 }
 
 /// The RFC 9457 body of a refusal; `None` when the decision allowed the request.

@@ -103,13 +103,18 @@ impl OrgMachine {
     /// within `RECALL_MS` (the adaptive switch: a lease is worth granting only to a busy key).
     /// A key and meter seen before are found without copying either (no allocation per ask).
     pub(super) fn busy_enough(&mut self, key: &KeyHash, meter: &MeterId, min: u64, now: Timestamp) -> bool {
-        if self.demand.len() >= MAX_DEMAND {
-            self.demand.retain(|_, by_meter| {
-                by_meter.retain(|_, d| now.since(d.since) < RECALL_MS);
-                !by_meter.is_empty()
-            });
-        }
         if !self.demand.contains_key(key) {
+            // A new key: quiet ones make room; with none quiet, it is decided strictly (the
+            // table never passes its bound, and a full one is scanned only for a new key).
+            if self.demand.len() >= MAX_DEMAND {
+                self.demand.retain(|_, by_meter| {
+                    by_meter.retain(|_, d| now.since(d.since) < RECALL_MS);
+                    !by_meter.is_empty()
+                });
+                if self.demand.len() >= MAX_DEMAND {
+                    return false;
+                }
+            }
             self.demand.insert(key.clone(), BTreeMap::new());
         }
         let Some(by_meter) = self.demand.get_mut(key) else { return false };
@@ -271,5 +276,31 @@ impl OrgMachine {
         let lease = if busy { self.grant(cx, meter, (cost, want), id) } else { None };
         let body = json!({"closed": closed});
         Ok(OrgReply { body, plan, lease, ..OrgReply::EMPTY })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::org::io::Boot;
+
+    #[test]
+    fn the_demand_table_never_passes_its_bound() {
+        let mut m = OrgMachine::boot(Boot::default());
+        let meter = MeterId::parse("requests").unwrap_or_else(|e| unreachable!("{e}"));
+        let key = |i: usize| KeyHash(format!("{i:064x}"));
+        let t0 = Timestamp::from_millis(1_000_000);
+        for i in 0..MAX_DEMAND {
+            m.busy_enough(&key(i), &meter, 1, t0);
+        }
+        // Every key asked within 2 s: a new one is decided strictly and kept nowhere.
+        assert!(!m.busy_enough(&key(MAX_DEMAND), &meter, 1, t0.saturating_add_ms(1)));
+        assert_eq!(m.demand.len(), MAX_DEMAND);
+        // A key already kept still counts.
+        assert!(m.busy_enough(&key(7), &meter, 2, t0.saturating_add_ms(1)));
+        // Once the others are quiet, the new key makes room for itself.
+        let later = t0.saturating_add_ms(RECALL_MS);
+        assert!(m.busy_enough(&key(MAX_DEMAND), &meter, 1, later));
+        assert!(m.demand.len() <= MAX_DEMAND);
     }
 }
