@@ -10,7 +10,10 @@ const PAGE = 50;
 const enc = encodeURIComponent;
 /** The signed-in token as the status view names it: {token_id, name, scope}. */
 let me = null;
-const orgList = { offset: 0, q: "", plan: "" };
+// `seq` numbers the list's requests: only the latest one's answer is shown (pages clicked through
+// quickly may be answered out of order).
+// `total` is the last answer's: Next never pages past it, however fast it is clicked.
+const orgList = { offset: 0, q: "", plan: "", seq: 0, total: 0 };
 let org = null;
 let plans = [];
 let auditBefore = null;
@@ -111,9 +114,12 @@ async function loadOrgs() {
   const p = new URLSearchParams({ limit: String(PAGE), offset: String(orgList.offset) });
   if (orgList.q) p.set("q", orgList.q);
   if (orgList.plan) p.set("plan", orgList.plan);
+  const seq = ++orgList.seq;
   const r = await api("GET", `orgs?${p}`);
+  if (seq !== orgList.seq) return; // a later request was made: its answer is the one to show
   if (!r.ok) return say("error", r.data?.detail ?? `The gateway answered ${r.status}.`);
   const { orgs, total, offset } = r.data;
+  orgList.total = total;
   $("org-table").tBodies[0].replaceChildren(...orgs.map(orgRow));
   const to = offset + orgs.length;
   $("page-info").textContent = total ? `${nf.format(offset + 1)}–${nf.format(to)} of ${nf.format(total)}` : "no orgs match";
@@ -469,6 +475,7 @@ $("prev").addEventListener("click", () => {
   loadOrgs();
 });
 $("next").addEventListener("click", () => {
+  if (orgList.offset + PAGE >= orgList.total) return;
   orgList.offset += PAGE;
   loadOrgs();
 });
